@@ -1,0 +1,3 @@
+from nfsd_server.cli import main
+
+raise SystemExit(main())
