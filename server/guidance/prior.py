@@ -9,6 +9,8 @@ single batched call per step.
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable
@@ -107,8 +109,5 @@ def _import_builtin_priors() -> None:
     # Imported lazily so `import nfsd_server` stays cheap (no diffusers at import time).
     from nfsd_server.guidance import stable_diffusion  # noqa: F401
 
-    try:
-        from nfsd_server.guidance import analytic  # noqa: F401
-    except ModuleNotFoundError as error:  # until the analytic prior lands
-        if error.name != "nfsd_server.guidance.analytic":
-            raise
+    if importlib.util.find_spec("nfsd_server.guidance.analytic") is not None:  # until the analytic prior lands
+        importlib.import_module("nfsd_server.guidance.analytic")

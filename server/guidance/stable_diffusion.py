@@ -1,0 +1,159 @@
+"""Stable Diffusion as a prior: diffusers UNet + VAE + CLIP text encoder, loaded with ``from_pretrained``.
+
+``model`` is a Hugging Face hub id (resolved from the local cache when offline) or a local folder laid out
+like a diffusers pipeline (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
+from nfsd_server.scene.cameras import VIEW_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelLoadError(ValueError):
+    """The model could not be loaded; the message says which model, what is wrong and how to fix it."""
+
+
+@dataclass
+class PromptEmbeddings:
+    """CLIP embeddings, computed once per job: prompt with each view suffix (V, L, D), ∅ (1, L, D), negative (1, L, D)."""
+
+    prompt_views: Tensor
+    null: Tensor
+    negative: Tensor
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class StableDiffusionPrior(Prior):
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        for module in (unet, vae, text_encoder):
+            module.requires_grad_(False).eval().to(device)
+            if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
+                module.to(dtype=dtype)
+        if device.type == "cuda":
+            unet.to(memory_format=torch.channels_last)
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_size = unet.config.sample_size * self.vae_scale_factor
+        self.scaling_factor = vae.config.scaling_factor
+
+    @classmethod
+    def from_pretrained(cls, model: str, device: torch.device, dtype: torch.dtype | None = None) -> "StableDiffusionPrior":
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        dtype = dtype or default_dtype(device)
+        _check_local_folder(model)
+        loaders = {
+            "unet": lambda: UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
+            "vae": lambda: AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
+            "text_encoder": lambda: CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype),
+            "tokenizer": lambda: CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
+            "scheduler": lambda: DDPMScheduler.from_pretrained(model, subfolder="scheduler"),
+        }
+        components = {}
+        for name, load in loaders.items():
+            try:
+                components[name] = load()
+            except (OSError, ValueError, json.JSONDecodeError) as error:
+                raise ModelLoadError(_explain_load_failure(model, name, error)) from error
+        log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtype)
+        return cls(**components, device=device, dtype=dtype)
+
+    def _embed(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            return self.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    def prepare_prompts(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
+        if not prompt.strip():
+            raise ValueError("prompt is empty; describe the object to generate, e.g. 'a hamburger'")
+        views = self._embed([f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES])
+        null, negative = self._embed(["", negative_prompt]).split(1)
+        return PromptEmbeddings(prompt_views=views, null=null, negative=negative)
+
+    def encode(self, images: Tensor) -> Tensor:
+        images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        posterior = self.vae.encode((images * 2.0 - 1.0).to(self.dtype)).latent_dist
+        # The mean, not a sample: the distillation noise is added later, explicitly and seeded.
+        return posterior.mean.float() * self.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        with torch.no_grad():
+            images = self.vae.decode((latents / self.scaling_factor).to(self.dtype)).sample
+        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
+        prompts: PromptEmbeddings = conditions.prompts
+        kinds = conditions.kinds
+        embeddings = prompts.prompt_views[conditions.cameras.view.to(prompts.prompt_views.device)]
+        embeddings = torch.where((kinds == PromptKind.NULL)[:, None, None], prompts.null, embeddings)
+        embeddings = torch.where((kinds == PromptKind.NEGATIVE)[:, None, None], prompts.negative, embeddings)
+        latents = latents_noisy.to(self.dtype)
+        if self.device.type == "cuda":
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        return self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().exists() or model.count("/") > 1
+
+
+def _check_local_folder(model: str) -> None:
+    if not _looks_like_path(model):
+        return
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {str(folder)!r} does not exist; pass a diffusers model folder or a hub id")
+    missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"model folder {str(folder)!r} is not a Stable Diffusion (diffusers) folder: missing {', '.join(missing)}/; "
+            "save one with StableDiffusionPipeline.save_pretrained(folder)"
+        )
+
+
+def _explain_load_failure(model: str, component: str, error: Exception) -> str:
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    if _looks_like_path(model):
+        return f"could not load {component} of model folder {model!r}: {reason}"
+    return (
+        f"could not load {component} of model {model!r} from the Hugging Face hub or the local cache ({reason}). "
+        f"Check the id; without internet, download it once elsewhere (`huggingface-cli download {model}`) "
+        "or pass a local diffusers folder"
+    )
+
+
+@register_prior("stable-diffusion")
+def load_stable_diffusion(model: str | None, device: torch.device, dtype: torch.dtype | None = None) -> StableDiffusionPrior:
+    if model is not None and model.startswith("random:"):
+        from nfsd_server.guidance.random_models import build_random_stable_diffusion
+
+        return StableDiffusionPrior(**build_random_stable_diffusion(model.removeprefix("random:")), device=device,
+                                    dtype=dtype or default_dtype(device))
+    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtype)

@@ -1,0 +1,100 @@
+"""The NeRF: density + albedo over a hash grid, and the background it is composited on.
+
+World frame +Z up; the scene lives in [-bound, bound]³.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfsd_server.scene.encoding import HashGridConfig, HashGridEncoding
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    bound: float = 1.0
+    grid: HashGridConfig = field(default_factory=HashGridConfig)
+    hidden_dim: int = 64
+    # Magic3D-style centre "blob": density bias = scale·(1 − r/radius) so training starts from a sphere.
+    blob_density: float = 10.0
+    blob_radius: float = 0.5
+    # Density the engine calls "surface" (marching cubes threshold). With a softplus density and the
+    # blob above, the initial sphere's surface sits at r ≈ 0.45·blob_radius·… ; 5 keeps thin parts.
+    surface_density: float = 5.0
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+class NeRFField(nn.Module):
+    """points (N, 3) world → density (N,) ≥ 0 and albedo (N, 3) in [0, 1]."""
+
+    def __init__(self, config: FieldConfig = FieldConfig()):
+        super().__init__()
+        self.config = config
+        self.bound = config.bound
+        self.surface_density = config.surface_density
+        self.encoding = HashGridEncoding(config.grid)
+        self.density_net = mlp(self.encoding.output_dim, config.hidden_dim, 1)
+        self.albedo_net = mlp(self.encoding.output_dim, config.hidden_dim, 3)
+
+    def _features(self, points: Tensor) -> Tensor:
+        return self.encoding((points / self.bound + 1.0) * 0.5)
+
+    def _density_from_features(self, points: Tensor, features: Tensor) -> Tensor:
+        radius = points.norm(dim=-1)
+        blob = self.config.blob_density * (1.0 - radius / self.config.blob_radius)
+        return F.softplus(self.density_net(features).squeeze(-1) + blob)
+
+    def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """(density (N,), albedo (N, 3)) sharing one encoding pass."""
+        features = self._features(points)
+        return self._density_from_features(points, features), torch.sigmoid(self.albedo_net(features))
+
+    def density(self, points: Tensor) -> Tensor:
+        return self._density_from_features(points, self._features(points))
+
+    def albedo(self, points: Tensor) -> Tensor:
+        return torch.sigmoid(self.albedo_net(self._features(points)))
+
+    def normals(self, points: Tensor, eps: float | None = None) -> Tensor:
+        """(N, 3) unit outward normals −∇σ/|∇σ| by central differences (cheaper than double backward)."""
+        eps = eps if eps is not None else 2.0 * self.bound / self.config.grid.max_resolution * 4
+        offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps
+        probes = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1)  # (N, 6, 3)
+        sigma = self.density(probes.view(-1, 3)).view(-1, 2, 3)
+        gradient = (sigma[:, 0] - sigma[:, 1]) / (2 * eps)
+        return -F.normalize(gradient, dim=-1, eps=1e-8)
+
+
+class SolidBackground(nn.Module):
+    """A fixed colour, (3,) in [0, 1]."""
+
+    def __init__(self, color: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+        super().__init__()
+        self.register_buffer("color", torch.tensor(color, dtype=torch.float32))
+
+    def forward(self, directions: Tensor) -> Tensor:
+        return self.color.expand(*directions.shape[:-1], 3)
+
+
+class LearnedBackground(nn.Module):
+    """A low-frequency colour of the view direction (few sinusoids, small MLP), so it cannot hold the object."""
+
+    def __init__(self, n_frequencies: int = 2, hidden_dim: int = 32):
+        super().__init__()
+        self.register_buffer("frequencies", 2.0 ** torch.arange(n_frequencies, dtype=torch.float32) * torch.pi)
+        self.net = mlp(3 + 6 * n_frequencies, hidden_dim, 3)
+
+    def forward(self, directions: Tensor) -> Tensor:
+        angles = directions[..., None] * self.frequencies  # (..., 3, F)
+        encoded = torch.cat([directions, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+        return torch.sigmoid(self.net(encoded))
+
+
+BACKGROUNDS = {"solid": SolidBackground, "learned": LearnedBackground}
