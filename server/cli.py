@@ -21,8 +21,15 @@ class UsageError(Exception):
     """A bad argument; the message is printed as one line and the process exits with status 2."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one line (no usage block) before exiting with status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nfsd", description="Text-to-3D with Noise-Free Score Distillation")
+    parser = OneLineErrorParser(prog="nfsd", description="Text-to-3D with Noise-Free Score Distillation")
     from nfsd_server import __version__
 
     parser.add_argument("--version", action="version", version=f"nfsd {__version__}")

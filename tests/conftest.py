@@ -22,3 +22,21 @@ for _name, _sub in {
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
+import pytest  # noqa: E402  (after the environment is isolated)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A tiny random Stable Diffusion saved as a diffusers folder, to load through the real from_pretrained."""
+    from nfsd_server.guidance.random_models import save_random_stable_diffusion
+
+    return save_random_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "model", name="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_prior(tiny_sd_dir):
+    from nfsd_server.guidance.prior import load_prior
+
+    return load_prior("stable-diffusion", str(tiny_sd_dir), "cpu")

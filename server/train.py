@@ -1,0 +1,370 @@
+"""The optimisation loop: a NeRF distilled from a diffusion prior with NFSD or SDS.
+
+One step: sample cameras → render → encode → add noise at t → prior (one batched call) → direction
+→ w(t)-weighted stop-gradient loss → backward into the NeRF → Adam. Everything random comes from one
+CPU generator seeded by the job seed, so the same seed and settings give the same NeRF on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nfsd_server import NFSD_NEGATIVE_PROMPT, __version__
+from nfsd_server.guidance.distillation import make_guidance
+from nfsd_server.guidance.prior import Prior
+from nfsd_server.guidance.score import distillation_loss, timestep_weight
+from nfsd_server.scene.cameras import OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
+from nfsd_server.scene.encoding import HashGridConfig
+from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
+from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
+from nfsd_server.scene.shading import sample_shading
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GUIDANCE_SCALE = {"nfsd": 7.5, "sds": 100.0}
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class GenerationCancelled(Exception):
+    """The job's ``should_cancel`` returned True; training stopped at a step boundary."""
+
+
+@dataclass
+class Callbacks:
+    """Optional hooks, called from the thread running the job."""
+
+    on_progress: Callable[[int, int, float, float | None], None] | None = None  # step, total, loss, eta_s
+    on_preview: Callable[[int, np.ndarray], None] | None = None  # step, (H, W, 3) uint8 RGB
+    on_stage: Callable[[str], None] | None = None  # "loading" | "training" | "exporting"
+    should_cancel: Callable[[], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Scale knobs an artist picks by name: draft (CPU minutes), standard (GPU default), high."""
+
+    steps: int
+    batch_size: int
+    resolution_schedule: tuple[tuple[float, int], ...]  # (fraction of steps, rendered side in pixels)
+    grid: HashGridConfig
+    hidden_dim: int
+    n_samples: int
+    export_grid_resolution: int
+    preview_size: int
+
+
+PRESETS = {
+    "draft": Preset(
+        steps=400, batch_size=1, resolution_schedule=((0.0, 32),),
+        grid=HashGridConfig(n_levels=8, log2_table_size=14, base_resolution=16, max_resolution=256),
+        hidden_dim=32, n_samples=32, export_grid_resolution=128, preview_size=64,
+    ),
+    "standard": Preset(
+        steps=5000, batch_size=1, resolution_schedule=((0.0, 64), (0.5, 128)),
+        grid=HashGridConfig(n_levels=16, log2_table_size=19, base_resolution=16, max_resolution=2048),
+        hidden_dim=64, n_samples=96, export_grid_resolution=256, preview_size=128,
+    ),
+    "high": Preset(
+        steps=10000, batch_size=1, resolution_schedule=((0.0, 64), (0.3, 128), (0.6, 256)),
+        grid=HashGridConfig(n_levels=16, log2_table_size=19, base_resolution=16, max_resolution=4096),
+        hidden_dim=64, n_samples=128, export_grid_resolution=256, preview_size=256,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    prompt: str
+    negative_prompt: str = NFSD_NEGATIVE_PROMPT
+    method: str = "nfsd"
+    guidance_scale: float | None = None  # None → 7.5 for NFSD, 100 for SDS
+    seed: int = 0
+    preset: str = "draft"
+    steps: int | None = None  # None → the preset's
+    lr_encoding: float = 1e-2
+    lr_networks: float = 1e-3
+    grad_clip: float = 1.0
+    # Timesteps as fractions of T: min fixed, max annealed linearly from t_max_start to t_max_end.
+    t_min: float = 0.02
+    t_max_start: float = 0.98
+    t_max_end: float = 0.5
+    albedo_only_fraction: float = 0.2  # first steps without lighting, so the shape can form first
+    shading_probabilities: tuple[float, float, float] = (0.2, 0.5, 0.3)  # albedo, diffuse, textureless
+    background: str = "learned"
+    orbit: OrbitConfig = field(default_factory=OrbitConfig)
+    checkpoint_every: int = 200
+    preview_every: int = 25
+    progress_every: int = 1  # loss .item() syncs the device: raise on GPU
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise ValueError("prompt is empty; describe the object to generate, e.g. 'a hamburger'")
+        if self.method not in DEFAULT_GUIDANCE_SCALE:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(DEFAULT_GUIDANCE_SCALE)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(PRESETS)}")
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        if self.guidance_scale is not None and not self.guidance_scale > 0:
+            raise ValueError(f"guidance scale must be > 0, got {self.guidance_scale}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {self.background!r}; expected one of {sorted(BACKGROUNDS)}")
+        if not 0.0 <= self.t_min < self.t_max_end <= self.t_max_start <= 1.0:
+            raise ValueError("timestep range must satisfy 0 ≤ t_min < t_max_end ≤ t_max_start ≤ 1")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else PRESETS[self.preset].steps
+
+    @property
+    def scale(self) -> float:
+        return DEFAULT_GUIDANCE_SCALE[self.method] if self.guidance_scale is None else self.guidance_scale
+
+    def field_config(self) -> FieldConfig:
+        preset = PRESETS[self.preset]
+        return FieldConfig(grid=preset.grid, hidden_dim=preset.hidden_dim)
+
+
+@dataclass
+class TrainResult:
+    field: NeRFField
+    background: torch.nn.Module
+    steps_done: int
+    checkpoint_path: Path | None
+    metadata: dict[str, Any]
+    final_loss: float
+
+
+def render_resolution(schedule: tuple[tuple[float, int], ...], step: int, total: int) -> int:
+    """Coarse to fine: the side of the last milestone whose fraction of ``total`` has been reached."""
+    progress = step / max(total, 1)
+    return [side for fraction, side in schedule if fraction <= progress][-1]
+
+
+def timestep_range(config: TrainConfig, step: int, total: int, num_train_timesteps: int) -> tuple[int, int]:
+    """[t_lo, t_hi) integer timesteps for this step; the upper end anneals toward t_max_end."""
+    progress = step / max(total, 1)
+    t_max = config.t_max_start + (config.t_max_end - config.t_max_start) * progress
+    return int(config.t_min * num_train_timesteps), max(int(t_max * num_train_timesteps), int(config.t_min * num_train_timesteps) + 1)
+
+
+def job_metadata(config: TrainConfig, prior_name: str, model: str | None) -> dict[str, Any]:
+    """What the GLB carries in its extras, so an artist can reproduce an asset."""
+    return {
+        "prompt": config.prompt,
+        "negative_prompt": config.negative_prompt,
+        "method": config.method,
+        "guidance_scale": config.scale,
+        "seed": config.seed,
+        "steps": config.total_steps,
+        "preset": config.preset,
+        "prior": prior_name,
+        "model": model,
+        "software": f"nfsd_server {__version__}",
+    }
+
+
+class Trainer:
+    """Owns the NeRF, optimiser, RNG and schedules for one job; ``run`` drives it to the end."""
+
+    def __init__(self, config: TrainConfig, prior: Prior, out_dir: Path | None, metadata: dict[str, Any] | None = None):
+        self.config, self.prior, self.out_dir = config, prior, out_dir
+        self.device = prior.device
+        self.total = config.total_steps
+        self.preset = PRESETS[config.preset]
+        self.metadata = metadata or job_metadata(config, type(prior).__name__, None)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+            torch.manual_seed(config.seed)
+            self.field = NeRFField(config.field_config()).to(self.device)
+            self.background = BACKGROUNDS[config.background]().to(self.device)
+        self.renderer: Renderer = make_renderer(
+            RendererConfig(n_samples=self.preset.n_samples), self.device, bound=self.field.bound
+        )
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": self.field.encoding.parameters(), "lr": config.lr_encoding},
+                {"params": [*self.field.density_net.parameters(), *self.field.albedo_net.parameters()],
+                 "lr": config.lr_networks},
+                {"params": self.background.parameters(), "lr": config.lr_networks},
+            ],
+            betas=(0.9, 0.99),
+            eps=1e-15,
+        )
+        self.guidance = make_guidance(config.method, config.scale)
+        self.step = 0
+        self.prompts = prior.prepare_prompts(config.prompt, config.negative_prompt)
+        # Priors trained on unlit references (the analytic one) can only judge albedo renders.
+        self.lighting = getattr(prior, "accepts_shading", True)
+
+    # -- one step ---------------------------------------------------------------------------------
+    def train_step(self) -> Tensor:
+        config, generator = self.config, self.generator
+        side = render_resolution(self.preset.resolution_schedule, self.step, self.total)
+        cameras = sample_orbit_cameras(self.preset.batch_size, generator, config.orbit)
+        albedo_only = not self.lighting or self.step < config.albedo_only_fraction * self.total
+        shading = sample_shading(generator, albedo_only, config.shading_probabilities)
+        t_lo, t_hi = timestep_range(config, self.step, self.total, self.prior.num_train_timesteps)
+        t = torch.randint(t_lo, t_hi, (len(cameras),), generator=generator)
+        cameras = cameras.to(self.device)
+
+        self.renderer.update(self.step, self.field)
+        origins, directions = camera_rays(cameras, side, side)
+        render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir, generator)
+        latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        t_device = t.to(self.device)
+        alphas = self.prior.alphas_cumprod[t_device].view(-1, 1, 1, 1)
+        with torch.no_grad():
+            latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
+            direction = self.guidance.direction(self.prior, latents_noisy, noise, t_device, cameras, self.prompts)
+            grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
+        loss = distillation_loss(latents, grad)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for param in params:
+            if param.grad is not None:
+                torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, callbacks: Callbacks | None = None) -> TrainResult:
+        callbacks = callbacks or Callbacks()
+        if callbacks.on_stage:
+            callbacks.on_stage("training")
+        started, start_step = time.perf_counter(), self.step
+        loss_value = float("nan")
+        while self.step < self.total:
+            if callbacks.should_cancel and callbacks.should_cancel():
+                raise GenerationCancelled(f"cancelled at step {self.step} of {self.total}")
+            loss = self.train_step()
+            last = self.step == self.total
+            if self.step % self.config.progress_every == 0 or last:
+                loss_value = float(loss)
+                if not np.isfinite(loss_value):
+                    raise FloatingPointError(
+                        f"loss became {loss_value} at step {self.step}; lower the guidance scale or learning rate"
+                    )
+                if callbacks.on_progress:
+                    per_step = (time.perf_counter() - started) / (self.step - start_step)
+                    callbacks.on_progress(self.step, self.total, loss_value, per_step * (self.total - self.step))
+            if callbacks.on_preview and (self.step % self.config.preview_every == 0 or last):
+                callbacks.on_preview(self.step, self.preview())
+            if self.out_dir is not None and (self.step % self.config.checkpoint_every == 0 or last):
+                self.save_checkpoint()
+        checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+        return TrainResult(self.field, self.background, self.step, checkpoint, self.metadata, loss_value)
+
+    @torch.no_grad()
+    def preview(self, elevation: float = 15.0, azimuth: float = 30.0) -> np.ndarray:
+        """(S, S, 3) uint8: the current NeRF from a fixed three-quarter view, lit from the camera."""
+        side = self.preset.preview_size
+        cameras = make_cameras(
+            torch.tensor([elevation]), torch.tensor([azimuth]), torch.tensor([3.2]), torch.tensor([45.0])
+        ).to(self.device)
+        origins, directions = camera_rays(cameras, side, side)
+        shading = "diffuse" if self.lighting else "albedo"
+        image = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir).rgb[0]
+        return (image.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Atomically write everything needed to resume bit-for-bit (on CPU) or re-export."""
+        assert self.out_dir is not None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / CHECKPOINT_NAME
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "config": asdict(self.config),
+            "field_config": asdict(self.field.config),
+            "field": self.field.state_dict(),
+            "background_kind": self.config.background,
+            "background": self.background.state_dict(),
+            "renderer": self.renderer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "metadata": self.metadata,
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = _read_checkpoint(path)
+        saved = state["config"]
+        for key in ("prompt", "method", "seed", "preset", "guidance_scale", "negative_prompt"):
+            if saved[key] != getattr(self.config, key):
+                raise ValueError(
+                    f"checkpoint {str(path)!r} was trained with {key}={saved[key]!r}, not {getattr(self.config, key)!r}; "
+                    "resume with the same settings or start a new run"
+                )
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.renderer.load_state_dict(state["renderer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step = state["step"]
+
+
+def train(
+    config: TrainConfig,
+    prior: Prior,
+    out_dir: Path | None = None,
+    callbacks: Callbacks | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train a NeRF for ``config.prompt``; with ``resume`` continue from ``out_dir/checkpoint.pt`` if present."""
+    trainer = Trainer(config, prior, out_dir, metadata)
+    if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
+        trainer.load_checkpoint(out_dir / CHECKPOINT_NAME)
+        log.info("resumed from %s at step %d", out_dir / CHECKPOINT_NAME, trainer.step)
+    return trainer.run(callbacks)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the checkpoint.pt a training run wrote")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable nfsd checkpoint: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r} is not an nfsd checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
+    """(NeRF field on CPU in eval mode, GLB metadata) from a checkpoint, for re-export without retraining."""
+    state = _read_checkpoint(path)
+    field_config = dict(state["field_config"])
+    field_config["grid"] = HashGridConfig(**field_config["grid"])
+    nerf = NeRFField(FieldConfig(**field_config))
+    nerf.load_state_dict(state["field"])
+    return nerf.eval(), dict(state["metadata"])
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``asdict(TrainConfig)`` (nested OrbitConfig, tuples restored)."""
+    values = dict(values)
+    values["orbit"] = OrbitConfig(**{k: tuple(v) for k, v in values["orbit"].items()})
+    values["shading_probabilities"] = tuple(values["shading_probabilities"])
+    return dataclasses.replace(TrainConfig(prompt=values.pop("prompt")), **values)

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+
+from nfsd_server.guidance.distillation import NFSDGuidance, SDSGuidance
+from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
+from nfsd_server.scene.cameras import VIEW_SUFFIXES, sample_orbit_cameras
+
+
+@pytest.fixture
+def counting_unet(tiny_sd_prior, monkeypatch):
+    """Records the batch size of every UNet call."""
+    calls = []
+    original = tiny_sd_prior.unet.forward
+
+    def forward(sample, timestep, *args, **kwargs):
+        calls.append(sample.shape[0])
+        return original(sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_sd_prior.unet, "forward", forward)
+    return calls
+
+
+def noisy_inputs(prior, batch, t_values):
+    g = torch.Generator().manual_seed(0)
+    cams = sample_orbit_cameras(batch, g)
+    latents = torch.randn(batch, 4, 8, 8, generator=g)
+    return latents, torch.randn_like(latents), torch.tensor(t_values), cams
+
+
+def test_tiny_sd_loads_through_from_pretrained(tiny_sd_prior, tiny_sd_dir):
+    assert isinstance(tiny_sd_prior, StableDiffusionPrior)
+    assert tiny_sd_prior.image_size == 16  # UNet sample 8 × VAE factor 2
+    assert tiny_sd_prior.alphas_cumprod.shape == (1000,)
+    assert not any(p.requires_grad for p in tiny_sd_prior.unet.parameters())
+    z = tiny_sd_prior.encode(torch.rand(2, 3, 32, 32, requires_grad=True))
+    assert z.shape == (2, 4, 8, 8) and z.requires_grad
+
+
+def test_prompt_embeddings_have_one_row_per_view(tiny_sd_prior):
+    prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
+    assert prompts.prompt_views.shape == (len(VIEW_SUFFIXES), 77, 32)
+    assert not torch.allclose(prompts.prompt_views[0], prompts.prompt_views[2])  # "front" ≠ "back"
+
+
+def test_nfsd_drops_negative_row_when_all_t_below_200(tiny_sd_prior, counting_unet):
+    prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
+    latents, noise, t, cams = noisy_inputs(tiny_sd_prior, 3, [10, 150, 199])
+    NFSDGuidance(7.5).direction(tiny_sd_prior, latents, noise, t, cams, prompts)
+    assert counting_unet == [6]  # one call: cond ×3 + uncond ×3, no negative
+
+
+def test_nfsd_adds_negative_rows_only_for_large_t(tiny_sd_prior, counting_unet):
+    prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
+    latents, noise, t, cams = noisy_inputs(tiny_sd_prior, 3, [10, 600, 900])
+    NFSDGuidance(7.5).direction(tiny_sd_prior, latents, noise, t, cams, prompts)
+    assert counting_unet == [8]  # 3 + 3 + 2 negatives, still one call
+    counting_unet.clear()
+    SDSGuidance(100.0).direction(tiny_sd_prior, latents, noise, t, cams, prompts)
+    assert counting_unet == [6]
+
+
+def test_batched_rows_equal_separate_calls(tiny_sd_prior):
+    """Batching must not change the maths: compare with per-kind predictions."""
+    from nfsd_server.guidance.prior import Conditions, PromptKind
+    from nfsd_server.guidance.score import nfsd_direction
+
+    prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
+    latents, noise, t, cams = noisy_inputs(tiny_sd_prior, 2, [50, 700])
+    got = NFSDGuidance(7.5).direction(tiny_sd_prior, latents, noise, t, cams, prompts)
+
+    def eps(kind):
+        return tiny_sd_prior.predict_noise(latents, t, Conditions(torch.full((2,), kind), cams, prompts))
+
+    expected = nfsd_direction(eps(PromptKind.PROMPT), eps(PromptKind.NULL), eps(PromptKind.NEGATIVE), t, 7.5)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_prior("stable-diffusion", str(tmp_path / "nope"), "cpu")
+
+
+def test_folder_without_components_names_what_is_missing(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelLoadError, match="missing vae, text_encoder, tokenizer, scheduler"):
+        load_prior("stable-diffusion", str(tmp_path), "cpu")
+
+
+def test_malformed_component_config_names_the_component(tmp_path, tiny_sd_dir):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd_dir, broken)
+    (broken / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="could not load unet of model folder"):
+        load_prior("stable-diffusion", str(broken), "cpu")
+
+
+def test_unknown_hub_id_offline_says_how_to_fix():
+    with pytest.raises(ModelLoadError, match="huggingface-cli download someone/no-such-model"):
+        load_prior("stable-diffusion", "someone/no-such-model", "cpu")
+
+
+def test_unknown_prior_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="stable-diffusion"):
+        load_prior("dalle", None, "cpu")
