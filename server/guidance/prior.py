@@ -48,6 +48,9 @@ class Prior(abc.ABC):
     #: Side length in pixels the prior wants renders resized to before ``encode``.
     image_size: int
     device: torch.device
+    #: False for priors whose data is unlit (the analytic one): training then renders albedo only,
+    #: because shading would make every render disagree with the data however good the NeRF is.
+    accepts_shading: bool = True
 
     @property
     def num_train_timesteps(self) -> int:
