@@ -7,13 +7,14 @@ CPU generator seeded by the job seed, so the same seed and settings give the sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 DEFAULT_GUIDANCE_SCALE = {"nfsd": 7.5, "sds": 100.0}
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+
+
+def untimed(stage: str) -> ContextManager[None]:
+    """The default ``Trainer.stage_timer``: no timing, no device sync."""
+    return contextlib.nullcontext()
 
 
 class GenerationCancelled(Exception):
@@ -207,6 +213,9 @@ class Trainer:
         self.prompts = prior.prepare_prompts(config.prompt, config.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
+        # stage name → context manager around that part of train_step; benchmarks swap in a timer
+        # (stages: render, encode, unet, backward, optimizer).
+        self.stage_timer: Callable[[str], ContextManager[None]] = untimed
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> Tensor:
@@ -219,26 +228,31 @@ class Trainer:
         t = torch.randint(t_lo, t_hi, (len(cameras),), generator=generator)
         cameras = cameras.to(self.device)
 
-        self.renderer.update(self.step, self.field)
-        origins, directions = camera_rays(cameras, side, side)
-        render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir, generator)
-        latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        t_device = t.to(self.device)
-        alphas = self.prior.alphas_cumprod[t_device].view(-1, 1, 1, 1)
-        with torch.no_grad():
-            latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
-            direction = self.guidance.direction(self.prior, latents_noisy, noise, t_device, cameras, self.prompts)
-            grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
-        loss = distillation_loss(latents, grad)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for param in params:
-            if param.grad is not None:
-                torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        self.optimizer.step()
+        with self.stage_timer("render"):
+            self.renderer.update(self.step, self.field)
+            origins, directions = camera_rays(cameras, side, side)
+            render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir, generator)
+        with self.stage_timer("encode"):
+            latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
+        with self.stage_timer("unet"):
+            noise = torch.randn(latents.shape, generator=generator).to(self.device)
+            t_device = t.to(self.device)
+            alphas = self.prior.alphas_cumprod[t_device].view(-1, 1, 1, 1)
+            with torch.no_grad():
+                latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
+                direction = self.guidance.direction(self.prior, latents_noisy, noise, t_device, cameras, self.prompts)
+                grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
+        with self.stage_timer("backward"):
+            loss = distillation_loss(latents, grad)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with self.stage_timer("optimizer"):
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            for param in params:
+                if param.grad is not None:
+                    torch.nan_to_num_(param.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            self.optimizer.step()
         self.step += 1
         return loss.detach()
 
