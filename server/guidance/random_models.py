@@ -100,8 +100,9 @@ def build_random_stable_diffusion(name: str, seed: int = 0) -> dict[str, Any]:
         unet = UNet2DConditionModel(**config["unet"])
         vae = AutoencoderKL(**config["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-    tokenizer_dir = write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="nfsd-tokenizer-")))
-    tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77)
+    with tempfile.TemporaryDirectory(prefix="nfsd-tokenizer-") as scratch:  # the tokenizer reads its files once
+        tokenizer_dir = write_clip_tokenizer(Path(scratch))
+        tokenizer = CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=77)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=DDPMScheduler(**SCHEDULER))
 
 
