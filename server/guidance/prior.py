@@ -71,6 +71,9 @@ class Prior(abc.ABC):
     def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
         """latents_noisy: (N, C, h, w); t: (N,) long → ε prediction (N, C, h, w) in float32, no grad."""
 
+    def compile(self) -> None:
+        """torch.compile the network ``predict_noise`` runs, in place (idempotent); a no-op unless overridden."""
+
     def decode(self, latents: Tensor) -> Tensor:
         """latents → images (B, 3, H, W) in [0, 1]; used for previews and debugging only."""
         raise NotImplementedError(f"{type(self).__name__} cannot decode latents")

@@ -57,6 +57,7 @@ class StableDiffusionPrior(Prior):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = unet.config.sample_size * self.vae_scale_factor
         self.scaling_factor = vae.config.scaling_factor
+        self._unet_compiled = False
 
     @classmethod
     def from_pretrained(cls, model: str, device: torch.device, dtype: torch.dtype | None = None) -> "StableDiffusionPrior":
@@ -80,6 +81,12 @@ class StableDiffusionPrior(Prior):
                 raise ModelLoadError(_explain_load_failure(model, name, error)) from error
         log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtype)
         return cls(**components, device=device, dtype=dtype)
+
+    def compile(self) -> None:
+        # In place (nn.Module.compile), so every job sharing this warm prior gets the compiled UNet once.
+        if not self._unet_compiled:
+            self.unet.compile()
+            self._unet_compiled = True
 
     def _embed(self, texts: list[str]) -> Tensor:
         tokens = self.tokenizer(
