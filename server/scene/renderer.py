@@ -44,6 +44,16 @@ class RenderOutput:
     albedo: Tensor
 
 
+def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """Copy a CPU-sampled tensor to ``device`` without blocking the host (pinned + non_blocking on CUDA).
+
+    A plain ``.to("cuda")`` of pageable memory waits for the GPU: one sync per call in the training loop.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def ray_aabb(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor]:
     """Entry/exit distances (R,) of rays through the cube [-bound, bound]³; exit ≤ entry means a miss."""
     safe = torch.where(directions.abs() < 1e-9, torch.full_like(directions, 1e-9), directions)
@@ -120,33 +130,27 @@ class StratifiedRenderer(Renderer):
     """n_samples stratified samples per ray inside the scene cube; runs on any device."""
 
     def integrate(self, field, origins, directions, generator):
-        n_rays, n_samples = origins.shape[0], self.config.n_samples
+        n_samples = self.config.n_samples
         near, far = ray_aabb(origins, directions, field.bound)
-        hit = far > near + 1e-6
-        albedo = origins.new_zeros(n_rays, 3)
-        opacity = origins.new_zeros(n_rays, 1)
-        depth = origins.new_zeros(n_rays, 1)
-        if not bool(hit.any()):
-            return albedo, opacity, depth
-        o, d, near, far = origins[hit], directions[hit], near[hit, None], far[hit, None]
-        bins = torch.arange(n_samples + 1, device=o.device, dtype=o.dtype) / n_samples
+        # Every ray is sampled; a miss gets a zero-length interval (zero weight). Masking hit rays instead
+        # would need their count on the host: a device sync every step on CUDA.
+        far = torch.maximum(far, near)[:, None]
+        near = near[:, None]
+        bins = torch.arange(n_samples + 1, device=origins.device, dtype=origins.dtype) / n_samples
         edges = near + (far - near) * bins  # (R, S + 1)
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
         if generator is None:
             jitter = torch.full_like(t_starts, 0.5)
         else:
-            jitter = torch.rand(t_starts.shape, generator=generator).to(o.device)
+            jitter = host_to_device(torch.rand(t_starts.shape, generator=generator), origins.device)
         t_mid = t_starts + (t_ends - t_starts) * jitter
-        points = o[:, None, :] + d[:, None, :] * t_mid[..., None]
+        points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]
         sigmas, sample_albedo = field(points.view(-1, 3))
         weights, _, _ = render_weight_from_density(t_starts, t_ends, sigmas.view(t_starts.shape))
-        hit_opacity = accumulate_along_rays(weights, None)
-        hit_albedo = accumulate_along_rays(weights, sample_albedo.view(*t_starts.shape, 3))
+        opacity = accumulate_along_rays(weights, None)
+        albedo = accumulate_along_rays(weights, sample_albedo.view(*t_starts.shape, 3))
         # Expected depth, normalised by opacity so the surface point is on the surface, not pulled to 0.
-        hit_depth = accumulate_along_rays(weights, t_mid[..., None]) / hit_opacity.clamp_min(1e-6)
-        albedo = albedo.index_put((hit,), hit_albedo)
-        opacity = opacity.index_put((hit,), hit_opacity)
-        depth = depth.index_put((hit,), hit_depth)
+        depth = accumulate_along_rays(weights, t_mid[..., None]) / opacity.clamp_min(1e-6)
         return albedo, opacity, depth
 
 
