@@ -24,10 +24,10 @@ from nfsd_server import NFSD_NEGATIVE_PROMPT, __version__
 from nfsd_server.guidance.distillation import make_guidance
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
-from nfsd_server.scene.cameras import OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
+from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
-from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
+from nfsd_server.scene.renderer import Renderer, RendererConfig, host_to_device, make_renderer
 from nfsd_server.scene.shading import sample_shading
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GUIDANCE_SCALE = {"nfsd": 7.5, "sds": 100.0}
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+PROGRESS_EVERY_CUDA = 10  # steps between loss reads (each one waits for the GPU)
 
 
 def untimed(stage: str) -> ContextManager[None]:
@@ -111,7 +112,8 @@ class TrainConfig:
     orbit: OrbitConfig = field(default_factory=OrbitConfig)
     checkpoint_every: int = 200
     preview_every: int = 25
-    progress_every: int = 1  # loss .item() syncs the device: raise on GPU
+    # Reading the loss syncs the device, so on CUDA it is read every few steps; None → 1 on CPU, 10 on CUDA.
+    progress_every: int | None = None
     compile_unet: bool = False  # torch.compile the prior's denoiser: faster steps on CUDA after a slow first one
 
     def __post_init__(self) -> None:
@@ -123,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(PRESETS)}")
         if self.steps is not None and self.steps <= 0:
             raise ValueError(f"steps must be a positive integer, got {self.steps}")
+        if self.progress_every is not None and self.progress_every < 1:
+            raise ValueError(f"progress_every must be ≥ 1 (or None for the device default), got {self.progress_every}")
         if self.guidance_scale is not None and not self.guidance_scale > 0:
             raise ValueError(f"guidance scale must be > 0, got {self.guidance_scale}")
         if self.background not in BACKGROUNDS:
@@ -219,6 +223,7 @@ class Trainer:
         # stage name → context manager around that part of train_step; benchmarks swap in a timer
         # (stages: render, encode, unet, backward, optimizer).
         self.stage_timer: Callable[[str], ContextManager[None]] = untimed
+        self.progress_every = config.progress_every or (PROGRESS_EVERY_CUDA if self.device.type == "cuda" else 1)
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> Tensor:
@@ -229,7 +234,8 @@ class Trainer:
         shading = sample_shading(generator, albedo_only, config.shading_probabilities)
         t_lo, t_hi = timestep_range(config, self.step, self.total, self.prior.num_train_timesteps)
         t = torch.randint(t_lo, t_hi, (len(cameras),), generator=generator)
-        cameras = cameras.to(self.device)
+        # Host-sampled randomness goes to the device without blocking: no sync in the hot loop.
+        cameras = Cameras(**{name: host_to_device(value, self.device) for name, value in vars(cameras).items()})
 
         with self.stage_timer("render"):
             self.renderer.update(self.step, self.field)
@@ -238,12 +244,12 @@ class Trainer:
         with self.stage_timer("encode"):
             latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
         with self.stage_timer("unet"):
-            noise = torch.randn(latents.shape, generator=generator).to(self.device)
-            t_device = t.to(self.device)
+            noise = host_to_device(torch.randn(latents.shape, generator=generator), self.device)
+            t_device = host_to_device(t, self.device)
             alphas = self.prior.alphas_cumprod[t_device].view(-1, 1, 1, 1)
             with torch.no_grad():
                 latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
-                direction = self.guidance.direction(self.prior, latents_noisy, noise, t_device, cameras, self.prompts)
+                direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
                 grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
         with self.stage_timer("backward"):
             loss = distillation_loss(latents, grad)
@@ -271,7 +277,7 @@ class Trainer:
                 raise GenerationCancelled(f"cancelled at step {self.step} of {self.total}")
             loss = self.train_step()
             last = self.step == self.total
-            if self.step % self.config.progress_every == 0 or last:
+            if self.step % self.progress_every == 0 or last:
                 loss_value = float(loss)
                 if not np.isfinite(loss_value):
                     raise FloatingPointError(

@@ -15,6 +15,7 @@ from torch import Tensor
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.score import needs_negative, nfsd_direction, sds_direction
 from nfsd_server.scene.cameras import Cameras
+from nfsd_server.scene.renderer import host_to_device
 
 
 @dataclass
@@ -32,10 +33,12 @@ def predict_rows(
 ) -> NoisePredictions:
     """One prior call over rows [cond (B) | uncond (B) | negative (rows where ``with_negative``)].
 
-    latents_noisy (B, C, h, w); t (B,) long; with_negative (B,) bool on the CPU (no device sync to index).
+    latents_noisy (B, C, h, w) on the prior's device; t (B,) long and with_negative (B,) bool on the CPU,
+    so choosing the rows needs no device sync (they are copied to the device without blocking).
     """
-    batch = latents_noisy.shape[0]
-    neg_rows = torch.nonzero(with_negative.cpu(), as_tuple=False).squeeze(1)
+    batch, device = latents_noisy.shape[0], latents_noisy.device
+    t, with_negative = t.cpu(), with_negative.cpu()
+    neg_rows = torch.nonzero(with_negative, as_tuple=False).squeeze(1)
     n_neg = neg_rows.numel()
     kinds = torch.cat(
         [
@@ -44,11 +47,11 @@ def predict_rows(
             torch.full((n_neg,), PromptKind.NEGATIVE, dtype=torch.long),
         ]
     )
-    neg_rows_device = neg_rows.to(latents_noisy.device)
+    rows_t = host_to_device(torch.cat([t, t, t.index_select(0, neg_rows)]), device)
+    neg_rows_device = host_to_device(neg_rows, device)
     rows_latents = torch.cat([latents_noisy, latents_noisy, latents_noisy.index_select(0, neg_rows_device)])
-    rows_t = torch.cat([t, t, t.index_select(0, neg_rows_device)])
     rows_cameras = Cameras.cat([cameras, cameras, cameras.index(neg_rows_device)])
-    eps = prior.predict_noise(rows_latents, rows_t, Conditions(kinds.to(latents_noisy.device), rows_cameras, prompts))
+    eps = prior.predict_noise(rows_latents, rows_t, Conditions(host_to_device(kinds, device), rows_cameras, prompts))
     eps_cond, eps_uncond, eps_neg_rows = eps[:batch], eps[batch : 2 * batch], eps[2 * batch :]
     eps_neg = torch.zeros_like(eps_uncond)
     if n_neg:
@@ -70,6 +73,7 @@ class ScoreDistillation:
     def direction(
         self, prior: Prior, latents_noisy: Tensor, noise: Tensor, t: Tensor, cameras: Cameras, prompts: Any
     ) -> Tensor:
+        """latents_noisy, noise (B, C, h, w) on the prior's device; t (B,) long, best on the CPU (else one sync)."""
         raise NotImplementedError
 
 
@@ -79,10 +83,11 @@ class NFSDGuidance(ScoreDistillation):
     name = "nfsd"
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
-        with_negative = needs_negative(t.cpu())
-        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative)
+        t = t.cpu()  # the trainer samples t on the CPU: no sync here, none to pick the negative rows
+        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, needs_negative(t))
         self.last_rows_evaluated = eps.rows_evaluated
-        return nfsd_direction(eps.cond, eps.uncond, eps.negative, t, self.guidance_scale)
+        t_device = host_to_device(t, latents_noisy.device)
+        return nfsd_direction(eps.cond, eps.uncond, eps.negative, t_device, self.guidance_scale)
 
 
 class SDSGuidance(ScoreDistillation):
