@@ -1,0 +1,106 @@
+"""The lean-step machinery: stage timers, the benchmark-only random models, progress cadence, compile flag.
+
+Behaviour only: nothing here asserts a timing (benchmarks/ prints those).
+"""
+
+import pytest
+import torch
+
+from nfsd_server.guidance import random_models
+from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
+from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer
+from nfsd_server.train import Callbacks, TrainConfig, Trainer
+
+
+def test_stage_timer_sees_each_stage_of_every_step_in_order(tiny_sd_prior):
+    trainer = Trainer(TrainConfig("a hamburger", steps=4), tiny_sd_prior, out_dir=None)
+    seen = []
+
+    class Record:
+        def __init__(self, stage):
+            self.stage = stage
+
+        def __enter__(self):
+            seen.append(self.stage)
+
+        def __exit__(self, *exc):
+            return False
+
+    trainer.stage_timer = Record
+    trainer.train_step()
+    trainer.train_step()
+    assert seen == ["render", "encode", "unet", "backward", "optimizer"] * 2
+
+
+def test_timing_stages_does_not_change_the_result(tiny_sd_prior):
+    config = TrainConfig("a hamburger", steps=3, seed=5)
+    plain, timed = Trainer(config, tiny_sd_prior, None), Trainer(config, tiny_sd_prior, None)
+    timed.stage_timer = lambda stage: torch.autograd.profiler.record_function(stage)
+    for _ in range(3):
+        plain.train_step()
+        timed.train_step()
+    assert all(torch.equal(a, b) for a, b in zip(plain.field.parameters(), timed.field.parameters()))
+
+
+def test_random_full_size_model_is_never_a_fallback_for_a_real_id(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a failing hub id must not fall back to random weights")
+
+    monkeypatch.setattr(random_models, "build_random_stable_diffusion", refuse)
+    with pytest.raises(ModelLoadError, match="stabilityai/stable-diffusion-2-1-base"):
+        load_prior("stable-diffusion", "stabilityai/stable-diffusion-2-1-base", "cpu")  # offline: not cached
+
+
+def test_random_models_are_asked_for_by_name_and_unknown_names_are_listed():
+    prior = load_prior("stable-diffusion", "random:tiny", "cpu")
+    assert isinstance(prior, StableDiffusionPrior) and prior.image_size == 16
+    with pytest.raises(ValueError, match=r"unknown random model 'sd99'.*sd21-base"):
+        load_prior("stable-diffusion", "random:sd99", "cpu")
+
+
+def test_sd21_base_random_config_has_the_real_sizes():
+    """The benchmark's "real cost" rests on these numbers (checked from the configs; nothing is built)."""
+    config = random_models.CONFIGS["sd21-base"]
+    assert config["unet"]["sample_size"] * 2 ** (len(config["vae"]["block_out_channels"]) - 1) == 512
+    assert config["unet"]["block_out_channels"] == (320, 640, 1280, 1280)
+    assert config["unet"]["cross_attention_dim"] == config["text_encoder"]["hidden_size"] == 1024
+
+
+def test_progress_is_reported_every_step_on_cpu_unless_told_otherwise(tiny_sd_prior):
+    def steps_reported(config):
+        steps = []
+        Trainer(config, tiny_sd_prior, None).run(Callbacks(on_progress=lambda step, *_: steps.append(step)))
+        return steps
+
+    assert steps_reported(TrainConfig("a hamburger", steps=5)) == [1, 2, 3, 4, 5]
+    assert steps_reported(TrainConfig("a hamburger", steps=7, progress_every=3)) == [3, 6, 7]  # and the last
+
+
+def test_compile_flag_compiles_the_shared_unet_once(tiny_sd_prior, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tiny_sd_prior.unet, "compile", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(tiny_sd_prior, "_unet_compiled", False)
+    Trainer(TrainConfig("a hamburger"), tiny_sd_prior, None)
+    assert calls == []
+    Trainer(TrainConfig("a hamburger", compile_unet=True), tiny_sd_prior, None)
+    Trainer(TrainConfig("a hamburger", compile_unet=True), tiny_sd_prior, None)
+    assert calls == [1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs only exist on CUDA")
+def test_a_training_step_never_waits_for_the_gpu(tmp_path):
+    from nfsd_server.guidance.random_models import save_random_stable_diffusion
+
+    prior = load_prior("stable-diffusion", str(save_random_stable_diffusion(tmp_path / "tiny")), "cuda")
+    trainer = Trainer(TrainConfig("a hamburger", steps=10), prior, None)
+    # The occupancy-grid sampler syncs by design (nerfacc packs samples); the stratified one must not.
+    trainer.renderer = StratifiedRenderer(RendererConfig(n_samples=16)).cuda()
+    trainer.train_step()  # warm-up: lazy CUDA initialisation may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
