@@ -43,6 +43,7 @@ import torch
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, default_device, load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
 from nfsd_server.scene.cameras import sample_orbit_cameras
+from nfsd_server.scene.renderer import RendererConfig, make_renderer
 from nfsd_server.train import PRESETS, Preset, TrainConfig, Trainer
 
 STAGES = ("render", "encode", "unet", "backward", "optimizer")
@@ -133,12 +134,11 @@ def reset_peak(device: torch.device, timer: StageTimer) -> None:
 
 def measure(
     prior: Prior, preset_name: str, steps: int, warmup: int, resolution: int | None, seed: int = 0,
-    compile_unet: bool = False, methods: tuple[str, ...] = METHODS,
+    compile_unet: bool = False, methods: tuple[str, ...] = METHODS, first_phase_only: bool = False,
 ) -> dict[tuple[str, int], Samples]:
     """Interleaved NFSD/SDS steps per schedule phase → {(method, side): Samples}."""
     device = prior.device
-    preset = PRESETS[preset_name]
-    schedule = ((0.0, resolution),) if resolution else preset.resolution_schedule
+    schedule = measured_schedule(PRESETS[preset_name], resolution, first_phase_only)
     timer = StageTimer(device)
     trainers = {}
     for method in methods:
@@ -150,9 +150,10 @@ def measure(
     latent_shape = latent_shape_of(prior)
     results: dict[tuple[str, int], Samples] = {}
     for phase, (fraction, side) in enumerate(schedule):
+        end = schedule[phase + 1][0] if phase + 1 < len(schedule) else 1.0
         for method, trainer in trainers.items():
-            # Jump into the phase (its t range, shading and resolution), pinning the side if asked.
-            trainer.step = int(fraction * trainer.total) + 1
+            # Jump to the middle of the phase (its t range, lit shading, resolution); pin the side if asked.
+            trainer.step = int((fraction + end) / 2 * trainer.total)
             if resolution:
                 trainer.preset = dataclasses.replace(trainer.preset, resolution_schedule=schedule)
             results[method, side] = Samples()
@@ -174,20 +175,25 @@ def measure(
     return results
 
 
-def projected_seconds(results: dict[tuple[str, int], Samples], method: str, preset: Preset, steps_total: int,
-                      resolution: int | None) -> float:
-    """The preset's full run: each schedule phase's share of steps × its median step time."""
-    schedule = ((0.0, resolution),) if resolution else preset.resolution_schedule
-    total = 0.0
+def measured_schedule(preset: Preset, resolution: int | None, first_phase_only: bool) -> tuple[tuple[float, int], ...]:
+    if resolution:
+        return ((0.0, resolution),)
+    return preset.resolution_schedule[:1] if first_phase_only else preset.resolution_schedule
+
+
+def projected_seconds(results: dict[tuple[str, int], Samples], method: str, preset: Preset, steps_total: int) -> float:
+    """The preset's full run: each phase's share of steps × its median step (unmeasured phases: the last measured)."""
+    total, samples = 0.0, None
+    schedule = preset.resolution_schedule
     for index, (fraction, side) in enumerate(schedule):
         end = schedule[index + 1][0] if index + 1 < len(schedule) else 1.0
-        samples = results[method, side]
+        samples = results.get((method, side), samples) or next(s for (m, _), s in results.items() if m == method)
         total += (end - fraction) * steps_total * samples.median(samples.step)
     return total
 
 
 def report(results: dict[tuple[str, int], Samples], device: torch.device, preset_name: str,
-           resolution: int | None, steps_total: int) -> tuple[float, float]:
+           steps_total: int) -> tuple[float, float]:
     """Print the tables; return (NFSD ÷ SDS, NFSD ÷ its UNet floor), both over all phases' medians."""
     memory_name = "peak VRAM (max_memory_allocated)" if device.type == "cuda" else "peak RSS"
     sides = sorted({side for _, side in results})
@@ -208,8 +214,9 @@ def report(results: dict[tuple[str, int], Samples], device: torch.device, preset
     print()
     for method in METHODS:
         if any(m == method for m, _ in results):
-            seconds = projected_seconds(results, method, PRESETS[preset_name], steps_total, resolution)
-            print(f"projected {method} run ({steps_total} steps, preset {preset_name}): {seconds / 60:.1f} min")
+            seconds = projected_seconds(results, method, PRESETS[preset_name], steps_total)
+            caveat = ", negative row every step" if method == "nfsd" else ""
+            print(f"projected {method} run ({steps_total} steps, preset {preset_name}{caveat}): {seconds / 60:.1f} min")
     nfsd_step = statistics.median(s for side in sides for s in results["nfsd", side].step)
     sds_step = statistics.median(s for side in sides for s in results["sds", side].step)
     nfsd_floor = statistics.median(r for side in sides for r in (
@@ -227,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="unmeasured steps first (default: 2, 1 real scale on CPU)")
     parser.add_argument("--resolution", type=int, help="render side in px for every step, instead of the preset's schedule")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--all-phases", action="store_true", help="measure every render resolution of the preset's "
+                        "schedule (default except real scale on CPU, where only the first is measured)")
+    parser.add_argument("--encode-size", type=int, help="opt-in trade: VAE-encode at this side (e.g. 256) and "
+                        "upsample the latents, instead of encoding at the model's 512 px")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -245,16 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nfsd-bench-") as scratch:
         model = args.model or str(save_random_stable_diffusion(Path(scratch) / "tiny-sd", name="tiny"))
-        prior = load_prior("stable-diffusion", model, device)
+        prior = load_prior("stable-diffusion", model, device, encode_size=args.encode_size)
         loaded = time.perf_counter() - started
         print(f"model {args.model or 'tiny (random, temp folder)'} on {device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
               f"{getattr(prior, 'dtype', torch.float32)}, loaded in {loaded:.1f} s; preset {preset}; "
-              f"{warmup} warm-up + {steps} measured steps per method and phase"
+              f"{warmup} warm-up + {steps} measured steps per method and phase; renderer "
+              f"{type(make_renderer(RendererConfig(), device)).__name__}"
+              + (f"; VAE encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
               + ("; UNet torch.compile'd" if args.compile else ""))
-        results = measure(prior, preset, steps, warmup, args.resolution, compile_unet=args.compile)
+        results = measure(prior, preset, steps, warmup, args.resolution, compile_unet=args.compile,
+                          first_phase_only=cpu_real and not args.all_phases)
     steps_total = PRESETS[preset].steps
-    nfsd_over_sds, nfsd_over_floor = report(results, device, preset, args.resolution, steps_total)
+    nfsd_over_sds, nfsd_over_floor = report(results, device, preset, steps_total)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; process peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (includes loading)")
     print(f"nfsd_over_sds={nfsd_over_sds:.3f}")

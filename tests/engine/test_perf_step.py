@@ -104,3 +104,15 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
+
+
+def test_encoding_smaller_is_opt_in_and_keeps_the_latent_shape(tiny_sd_dir, tiny_sd_prior):
+    assert tiny_sd_prior.encode_size == tiny_sd_prior.image_size  # the default path encodes at the model's size
+    cheap = load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encode_size=8)
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    latents = cheap.encode(images)
+    assert latents.shape == tiny_sd_prior.encode(images).shape == (2, 4, 8, 8)
+    latents.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="encode_size must be a multiple of 2"):
+        load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encode_size=7)
