@@ -1,0 +1,65 @@
+"""The FastAPI application: routers, error handlers, and a lifespan that owns the job runner."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from nfsd_server import __version__
+from nfsd_server.api import routes_health, routes_jobs
+from nfsd_server.api.errors import install_error_handlers
+from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
+from nfsd_server.guidance.stable_diffusion import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    token: str | None = None  # None: no auth (only allowed on loopback; see server.py)
+    default_prior: str = "stable-diffusion"
+    default_model: str | None = DEFAULT_MODEL
+    device: str | None = None
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    run_fn: RunFn | None = None,
+    load_prior_fn: LoadPriorFn | None = None,
+    start_worker: bool = True,
+) -> FastAPI:
+    """The app; the job runner (and with it every warm model) lives exactly as long as its lifespan.
+
+    ``start_worker=False`` accepts jobs but never runs them (for fuzzing the HTTP layer).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager = JobManager(
+            config.data_dir, default_prior=config.default_prior, default_model=config.default_model,
+            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn,
+        )
+        app.state.manager = manager
+        if start_worker:
+            manager.start()
+        try:
+            yield
+        finally:
+            # Joining the worker blocks; off the event loop so in-flight responses can still finish.
+            await asyncio.to_thread(manager.stop)
+
+    app = FastAPI(
+        title="NFSD for Blender",
+        version=__version__,
+        description="Text-to-3D jobs: submit a prompt, poll progress and previews, download a GLB.",
+        lifespan=lifespan,
+    )
+    app.state.token = config.token or None
+    install_error_handlers(app)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_health.router)
+    return app

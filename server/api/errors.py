@@ -1,0 +1,51 @@
+"""Every error leaves as HTTP status + ``{"detail": ..., "hint": ...}``; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(StarletteHTTPException):
+    """An HTTP error with a hint the add-on can show under the message."""
+
+    def __init__(self, status_code: int, detail: str, hint: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.hint = hint
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    hint = getattr(error, "hint", None)
+    return JSONResponse({"detail": error.detail, "hint": hint}, status_code=error.status_code, headers=error.headers)
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    # Only loc/msg/type go back: echoing "input" could carry NaN (which JSON cannot encode) or megabytes.
+    errors = [
+        {"loc": [str(part) for part in item.get("loc", ())], "msg": str(item.get("msg", "")), "type": str(item.get("type", ""))}
+        for item in error.errors()
+    ]
+    names = [".".join(part for part in item["loc"] if part != "body") or "body" for item in errors]
+    first = f"{names[0]}: {errors[0]['msg']}" if errors else "the request"
+    hint = f"fix {first}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    return JSONResponse({"detail": errors, "hint": hint}, status_code=422)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "internal server error", "hint": "this is a server bug; the server log has the details"},
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)

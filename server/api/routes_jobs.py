@@ -1,0 +1,113 @@
+"""``/v1/jobs``: submit, list, poll, preview, result, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
+
+from nfsd_server.api.auth import require_token
+from nfsd_server.api.errors import ApiError
+from nfsd_server.api.jobs import JobManager, JobNotFound, ResultNotReady
+from nfsd_server.api.schemas import ErrorBody, JobCreated, JobList, JobRequest, JobStatus
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_token)],
+    responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},
+)
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No job with this id"}}
+NOT_READY = {409: {"model": ErrorBody, "description": "The job is not done (the detail says its state)"}}
+
+
+def manager(request: Request) -> JobManager:
+    return request.app.state.manager
+
+
+def _known(job_id: str, jobs: JobManager):
+    """Run ``jobs``'s lookup, turning an unknown id into a 404 with a hint."""
+    try:
+        return jobs.status(job_id)
+    except JobNotFound:
+        raise ApiError(404, f"no job {job_id!r} on this server", hint="list jobs with GET /v1/jobs") from None
+
+
+@router.post(
+    "", status_code=202, response_model=JobCreated,
+    responses={422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"}},
+)
+def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(manager)) -> JobCreated:
+    """Queue a generation. Poll ``GET /v1/jobs/{id}`` for progress."""
+    job = jobs.submit(body)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobCreated(id=job.id)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(jobs: JobManager = Depends(manager)) -> JobList:
+    """Every job, newest first (including those finished before a restart)."""
+    return JobList(jobs=jobs.list())
+
+
+@router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
+def get_job(job_id: str, jobs: JobManager = Depends(manager)) -> JobStatus:
+    return _known(job_id, jobs)
+
+
+@router.delete("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
+def cancel_job(job_id: str, jobs: JobManager = Depends(manager)) -> JobStatus:
+    """Cancel. Queued: cancelled at once. Running: the state becomes ``cancelled`` when the training loop
+    stops at its next step (poll to see it). Already finished: nothing changes; returns its status (200)."""
+    _known(job_id, jobs)
+    return jobs.cancel(job_id)
+
+
+@router.get(
+    "/{job_id}/preview.png",
+    response_class=Response,
+    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "The latest preview render"}},
+)
+def get_preview(job_id: str, jobs: JobManager = Depends(manager)) -> Response:
+    """The latest preview render (PNG); 404 until the first one exists."""
+    status = _known(job_id, jobs)
+    path = jobs.preview_path(job_id)
+    if path is None:
+        raise ApiError(
+            404, f"job {job_id} has no preview yet (state {status.state}, step {status.step})",
+            hint="previews appear every few training steps; poll has_preview",
+        )
+    # Read, not stream: the file is small and may be replaced by the next preview while we send it.
+    return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def _result(job_id: str, jobs: JobManager) -> tuple[Any, dict[str, Any]]:
+    _known(job_id, jobs)
+    try:
+        return jobs.result(job_id)
+    except ResultNotReady as not_ready:
+        raise ApiError(
+            409, f"job {job_id} is {not_ready.state}, not done; it has no result",
+            hint="wait until the state is done" if not_ready.state in ("queued", "running", "exporting")
+            else "submit the job again",
+        ) from None
+
+
+@router.get(
+    "/{job_id}/result.glb",
+    response_class=FileResponse,
+    responses={**NOT_FOUND, **NOT_READY, 200: {"content": {"model/gltf-binary": {}}, "description": "The GLB"}},
+)
+def get_result_glb(job_id: str, jobs: JobManager = Depends(manager)) -> FileResponse:
+    """The textured mesh (binary glTF), named after the prompt."""
+    path, _ = _result(job_id, jobs)
+    if not path.is_file():
+        raise ApiError(404, f"the result of job {job_id} was deleted from the server", hint="submit the job again")
+    return FileResponse(path, media_type="model/gltf-binary", filename=path.name)
+
+
+@router.get("/{job_id}/result.json", response_model=dict[str, Any], responses={**NOT_FOUND, **NOT_READY})
+def get_result_metadata(job_id: str, jobs: JobManager = Depends(manager)) -> dict[str, Any]:
+    """The metadata the GLB carries (prompt, seed, method, settings, version, face count…)."""
+    return _result(job_id, jobs)[1]

@@ -1,0 +1,145 @@
+"""The HTTP contract (``/v1``) as pydantic models: every request and response body the add-on sees.
+
+Changing a field here changes the public API; ``tests/api/test_api_contract.py`` pins it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nfsd_server import NFSD_NEGATIVE_PROMPT
+
+JobState = Literal["queued", "running", "exporting", "done", "failed", "cancelled"]
+FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**31 - 1
+# Documented in the schema so clients (and the fuzzer) know the rule; enforced by the validator below,
+# which gives a readable message instead of a regex dump.
+_NO_CONTROL_CHARS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
+
+def _reject_control_chars(value: str, field_name: str) -> str:
+    bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"{field_name} contains the control character {bad!r}; use plain text on one line")
+    return value
+
+
+class JobRequest(BaseModel):
+    """``POST /v1/jobs``: what to generate. ``null`` means "the server's / method's / preset's default"."""
+
+    # strict: a string "5" for an int or true for a number is a client bug; say so instead of guessing.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS,
+        description="What to make, e.g. 'a red ball'. Surrounding whitespace is stripped; 1–1000 characters, "
+        "no control characters.",
+        json_schema_extra={"pattern": _NO_CONTROL_CHARS},
+    )
+    negative_prompt: str = Field(
+        default=NFSD_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS,
+        description="NFSD's negative prompt (p_neg); may be empty.",
+        json_schema_extra={"pattern": _NO_CONTROL_CHARS},
+    )
+    method: Literal["nfsd", "sds"] = "nfsd"
+    guidance_scale: float | None = Field(
+        default=None, gt=0, le=500, allow_inf_nan=False,
+        description="Classifier-free guidance scale; null → 7.5 for nfsd, 100 for sds.",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="null → a random seed, chosen at submit and echoed back."
+    )
+    steps: int | None = Field(default=None, ge=1, le=100_000, description="Training steps; null → the preset's.")
+    preset: Literal["draft", "standard", "high"] = "standard"
+    poly_budget: int = Field(default=20_000, ge=100, le=500_000, description="Maximum faces of the exported mesh.")
+    texture_size: Literal[512, 1024, 2048] = 1024
+    prior: Literal["stable-diffusion", "analytic"] | None = Field(
+        default=None, description="null → the server's --default-prior. 'analytic' is the offline test prior."
+    )
+    model: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="Hub id or local diffusers folder on the server; null → the server's --default-model "
+        "(ignored by the analytic prior).",
+    )
+    init_mesh: None = Field(
+        default=None,
+        description="Reserved for 'use the selected object as the starting shape'; must be null for now.",
+    )
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _strip_prompt(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _plain_text(cls, value: str, info) -> str:
+        return _reject_control_chars(value, info.field_name)
+
+
+class ResolvedJobRequest(JobRequest):
+    """The request as the job runs it: seed, guidance scale, steps and prior filled in at submit."""
+
+    guidance_scale: float = Field(gt=0, le=500)  # type: ignore[assignment]
+    seed: int = Field(ge=0, le=MAX_SEED)  # type: ignore[assignment]
+    steps: int = Field(ge=1, le=100_000)  # type: ignore[assignment]
+    prior: Literal["stable-diffusion", "analytic"]  # type: ignore[assignment]
+
+
+class JobCreated(BaseModel):
+    id: str = Field(description="The job id (hex); use it in /v1/jobs/{id}.")
+
+
+class JobStatus(BaseModel):
+    """``GET /v1/jobs/{id}``: where a job is. Poll it; previews and results have their own URLs."""
+
+    id: str
+    state: JobState
+    step: int = Field(description="Training steps done.")
+    total: int = Field(description="Training steps in all.")
+    loss: float | None = Field(description="Latest training loss; null before the first step.")
+    eta_s: float | None = Field(description="Estimated seconds of training left; null when unknown.")
+    queue_position: int | None = Field(description="0 = runs next; null unless queued.")
+    error: str | None = Field(description="Why the job failed, in one line; null unless failed.")
+    hint: str | None = Field(description="What to try next after a failure; null when there is nothing to add.")
+    request: ResolvedJobRequest
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    has_preview: bool = Field(description="True once /v1/jobs/{id}/preview.png has an image.")
+    preview_step: int | None = Field(description="The training step the current preview shows.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="Every job this server knows, newest first.")
+
+
+class MemoryUsage(BaseModel):
+    rss_bytes: int
+    cuda_allocated_bytes: int | None = Field(description="null without CUDA.")
+
+
+class Health(BaseModel):
+    """``GET /v1/health`` (no token needed): is the server up, and what is it holding."""
+
+    version: str
+    device: str
+    default_prior: str
+    default_model: str | None
+    models_loaded: list[str] = Field(description="Warm priors as 'prior' or 'prior:model', e.g. 'analytic'.")
+    queue_length: int = Field(description="Jobs waiting (not counting the running one).")
+    running_job: str | None
+    memory: MemoryUsage
+
+
+class ErrorBody(BaseModel):
+    """Every error response: what went wrong and, when we know, how to fix it."""
+
+    detail: Any = Field(description="A sentence, or for 422 the list of field errors (each with its 'loc').")
+    hint: str | None = None
