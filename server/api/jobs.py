@@ -304,7 +304,8 @@ class JobManager:
 
     def list(self) -> list[JobStatus]:
         with self._lock:
-            return [self._status(job) for job in reversed(self._jobs.values())]
+            positions = {job_id: index for index, job_id in enumerate(self._pending)}
+            return [self._status(job, positions.get(job.id)) for job in reversed(self._jobs.values())]
 
     def preview_path(self, job_id: str) -> Path | None:
         with self._lock:
@@ -333,7 +334,9 @@ class JobManager:
         except KeyError:
             raise JobNotFound(job_id) from None
 
-    def _status(self, job: Job) -> JobStatus:
+    def _status(self, job: Job, queue_position: int | None = None) -> JobStatus:
+        if queue_position is None and job.state == "queued":
+            queue_position = self._pending.index(job.id)
         return JobStatus(
             id=job.id,
             state=job.state,  # type: ignore[arg-type]
@@ -341,7 +344,7 @@ class JobManager:
             total=job.request.steps,
             loss=job.loss,
             eta_s=job.eta_s,
-            queue_position=self._pending.index(job.id) if job.state == "queued" else None,
+            queue_position=queue_position,
             error=job.error,
             hint=job.hint,
             request=job.request,

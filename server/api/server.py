@@ -1,0 +1,167 @@
+"""`nfsd serve`: run the job server, on a GPU box or spawned by the Blender add-on.
+
+Spawned mode (``--port 0 --parent-stdin``): once the server accepts connections it prints exactly one JSON
+line ``{"port": N, "pid": P, "version": "…"}`` on stdout, and it exits when its stdin closes, so it never
+outlives Blender. Everything else (logs) goes to stderr.
+
+Auth: every route but /v1/health needs ``Authorization: Bearer <token>`` (``--token`` or, better, because
+it stays out of ``ps``, the ``NFSD_TOKEN`` environment variable). Without a token the server only starts
+on a loopback address, and then accepts any local client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+from nfsd_server.cli import UsageError
+
+DEFAULT_PORT = 8765
+PRIORS = ("stable-diffusion", "analytic")
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("nfsd")) / "jobs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nfsd_server.guidance.stable_diffusion import DEFAULT_MODEL
+
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"0 = any free port (default: {DEFAULT_PORT})")
+    parser.add_argument("--token", default=None, help="bearer token clients must send (default: $NFSD_TOKEN)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where jobs and results live (default: the user cache)")
+    parser.add_argument("--default-prior", choices=PRIORS, default="stable-diffusion", help="prior for jobs that name none")
+    parser.add_argument("--default-model", default=DEFAULT_MODEL, help="model for jobs that name none (hub id or folder)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
+    parser.add_argument("--parent-stdin", action="store_true", help="exit when stdin closes (for a spawning parent)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything, so it is not loopback
+        return False
+
+
+def check_device(device: str | None) -> str | None:
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {device!r} is not a torch device ({error}); use cuda, cuda:0 or cpu") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: this torch build sees no CUDA GPU; use --device cpu")
+    return str(parsed)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bound here, not by uvicorn, so ``--port 0`` tells us the real port before we announce it."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name != "nt":  # on Windows SO_REUSEADDR lets another process steal the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, but all to stderr: stdout carries only the spawn line."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    config["loggers"]["nfsd_server"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def _claim_stdout() -> TextIO:
+    """A private handle on the real stdout; fd 1 then points at stderr so no stray print can break the protocol."""
+    sys.stdout.flush()
+    announce = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return announce
+
+
+def _exit_when_stdin_closes(server) -> None:
+    fd = sys.stdin.fileno()
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:  # a broken stdin means the parent is gone, just like EOF
+        pass
+    logging.getLogger(__name__).info("stdin closed: shutting down")
+    server.should_exit = True
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from nfsd_server import __version__
+    from nfsd_server.api.app import ServerConfig, create_app
+
+    token = args.token or os.environ.get("NFSD_TOKEN") or None
+    if token is None and not is_loopback(args.host):
+        raise UsageError(
+            f"refusing to serve on {args.host} without a token: set NFSD_TOKEN or pass --token "
+            "(only loopback addresses may run without one)"
+        )
+    device = check_device(args.device)
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--data-dir {str(data_dir)!r} cannot be created: {error.strerror}") from None
+    if token is None:
+        print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
+
+    sock = bind_socket(args.host, args.port)
+    port = sock.getsockname()[1]
+    announce = _claim_stdout()
+    app = create_app(
+        ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
+                     default_model=args.default_model, device=device)
+    )
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # the lifespan ran and the socket is served: now clients may come
+                announce.write(json.dumps({"port": port, "pid": os.getpid(), "version": __version__}) + "\n")
+                announce.flush()
+                announce.close()
+
+    config = uvicorn.Config(
+        app, log_config=log_config(args.log_level), log_level=args.log_level, access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = AnnouncingServer(config)
+    if args.parent_stdin:
+        threading.Thread(target=_exit_when_stdin_closes, args=(server,), name="nfsd-parent-stdin", daemon=True).start()
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
