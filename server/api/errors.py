@@ -20,8 +20,16 @@ class ApiError(StarletteHTTPException):
         self.hint = hint
 
 
+# For errors raised by FastAPI/Starlette themselves, which carry no hint of their own.
+_DEFAULT_HINTS = {
+    400: "send the body as UTF-8 JSON with Content-Type: application/json",
+    404: "check the URL; every route is under /v1 (see /docs)",
+    405: "check the HTTP method for this URL (see /docs)",
+}
+
+
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    hint = getattr(error, "hint", None)
+    hint = getattr(error, "hint", None) or _DEFAULT_HINTS.get(error.status_code)
     return JSONResponse({"detail": error.detail, "hint": hint}, status_code=error.status_code, headers=error.headers)
 
 

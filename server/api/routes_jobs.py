@@ -36,7 +36,10 @@ def _known(job_id: str, jobs: JobManager):
 
 @router.post(
     "", status_code=202, response_model=JobCreated,
-    responses={422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"}},
+    responses={
+        400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
+        422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
+    },
 )
 def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(manager)) -> JobCreated:
     """Queue a generation. Poll ``GET /v1/jobs/{id}`` for progress."""

@@ -1,0 +1,92 @@
+"""The /v1 contract the Blender add-on codes against, pinned from the served OpenAPI schema.
+
+A change here is a change to the add-on's world: bump the API version instead of editing quietly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nfsd_server import NFSD_NEGATIVE_PROMPT
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from nfsd_server.api.app import ServerConfig, create_app
+
+    app = create_app(ServerConfig(data_dir=tmp_path_factory.mktemp("jobs"), token="t"), start_worker=False)
+    with TestClient(app) as client:
+        response = client.get("/openapi.json")  # the default path, readable without a token
+        assert response.status_code == 200
+        return response.json()
+
+
+def test_api_contract_routes_and_methods(spec):
+    routes = {(path, method) for path, item in spec["paths"].items() for method in item}
+    assert routes == {
+        ("/v1/jobs", "post"), ("/v1/jobs", "get"),
+        ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}", "delete"),
+        ("/v1/jobs/{job_id}/preview.png", "get"),
+        ("/v1/jobs/{job_id}/result.glb", "get"), ("/v1/jobs/{job_id}/result.json", "get"),
+        ("/v1/health", "get"),
+    }
+    assert "202" in spec["paths"]["/v1/jobs"]["post"]["responses"]
+    assert "image/png" in spec["paths"]["/v1/jobs/{job_id}/preview.png"]["get"]["responses"]["200"]["content"]
+    assert "model/gltf-binary" in spec["paths"]["/v1/jobs/{job_id}/result.glb"]["get"]["responses"]["200"]["content"]
+
+
+def test_api_contract_bearer_auth_on_every_route_but_health(spec):
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "`Authorization: Bearer <token>`; the token is the server's --token or NFSD_TOKEN.",
+    }
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            expected = [] if path == "/v1/health" else [{"bearer": []}]
+            assert operation.get("security", []) == expected, (method, path)
+
+
+def test_api_contract_job_request(spec):
+    schema = spec["components"]["schemas"]["JobRequest"]
+    assert schema["additionalProperties"] is False and schema["required"] == ["prompt"]
+    fields = schema["properties"]
+    assert set(fields) == {
+        "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset", "poly_budget",
+        "texture_size", "prior", "model", "init_mesh",
+    }
+    assert (fields["prompt"]["minLength"], fields["prompt"]["maxLength"]) == (1, 1000)
+    assert fields["negative_prompt"]["default"] == NFSD_NEGATIVE_PROMPT
+    assert fields["method"] == {"enum": ["nfsd", "sds"], "type": "string", "title": "Method", "default": "nfsd"}
+    assert fields["preset"]["enum"] == ["draft", "standard", "high"] and fields["preset"]["default"] == "standard"
+    assert fields["texture_size"]["enum"] == [512, 1024, 2048] and fields["texture_size"]["default"] == 1024
+    assert fields["poly_budget"]["default"] == 20000
+    assert (fields["poly_budget"]["minimum"], fields["poly_budget"]["maximum"]) == (100, 500000)
+    guidance = next(option for option in fields["guidance_scale"]["anyOf"] if option.get("type") == "number")
+    assert (guidance["exclusiveMinimum"], guidance["maximum"]) == (0, 500)
+    seed = next(option for option in fields["seed"]["anyOf"] if option.get("type") == "integer")
+    assert (seed["minimum"], seed["maximum"]) == (0, 2**31 - 1)
+    steps = next(option for option in fields["steps"]["anyOf"] if option.get("type") == "integer")
+    assert (steps["minimum"], steps["maximum"]) == (1, 100000)
+    assert fields["init_mesh"]["type"] == "null"  # reserved; only null accepted for now
+    for name in ("guidance_scale", "seed", "steps", "prior", "model"):  # optional, and null means "default"
+        assert {"type": "null"} in fields[name]["anyOf"], name
+
+
+def test_api_contract_job_status_and_health(spec):
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["JobStatus"]["properties"]) == {
+        "id", "state", "step", "total", "loss", "eta_s", "queue_position", "error", "hint", "request",
+        "created_at", "started_at", "finished_at", "has_preview", "preview_step",
+    }
+    assert schemas["JobStatus"]["properties"]["state"]["enum"] == [
+        "queued", "running", "exporting", "done", "failed", "cancelled",
+    ]
+    assert set(schemas["JobList"]["properties"]) == {"jobs"}
+    assert set(schemas["JobCreated"]["properties"]) == {"id"}
+    assert set(schemas["Health"]["properties"]) == {
+        "version", "device", "default_prior", "default_model", "models_loaded", "queue_length", "running_job", "memory",
+    }
+    assert set(schemas["MemoryUsage"]["properties"]) == {"rss_bytes", "cuda_allocated_bytes"}
+    assert set(schemas["ErrorBody"]["properties"]) == {"detail", "hint"}
