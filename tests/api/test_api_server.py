@@ -1,0 +1,183 @@
+"""A real `python -m nfsd_server serve --port 0 --parent-stdin` on loopback, driven over HTTP as the add-on does.
+
+The end-to-end tests train for real with the analytic prior ("a red ball", draft preset, a few steps).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+import trimesh
+from PIL import Image
+
+from conftest import AUTH, SpawnedServer, wait_for
+from nfsd_server.api.jobs import RESTART_REASON
+
+
+def _real_pipeline_missing() -> str | None:
+    if importlib.util.find_spec("nfsd_server.guidance.analytic") is None:
+        return "the analytic prior (nfsd_server.guidance.analytic) has not landed yet"
+    try:
+        from nfsd_server.export import ExportSettings, export_glb, slugify  # noqa: F401
+    except ImportError:
+        return "the exporter (nfsd_server.export.export_glb) has not landed yet"
+    return None
+
+
+needs_pipeline = pytest.mark.skipif(_real_pipeline_missing() is not None, reason=str(_real_pipeline_missing()))
+RED_BALL = {"prompt": "a red ball", "prior": "analytic", "preset": "draft", "steps": 40, "poly_budget": 1000,
+            "texture_size": 512, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    spawned = SpawnedServer(tmp_path_factory.mktemp("served-jobs"))
+    yield spawned
+    spawned.kill()
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+        yield client
+
+
+def status_of(http, job_id: str) -> dict:
+    response = http.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_state(http, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    def reached():
+        status = status_of(http, job_id)
+        return status if status["state"] in states else None
+
+    return wait_for(reached, timeout, f"job {job_id} to reach {states}")
+
+
+def test_api_server_announces_itself_once_and_serves_health(server):
+    assert set(server.announcement) == {"port", "pid", "version"}
+    assert server.announcement["pid"] == server.process.pid and server.port > 0
+    health = httpx.get(f"{server.url}/v1/health", timeout=10).json()  # no token needed
+    assert health["version"] == server.announcement["version"] and health["default_prior"] == "analytic"
+
+
+def test_api_server_rejects_missing_and_wrong_tokens(server):
+    assert httpx.get(f"{server.url}/v1/jobs", timeout=10).status_code == 401
+    wrong = httpx.get(f"{server.url}/v1/jobs", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "wrong token"
+    assert httpx.get(f"{server.url}/v1/jobs", headers=AUTH, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"prompt": ""}, "prompt"), ({"prompt": "a red ball", "steps": -1}, "steps"),
+     ({"prompt": "a red ball", "texture_size": 1 << 20}, "texture_size"), ({"prompt": ["a red ball"]}, "prompt"),
+     ({"prompt": "a red ball", "unknown": 1}, "unknown")],
+)
+def test_api_server_bad_bodies_are_422(http, body, field):
+    response = http.post("/v1/jobs", json=body)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_api_server_exits_when_parent_stdin_closes(tmp_path):
+    spawned = SpawnedServer(tmp_path / "jobs")
+    try:
+        pid = spawned.process.pid
+        assert psutil.pid_exists(pid)
+        assert spawned.close_stdin_and_wait(timeout=15) == 0
+        wait_for(lambda: not psutil.pid_exists(pid), 5, "the server process to be gone")
+        assert spawned.process.stdout.read() == b""  # the spawn line was the only thing on stdout
+    finally:
+        spawned.kill()
+
+
+def test_api_server_refuses_non_loopback_without_token(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "NFSD_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "nfsd_server", "serve", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "without a token" in result.stderr
+
+
+def test_api_server_failed_job_does_not_stop_the_next(http):
+    missing_model = http.post("/v1/jobs", json={"prompt": "a red ball", "prior": "stable-diffusion",
+                                               "model": "/nonexistent/model-folder", "steps": 5}).json()["id"]
+    failed = wait_state(http, missing_model, ("failed", "done", "cancelled"))
+    assert failed["state"] == "failed" and "/nonexistent/model-folder" in failed["error"]
+    assert "Traceback" not in failed["error"] and failed["hint"]
+    assert http.get("/v1/health").json()["running_job"] is None
+
+
+@needs_pipeline
+def test_api_server_generates_a_red_ball_end_to_end(http):
+    unknown = http.post("/v1/jobs", json={**RED_BALL, "prompt": "a purple elephant"}).json()["id"]
+    job_id = http.post("/v1/jobs", json=RED_BALL).json()["id"]
+    failed = wait_state(http, unknown, ("failed", "done"))
+    assert failed["state"] == "failed" and "a purple elephant" in failed["error"]
+
+    steps_seen = [status_of(http, job_id)["step"]]
+    while (status := status_of(http, job_id))["state"] not in ("done", "failed", "cancelled"):
+        steps_seen.append(status["step"])
+        time.sleep(0.02)
+    assert status["state"] == "done", status
+    assert any(0 < step < 40 for step in steps_seen), steps_seen  # progress was visible while training
+    assert steps_seen == sorted(steps_seen)
+    assert status["step"] == status["total"] == 40 and status["has_preview"]
+
+    preview = http.get(f"/v1/jobs/{job_id}/preview.png")
+    assert preview.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(preview.content)).mode == "RGB"
+    glb = http.get(f"/v1/jobs/{job_id}/result.glb")
+    assert glb.status_code == 200 and ".glb" in glb.headers["content-disposition"]
+    mesh = trimesh.load(io.BytesIO(glb.content), file_type="glb", force="mesh")
+    assert 0 < len(mesh.faces) <= 1000
+    metadata = http.get(f"/v1/jobs/{job_id}/result.json").json()
+    assert metadata["prompt"] == "a red ball" and metadata["seed"] == 1
+    assert http.get("/v1/health").json()["models_loaded"] == ["analytic"]
+
+
+@needs_pipeline
+def test_api_server_cancels_running_and_queued_jobs(http):
+    running = http.post("/v1/jobs", json={**RED_BALL, "steps": 100_000}).json()["id"]
+    queued = http.post("/v1/jobs", json=RED_BALL).json()["id"]
+    assert http.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
+    wait_for(lambda: status_of(http, running)["step"] > 0, 60, "the long job to train")
+    asked_at = http.delete(f"/v1/jobs/{running}").json()["step"]
+    cancelled = wait_state(http, running, ("cancelled", "failed", "done"), timeout=30)
+    assert cancelled["state"] == "cancelled" and cancelled["step"] <= asked_at + 1
+    assert status_of(http, queued)["started_at"] is None
+
+
+@needs_pipeline
+def test_api_server_restart_lists_results_and_fails_the_interrupted_job(tmp_path):
+    data_dir = tmp_path / "jobs"
+    first = SpawnedServer(data_dir)
+    try:
+        with httpx.Client(base_url=first.url, headers=AUTH, timeout=30) as http:
+            done = http.post("/v1/jobs", json={**RED_BALL, "steps": 5}).json()["id"]
+            wait_state(http, done, ("done",))
+            interrupted = http.post("/v1/jobs", json={**RED_BALL, "steps": 100_000}).json()["id"]
+            wait_for(lambda: status_of(http, interrupted)["step"] > 0, 60, "the long job to train")
+    finally:
+        first.kill()  # a crash: no graceful shutdown
+    second = SpawnedServer(data_dir)
+    try:
+        with httpx.Client(base_url=second.url, headers=AUTH, timeout=30) as http:
+            jobs = {job["id"]: job for job in http.get("/v1/jobs").json()["jobs"]}
+            assert jobs[done]["state"] == "done" and http.get(f"/v1/jobs/{done}/result.glb").status_code == 200
+            assert jobs[interrupted]["state"] == "failed" and jobs[interrupted]["error"] == RESTART_REASON
+    finally:
+        second.close_stdin_and_wait()
+
