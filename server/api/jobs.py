@@ -257,7 +257,12 @@ class JobManager:
         log.info("job %s: %s%s", job.id, state, f" ({job.error})" if job.error else "")
 
     def _persist(self, job: Job) -> None:
-        write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
+        # Memory is the truth while the server runs; the file is for the next start. A full or vanished
+        # disk must not stop the state machine (or the worker) halfway through a transition.
+        try:
+            write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
+        except OSError as error:
+            log.error("job %s: cannot write %s: %s", job.id, job.folder / JOB_FILE, error)
 
     # -- what the routes call ---------------------------------------------------------------------
     def resolve(self, request: JobRequest) -> ResolvedJobRequest:
@@ -368,6 +373,13 @@ class JobManager:
                 self._set_state(job, "running")
             try:
                 self._run(job)
+            # _run already turns a job's own errors into "failed"; this is for a bug in the bookkeeping,
+            # which must cost one job, not the worker (and with it every later job).
+            except Exception:  # noqa: BLE001
+                log.exception("job %s: internal error in the job runner", job.id)
+                with self._lock:
+                    if job.state not in FINISHED_STATES:
+                        self._set_state(job, "failed", error="internal error in the job runner", hint="see the server log")
             finally:
                 with self._lock:
                     self._running = None

@@ -39,11 +39,18 @@ def _known(job_id: str, jobs: JobManager):
     responses={
         400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
         422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
+        507: {"model": ErrorBody, "description": "The server cannot write the job folder"},
     },
 )
 def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(manager)) -> JobCreated:
     """Queue a generation. Poll ``GET /v1/jobs/{id}`` for progress."""
-    job = jobs.submit(body)
+    try:
+        job = jobs.submit(body)
+    except OSError as error:
+        raise ApiError(
+            507, f"cannot create the job folder: {error.strerror or error}",
+            hint="free disk space or start the server with a writable --data-dir",
+        ) from None
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id)
 

@@ -267,3 +267,13 @@ def test_api_health_reports_server_settings_without_auth(make_client):
     assert health["device"] == "cpu" and health["default_prior"] == "analytic" and health["default_model"] == "my/model"
     assert health["memory"]["rss_bytes"] > 10_000_000 and health["memory"]["cuda_allocated_bytes"] is None
     assert health["queue_length"] == 0 and health["running_job"] is None and health["models_loaded"] == []
+
+
+def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path):
+    manager = client.app.state.manager
+    good_dir, manager.data_dir = manager.data_dir, tmp_path / "a-file"
+    manager.data_dir.write_text("not a folder")
+    response = client.post("/v1/jobs", json=RED_BALL)
+    assert response.status_code == 507 and "job folder" in response.json()["detail"]
+    manager.data_dir = good_dir
+    wait_state(client, submit(client), "done")
