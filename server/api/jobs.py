@@ -395,12 +395,8 @@ class JobManager:
             should_cancel=should_cancel,
         )
         request = job.request
-        settings = GenerationSettings(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, method=request.method,
-            guidance_scale=request.guidance_scale, seed=request.seed, steps=request.steps, preset=request.preset,
-            poly_budget=request.poly_budget, texture_size=request.texture_size, prior=request.prior,
-            model=request.model,
-        )
+        # The resolved request has GenerationSettings' fields, plus init_mesh, which nothing consumes yet.
+        settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
         try:
             prior = self._warm_prior(request.prior, request.model)
             if should_cancel():
