@@ -19,7 +19,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-from conftest import AUTH, TOKEN
+from api_helpers import AUTH, TOKEN
 
 REQUESTS = 1100
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -18,7 +18,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from conftest import AUTH, SpawnedServer, wait_for
+from api_helpers import AUTH, SpawnedServer, wait_for
 from nfsd_server.api.jobs import RESTART_REASON
 
 

@@ -1,0 +1,152 @@
+"""API test helpers: a fake pipeline and prior loader (injected into JobManager), and a real spawned server.
+
+A module of its own (not conftest) so test files can import it by a name unique in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nfsd_server.pipeline import GenerationCancelled, GenerationResult
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+KNOWN_PROMPTS = ("a red ball", "a blue cube", "a green torus")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; return its value, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class FakePrior:
+    """Knows the analytic prior's prompts; anything else is a ValueError, as the real one does."""
+
+    def __init__(self, name: str, model: str | None, device: str):
+        self.name, self.model, self.device = name, model, device
+
+    def prepare_prompts(self, prompt: str, negative_prompt: str) -> str:
+        if prompt not in KNOWN_PROMPTS:
+            raise ValueError(f"the analytic prior has no reference for {prompt!r}; use one of {list(KNOWN_PROMPTS)}")
+        return prompt
+
+
+class FakeLoader:
+    """``load_prior`` stand-in that counts loads per (name, model, device)."""
+
+    def __init__(self):
+        self.loads: list[tuple[str, str | None, str]] = []
+
+    def __call__(self, name: str, model: str | None = None, device: str | None = None) -> FakePrior:
+        self.loads.append((name, model, device))
+        if model is not None and model.startswith("/nonexistent"):
+            raise OSError(f"no diffusers model at {model!r}")
+        return FakePrior(name, model, device)
+
+
+class FakePipeline:
+    """``run_generation`` stand-in with the same callback protocol: a step takes ``step_s``; while ``gate`` is
+    clear the loop waits before each step (so a test can hold a job in ``running``)."""
+
+    def __init__(self, step_s: float = 0.0, loss: float | None = None):
+        self.step_s, self.loss = step_s, loss
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started: list[str] = []  # prompts, in the order jobs started
+        self.cancelled_at: dict[str, int] = {}
+
+    def __call__(self, settings, prior, out_dir: Path, callbacks) -> GenerationResult:
+        self.started.append(settings.prompt)
+        callbacks.on_stage("training")
+        prior.prepare_prompts(settings.prompt, settings.negative_prompt)
+        total = settings.steps
+        for step in range(total):
+            while not self.gate.wait(0.01):
+                if callbacks.should_cancel():
+                    break
+            if callbacks.should_cancel():
+                self.cancelled_at[settings.prompt] = step
+                raise GenerationCancelled(f"cancelled at step {step}")
+            time.sleep(self.step_s)
+            loss = self.loss if self.loss is not None else 1.0 / (step + 1)
+            callbacks.on_progress(step + 1, total, loss, (total - step - 1) * self.step_s)
+            if (step + 1) % 5 == 0 or step + 1 == total:
+                callbacks.on_preview(step + 1, np.full((16, 16, 3), (step * 10) % 256, dtype=np.uint8))
+        callbacks.on_stage("exporting")
+        import trimesh
+
+        glb = out_dir / (settings.prompt.replace(" ", "_") + ".glb")
+        glb.write_bytes(trimesh.creation.icosphere(subdivisions=1).export(file_type="glb"))
+        metadata = {"prompt": settings.prompt, "seed": settings.seed, "method": settings.method, "steps": total}
+        return GenerationResult(glb_path=glb, checkpoint_path=out_dir / "checkpoint.pt", metadata=metadata)
+
+
+def wait_state(client, job_id: str, states: str | tuple[str, ...], timeout: float = 10.0) -> dict:
+    states = (states,) if isinstance(states, str) else states
+
+    def reached():
+        status = client.get(f"/v1/jobs/{job_id}").json()
+        return status if status["state"] in states else None
+
+    return wait_for(reached, timeout, f"job {job_id} to reach {states}")
+
+
+# -- a real server process ------------------------------------------------------------------------
+class SpawnedServer:
+    """``python -m nfsd_server serve --port 0 --parent-stdin`` as the add-on starts it."""
+
+    def __init__(self, data_dir: Path, *args: str, token: str | None = TOKEN):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("NFSD_TOKEN", None)
+        if token is not None:
+            env["NFSD_TOKEN"] = token
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nfsd_server", "serve", "--port", "0", "--parent-stdin",
+             "--data-dir", str(data_dir), "--default-prior", "analytic", "--device", "cpu", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )
+        # Drain stderr in the background so a chatty server never blocks on a full pipe.
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        line = self._read_line(timeout=60)
+        self.announcement: dict = json.loads(line)
+        self.port: int = self.announcement["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _drain_stderr(self) -> None:
+        for raw in self.process.stderr:
+            self.stderr_lines.append(raw.decode("utf-8", "replace"))
+
+    def _read_line(self, timeout: float) -> str:
+        result: list[bytes] = []
+        reader = threading.Thread(target=lambda: result.append(self.process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0]:
+            self.kill()
+            raise AssertionError(f"no spawn line within {timeout} s; stderr:\n{''.join(self.stderr_lines)[-3000:]}")
+        return result[0].decode("utf-8")
+
+    def close_stdin_and_wait(self, timeout: float = 15.0) -> int:
+        self.process.stdin.close()
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
