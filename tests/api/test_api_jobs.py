@@ -9,7 +9,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from api_helpers import AUTH, TOKEN, wait_for, wait_state
+from api_helpers import TOKEN, wait_for, wait_state
 from nfsd_server import NFSD_NEGATIVE_PROMPT
 from nfsd_server.api.jobs import RESTART_REASON, STOPPED_REASON
 
