@@ -193,7 +193,7 @@ def projected_seconds(results: dict[tuple[str, int], Samples], method: str, pres
 
 
 def report(results: dict[tuple[str, int], Samples], device: torch.device, preset_name: str,
-           steps_total: int) -> tuple[float, float]:
+           steps_total: int, resolution_pinned: bool = False) -> tuple[float, float]:
     """Print the tables; return (NFSD ÷ SDS, NFSD ÷ its UNet floor), both over all phases' medians."""
     memory_name = "peak VRAM (max_memory_allocated)" if device.type == "cuda" else "peak RSS"
     sides = sorted({side for _, side in results})
@@ -216,6 +216,8 @@ def report(results: dict[tuple[str, int], Samples], device: torch.device, preset
         if any(m == method for m, _ in results):
             seconds = projected_seconds(results, method, PRESETS[preset_name], steps_total)
             caveat = ", negative row every step" if method == "nfsd" else ""
+            if len(sides) < len(PRESETS[preset_name].resolution_schedule) and not resolution_pinned:
+                caveat += f", unmeasured phases at the {sides[-1]} px cost"
             print(f"projected {method} run ({steps_total} steps, preset {preset_name}{caveat}): {seconds / 60:.1f} min")
     nfsd_step = statistics.median(s for side in sides for s in results["nfsd", side].step)
     sds_step = statistics.median(s for side in sides for s in results["sds", side].step)
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         results = measure(prior, preset, steps, warmup, args.resolution, compile_unet=args.compile,
                           first_phase_only=cpu_real and not args.all_phases)
     steps_total = PRESETS[preset].steps
-    nfsd_over_sds, nfsd_over_floor = report(results, device, preset, steps_total)
+    nfsd_over_sds, nfsd_over_floor = report(results, device, preset, steps_total, resolution_pinned=bool(args.resolution))
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; process peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (includes loading)")
     print(f"nfsd_over_sds={nfsd_over_sds:.3f}")
