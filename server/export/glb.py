@@ -1,0 +1,162 @@
+"""Field → textured GLB: sample, marching cubes, clean, decimate, unwrap, bake, dilate, write (atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from nfsd_server.export import surface, texture
+
+# Surface density used when neither the settings nor the field give one; NeRFField's own default is the same.
+DEFAULT_THRESHOLD = 5.0
+TEXTURE_SIZES = (512, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to turn a field into a GLB.
+
+    threshold: density of the surface; None → ``field.surface_density`` if the field has one, else 5.0.
+    height: the object's height in Blender units (its Z extent) after export.
+    chunk_size: points per field query; lower it if the field's device runs out of memory.
+    """
+
+    grid_resolution: int = 256
+    threshold: float | None = None
+    poly_budget: int = 20_000
+    texture_size: int = 1024
+    height: float = 1.0
+    chunk_size: int = 2**18
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.grid_resolution <= 1024:
+            raise ValueError(
+                f"grid_resolution {self.grid_resolution} is out of range; expected 32..1024 (256 is a good default)"
+            )
+        if self.texture_size not in TEXTURE_SIZES:
+            raise ValueError(f"texture_size {self.texture_size} is not supported; expected one of {TEXTURE_SIZES}")
+        if self.poly_budget < 100:
+            raise ValueError(f"poly_budget {self.poly_budget} is too small; expected at least 100 faces")
+        if not self.height > 0:
+            raise ValueError(f"height {self.height} must be positive (Blender units), e.g. 1.0")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"threshold {self.threshold} must be a positive density, or None for the field's own")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size {self.chunk_size} must be at least 1 point per query, e.g. {2**18}")
+
+
+@dataclass
+class ExportReport:
+    """What was written: the GLB's path, its size, and seconds per stage in pipeline order."""
+
+    path: Path
+    n_vertices: int
+    n_faces: int
+    timings: dict[str, float] = dataclass_field(default_factory=dict)
+
+
+def export_glb(
+    field, out_path: Path, settings: ExportSettings = ExportSettings(), metadata: dict[str, Any] | None = None
+) -> ExportReport:
+    """Extract the field's surface and write it as a textured GLB at ``out_path``.
+
+    ``field``: ``bound`` (scene in [-bound, bound]³, +Z up), ``density(points (N, 3)) -> (N,) >= 0``,
+    ``albedo(points (N, 3)) -> (N, 3) in [0, 1]``, optional ``surface_density``.
+    The object is converted to glTF's +Y up (Blender shows it +Z up again), scaled to ``settings.height`` and
+    placed with its base at z = 0 and its x/y centre at the origin, so the add-on's import at the 3D cursor
+    stands it on the cursor. ``metadata`` (JSON-serialisable; other values are written as strings) becomes the
+    glTF ``extras`` of the object's node and of the scene, which Blender shows as custom properties.
+    Raises EmptyFieldError (no file written) when no density reaches the threshold.
+    """
+    out_path = Path(out_path)
+    threshold = settings.threshold if settings.threshold is not None else getattr(field, "surface_density", None)
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
+    volume = surface.sample_density_grid(field, settings.grid_resolution, settings.chunk_size)
+    lap("grid_sampling")
+    vertices, faces = surface.extract_surface(volume, threshold, field.bound)
+    lap("marching_cubes")
+    vertices, faces = surface.keep_main_components(vertices, faces)
+    lap("cleanup")
+    vertices, faces = surface.decimate(vertices, faces, settings.poly_budget)
+    faces = surface.orient_outward(vertices, faces)
+    lap("decimation")
+    # Normals from the welded mesh, so shading stays smooth across the UV seams that split vertices.
+    normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
+    vmapping, uv_faces, uvs = texture.unwrap(vertices, faces, settings.texture_size)
+    vertices, normals = vertices[vmapping], normals[vmapping]
+    lap("uv_unwrap")
+    image, covered = texture.bake_albedo(field, vertices, uv_faces, uvs, settings.texture_size, settings.chunk_size)
+    lap("bake")
+    image = texture.dilate(image, covered)
+    lap("dilation")
+    mesh = _textured_mesh(vertices, normals, uv_faces, uvs, image, settings.height)
+    _write_atomically(mesh, out_path, _json_safe(metadata or {}))
+    lap("glb_write")
+    return ExportReport(path=out_path, n_vertices=len(mesh.vertices), n_faces=len(mesh.faces), timings=timings)
+
+
+def _textured_mesh(
+    vertices: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray, image: np.ndarray, height: float
+) -> trimesh.Trimesh:
+    """World (+Z up) mesh → glTF frame (+Y up), scaled to ``height``, base at 0, centred in x/y."""
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    origin = np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])
+    placed = (vertices - origin) * (height / (high[2] - low[2]))
+    # Blender's importer maps glTF (x, y, z) → Blender (x, -z, y); this is its inverse.
+    z_up_to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+    material = trimesh.visual.material.PBRMaterial(
+        name="baked_albedo",
+        baseColorTexture=Image.fromarray(np.round(image * 255).astype(np.uint8)),
+        metallicFactor=0.0,
+        roughnessFactor=0.8,
+    )
+    return trimesh.Trimesh(
+        vertices=placed @ z_up_to_y_up.T,
+        faces=faces,
+        vertex_normals=normals @ z_up_to_y_up.T,
+        visual=trimesh.visual.TextureVisuals(uv=uvs, material=material),
+        process=False,
+    )
+
+
+def _json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A JSON round trip: glTF extras must be JSON, so paths and other objects are written as strings."""
+    return json.loads(json.dumps(metadata, default=str))
+
+
+def _write_atomically(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str, Any]) -> None:
+    """Write the GLB to a temporary name in the same folder, then rename: readers never see a partial file."""
+    name = out_path.stem or "object"
+    scene = trimesh.Scene()
+    scene.add_geometry(mesh, geom_name=name, node_name=name)
+    scene.metadata.update(metadata)
+
+    def add_node_extras(tree: dict) -> None:
+        for node in tree.get("nodes", []):
+            if "mesh" in node:
+                node["extras"] = metadata
+
+    data = trimesh.exchange.gltf.export_glb(scene, include_normals=True, tree_postprocessor=add_node_extras)
+    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, out_path)
+    finally:
+        temporary.unlink(missing_ok=True)
