@@ -1,0 +1,67 @@
+"""`nfsd export CHECKPOINT --out x.glb`: re-export a GLB from a training checkpoint, without retraining."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from pathlib import Path
+
+from nfsd_server.cli import UsageError
+from nfsd_server.export.glb import ExportSettings, export_glb
+from nfsd_server.export.surface import EmptyFieldError
+from nfsd_server.train import load_checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ExportSettings()
+    parser.add_argument("checkpoint", type=Path, help="checkpoint.pt written by `nfsd generate`")
+    parser.add_argument("--out", type=Path, required=True, help="GLB to write (its folder must exist)")
+    parser.add_argument("--poly-budget", type=int, default=defaults.poly_budget, help="at most this many faces")
+    parser.add_argument("--texture-size", type=int, default=defaults.texture_size, help="512, 1024 or 2048")
+    parser.add_argument(
+        "--grid-resolution", type=int, default=defaults.grid_resolution, help="marching-cubes grid, 32..1024"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="surface density (default: the field's own, 5.0)"
+    )
+    parser.add_argument("--height", type=float, default=defaults.height, help="object height in Blender units")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything before loading anything, export, print the written path.
+
+    An empty field is reported like a bad argument (exit 2): its fix is a lower --threshold.
+    """
+    try:
+        settings = ExportSettings(
+            grid_resolution=args.grid_resolution,
+            threshold=args.threshold,
+            poly_budget=args.poly_budget,
+            texture_size=args.texture_size,
+            height=args.height,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint {str(args.checkpoint)!r} does not exist; pass the checkpoint.pt of a run")
+    out_path = args.out
+    folder = out_path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {str(out_path)!r}: folder {str(folder)!r} is missing or not writable")
+
+    try:
+        field, metadata = load_checkpoint(args.checkpoint)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    # load_checkpoint names most bad files in a ValueError, but a file that is not a pickle at all reaches us
+    # as torch's bare UnpicklingError, which does not say which file.
+    except pickle.UnpicklingError as error:
+        raise UsageError(f"checkpoint {str(args.checkpoint)!r} is not an nfsd checkpoint: {error}") from error
+    try:
+        report = export_glb(field, out_path, settings, metadata)
+    except EmptyFieldError as error:
+        raise UsageError(str(error)) from error
+    print(report.path)
+    return 0
+

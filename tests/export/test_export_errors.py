@@ -1,0 +1,76 @@
+"""Bad settings, empty fields and file names: clear errors, and never a broken file on disk."""
+
+from __future__ import annotations
+
+import pytest
+from export_fields import EmptyField, SphereField
+
+from nfsd_server.export import EmptyFieldError, ExportSettings, export_glb, slugify
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"texture_size": 768}, "texture_size 768"),
+        ({"poly_budget": 99}, "poly_budget 99"),
+        ({"grid_resolution": 31}, "grid_resolution 31"),
+        ({"grid_resolution": 1025}, "grid_resolution 1025"),
+        ({"height": 0.0}, "height 0.0"),
+        ({"height": float("nan")}, "height nan"),
+        ({"threshold": -1.0}, "threshold -1.0"),
+        ({"chunk_size": 0}, "chunk_size 0"),
+    ],
+)
+def test_bad_settings_raise_value_error_naming_the_value(overrides, named):
+    with pytest.raises(ValueError, match=named):
+        ExportSettings(**overrides)
+
+
+def test_default_settings_are_valid():
+    assert ExportSettings() == ExportSettings(256, None, 20_000, 1024, 1.0, 2**18)
+
+
+def test_empty_field_raises_with_the_max_density_and_leaves_no_file(tmp_path):
+    out = tmp_path / "empty.glb"
+    with pytest.raises(EmptyFieldError, match=r"highest density sampled is 1\b.*lower threshold") as caught:
+        export_glb(EmptyField(), out, ExportSettings(grid_resolution=32, texture_size=512))
+    assert isinstance(caught.value, ValueError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_keeps_the_previous_file_intact(tmp_path):
+    out = tmp_path / "ball.glb"
+    out.write_bytes(b"previous export")
+    with pytest.raises(EmptyFieldError):
+        export_glb(SphereField(), out, ExportSettings(grid_resolution=32, texture_size=512, threshold=1e6))
+    assert out.read_bytes() == b"previous export"
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_threshold_defaults_to_the_fields_surface_density(tmp_path):
+    """SphereField's surface_density (25) is its exact radius; a lower threshold would grow the ball."""
+    report = export_glb(SphereField(), tmp_path / "ball.glb", ExportSettings(grid_resolution=48, texture_size=512))
+    assert report.n_faces > 0
+    assert [path.name for path in tmp_path.iterdir()] == ["ball.glb"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "slug"),
+    [
+        ("a red ball", "a-red-ball"),
+        ("  A Red  Ball!! ", "a-red-ball"),
+        ("crème brûlée, on a plate", "creme-brulee-on-a-plate"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("???", "object"),
+        ("", "object"),
+        ("火锅", "object"),
+    ],
+)
+def test_slugify_gives_safe_lowercase_hyphenated_names(prompt, slug):
+    assert slugify(prompt) == slug
+
+
+def test_slugify_keeps_long_prompts_short_and_cuts_at_a_word():
+    slug = slugify("a highly detailed photograph of a " + "very " * 30 + "old wooden chair")
+    assert 0 < len(slug) <= 48
+    assert slug.endswith("very") and not slug.endswith("-")
