@@ -111,6 +111,7 @@ class SpawnedServer:
     """``python -m nfsd_server serve --port 0 --parent-stdin`` as the add-on starts it."""
 
     def __init__(self, data_dir: Path, *args: str, token: str | None = TOKEN):
+        self.data_dir = data_dir
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NFSD_TOKEN", None)
         if token is not None:

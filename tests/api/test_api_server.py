@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ def _real_pipeline_missing() -> str | None:
 
 
 needs_pipeline = pytest.mark.skipif(_real_pipeline_missing() is not None, reason=str(_real_pipeline_missing()))
-RED_BALL = {"prompt": "a red ball", "prior": "analytic", "preset": "draft", "steps": 40, "poly_budget": 1000,
+RED_BALL = {"prompt": "a red ball", "prior": "analytic", "preset": "draft", "steps": 10, "poly_budget": 1000,
             "texture_size": 512, "seed": 1}
 
 
@@ -120,40 +121,53 @@ def test_api_server_failed_job_does_not_stop_the_next(http):
     assert http.get("/v1/health").json()["running_job"] is None
 
 
-@needs_pipeline
-def test_api_server_generates_a_red_ball_end_to_end(http):
-    unknown = http.post("/v1/jobs", json={**RED_BALL, "prompt": "a purple elephant"}).json()["id"]
-    job_id = http.post("/v1/jobs", json=RED_BALL).json()["id"]
-    failed = wait_state(http, unknown, ("failed", "done"))
-    assert failed["state"] == "failed" and "a purple elephant" in failed["error"]
+@pytest.fixture(scope="module")
+def red_ball(server):
+    """The real pipeline, once per module: a prompt the analytic prior does not know, then "a red ball"."""
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as http:
+        unknown = http.post("/v1/jobs", json={**RED_BALL, "prompt": "a purple elephant"}).json()["id"]
+        job_id = http.post("/v1/jobs", json=RED_BALL).json()["id"]
+        steps_seen = []
+        while (status := status_of(http, job_id))["state"] not in ("done", "failed", "cancelled"):
+            steps_seen.append(status["step"])
+            time.sleep(0.05)
+        return {"id": job_id, "status": status, "steps_seen": steps_seen, "unknown": status_of(http, unknown)}
 
-    steps_seen = [status_of(http, job_id)["step"]]
-    while (status := status_of(http, job_id))["state"] not in ("done", "failed", "cancelled"):
-        steps_seen.append(status["step"])
-        time.sleep(0.02)
+
+@needs_pipeline
+def test_api_server_unknown_prompt_fails_and_the_next_job_runs(red_ball):
+    assert red_ball["unknown"]["state"] == "failed" and "a purple elephant" in red_ball["unknown"]["error"]
+    assert red_ball["status"]["state"] == "done", red_ball["status"]
+
+
+@needs_pipeline
+def test_api_server_generates_a_red_ball_end_to_end(red_ball, http):
+    status, steps_seen, job_id = red_ball["status"], red_ball["steps_seen"], red_ball["id"]
     assert status["state"] == "done", status
-    assert any(0 < step < 40 for step in steps_seen), steps_seen  # progress was visible while training
+    assert any(0 < step < RED_BALL["steps"] for step in steps_seen), steps_seen  # progress showed while training
     assert steps_seen == sorted(steps_seen)
-    assert status["step"] == status["total"] == 40 and status["has_preview"]
+    assert status["step"] == status["total"] == RED_BALL["steps"] and status["has_preview"]
 
     preview = http.get(f"/v1/jobs/{job_id}/preview.png")
     assert preview.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(preview.content)).mode == "RGB"
     glb = http.get(f"/v1/jobs/{job_id}/result.glb")
-    assert glb.status_code == 200 and ".glb" in glb.headers["content-disposition"]
+    from nfsd_server.export import slugify
+
+    assert glb.status_code == 200 and f'filename="{slugify("a red ball")}.glb"' in glb.headers["content-disposition"]
     mesh = trimesh.load(io.BytesIO(glb.content), file_type="glb", force="mesh")
-    assert 0 < len(mesh.faces) <= 1000
+    assert 0 < len(mesh.faces) <= RED_BALL["poly_budget"]
     metadata = http.get(f"/v1/jobs/{job_id}/result.json").json()
-    assert metadata["prompt"] == "a red ball" and metadata["seed"] == 1
+    assert metadata["prompt"] == "a red ball" and metadata["seed"] == RED_BALL["seed"]
     assert http.get("/v1/health").json()["models_loaded"] == ["analytic"]
 
 
 @needs_pipeline
-def test_api_server_cancels_running_and_queued_jobs(http):
+def test_api_server_cancels_running_and_queued_jobs(http, red_ball):
     running = http.post("/v1/jobs", json={**RED_BALL, "steps": 100_000}).json()["id"]
     queued = http.post("/v1/jobs", json=RED_BALL).json()["id"]
     assert http.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
-    wait_for(lambda: status_of(http, running)["step"] > 0, 60, "the long job to train")
+    wait_for(lambda: status_of(http, running)["step"] > 0, 90, "the long job to train")
     asked_at = http.delete(f"/v1/jobs/{running}").json()["step"]
     cancelled = wait_state(http, running, ("cancelled", "failed", "done"), timeout=30)
     assert cancelled["state"] == "cancelled" and cancelled["step"] <= asked_at + 1
@@ -161,17 +175,17 @@ def test_api_server_cancels_running_and_queued_jobs(http):
 
 
 @needs_pipeline
-def test_api_server_restart_lists_results_and_fails_the_interrupted_job(tmp_path):
+def test_api_server_restart_lists_results_and_fails_the_interrupted_job(server, red_ball, tmp_path):
     data_dir = tmp_path / "jobs"
+    done = red_ball["id"]
+    shutil.copytree(server.data_dir / done, data_dir / done)  # a finished job from an earlier run
     first = SpawnedServer(data_dir)
     try:
         with httpx.Client(base_url=first.url, headers=AUTH, timeout=30) as http:
-            done = http.post("/v1/jobs", json={**RED_BALL, "steps": 5}).json()["id"]
-            wait_state(http, done, ("done",))
             interrupted = http.post("/v1/jobs", json={**RED_BALL, "steps": 100_000}).json()["id"]
-            wait_for(lambda: status_of(http, interrupted)["step"] > 0, 60, "the long job to train")
+            wait_for(lambda: status_of(http, interrupted)["step"] > 0, 90, "the long job to train")
     finally:
-        first.kill()  # a crash: no graceful shutdown
+        first.kill()  # a crash: no graceful shutdown, job.json still says running
     second = SpawnedServer(data_dir)
     try:
         with httpx.Client(base_url=second.url, headers=AUTH, timeout=30) as http:
@@ -180,4 +194,3 @@ def test_api_server_restart_lists_results_and_fails_the_interrupted_job(tmp_path
             assert jobs[interrupted]["state"] == "failed" and jobs[interrupted]["error"] == RESTART_REASON
     finally:
         second.close_stdin_and_wait()
-
