@@ -13,7 +13,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from nfsd_server.export import surface, texture
+from nfsd_server.export import grid, surface, texture
 
 # Surface density used when neither the settings nor the field give one; NeRFField's own default is the same.
 DEFAULT_THRESHOLD = 5.0
@@ -88,7 +88,7 @@ def export_glb(
         timings[stage] = now - clock
         clock = now
 
-    volume = surface.sample_density_grid(field, settings.grid_resolution, settings.chunk_size)
+    volume, _ = grid.sample_density(field, settings.grid_resolution, threshold, settings.chunk_size)
     lap("grid_sampling")
     vertices, faces = surface.extract_surface(volume, threshold, field.bound)
     lap("marching_cubes")

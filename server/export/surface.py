@@ -5,7 +5,6 @@ from __future__ import annotations
 import fast_simplification
 import mcubes
 import numpy as np
-import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -14,63 +13,22 @@ class EmptyFieldError(ValueError):
     """Nothing in the field reaches the surface threshold, so there is no surface to export."""
 
 
-def field_device(field) -> torch.device:
-    """Where to send query points: the device of the field's parameters, or CPU for a parameter-free field."""
-    parameters = getattr(field, "parameters", None)
-    if parameters is None:
-        return torch.device("cpu")
-    first = next(iter(parameters()), None)
-    return torch.device("cpu") if first is None else first.device
-
-
-@torch.no_grad()
-def query_chunked(function, points: np.ndarray, chunk_size: int, device: torch.device) -> np.ndarray:
-    """``function`` on ``points`` (N, 3) float32, ``chunk_size`` points at a time; result as float32 numpy."""
-    outputs = []
-    for start in range(0, len(points), chunk_size):
-        chunk = torch.from_numpy(points[start : start + chunk_size]).to(device)
-        outputs.append(function(chunk).float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
-
-
-@torch.no_grad()
-def sample_density_grid(field, resolution: int, chunk_size: int) -> np.ndarray:
-    """Density on a regular ``resolution``³ grid spanning [-bound, bound]³; (R, R, R) float32, axes x, y, z.
-
-    A query holds whole x-slabs of the grid (or pieces of one slab when a slab exceeds ``chunk_size``), so
-    points are built by broadcasting a precomputed (y, z) plane, with no per-point index arithmetic.
-    """
-    device = field_device(field)
-    axis = torch.linspace(-field.bound, field.bound, resolution, dtype=torch.float32, device=device)
-    plane = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)  # (R², 2) y, z
-    slabs_per_query = max(1, chunk_size // len(plane))
-    volume = torch.empty(resolution, len(plane), dtype=torch.float32)
-    for first in range(0, resolution, slabs_per_query):
-        xs = axis[first : first + slabs_per_query]
-        for start in range(0, len(plane), chunk_size):
-            piece = plane[start : start + chunk_size]
-            points = torch.cat([xs.repeat_interleave(len(piece))[:, None], piece.repeat(len(xs), 1)], dim=1)
-            density = field.density(points).float().cpu().reshape(len(xs), len(piece))
-            volume[first : first + len(xs), start : start + len(piece)] = density
-    return volume.reshape(resolution, resolution, resolution).numpy()
-
-
 def extract_surface(volume: np.ndarray, threshold: float, bound: float) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes at ``threshold``: (V, 3) float64 world positions, (F, 3) int64 faces.
+    """Marching cubes at ``threshold`` on ``volume`` (R, R, R) over [-bound, bound]³.
 
-    The volume is padded with zero density so a surface cut by the scene box is closed (watertight), not open.
-    Raises EmptyFieldError if no sample reaches the threshold.
+    Returns (V, 3) float64 world positions, (F, 3) int64 faces. Only the box around the points above the
+    threshold is meshed (marching cubes costs per cell, and objects rarely fill the scene), padded with zero
+    density so a surface cut by the scene box is closed (watertight), not open.
     """
-    max_density = float(volume.max())
-    if not max_density > threshold:
-        raise EmptyFieldError(
-            f"the field is empty: the highest density sampled is {max_density:.4g}, below the surface threshold "
-            f"{threshold:.4g}; export with a lower threshold (e.g. --threshold {max_density / 2:.3g}) or train longer"
-        )
-    padded = np.pad(volume, 1, mode="constant", constant_values=0.0)
+    above = volume > threshold
+    spans = [np.flatnonzero(above.any(axis=tuple(other for other in range(3) if other != axis))) for axis in range(3)]
+    low = np.maximum([span[0] - 1 for span in spans], 0)
+    high = np.minimum([span[-1] + 2 for span in spans], volume.shape[0])
+    cropped = volume[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    padded = np.pad(cropped, 1, mode="constant", constant_values=0.0)
     vertices, faces = mcubes.marching_cubes(padded, threshold)
     spacing = 2.0 * bound / (volume.shape[0] - 1)
-    vertices = (vertices - 1.0) * spacing - bound
+    vertices = (vertices - 1.0 + low) * spacing - bound
     return vertices, faces.astype(np.int64)
 
 

@@ -1,0 +1,66 @@
+"""What one export costs, stage by stage: 256³ grid → 20k faces → 1024² texture on a NeRF-like field.
+
+    .venv/bin/python benchmarks/export_cost.py                 # the default export settings
+    .venv/bin/python benchmarks/export_cost.py --grid 128 --texture 512 --repeats 3
+
+The field is analytic (a lumpy ball with a colour that varies everywhere), so the figures are the exporter's
+own cost; a real NeRFField adds its query time to grid sampling and bake (on CPU the hash-grid NeRF takes
+seconds per 2^18 points, so a CPU export of a trained field is dominated by those two stages).
+Each stage's time is the median over the repeats; the LAST line is ``export_s=<median total seconds>``.
+The goal is ≤ 4 s on 2 CPU cores; on a shared machine other processes inflate the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nfsd_server.export import ExportSettings, export_glb
+
+
+class LumpySphere:
+    """A ball of radius ~0.6 with bumps and a dent, a soft NeRF-like shell and a colour that varies everywhere."""
+
+    bound = 1.0
+    surface_density = 5.0
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        x, y, z = points.unbind(dim=-1)
+        bumps = 0.06 * torch.sin(7 * x) * torch.sin(6 * y) * torch.sin(5 * z + 1.0)
+        return 20.0 * torch.nn.functional.softplus((0.6 + bumps - points.norm(dim=-1)) / 0.03)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return 0.5 + 0.5 * torch.sin(torch.stack([3 * points[:, 0], 4 * points[:, 1], 5 * points[:, 2]], dim=-1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=int, default=256)
+    parser.add_argument("--faces", type=int, default=20_000)
+    parser.add_argument("--texture", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    settings = ExportSettings(grid_resolution=args.grid, poly_budget=args.faces, texture_size=args.texture)
+    print(f"export {args.grid}³ → {args.faces} faces → {args.texture}² texture, {torch.get_num_threads()} threads")
+    runs, totals = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            report = export_glb(LumpySphere(), Path(folder) / "lumpy.glb", settings, {"prompt": "a lumpy ball"})
+            totals.append(time.perf_counter() - start)
+            runs.append(report.timings)
+        size_kib = report.path.stat().st_size / 1024
+    for stage in runs[0]:
+        seconds = statistics.median(run[stage] for run in runs)
+        print(f"{stage:>14}: {seconds:6.3f} s")
+    print(f"{report.n_faces} faces, {report.n_vertices} vertices, GLB {size_kib:.0f} KiB")
+    print(f"export_s={statistics.median(totals):.3f}")
+
+
+if __name__ == "__main__":
+    main()
