@@ -36,7 +36,11 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     # Only loc/msg/type go back: echoing "input" could carry NaN (which JSON cannot encode) or megabytes.
     errors = [
-        {"loc": [str(part) for part in item.get("loc", ())], "msg": str(item.get("msg", "")), "type": str(item.get("type", ""))}
+        {
+            "loc": [str(part) for part in item.get("loc", ())],
+            "msg": str(item.get("msg", "")),
+            "type": str(item.get("type", "")),
+        }
         for item in error.errors()
     ]
     names = [".".join(part for part in item["loc"] if part != "body") or "body" for item in errors]

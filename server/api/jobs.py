@@ -379,7 +379,9 @@ class JobManager:
                 log.exception("job %s: internal error in the job runner", job.id)
                 with self._lock:
                     if job.state not in FINISHED_STATES:
-                        self._set_state(job, "failed", error="internal error in the job runner", hint="see the server log")
+                        self._set_state(
+                            job, "failed", error="internal error in the job runner", hint="see the server log"
+                        )
             finally:
                 with self._lock:
                     self._running = None
@@ -424,7 +426,9 @@ class JobManager:
                 if job.cancel_requested.is_set():
                     self._set_state(job, "cancelled")
                 else:
-                    self._set_state(job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps)
+                    self._set_state(
+                        job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps
+                    )
 
     def _warm_prior(self, name: str, model: str | None) -> Prior:
         key = (name, model, self.device)

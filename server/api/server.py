@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"0 = any free port (default: {DEFAULT_PORT})")
     parser.add_argument("--token", default=None, help="bearer token clients must send (default: $NFSD_TOKEN)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="where jobs and results live (default: the user cache)")
-    parser.add_argument("--default-prior", choices=PRIORS, default="stable-diffusion", help="prior for jobs that name none")
-    parser.add_argument("--default-model", default=DEFAULT_MODEL, help="model for jobs that name none (hub id or folder)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="jobs and results (default: the user cache)")
+    parser.add_argument("--default-prior", choices=PRIORS, default="stable-diffusion", help="for jobs that name none")
+    parser.add_argument("--default-model", default=DEFAULT_MODEL, help="for jobs that name none (hub id or folder)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     parser.add_argument("--parent-stdin", action="store_true", help="exit when stdin closes (for a spawning parent)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -137,10 +137,9 @@ def run(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--data-dir {str(data_dir)!r} cannot be created: {error.strerror}") from None
-    if token is None:
-        print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
-
     sock = bind_socket(args.host, args.port)
+    if token is None:  # after every check, so a usage error stays the only line
+        print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
     port = sock.getsockname()[1]
     announce = _claim_stdout()
     app = create_app(

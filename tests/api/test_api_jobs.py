@@ -51,7 +51,8 @@ def test_api_job_runs_to_done_with_progress_preview_and_result(client, tmp_path)
 
 def test_api_defaults_are_resolved_at_submit_and_echoed(make_client):
     client = make_client(default_prior="stable-diffusion", default_model="some/model")
-    request = client.get(f"/v1/jobs/{submit(client, prompt='  a red ball  ', steps=None, preset='draft')}").json()["request"]
+    job_id = submit(client, prompt="  a red ball  ", steps=None, preset="draft")
+    request = client.get(f"/v1/jobs/{job_id}").json()["request"]
     assert request["prompt"] == "a red ball"  # stripped
     assert request["negative_prompt"] == NFSD_NEGATIVE_PROMPT
     assert request["guidance_scale"] == 7.5 and request["steps"] == 400  # NFSD default, draft preset's steps

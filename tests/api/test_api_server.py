@@ -194,3 +194,17 @@ def test_api_server_restart_lists_results_and_fails_the_interrupted_job(server, 
             assert jobs[interrupted]["state"] == "failed" and jobs[interrupted]["error"] == RESTART_REASON
     finally:
         second.close_stdin_and_wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--device", "warp-drive"], "--device 'warp-drive'"), (["--port", "70000"], "--port must be in 0..65535"),
+     (["--host", "192.0.2.1", "--token", ""], "without a token")],
+)
+def test_api_serve_bad_arguments_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    from nfsd_server.cli import main
+
+    monkeypatch.delenv("NFSD_TOKEN", raising=False)
+    assert main(["serve", "--data-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
