@@ -19,13 +19,20 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 
-from nfsd_server.api.schemas import FINISHED_STATES, MAX_SEED, JobRequest, JobStatus, ResolvedJobRequest
+from nfsd_server.api.schemas import (
+    FINISHED_STATES,
+    MAX_SEED,
+    JobRequest,
+    JobState,
+    JobStatus,
+    ResolvedJobRequest,
+)
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
 from nfsd_server.pipeline import (
     DEFAULT_GUIDANCE_SCALE,
@@ -110,6 +117,9 @@ class Job:
     def from_record(cls, record: dict[str, Any], folder: Path) -> Job:
         def when(value: str | None) -> datetime | None:
             return datetime.fromisoformat(value) if value else None
+
+        if record["state"] not in get_args(JobState):
+            raise ValueError(f"unknown state {record['state']!r}")
 
         return cls(
             id=record["id"],

@@ -278,3 +278,14 @@ def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path)
     assert response.status_code == 507 and "job folder" in response.json()["detail"]
     manager.data_dir = good_dir
     wait_state(client, submit(client), "done")
+
+
+def test_api_unreadable_job_records_are_skipped_at_start(make_client, client, tmp_path):
+    kept = submit(client)
+    wait_state(client, kept, "done")
+    odd = json.loads((tmp_path / "jobs" / kept / "job.json").read_text()) | {"id": "odd-state", "state": "paused"}
+    for name, text in {"garbage": "{not json", "odd-state": json.dumps(odd)}.items():
+        (tmp_path / "jobs" / name).mkdir()
+        (tmp_path / "jobs" / name / "job.json").write_text(text)
+    restarted = make_client(data_dir=tmp_path / "jobs")
+    assert [job["id"] for job in restarted.get("/v1/jobs").json()["jobs"]] == [kept]
