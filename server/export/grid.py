@@ -32,7 +32,8 @@ def field_device(field) -> torch.device:
 
 @torch.no_grad()
 def query_chunked(function, points: np.ndarray, chunk_size: int, device: torch.device) -> np.ndarray:
-    """``function`` on ``points`` (N, 3) float32, ``chunk_size`` points at a time; result as float32 numpy."""
+    """``function`` on ``points`` (N, 3), sent as float32, ``chunk_size`` at a time; result as float32 numpy."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
     outputs = [
         function(torch.from_numpy(points[start : start + chunk_size]).to(device)).float().cpu().numpy()
         for start in range(0, len(points), chunk_size)

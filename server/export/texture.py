@@ -44,7 +44,7 @@ def rasterise(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray
     """Texel centres covered by UV triangles, with the triangle and barycentrics that cover them.
 
     ``uvs``: (V, 2) in [0, 1] (v up). Returns (texel (K,) flat index row * size + col, row 0 at the image top;
-    face (K,) int; barycentric (K, 3) float64). Each triangle's bounding box of texels is expanded with
+    face (K,) int; barycentric (K, 3) float32). Each triangle's bounding box of texels is expanded with
     repeat/cumsum and tested at once, so there is no per-texel or per-triangle Python loop.
     """
     pixel = np.stack([uvs[:, 0] * size, (1.0 - uvs[:, 1]) * size], axis=1)  # (x right, y down) in texels
@@ -53,37 +53,46 @@ def rasterise(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray
     high = np.clip(np.ceil(corners.max(axis=1) - 0.5).astype(np.int64), 0, size - 1)
     extent = high - low + 1
     counts = extent[:, 0] * extent[:, 1]
-    texels, face_ids, barycentrics = [], [], []
+    weights_of = _barycentric_planes(corners, low)
     ends = np.cumsum(counts)
+    texels, face_ids, barycentrics = [], [], []
     start = 0
     while start < len(faces):
         stop = max(start + 1, int(np.searchsorted(ends, ends[start] - counts[start] + RASTER_CHUNK, side="right")))
         chunk = np.arange(start, stop)
         start = stop
         face = np.repeat(chunk, counts[chunk])
-        offset = np.arange(len(face)) - np.repeat(np.cumsum(counts[chunk]) - counts[chunk], counts[chunk])
-        col = low[face, 0] + offset % extent[face, 0]
-        row = low[face, 1] + offset // extent[face, 0]
-        weights = _barycentric(corners[face], np.stack([col + 0.5, row + 0.5], axis=1))
-        inside = (weights >= -1e-6).all(axis=1)
-        texels.append(row[inside] * size + col[inside])
+        offset = np.arange(len(face)) - np.repeat(ends[chunk] - counts[chunk], counts[chunk])
+        col, row = np.divmod(offset, extent[face, 1])  # column-major inside the box: col outer, row inner
+        planes = weights_of[face]  # (K, 2, 3): w1, w2 as a * col + b * row + c, relative to the box corner
+        col_f, row_f = col.astype(np.float32)[:, None], row.astype(np.float32)[:, None]
+        w12 = planes[:, :, 0] * col_f + planes[:, :, 1] * row_f + planes[:, :, 2]
+        weights = np.concatenate([1.0 - w12.sum(axis=1, keepdims=True), w12], axis=1)
+        inside = (weights >= -1e-5).all(axis=1)
+        texels.append((low[face[inside], 1] + row[inside]) * size + low[face[inside], 0] + col[inside])
         face_ids.append(face[inside])
         barycentrics.append(weights[inside])
     return np.concatenate(texels), np.concatenate(face_ids), np.concatenate(barycentrics)
 
 
-def _barycentric(triangles: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Barycentric weights (K, 3) of ``points`` (K, 2) in ``triangles`` (K, 3, 2); degenerate → all -1 (outside)."""
-    a, b, c = triangles[:, 0], triangles[:, 1], triangles[:, 2]
-    v0, v1, v2 = b - a, c - a, points - a
+def _barycentric_planes(corners: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """(F, 2, 3) float32: barycentrics w1, w2 of texel centre (low + (col, row) + 0.5) as a * col + b * row + c.
+
+    Barycentrics are affine in the texel position, so three numbers per weight and face replace a per-texel
+    solve. Degenerate (zero-area) triangles get planes that put every texel outside.
+    """
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    origin = low + 0.5 - a  # first texel centre relative to vertex a
+    v0, v1 = b - a, c - a
     denominator = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
     ok = np.abs(denominator) > 1e-12
-    safe = np.where(ok, denominator, 1.0)
-    w1 = (v2[:, 0] * v1[:, 1] - v1[:, 0] * v2[:, 1]) / safe
-    w2 = (v0[:, 0] * v2[:, 1] - v2[:, 0] * v0[:, 1]) / safe
-    weights = np.stack([1.0 - w1 - w2, w1, w2], axis=1)
-    weights[~ok] = -1.0
-    return weights
+    inverse = np.where(ok, 1.0 / np.where(ok, denominator, 1.0), 0.0)
+    # w1 = (p × v1) / d, w2 = (v0 × p) / d with p = origin + (col, row)
+    w1 = np.stack([v1[:, 1], -v1[:, 0], origin[:, 0] * v1[:, 1] - v1[:, 0] * origin[:, 1]], axis=1)
+    w2 = np.stack([-v0[:, 1], v0[:, 0], v0[:, 0] * origin[:, 1] - origin[:, 0] * v0[:, 1]], axis=1)
+    planes = np.stack([w1, w2], axis=1) * inverse[:, None, None]
+    planes[~ok, :, 2] = -1.0
+    return planes.astype(np.float32)
 
 
 def bake_albedo(
@@ -95,7 +104,7 @@ def bake_albedo(
     Uncovered texels are left black; ``dilate`` fills them.
     """
     texel, face, weights = rasterise(uvs, faces, size)
-    points = np.einsum("kj,kjd->kd", weights, vertices[faces[face]]).astype(np.float32)
+    points = np.einsum("kj,kjd->kd", weights, vertices[faces[face]].astype(np.float32))
     colours = query_chunked(field.albedo, points, chunk_size, field_device(field))
     image = np.zeros((size * size, 3), np.float32)
     covered = np.zeros(size * size, bool)

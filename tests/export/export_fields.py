@@ -81,3 +81,18 @@ class EmptyField:
 
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         return torch.zeros(len(points), 3)
+
+
+class LumpyField:
+    """A bumpy ball (radius 0.6 ± 0.06) with a soft, NeRF-like shell; surface at density 5."""
+
+    bound = 1.0
+    surface_density = 5.0
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        x, y, z = points.unbind(dim=-1)
+        bumps = 0.06 * torch.sin(7 * x) * torch.sin(6 * y) * torch.sin(5 * z + 1.0)
+        return 20.0 * torch.nn.functional.softplus((0.6 + bumps - points.norm(dim=-1)) / 0.03)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return gradient_albedo(points)
