@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/export_cost.py                 # the default export settings
     .venv/bin/python benchmarks/export_cost.py --grid 128 --texture 512 --repeats 3
 
-The field is analytic (a lumpy ball with a colour that varies everywhere), so the figures are the exporter's
-own cost; a real NeRFField adds its query time to grid sampling and bake (on CPU the hash-grid NeRF takes
-seconds per 2^18 points, so a CPU export of a trained field is dominated by those two stages).
+The field is the export tests' LumpyField (a bumpy ball with a soft shell, colour varying with x and z), so the
+figures are the exporter's own cost; a real NeRFField adds its query time to grid sampling and bake (on CPU the
+hash-grid NeRF takes seconds per 2^18 points, so a CPU export of a trained field is dominated by those two).
 Each stage's time is the median over the repeats; the LAST line is ``export_s=<median total seconds>``.
 The goal is ≤ 4 s on 2 CPU cores; on a shared machine other processes inflate the figures.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,20 +23,8 @@ import torch
 
 from nfsd_server.export import ExportSettings, export_glb
 
-
-class LumpySphere:
-    """A ball of radius ~0.6 with bumps and a dent, a soft NeRF-like shell and a colour that varies everywhere."""
-
-    bound = 1.0
-    surface_density = 5.0
-
-    def density(self, points: torch.Tensor) -> torch.Tensor:
-        x, y, z = points.unbind(dim=-1)
-        bumps = 0.06 * torch.sin(7 * x) * torch.sin(6 * y) * torch.sin(5 * z + 1.0)
-        return 20.0 * torch.nn.functional.softplus((0.6 + bumps - points.norm(dim=-1)) / 0.03)
-
-    def albedo(self, points: torch.Tensor) -> torch.Tensor:
-        return 0.5 + 0.5 * torch.sin(torch.stack([3 * points[:, 0], 4 * points[:, 1], 5 * points[:, 2]], dim=-1))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "export"))
+from export_fields import LumpyField  # noqa: E402  (the tests' analytic fields, one copy)
 
 
 def main() -> None:
@@ -51,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(args.repeats):
             start = time.perf_counter()
-            report = export_glb(LumpySphere(), Path(folder) / "lumpy.glb", settings, {"prompt": "a lumpy ball"})
+            report = export_glb(LumpyField(), Path(folder) / "lumpy.glb", settings, {"prompt": "a lumpy ball"})
             totals.append(time.perf_counter() - start)
             runs.append(report.timings)
         size_kib = report.path.stat().st_size / 1024

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nfsd_server.cli import UsageError
 from nfsd_server.export.glb import ExportSettings, export_glb
-from nfsd_server.export.surface import EmptyFieldError
+from nfsd_server.export.grid import EmptyFieldError
 from nfsd_server.train import load_checkpoint
 
 

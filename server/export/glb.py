@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,8 @@ def _write_atomically(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str,
                 node["extras"] = metadata
 
     data = trimesh.exchange.gltf.export_glb(scene, include_normals=True, tree_postprocessor=add_node_extras)
-    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    # A unique name per call: the job runner's threads may export to the same folder at once.
+    temporary = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
     try:
         temporary.write_bytes(data)
         os.replace(temporary, out_path)

@@ -16,9 +16,11 @@ from itertools import product
 import numpy as np
 import torch
 
-from nfsd_server.export.surface import EmptyFieldError
-
 BLOCK = 4  # cells per block edge: coarse samples are 1/64 of the grid; smaller parts than this can be missed
+
+
+class EmptyFieldError(ValueError):
+    """Nothing in the field reaches the surface threshold, so there is no surface to export."""
 
 
 def field_device(field) -> torch.device:

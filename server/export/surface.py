@@ -1,4 +1,4 @@
-"""Density field → clean, outward-facing, decimated triangle mesh (world frame, +Z up)."""
+"""Density volume → clean, outward-facing, decimated triangle mesh (world frame, +Z up)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,6 @@ import mcubes
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-
-
-class EmptyFieldError(ValueError):
-    """Nothing in the field reaches the surface threshold, so there is no surface to export."""
 
 
 def extract_surface(volume: np.ndarray, threshold: float, bound: float) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +76,7 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, budget: int) -> tuple[np.n
     """Quadric decimation down to at most ``budget`` faces (unchanged if already within it)."""
     if len(faces) <= budget:
         return vertices, faces
-    # The simplifier lands near, not exactly on, the target; aim a little low and retry lower if it overshoots.
+    # The simplifier lands near the target, sometimes a little above it; then retry with a proportionally lower one.
     target = budget
     for _ in range(4):
         new_vertices, new_faces = fast_simplification.simplify(
@@ -89,4 +85,6 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, budget: int) -> tuple[np.n
         if len(new_faces) <= budget:
             return new_vertices.astype(np.float64), new_faces.astype(np.int64)
         target = int(target * budget / len(new_faces) * 0.99)
-    raise RuntimeError(f"decimation kept {len(new_faces)} faces, above the budget {budget}")
+    raise RuntimeError(
+        f"decimation kept {len(new_faces)} faces after 4 tries, above the budget {budget}; raise poly_budget"
+    )

@@ -7,8 +7,8 @@ import pytest
 import torch
 from export_fields import EmptyField, LumpyField, SphereField, TorusField
 
-from nfsd_server.export.grid import sample_density
-from nfsd_server.export.surface import EmptyFieldError, extract_surface
+from nfsd_server.export.grid import EmptyFieldError, sample_density
+from nfsd_server.export.surface import extract_surface
 
 
 def dense_volume(field, resolution: int) -> np.ndarray:
