@@ -74,7 +74,7 @@ def export_glb(
     The object is converted to glTF's +Y up (Blender shows it +Z up again), scaled to ``settings.height`` and
     placed with its base at z = 0 and its x/y centre at the origin, so the add-on's import at the 3D cursor
     stands it on the cursor. ``metadata`` (JSON-serialisable; other values are written as strings) becomes the
-    glTF ``extras`` of the object's node and of the scene, which Blender shows as custom properties.
+    glTF ``extras`` of the object's node, which Blender's importer turns into the object's custom properties.
     Raises EmptyFieldError (no file written) when no density reaches the threshold.
     """
     out_path = Path(out_path)
@@ -147,8 +147,9 @@ def _write_atomically(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str,
     name = out_path.stem or "object"
     scene = trimesh.Scene()
     scene.add_geometry(mesh, geom_name=name, node_name=name)
-    scene.metadata.update(metadata)
 
+    # On the node only: Blender makes node extras the object's custom properties, while scene extras would
+    # overwrite the user's scene properties at every import.
     def add_node_extras(tree: dict) -> None:
         for node in tree.get("nodes", []):
             if "mesh" in node:

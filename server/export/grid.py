@@ -34,13 +34,17 @@ def field_device(field) -> torch.device:
 
 @torch.no_grad()
 def query_chunked(function, points: np.ndarray, chunk_size: int, device: torch.device) -> np.ndarray:
-    """``function`` on ``points`` (N, 3), sent as float32, ``chunk_size`` at a time; result as float32 numpy."""
+    """``function`` on ``points`` (N, 3), sent as float32, ``chunk_size`` at a time; result as float32 numpy.
+
+    NaN results become 0 (empty space, black): a diverged NeRF can return NaN, and the sampler uses NaN to mark
+    points it has not queried yet.
+    """
     points = np.ascontiguousarray(points, dtype=np.float32)
     outputs = [
         function(torch.from_numpy(points[start : start + chunk_size]).to(device)).float().cpu().numpy()
         for start in range(0, len(points), chunk_size)
     ]
-    return np.concatenate(outputs)
+    return np.nan_to_num(np.concatenate(outputs), nan=0.0)
 
 
 def sample_density(field, resolution: int, threshold: float, chunk_size: int) -> tuple[np.ndarray, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from export_fields import EmptyField, SphereField
 
 from nfsd_server.export import EmptyFieldError, ExportSettings, export_glb, slugify
@@ -74,3 +75,25 @@ def test_slugify_keeps_long_prompts_short_and_cuts_at_a_word():
     slug = slugify("a highly detailed photograph of a " + "very " * 30 + "old wooden chair")
     assert 0 < len(slug) <= 48
     assert slug.endswith("very") and not slug.endswith("-")
+
+
+class NaNField:
+    """A diverged NeRF: NaN density outside a ball, NaN albedo on its left half."""
+
+    bound = 1.0
+    surface_density = 25.0
+
+    def density(self, points):
+        inside = points.norm(dim=-1) < 0.5
+        return torch.where(inside, torch.full_like(points[:, 0], 50.0), torch.full_like(points[:, 0], float("nan")))
+
+    def albedo(self, points):
+        colour = torch.full_like(points, 0.5)
+        colour[points[:, 0] < 0] = float("nan")
+        return colour
+
+
+def test_nan_density_and_albedo_export_as_empty_space_and_black(tmp_path):
+    report = export_glb(NaNField(), tmp_path / "nan.glb", ExportSettings(grid_resolution=40, texture_size=512))
+    assert report.n_faces > 0
+    assert report.path.stat().st_size > 0
