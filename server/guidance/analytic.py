@@ -1,0 +1,121 @@
+r"""A closed-form prior: exact denoisers for a known image distribution, to judge optimisation without weights.
+
+Pixel space: a render is resized to ``image_size``² and mapped to [-1, 1]; that image *is* the latent.
+For a known prompt y at camera c the data are x0 ~ N(μ_y(c), σ²I), μ_y(c) an exact (sphere-traced) render of
+the prompt's reference object on white (``references.py``). With DDPM noising x_t = √ᾱ x0 + √(1−ᾱ) ε
+(ᾱ = ᾱ_t, Stable Diffusion's scaled-linear schedule, T = 1000), x_t | y ~ N(√ᾱ μ_y, v I), v = ᾱσ² + 1 − ᾱ, so
+
+    E[ε | x_t, y] = √(1−ᾱ) (x_t − √ᾱ μ_y) / v                                     (Gaussian)
+
+The empty prompt ∅ is the equal-weight mixture over all references, so its denoiser is exact too:
+
+    E[ε | x_t, ∅] = Σ_k r_k(x_t) √(1−ᾱ) (x_t − √ᾱ μ_k) / v,
+    r_k ∝ exp(−‖x_t − √ᾱ μ_k‖² / 2v)                                            (mixture, posterior responsibilities)
+
+The negative prompt is the same mixture over *degraded* references (box-blurred and darkened ×0.5), the
+closed-form stand-in for "blurry, dark, low quality". Any non-empty negative prompt means that mixture; an
+empty one means ∅ (then NFSD's δ_D is 0 for t ≥ 200). Camera-dependent μ replaces SD's view-suffix prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
+from nfsd_server.guidance.references import REFERENCES, Reference, reference_for, render_reference
+
+
+def scaled_linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """ᾱ_t of Stable Diffusion's DDPM schedule: β linear in √β from beta_start to beta_end."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def gaussian_noise_posterior(latents_noisy: Tensor, mean: Tensor, alpha_bar: Tensor, sigma: float) -> Tensor:
+    """E[ε | x_t] for x0 ~ N(mean, σ²I). latents_noisy, mean: (N, …); alpha_bar: (N,) → (N, …)."""
+    a = alpha_bar.view(-1, *([1] * (latents_noisy.dim() - 1)))
+    variance = a * sigma**2 + 1 - a
+    return (1 - a).sqrt() * (latents_noisy - a.sqrt() * mean) / variance
+
+
+def mixture_noise_posterior(latents_noisy: Tensor, means: Tensor, alpha_bar: Tensor, sigma: float) -> Tensor:
+    """E[ε | x_t] for x0 ~ (1/K) Σ_k N(means[:, k], σ²I). latents_noisy: (N, …); means: (N, K, …) → (N, …)."""
+    n, k = means.shape[:2]
+    a = alpha_bar.view(n, 1, *([1] * (latents_noisy.dim() - 1)))
+    variance = a * sigma**2 + 1 - a
+    residual = latents_noisy[:, None] - a.sqrt() * means  # (N, K, …)
+    log_resp = -(residual**2).flatten(2).sum(-1) / (2 * variance.view(n, 1))
+    resp = torch.softmax(log_resp, dim=1).view(n, k, *([1] * (latents_noisy.dim() - 1)))
+    return ((1 - a).sqrt() * residual / variance * resp).sum(1)
+
+
+def degrade(images: Tensor) -> Tensor:
+    """What the negative prompt describes: blurred (5×5 box) and darkened (×0.5). images (B, 3, H, W) in [0, 1]."""
+    return F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False) * 0.5
+
+
+@dataclass(frozen=True)
+class AnalyticPrompts:
+    target: Reference
+    negative_is_degraded: bool  # False for an empty negative prompt: then "negative" = ∅
+
+
+class AnalyticPrior(Prior):
+    """Exact ε-prediction for the reference-object distribution; no weights, any device."""
+
+    accepts_shading = False  # the references are unlit
+
+    def __init__(self, device: torch.device | str = "cpu", image_size: int = 32, sigma: float = 0.1):
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.device = torch.device(device)
+        self.image_size, self.sigma = image_size, sigma
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+        self.references = list(REFERENCES.values())
+
+    def prepare_prompts(self, prompt: str, negative_prompt: str) -> AnalyticPrompts:
+        return AnalyticPrompts(target=reference_for(prompt), negative_is_degraded=bool(negative_prompt.strip()))
+
+    def encode(self, images: Tensor) -> Tensor:
+        resized = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        return resized * 2.0 - 1.0
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def reference_latents(self, reference: Reference, conditions: Conditions) -> Tensor:
+        """μ for each row's camera, (N, 3, S, S) in [-1, 1]."""
+        images, _ = render_reference(reference, conditions.cameras, self.image_size)
+        return images * 2.0 - 1.0
+
+    @torch.no_grad()
+    def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
+        prompts: AnalyticPrompts = conditions.prompts
+        alpha_bar = self.alphas_cumprod[t]
+        clean = torch.stack([self.reference_latents(ref, conditions) for ref in self.references], dim=1)  # (N, K, …)
+        target = clean[:, self.references.index(prompts.target)]
+        eps_prompt = gaussian_noise_posterior(latents_noisy, target, alpha_bar, self.sigma)
+        eps_null = mixture_noise_posterior(latents_noisy, clean, alpha_bar, self.sigma)
+        kinds = conditions.kinds.view(-1, 1, 1, 1)
+        eps = torch.where(kinds == PromptKind.PROMPT, eps_prompt, eps_null)
+        is_negative = conditions.kinds == PromptKind.NEGATIVE
+        if prompts.negative_is_degraded and bool(is_negative.any()):
+            degraded = degrade((clean.flatten(0, 1) + 1) / 2).view_as(clean) * 2 - 1
+            eps_negative = mixture_noise_posterior(latents_noisy, degraded, alpha_bar, self.sigma)
+            eps = torch.where(kinds == PromptKind.NEGATIVE, eps_negative, eps)
+        return eps
+
+
+@register_prior("analytic")
+def load_analytic(model: str | None, device: torch.device, image_size: int = 32, sigma: float = 0.1) -> AnalyticPrior:
+    if model is not None:
+        raise ValueError(
+            f"the analytic prior takes no model (got {model!r}); drop --model, or use --prior stable-diffusion"
+        )
+    return AnalyticPrior(device, image_size=image_size, sigma=sigma)
