@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
-import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from nfsd_server import NFSD_NEGATIVE_PROMPT, __version__
+from nfsd_server.files import write_atomic
 from nfsd_server.guidance.distillation import make_guidance
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
@@ -324,9 +326,9 @@ class Trainer:
             "generator": self.generator.get_state(),
             "metadata": self.metadata,
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(path, buffer.getvalue())
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -368,7 +370,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the checkpoint.pt a training run wrote")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         raise ValueError(f"checkpoint {str(path)!r} is not a readable nfsd checkpoint: {error}") from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not an nfsd checkpoint (format {CHECKPOINT_FORMAT})")

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import math
-import os
 import secrets
 import threading
 import uuid
@@ -33,6 +32,7 @@ from nfsd_server.api.schemas import (
     JobStatus,
     ResolvedJobRequest,
 )
+from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
 from nfsd_server.pipeline import (
     DEFAULT_GUIDANCE_SCALE,
@@ -138,16 +138,6 @@ class Job:
             glb_name=record["glb_name"],
             metadata=record["metadata"],
         )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one (unique temp name per writer)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

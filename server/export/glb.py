@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from nfsd_server.files import write_atomic
 from nfsd_server.export import grid, surface, texture
 
 # Surface density used when neither the settings nor the field give one; NeRFField's own default is the same.
@@ -156,10 +155,4 @@ def _write_atomically(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str,
                 node["extras"] = metadata
 
     data = trimesh.exchange.gltf.export_glb(scene, include_normals=True, tree_postprocessor=add_node_extras)
-    # A unique name per call: the job runner's threads may export to the same folder at once.
-    temporary = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, out_path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomic(out_path, data)
