@@ -113,10 +113,18 @@ def test_nfsd_builds_the_red_ball(trained):
 
 
 def test_the_prompt_matters_a_blue_cube_is_not_a_red_ball(trained):
-    cube = trained["a blue cube"]
-    as_cube = evaluate_nerf(cube, REFERENCES["a blue cube"])
-    as_ball = evaluate_nerf(cube, REFERENCES["a red ball"])
-    red, green, blue = as_cube["mean_color"]
-    assert blue > red + 0.3, as_cube
-    assert as_cube["silhouette_iou"] > as_ball["silhouette_iou"], (as_cube, as_ball)
-    assert as_cube["silhouette_iou"] >= 0.7, as_cube
+    """Each prompt's NeRF matches its own reference better than the other prompt's NeRF does, and is its colour.
+
+    The references' silhouettes themselves overlap (ball vs cube IoU ≈ 0.81), so "which reference is the
+    cube NeRF closer to" is a weak test; the contrast between the two trained NeRFs is the prompt's effect.
+    """
+    ball_ref, cube_ref = REFERENCES["a red ball"], REFERENCES["a blue cube"]
+    cube_as_cube = evaluate_nerf(trained["a blue cube"], cube_ref)
+    ball_as_cube = evaluate_nerf(trained["a red ball"], cube_ref)
+    ball_as_ball = evaluate_nerf(trained["a red ball"], ball_ref)
+    cube_as_ball = evaluate_nerf(trained["a blue cube"], ball_ref)
+    red, green, blue = cube_as_cube["mean_color"]
+    assert blue > red + 0.3, cube_as_cube
+    assert cube_as_cube["silhouette_iou"] >= 0.7, cube_as_cube
+    assert cube_as_cube["silhouette_iou"] > ball_as_cube["silhouette_iou"], (cube_as_cube, ball_as_cube)
+    assert ball_as_ball["silhouette_iou"] > cube_as_ball["silhouette_iou"], (ball_as_ball, cube_as_ball)
