@@ -1,0 +1,104 @@
+"""HTTP client for the nfsd_server /v1 API: plain urllib + json, no bpy (testable without Blender)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class BackendError(Exception):
+    """A failure the artist can act on: ``str(err)`` is one clear line, ``hint`` says what to try."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.hint = hint
+        self.status = status
+
+    def __str__(self) -> str:
+        msg = self.args[0]
+        return f"{msg} ({self.hint})" if self.hint else msg
+
+
+def _detail_message(detail: Any) -> str:
+    if isinstance(detail, list):  # FastAPI 422: [{loc, msg, ...}]
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                msg = item.get("msg", "invalid value")
+                parts.append(f"{loc}: {msg}" if loc else msg)
+            else:
+                parts.append(str(item))
+        return "; ".join(parts) or "invalid request"
+    return str(detail)
+
+
+class Client:
+    def __init__(self, base_url: str, token: str = "", timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: Any = None) -> tuple[bytes, str]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            message, hint = f"HTTP {err.code}", None
+            try:
+                payload = json.loads(raw)
+                if isinstance(payload, dict):
+                    message = _detail_message(payload.get("detail", message))
+                    hint = payload.get("hint")
+            except (ValueError, UnicodeDecodeError):
+                if raw:
+                    message = raw.decode(errors="replace")[:200]
+            if err.code == 401 and not hint:
+                hint = "check the token in the add-on preferences"
+            raise BackendError(message, hint, err.code) from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise BackendError(
+                f"Cannot reach the server at {self.base_url}: {reason}",
+                "start the backend or check the URL in the add-on preferences",
+            ) from None
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        raw, _ = self._request(method, path, body)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise BackendError(f"The server sent a reply that is not JSON for {path}") from None
+
+    def health(self) -> dict:
+        return self._json("GET", "/v1/health")
+
+    def submit(self, request: dict) -> str:
+        return self._json("POST", "/v1/jobs", request)["id"]
+
+    def jobs(self) -> list[dict]:
+        return self._json("GET", "/v1/jobs")["jobs"]
+
+    def status(self, job_id: str) -> dict:
+        return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._json("DELETE", f"/v1/jobs/{job_id}")
+
+    def preview(self, job_id: str) -> bytes:
+        return self._request("GET", f"/v1/jobs/{job_id}/preview.png")[0]
+
+    def result_glb(self, job_id: str) -> bytes:
+        return self._request("GET", f"/v1/jobs/{job_id}/result.glb")[0]
+
+    def result_json(self, job_id: str) -> dict:
+        return self._json("GET", f"/v1/jobs/{job_id}/result.json")

@@ -1,0 +1,70 @@
+"""Add-on preferences: where the backend runs."""
+
+import os
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import backend
+
+
+def _default_data_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), "nfsd_data")
+
+
+class NFSD_Preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    mode: EnumProperty(
+        name="Backend",
+        items=[("LOCAL", "Local", "Start the server on this machine"), ("REMOTE", "Remote", "Use a running server")],
+        default="LOCAL",
+    )
+    python_path: StringProperty(
+        name="Backend Python", subtype="FILE_PATH", default=backend.detect_python(),
+        description="Python with the nfsd_server package installed",
+    )
+    data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default=_default_data_dir())
+    url: StringProperty(name="URL", default="http://127.0.0.1:8000")
+    token: StringProperty(name="Token", subtype="PASSWORD")
+    default_prior: EnumProperty(
+        name="Prior",
+        items=[("stable-diffusion", "Stable Diffusion", ""), ("analytic", "Analytic (test)", "")],
+        default="stable-diffusion",
+    )
+    model: StringProperty(name="Model", description="Model id; empty = the server's default")
+    status: StringProperty(name="Status")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "mode", expand=True)
+        if self.mode == "LOCAL":
+            layout.prop(self, "python_path")
+            if not self.python_path:
+                layout.label(text="Set the Python of an environment with nfsd_server installed", icon="INFO")
+            layout.prop(self, "data_dir")
+            row = layout.row()
+            row.operator("nfsd.start_backend", icon="PLAY")
+            row.operator("nfsd.stop_backend", icon="PAUSE")
+        else:
+            layout.prop(self, "url")
+            layout.prop(self, "token")
+        layout.prop(self, "default_prior")
+        layout.prop(self, "model")
+        row = layout.row()
+        row.operator("nfsd.check_health", icon="FILE_REFRESH")
+        if self.status:
+            layout.label(text=self.status)
+
+
+def get_prefs(context=None):
+    context = context or bpy.context
+    return context.preferences.addons[__package__].preferences
+
+
+def register():
+    bpy.utils.register_class(NFSD_Preferences)
+
+
+def unregister():
+    bpy.utils.unregister_class(NFSD_Preferences)

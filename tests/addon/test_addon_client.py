@@ -1,0 +1,103 @@
+"""client.py against a stdlib fake server (no bpy), and the add-on's import hygiene."""
+
+import ast
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from nfsd_blender.client import BackendError, Client  # noqa: E402
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/health":
+            return self._send(200, {"version": "1.0", "device": "cpu", "models_loaded": []})
+        if self.headers.get("Authorization") != "Bearer good":
+            return self._send(401, {"detail": "Missing or wrong token", "hint": "use the token the server printed"})
+        return self._send(404, {"detail": "No job abc", "hint": None})
+
+    def do_POST(self):
+        if self.headers.get("Authorization") != "Bearer good":
+            return self._send(401, {"detail": "bad token"})
+        self._send(422, {"detail": [{"loc": ["body", "prompt"], "msg": "String should have at least 1 character"}]})
+
+
+@pytest.fixture(scope="module")
+def url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_health_needs_no_token(url):
+    assert Client(url).health()["device"] == "cpu"
+
+
+def test_401_message_and_hint(url):
+    with pytest.raises(BackendError) as err:
+        Client(url, "wrong").status("abc")
+    assert err.value.status == 401
+    assert "wrong token" in str(err.value) and "token the server printed" in str(err.value)
+
+
+def test_404_detail(url):
+    with pytest.raises(BackendError, match="No job abc") as err:
+        Client(url, "good").status("abc")
+    assert err.value.status == 404
+
+
+def test_422_list_detail_is_readable(url):
+    with pytest.raises(BackendError) as err:
+        Client(url, "good").submit({"prompt": ""})
+    assert str(err.value) == "prompt: String should have at least 1 character"
+
+
+def test_unreachable_is_clear():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(BackendError, match="Cannot reach the server") as err:
+        Client(f"http://127.0.0.1:{port}", "x", timeout=2).health()
+    assert "start the backend" in str(err.value)
+
+
+def test_addon_imports_no_torch_or_numpy():
+    banned = {"torch", "numpy"}
+    for path in (ROOT / "nfsd_blender").rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_client_and_backend_do_not_import_bpy():
+    for name in ("client.py", "backend.py", "jobs.py"):
+        src = (ROOT / "nfsd_blender" / name).read_text()
+        assert "import bpy" not in src, name
