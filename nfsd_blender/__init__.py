@@ -2,8 +2,6 @@
 
 import atexit
 
-import bpy
-
 from . import operators, panel, preferences, properties
 from .backend import BACKEND
 

@@ -49,7 +49,7 @@ class JobWorker(threading.Thread):
             self._poll(client)
         except BackendError as err:
             self.events.put(("error", self.job_id, str(err)))
-        except Exception as err:  # a bug must not leave the panel spinning
+        except Exception as err:  # noqa: BLE001  (a bug must not leave the panel spinning)
             self.events.put(("error", self.job_id, f"Unexpected error: {err!r}"))
 
     def _poll(self, client: Client) -> None:

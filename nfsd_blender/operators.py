@@ -10,7 +10,7 @@ from bpy.props import BoolProperty
 
 from . import importer, jobs
 from .backend import BACKEND
-from .client import BackendError, Client
+from .client import BackendError
 from .preferences import get_prefs
 
 PREVIEW_IMAGE = "NFSD Preview"
@@ -162,11 +162,10 @@ def poll_timer():
             break
         try:
             _handle(event)
-        except Exception as err:  # keep Blender working, show the problem
-            try:
+        except Exception as err:  # noqa: BLE001  (keep Blender working, show the problem)
+            print(f"NFSD: event {event[0]} failed: {err!r}")
+            if hasattr(bpy.context.scene, "nfsd"):
                 bpy.context.scene.nfsd.error = f"{type(err).__name__}: {err}"
-            except Exception:
-                pass
     _redraw()
     if _busy() or not jobs.EVENTS.empty() or STATE.get("health_busy"):
         return TIMER_S

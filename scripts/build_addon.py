@@ -24,7 +24,7 @@ def find_cli() -> Path:
     spec = importlib.util.find_spec("bpy")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("bpy is not installed in this Python; activate the project's .venv")
-    base = Path(list(spec.submodule_search_locations)[0])
+    base = Path(next(iter(spec.submodule_search_locations)))
     hits = sorted(base.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
     if not hits:
         raise SystemExit(f"blender_ext.py not found under {base}")

@@ -8,7 +8,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 psutil = pytest.importorskip("psutil")
 
-from addon_helpers import PKG, ROOT, addon_module, build_zip, pump  # noqa: E402
+from addon_helpers import PKG, ROOT, addon_module, build_zip, pump
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
@@ -110,9 +110,8 @@ def test_generate_imports_at_cursor_and_survives_reload(addon, tmp_path):
     _set_small(props)
     bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
-    pump(lambda: props.job_state in ("done", "failed", "error", "cancelled"), 170, "the red ball")
-    if props.job_state != "done":
-        pytest.skip(f"backend could not finish the analytic job here: {props.error}")
+    pump(lambda: props.job_state in ("done", "failed", "error", "cancelled"), 300, "the red ball")
+    assert props.job_state == "done", props.error  # a backend that cannot finish is a failure, not a skip
     ob = bpy.context.view_layer.objects.active
     assert ob is not None and ob.name.startswith("a red ball")
     assert ob["nfsd_prompt"] == "a red ball" and ob["nfsd_seed"] == 3 and ob["nfsd_steps"] == 30

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from nfsd_blender.client import BackendError, Client  # noqa: E402
+from nfsd_blender.client import BackendError, Client
 
 
 class Handler(BaseHTTPRequestHandler):
