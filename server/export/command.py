@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grid-resolution", type=int, default=defaults.grid_resolution, help="marching-cubes grid, 32..1024"
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="surface density (default: the field's own, 5.0)"
+        "--threshold", type=float, default=None, help="surface density (default: the checkpoint's own surface_density)"
     )
     parser.add_argument("--height", type=float, default=defaults.height, help="object height in Blender units")
 

@@ -12,11 +12,13 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from nfsd_server.files import write_atomic
 from nfsd_server.export import grid, surface, texture
+from nfsd_server.files import write_atomic
+from nfsd_server.scene.field import FieldConfig
 
-# Surface density used when neither the settings nor the field give one; NeRFField's own default is the same.
-DEFAULT_THRESHOLD = 5.0
+# Surface density used when neither the settings nor the field give one: the engine NeRF's measured value, read
+# from its config so the two cannot drift apart.
+DEFAULT_THRESHOLD = FieldConfig.surface_density
 TEXTURE_SIZES = (512, 1024, 2048)
 
 
@@ -24,7 +26,8 @@ TEXTURE_SIZES = (512, 1024, 2048)
 class ExportSettings:
     """How to turn a field into a GLB.
 
-    threshold: density of the surface; None → ``field.surface_density`` if the field has one, else 5.0.
+    threshold: density of the surface; None → ``field.surface_density`` if the field has one, else
+        ``DEFAULT_THRESHOLD`` (the engine NeRF's default surface density).
     height: the object's height in Blender units (its Z extent) after export.
     chunk_size: points per field query; lower it if the field's device runs out of memory.
     """

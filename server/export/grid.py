@@ -88,9 +88,15 @@ def sample_density(field, resolution: int, threshold: float, chunk_size: int) ->
         queried += len(todo)
         frontier = _neighbours_across_crossed_faces(values[flat] > threshold, frontier, sampled)
     if not max_density > threshold:
+        # Half the peak is only a usable threshold when there is a peak: settings reject a threshold of 0.
+        fix = (
+            f"export with a lower threshold (e.g. --threshold {max_density / 2:.3g}) or train longer"
+            if max_density > 0
+            else "the field has no density anywhere (a collapsed or diverged NeRF); train again, e.g. with another seed"
+        )
         raise EmptyFieldError(
             f"the field is empty: the highest density sampled is {max_density:.4g}, below the surface threshold "
-            f"{threshold:.4g}; export with a lower threshold (e.g. --threshold {max_density / 2:.3g}) or train longer"
+            f"{threshold:.4g}; {fix}"
         )
     _fill_unsampled(volume, inside, threshold)
     return volume, queried

@@ -39,6 +39,35 @@ def test_empty_field_raises_with_the_max_density_and_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class FlatField:
+    """Uniform ``value`` density and no ``surface_density``: the exporter must fall back to its own threshold."""
+
+    bound = 1.0
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(points),), self.value)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(points), 3)
+
+
+def test_a_field_without_surface_density_uses_the_engines_default_threshold(tmp_path):
+    from nfsd_server.scene.field import FieldConfig
+
+    with pytest.raises(EmptyFieldError, match=rf"below the surface threshold {FieldConfig().surface_density:g};"):
+        export_glb(FlatField(1.0), tmp_path / "flat.glb", ExportSettings(grid_resolution=32, texture_size=512))
+
+
+def test_a_field_with_no_density_at_all_does_not_suggest_an_impossible_threshold(tmp_path):
+    with pytest.raises(EmptyFieldError, match="no density anywhere") as caught:
+        export_glb(FlatField(0.0), tmp_path / "zero.glb", ExportSettings(grid_resolution=32, texture_size=512))
+    assert "--threshold 0" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_export_keeps_the_previous_file_intact(tmp_path):
     out = tmp_path / "ball.glb"
     out.write_bytes(b"previous export")
