@@ -202,3 +202,38 @@ def test_blender_imports_one_textured_mesh_z_up_at_height_with_metadata(torus):
     assert obj["seed"] == METADATA["seed"]
     assert obj["settings"]["steps"] == METADATA["settings"]["steps"]
     assert "prompt" not in bpy.context.scene
+
+
+class CompassField(SphereField):
+    """The ball, coloured by world position: (r, g, b) = ((x, y, z) + 1) / 2, so any mirrored axis shows."""
+
+    def albedo(self, points):
+        return ((points + 1) / 2).clamp(0, 1)
+
+
+def test_blender_sees_the_world_frame_and_the_texture_unflipped(tmp_path):
+    """In Blender, each face's texel colour encodes the world point it came from: checks axes, no mirror, and
+    the image's row order as Blender's importer reads it (trimesh's own round trip cannot see a v flip)."""
+    bpy = pytest.importorskip("bpy")
+    field = CompassField(radius=0.5)
+    settings = ExportSettings(grid_resolution=64, poly_budget=1500, texture_size=512, height=1.0)
+    path = tmp_path / "compass.glb"
+    export_glb(field, path, settings)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.gltf(filepath=str(path))
+    (obj,) = [obj for obj in bpy.context.scene.objects if obj.type == "MESH"]
+    (image,) = [node.image for node in obj.material_slots[0].material.node_tree.nodes if node.type == "TEX_IMAGE"]
+    width, height = image.size
+    pixels = np.array(image.pixels[:], dtype=np.float64).reshape(height, width, 4)  # row 0 = bottom, v up
+    mesh = obj.data
+    positions = np.array([obj.matrix_world @ vertex.co for vertex in mesh.vertices])
+    uv = np.array([loop.uv[:] for loop in mesh.uv_layers.active.data])
+    face_loops = [list(polygon.loop_indices) for polygon in mesh.polygons]
+    face_uv = np.array([uv[loops].mean(axis=0) for loops in face_loops])
+    face_centre = np.array([positions[list(polygon.vertices)].mean(axis=0) for polygon in mesh.polygons])
+    # Blender (x, y, z) → world: undo the scale to 1 unit tall and the lift that stands the ball on z = 0.
+    world = face_centre * (2 * field.radius / settings.height) - [0.0, 0.0, field.radius]
+    rows = np.clip((face_uv[:, 1] * height).astype(int), 0, height - 1)
+    cols = np.clip((face_uv[:, 0] * width).astype(int), 0, width - 1)
+    baked = pixels[rows, cols, :3]
+    assert np.abs(baked - (world + 1) / 2).max() < 0.03
