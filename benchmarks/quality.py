@@ -21,7 +21,8 @@ import torch
 from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.distillation import NFSDGuidance, predict_rows
 from nfsd_server.guidance.references import REFERENCES, evaluate_nerf, evaluate_shape
-from nfsd_server.train import TrainConfig, Trainer
+from nfsd_server.settings import resolve_settings
+from nfsd_server.train import Trainer
 
 
 class NFSDWithoutSwitch(NFSDGuidance):
@@ -42,7 +43,8 @@ VARIANTS = {
 
 def run(prompt: str, variant: str, steps: int, seed: int, prior: AnalyticPrior) -> dict[str, float]:
     method, scale, guidance_class = VARIANTS[variant]
-    trainer = Trainer(TrainConfig(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed), prior, None)
+    settings = resolve_settings(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft")
+    trainer = Trainer(settings, prior, None)
     if guidance_class is not None:
         trainer.guidance = guidance_class(scale)
     trainer.run()

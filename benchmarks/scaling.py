@@ -26,7 +26,7 @@ from step_cost import measure  # noqa: E402  (sibling script)
 from nfsd_server.guidance.prior import default_device, load_prior  # noqa: E402
 from nfsd_server.guidance.random_models import save_random_stable_diffusion  # noqa: E402
 from nfsd_server.scene.encoding import HashGridConfig  # noqa: E402
-from nfsd_server.train import PRESETS  # noqa: E402
+from nfsd_server.presets import PRESETS  # noqa: E402
 
 
 def variants() -> list[tuple[str, int, HashGridConfig]]:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'variant':14}{'side':>6}{'levels':>8}{'log2 T':>8}{'params':>11}{'render':>10}{'backward':>10}{'step':>10}")
         for label, side, grid in variants():
             name = f"scaling-{label}"
-            # A preset only this process knows about: TrainConfig accepts names from PRESETS.
+            # A preset only this process knows about: the settings accept names from PRESETS.
             PRESETS[name] = dataclasses.replace(draft, grid=grid, resolution_schedule=((0.0, side),))
             try:
                 samples = measure(prior, name, args.steps, warmup=1, resolution=None, methods=("nfsd",))["nfsd", side]

@@ -44,7 +44,9 @@ from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, default_de
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
 from nfsd_server.scene.cameras import sample_orbit_cameras
 from nfsd_server.scene.renderer import RendererConfig, make_renderer
-from nfsd_server.train import PRESETS, Preset, TrainConfig, Trainer
+from nfsd_server.presets import PRESETS, Preset
+from nfsd_server.settings import resolve_settings
+from nfsd_server.train import TrainConfig, Trainer
 
 STAGES = ("render", "encode", "unet", "backward", "optimizer")
 METHODS = ("nfsd", "sds")
@@ -143,9 +145,9 @@ def measure(
     trainers = {}
     for method in methods:
         # t ≥ 200 throughout: NFSD's worst case (negative row always on); cost does not depend on t otherwise.
-        config = TrainConfig("a hamburger", method=method, seed=seed, preset=preset_name, t_min=0.2,
-                             t_max_end=0.5, compile_unet=compile_unet)
-        trainers[method] = Trainer(config, prior, out_dir=None)
+        settings = resolve_settings("a hamburger", method=method, seed=seed, preset=preset_name)
+        config = TrainConfig(t_min=0.2, t_max_end=0.5, compile_unet=compile_unet)
+        trainers[method] = Trainer(settings, prior, out_dir=None, config=config)
         trainers[method].stage_timer = timer
     latent_shape = latent_shape_of(prior)
     results: dict[tuple[str, int], Samples] = {}

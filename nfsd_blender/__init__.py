@@ -1,25 +1,33 @@
-"""NFSD for Blender: text-to-3D via a Noise-Free Score Distillation server. This module only registers."""
+"""NFSD for Blender: text-to-3D via a Noise-Free Score Distillation server. This module only registers.
+
+The bpy modules are imported inside ``register`` so that ``nfsd_blender.contract`` (and the bpy-free client)
+import without Blender: the backend shares the contract module with the add-on.
+"""
 
 import atexit
+import importlib
 
-from . import operators, panel, preferences, properties
-from .backend import BACKEND
+_MODULE_NAMES = ("preferences", "properties", "operators", "panel")
 
-_modules = (preferences, properties, operators, panel)
+
+def _modules():
+    return [importlib.import_module(f".{name}", __name__) for name in _MODULE_NAMES]
 
 
 def _stop_backend(*_args):
+    from .backend import BACKEND
+
     BACKEND.stop()
 
 
 def register():
-    for mod in _modules:
+    for mod in _modules():
         mod.register()
     atexit.register(_stop_backend)
 
 
 def unregister():
     atexit.unregister(_stop_backend)
-    for mod in reversed(_modules):
+    for mod in reversed(_modules()):
         mod.unregister()
-    BACKEND.stop()
+    _stop_backend()

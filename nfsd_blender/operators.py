@@ -8,7 +8,7 @@ import threading
 import bpy
 from bpy.props import BoolProperty
 
-from . import importer, jobs
+from . import contract, importer, jobs
 from .backend import BACKEND
 from .client import BackendError
 from .preferences import get_prefs
@@ -16,7 +16,6 @@ from .preferences import get_prefs
 PREVIEW_IMAGE = "NFSD Preview"
 TIMER_S = 0.25
 STATE = {"worker": None}
-MAX_SEED = 2**31 - 1
 
 
 def settings_from_prefs(context) -> jobs.Settings:
@@ -25,20 +24,14 @@ def settings_from_prefs(context) -> jobs.Settings:
     return jobs.Settings(p.mode, bpy.path.abspath(p.python_path), data_dir, p.url, p.token, p.default_prior, p.model)
 
 
-def build_request(props, prefs) -> dict:
-    return {
-        "prompt": props.prompt.strip(),
-        "negative_prompt": props.negative_prompt,
-        "method": props.method.lower(),
-        "guidance_scale": props.guidance_scale,
-        "seed": props.seed,
-        "steps": props.steps or None,
-        "preset": props.preset,
-        "poly_budget": props.poly_budget,
-        "texture_size": int(props.texture_size),
-        "prior": prefs.default_prior,
-        "model": prefs.model or None,
-    }
+def build_request(source, prefs, seed=None) -> dict:
+    """The POST /v1/jobs body from the form (or a history item: same field names), seed overridable."""
+    return contract.job_request(
+        source.prompt, negative_prompt=source.negative_prompt, method=source.method,
+        guidance_scale=source.guidance_scale, seed=source.seed if seed is None else seed, steps=source.steps,
+        preset=source.preset, poly_budget=source.poly_budget, texture_size=int(source.texture_size or contract.DEFAULT_TEXTURE_SIZE),
+        prior=prefs.default_prior, model=prefs.model,
+    )
 
 
 def _ensure_timer():
@@ -216,7 +209,7 @@ class NFSD_OT_random_seed(bpy.types.Operator):
     bl_description = "Pick a random seed"
 
     def execute(self, context):
-        context.scene.nfsd.seed = random.randint(0, MAX_SEED)
+        context.scene.nfsd.seed = random.randint(0, contract.MAX_SEED)
         return {"FINISHED"}
 
 
@@ -296,15 +289,8 @@ class NFSD_OT_history_rerun(bpy.types.Operator):
         if _busy() or not (0 <= props.history_index < len(props.history)):
             return {"CANCELLED"}
         item = props.history[props.history_index]
-        request = {
-            "prompt": item.prompt, "negative_prompt": item.negative_prompt, "method": item.method.lower(),
-            "guidance_scale": item.guidance_scale or None,
-            "seed": random.randint(0, MAX_SEED) if self.new_seed else item.seed,
-            "steps": item.steps or None, "preset": item.preset, "poly_budget": item.poly_budget,
-            "texture_size": int(item.texture_size or 1024), "prior": get_prefs(context).default_prior,
-            "model": get_prefs(context).model or None,
-        }
-        start_job(context, request)
+        seed = random.randint(0, contract.MAX_SEED) if self.new_seed else None
+        start_job(context, build_request(item, get_prefs(context), seed))
         return {"FINISHED"}
 
 

@@ -5,11 +5,14 @@ import os
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend
+from . import backend, contract
 
 
 def _default_data_dir() -> str:
     return os.path.join(os.path.expanduser("~"), "nfsd_data")
+
+
+PRIOR_LABELS = {"stable-diffusion": "Stable Diffusion", "analytic": "Analytic (test)"}
 
 
 class NFSD_Preferences(bpy.types.AddonPreferences):
@@ -25,12 +28,12 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         description="Python with the nfsd_server package installed",
     )
     data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default=_default_data_dir())
-    url: StringProperty(name="URL", default="http://127.0.0.1:8000")
+    url: StringProperty(name="URL", default=f"http://{contract.DEFAULT_HOST}:{contract.DEFAULT_PORT}")
     token: StringProperty(name="Token", subtype="PASSWORD")
     default_prior: EnumProperty(
         name="Prior",
-        items=[("stable-diffusion", "Stable Diffusion", ""), ("analytic", "Analytic (test)", "")],
-        default="stable-diffusion",
+        items=[(name, PRIOR_LABELS[name], "") for name in contract.PRIORS],
+        default=contract.DEFAULT_PRIOR,
     )
     model: StringProperty(name="Model", description="Model id; empty = the server's default")
     status: StringProperty(name="Status")

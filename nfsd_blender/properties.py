@@ -10,14 +10,13 @@ from bpy.props import (
     StringProperty,
 )
 
-DEFAULT_NEGATIVE = (
-    "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, gloomy"
-)
-GUIDANCE_DEFAULT = {"NFSD": 7.5, "SDS": 100.0}
+from . import contract
+
+METHOD_LABELS = {"nfsd": ("NFSD", "Noise-Free Score Distillation"), "sds": ("SDS", "Score Distillation Sampling")}
 
 
 def _method_update(self, _context):
-    self.guidance_scale = GUIDANCE_DEFAULT[self.method]
+    self.guidance_scale = contract.DEFAULT_GUIDANCE_SCALE[self.method.lower()]
 
 
 class NFSD_HistoryItem(bpy.types.PropertyGroup):
@@ -37,24 +36,30 @@ class NFSD_HistoryItem(bpy.types.PropertyGroup):
 
 class NFSD_SceneProps(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to generate")
-    negative_prompt: StringProperty(name="Negative", default=DEFAULT_NEGATIVE)
+    negative_prompt: StringProperty(name="Negative", default=contract.NFSD_NEGATIVE_PROMPT)
     method: EnumProperty(
         name="Method",
-        items=[("NFSD", "NFSD", "Noise-Free Score Distillation"), ("SDS", "SDS", "Score Distillation Sampling")],
-        default="NFSD",
+        items=[(METHOD_LABELS[m][0], METHOD_LABELS[m][0], METHOD_LABELS[m][1]) for m in contract.METHODS],
+        default=METHOD_LABELS["nfsd"][0],
         update=_method_update,
     )
-    guidance_scale: FloatProperty(name="Guidance", default=7.5, min=0.1, max=500.0)
-    seed: IntProperty(name="Seed", default=0, min=0)
-    steps: IntProperty(name="Steps", description="0 = the preset's", default=0, min=0, max=100000)
+    guidance_scale: FloatProperty(
+        name="Guidance", default=contract.DEFAULT_GUIDANCE_SCALE["nfsd"], min=0.1, max=contract.MAX_GUIDANCE_SCALE
+    )
+    seed: IntProperty(name="Seed", default=0, min=0, max=contract.MAX_SEED)
+    steps: IntProperty(name="Steps", description="0 = the preset's", default=0, min=0, max=contract.MAX_STEPS)
     preset: EnumProperty(
         name="Preset",
-        items=[("draft", "Draft", ""), ("standard", "Standard", ""), ("high", "High", "")],
-        default="standard",
+        items=[(name, name.title(), "") for name in contract.PRESETS],
+        default=contract.DEFAULT_PRESET,
     )
-    poly_budget: IntProperty(name="Poly Budget", default=20000, min=100, max=500000)
+    poly_budget: IntProperty(
+        name="Poly Budget", default=contract.DEFAULT_POLY_BUDGET,
+        min=contract.MIN_POLY_BUDGET, max=contract.MAX_POLY_BUDGET,
+    )
     texture_size: EnumProperty(
-        name="Texture", items=[("512", "512", ""), ("1024", "1024", ""), ("2048", "2048", "")], default="1024"
+        name="Texture", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
+        default=str(contract.DEFAULT_TEXTURE_SIZE),
     )
     # the running job (filled by the poller)
     job_id: StringProperty()

@@ -10,15 +10,13 @@ import argparse
 import importlib
 import sys
 
+from nfsd_server.errors import UsageError
+
 SUBCOMMANDS = {
     "generate": ("nfsd_server.generate_command", "train a NeRF for a prompt and export a GLB"),
     "export": ("nfsd_server.export.command", "re-export a GLB from a training checkpoint"),
     "serve": ("nfsd_server.api.server", "run the HTTP job server the Blender add-on talks to"),
 }
-
-
-class UsageError(Exception):
-    """A bad argument; the message is printed as one line and the process exits with status 2."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

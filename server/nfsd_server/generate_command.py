@@ -6,49 +6,61 @@ import argparse
 import os
 from pathlib import Path
 
-from nfsd_server import NFSD_NEGATIVE_PROMPT
-from nfsd_server.cli import UsageError
-from nfsd_server.pipeline import METHODS, PRESET_NAMES, TEXTURE_SIZES, Callbacks, GenerationSettings, run_generation
+from nfsd_blender import contract
+from nfsd_server.errors import UsageError
+from nfsd_server.presets import PRESETS
+from nfsd_server.pipeline import Callbacks, run_generation
+from nfsd_server.settings import GenerationSettings, resolve_settings
+
+CLI_DEFAULT_PRESET = "draft"  # the command line's default runs on a CPU in minutes; the add-on's is the contract's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help='what to make, e.g. "a red ball"')
-    parser.add_argument("--method", choices=METHODS, default="nfsd", help="score distillation (default: nfsd)")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: 7.5 NFSD, 100 SDS)")
-    parser.add_argument("--negative-prompt", default=NFSD_NEGATIVE_PROMPT, help="NFSD's p_neg (default: the paper's)")
+    parser.add_argument("--method", choices=contract.METHODS, default="nfsd", help="score distillation (default: nfsd)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None,
+        help="CFG scale (default: " + ", ".join(f"{s:g} {m}" for m, s in contract.DEFAULT_GUIDANCE_SCALE.items()) + ")",
+    )
+    parser.add_argument(
+        "--negative-prompt", default=contract.NFSD_NEGATIVE_PROMPT, help="NFSD's p_neg (default: the paper's)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="draft")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=CLI_DEFAULT_PRESET)
     parser.add_argument(
-        "--prior", choices=("analytic", "stable-diffusion"), default=None,
+        "--prior", choices=contract.PRIORS, default=None,
         help="analytic: closed-form offline test prior; stable-diffusion: a real model "
         "(default: stable-diffusion when --model is given, else analytic)",
     )
     parser.add_argument("--model", default=None, help="hub id or local diffusers folder (implies --prior stable-diffusion)")
-    parser.add_argument("--poly-budget", type=int, default=20_000, help="max faces of the exported mesh")
-    parser.add_argument("--texture-size", type=int, choices=TEXTURE_SIZES, default=1024)
+    parser.add_argument(
+        "--poly-budget", type=int, default=contract.DEFAULT_POLY_BUDGET, help="max faces of the exported mesh"
+    )
+    parser.add_argument(
+        "--texture-size", type=int, choices=contract.TEXTURE_SIZES, default=contract.DEFAULT_TEXTURE_SIZE
+    )
     parser.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty; describe the object, e.g. nfsd generate \"a red ball\"")
-    if args.steps is not None and args.steps <= 0:
-        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
-    if args.guidance_scale is not None and not args.guidance_scale > 0:
-        raise UsageError(f"--guidance-scale must be > 0, got {args.guidance_scale}")
-    if args.poly_budget < 100:
-        raise UsageError(f"--poly-budget must be at least 100 faces, got {args.poly_budget}")
-    if not 0 <= args.seed < 2**31:
-        raise UsageError(f"--seed must be in [0, 2^31), got {args.seed}")
-    prior = args.prior or ("stable-diffusion" if args.model else "analytic")
-    return GenerationSettings(
-        prompt=args.prompt.strip(), negative_prompt=args.negative_prompt, method=args.method,
-        guidance_scale=args.guidance_scale, seed=args.seed, steps=args.steps, preset=args.preset,
-        poly_budget=args.poly_budget, texture_size=args.texture_size, prior=prior, model=args.model,
-    )
+    """The one validation of the job's settings; its message names the setting, shown here as the flag."""
+    try:
+        return resolve_settings(
+            args.prompt, negative_prompt=args.negative_prompt, method=args.method,
+            guidance_scale=args.guidance_scale, seed=args.seed, steps=args.steps, preset=args.preset,
+            poly_budget=args.poly_budget, texture_size=args.texture_size, prior=args.prior, model=args.model,
+            default_prior="analytic", default_model=contract.DEFAULT_MODEL,
+        )
+    except ValueError as error:
+        message = str(error)
+        for name in ("guidance_scale", "negative_prompt", "poly_budget", "texture_size", "steps", "seed"):
+            if message.startswith(name):
+                message = "--" + name.replace("_", "-") + message[len(name):]
+                break
+        raise UsageError(message) from error
 
 
 def writable_dir(path: Path) -> Path:
@@ -77,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from error
 
-    bar = tqdm(total=settings.train_config().total_steps, desc="training", unit="step")
+    bar = tqdm(total=settings.steps, desc="training", unit="step")
 
     def on_progress(step: int, total: int, loss: float, eta_s: float | None) -> None:
         bar.n = step

@@ -8,7 +8,6 @@ CPU generator seeded by the job seed, so the same seed and settings give the sam
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import pickle
@@ -21,20 +20,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nfsd_server import NFSD_NEGATIVE_PROMPT, __version__
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.distillation import make_guidance
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
+from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.scene.renderer import Renderer, RendererConfig, host_to_device, make_renderer
 from nfsd_server.scene.shading import sample_shading
+from nfsd_server.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GUIDANCE_SCALE = {"nfsd": 7.5, "sds": 100.0}
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 PROGRESS_EVERY_CUDA = 10  # steps between loss reads (each one waits for the GPU)
@@ -60,47 +59,9 @@ class Callbacks:
 
 
 @dataclass(frozen=True)
-class Preset:
-    """Scale knobs an artist picks by name: draft (CPU minutes), standard (GPU default), high."""
-
-    steps: int
-    batch_size: int
-    resolution_schedule: tuple[tuple[float, int], ...]  # (fraction of steps, rendered side in pixels)
-    grid: HashGridConfig
-    hidden_dim: int
-    n_samples: int
-    export_grid_resolution: int
-    preview_size: int
-
-
-PRESETS = {
-    "draft": Preset(
-        steps=400, batch_size=1, resolution_schedule=((0.0, 32),),
-        grid=HashGridConfig(n_levels=8, log2_table_size=14, base_resolution=16, max_resolution=256),
-        hidden_dim=32, n_samples=32, export_grid_resolution=128, preview_size=64,
-    ),
-    "standard": Preset(
-        steps=5000, batch_size=1, resolution_schedule=((0.0, 64), (0.5, 128)),
-        grid=HashGridConfig(n_levels=16, log2_table_size=19, base_resolution=16, max_resolution=2048),
-        hidden_dim=64, n_samples=96, export_grid_resolution=256, preview_size=128,
-    ),
-    "high": Preset(
-        steps=10000, batch_size=1, resolution_schedule=((0.0, 64), (0.3, 128), (0.6, 256)),
-        grid=HashGridConfig(n_levels=16, log2_table_size=19, base_resolution=16, max_resolution=4096),
-        hidden_dim=64, n_samples=128, export_grid_resolution=256, preview_size=256,
-    ),
-}
-
-
-@dataclass(frozen=True)
 class TrainConfig:
-    prompt: str
-    negative_prompt: str = NFSD_NEGATIVE_PROMPT
-    method: str = "nfsd"
-    guidance_scale: float | None = None  # None → 7.5 for NFSD, 100 for SDS
-    seed: int = 0
-    preset: str = "draft"
-    steps: int | None = None  # None → the preset's
+    """The optimiser's knobs, below what an artist chooses (that is ``GenerationSettings``)."""
+
     lr_encoding: float = 1e-2
     lr_networks: float = 1e-3
     grad_clip: float = 1.0
@@ -119,34 +80,12 @@ class TrainConfig:
     compile_unet: bool = False  # torch.compile the prior's denoiser: faster steps on CUDA after a slow first one
 
     def __post_init__(self) -> None:
-        if not self.prompt.strip():
-            raise ValueError("prompt is empty; describe the object to generate, e.g. 'a hamburger'")
-        if self.method not in DEFAULT_GUIDANCE_SCALE:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(DEFAULT_GUIDANCE_SCALE)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(PRESETS)}")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be a positive integer, got {self.steps}")
         if self.progress_every is not None and self.progress_every < 1:
             raise ValueError(f"progress_every must be ≥ 1 (or None for the device default), got {self.progress_every}")
-        if self.guidance_scale is not None and not self.guidance_scale > 0:
-            raise ValueError(f"guidance scale must be > 0, got {self.guidance_scale}")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"unknown background {self.background!r}; expected one of {sorted(BACKGROUNDS)}")
         if not 0.0 <= self.t_min < self.t_max_end <= self.t_max_start <= 1.0:
             raise ValueError("timestep range must satisfy 0 ≤ t_min < t_max_end ≤ t_max_start ≤ 1")
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps if self.steps is not None else PRESETS[self.preset].steps
-
-    @property
-    def scale(self) -> float:
-        return DEFAULT_GUIDANCE_SCALE[self.method] if self.guidance_scale is None else self.guidance_scale
-
-    def field_config(self) -> FieldConfig:
-        preset = PRESETS[self.preset]
-        return FieldConfig(grid=preset.grid, hidden_dim=preset.hidden_dim)
 
 
 @dataclass
@@ -172,35 +111,22 @@ def timestep_range(config: TrainConfig, step: int, total: int, num_train_timeste
     return int(config.t_min * num_train_timesteps), max(int(t_max * num_train_timesteps), int(config.t_min * num_train_timesteps) + 1)
 
 
-def job_metadata(config: TrainConfig, prior_name: str, model: str | None) -> dict[str, Any]:
-    """What the GLB carries in its extras, so an artist can reproduce an asset."""
-    return {
-        "prompt": config.prompt,
-        "negative_prompt": config.negative_prompt,
-        "method": config.method,
-        "guidance_scale": config.scale,
-        "seed": config.seed,
-        "steps": config.total_steps,
-        "preset": config.preset,
-        "prior": prior_name,
-        "model": model,
-        "software": f"nfsd_server {__version__}",
-    }
-
-
 class Trainer:
     """Owns the NeRF, optimiser, RNG and schedules for one job; ``run`` drives it to the end."""
 
-    def __init__(self, config: TrainConfig, prior: Prior, out_dir: Path | None, metadata: dict[str, Any] | None = None):
-        self.config, self.prior, self.out_dir = config, prior, out_dir
+    def __init__(
+        self, settings: GenerationSettings, prior: Prior, out_dir: Path | None, config: TrainConfig | None = None
+    ):
+        self.settings, self.prior, self.out_dir = settings, prior, out_dir
+        self.config = config = config or TrainConfig()
         self.device = prior.device
-        self.total = config.total_steps
-        self.preset = PRESETS[config.preset]
-        self.metadata = metadata or job_metadata(config, type(prior).__name__, None)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.total = settings.steps
+        self.preset = PRESETS[settings.preset]
+        self.metadata = settings.metadata()
+        self.generator = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
-            torch.manual_seed(config.seed)
-            self.field = NeRFField(config.field_config()).to(self.device)
+            torch.manual_seed(settings.seed)
+            self.field = NeRFField(FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim)).to(self.device)
             self.background = BACKGROUNDS[config.background]().to(self.device)
         self.renderer: Renderer = make_renderer(
             RendererConfig(n_samples=self.preset.n_samples), self.device, bound=self.field.bound
@@ -215,9 +141,9 @@ class Trainer:
             betas=(0.9, 0.99),
             eps=1e-15,
         )
-        self.guidance = make_guidance(config.method, config.scale)
+        self.guidance = make_guidance(settings.method, settings.guidance_scale)
         self.step = 0
-        self.prompts = prior.prepare_prompts(config.prompt, config.negative_prompt)
+        self.prompts = prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
         if config.compile_unet:
@@ -316,6 +242,7 @@ class Trainer:
         state = {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
+            "settings": asdict(self.settings),
             "config": asdict(self.config),
             "field_config": asdict(self.field.config),
             "field": self.field.state_dict(),
@@ -333,11 +260,11 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = _read_checkpoint(path)
-        saved = state["config"]
-        for key in ("prompt", "method", "seed", "preset", "guidance_scale", "negative_prompt"):
-            if saved[key] != getattr(self.config, key):
+        saved = state["settings"]
+        for key in ("prompt", "method", "seed", "preset", "steps", "guidance_scale", "negative_prompt"):
+            if saved[key] != getattr(self.settings, key):
                 raise ValueError(
-                    f"checkpoint {str(path)!r} was trained with {key}={saved[key]!r}, not {getattr(self.config, key)!r}; "
+                    f"checkpoint {str(path)!r} was trained with {key}={saved[key]!r}, not {getattr(self.settings, key)!r}; "
                     "resume with the same settings or start a new run"
                 )
         self.field.load_state_dict(state["field"])
@@ -349,15 +276,15 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig,
+    settings: GenerationSettings,
     prior: Prior,
     out_dir: Path | None = None,
     callbacks: Callbacks | None = None,
     resume: bool = False,
-    metadata: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
 ) -> TrainResult:
-    """Train a NeRF for ``config.prompt``; with ``resume`` continue from ``out_dir/checkpoint.pt`` if present."""
-    trainer = Trainer(config, prior, out_dir, metadata)
+    """Train a NeRF for ``settings.prompt``; with ``resume`` continue from ``out_dir/checkpoint.pt`` if present."""
+    trainer = Trainer(settings, prior, out_dir, config)
     if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
         trainer.load_checkpoint(out_dir / CHECKPOINT_NAME)
         log.info("resumed from %s at step %d", out_dir / CHECKPOINT_NAME, trainer.step)
@@ -385,11 +312,3 @@ def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
     nerf = NeRFField(FieldConfig(**field_config))
     nerf.load_state_dict(state["field"])
     return nerf.eval(), dict(state["metadata"])
-
-
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Inverse of ``asdict(TrainConfig)`` (nested OrbitConfig, tuples restored)."""
-    values = dict(values)
-    values["orbit"] = OrbitConfig(**{k: tuple(v) for k, v in values["orbit"].items()})
-    values["shading_probabilities"] = tuple(values["shading_probabilities"])
-    return dataclasses.replace(TrainConfig(prompt=values.pop("prompt")), **values)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from nfsd_server import NFSD_NEGATIVE_PROMPT
+from nfsd_blender.contract import NFSD_NEGATIVE_PROMPT
 
 
 @pytest.fixture(scope="module")

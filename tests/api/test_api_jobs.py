@@ -10,7 +10,7 @@ import trimesh
 from PIL import Image
 
 from api_helpers import TOKEN, wait_for, wait_state
-from nfsd_server import NFSD_NEGATIVE_PROMPT
+from nfsd_blender.contract import NFSD_NEGATIVE_PROMPT
 from nfsd_server.api.jobs import RESTART_REASON, STOPPED_REASON
 
 RED_BALL = {"prompt": "a red ball", "steps": 12, "preset": "draft", "poly_budget": 1000, "texture_size": 512}

@@ -5,7 +5,6 @@ The end-to-end tests train for real with the analytic prior ("a red ball", draft
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -22,18 +21,6 @@ from PIL import Image
 from api_helpers import AUTH, SpawnedServer, wait_for
 from nfsd_server.api.jobs import RESTART_REASON
 
-
-def _real_pipeline_missing() -> str | None:
-    if importlib.util.find_spec("nfsd_server.guidance.analytic") is None:
-        return "the analytic prior (nfsd_server.guidance.analytic) has not landed yet"
-    try:
-        from nfsd_server.export import ExportSettings, export_glb, slugify  # noqa: F401
-    except ImportError:
-        return "the exporter (nfsd_server.export.export_glb) has not landed yet"
-    return None
-
-
-needs_pipeline = pytest.mark.skipif(_real_pipeline_missing() is not None, reason=str(_real_pipeline_missing()))
 RED_BALL = {"prompt": "a red ball", "prior": "analytic", "preset": "draft", "steps": 10, "poly_budget": 1000,
             "texture_size": 512, "seed": 1}
 
@@ -134,13 +121,11 @@ def red_ball(server):
         return {"id": job_id, "status": status, "steps_seen": steps_seen, "unknown": status_of(http, unknown)}
 
 
-@needs_pipeline
 def test_api_server_unknown_prompt_fails_and_the_next_job_runs(red_ball):
     assert red_ball["unknown"]["state"] == "failed" and "a purple elephant" in red_ball["unknown"]["error"]
     assert red_ball["status"]["state"] == "done", red_ball["status"]
 
 
-@needs_pipeline
 def test_api_server_generates_a_red_ball_end_to_end(red_ball, http):
     status, steps_seen, job_id = red_ball["status"], red_ball["steps_seen"], red_ball["id"]
     assert status["state"] == "done", status
@@ -162,7 +147,6 @@ def test_api_server_generates_a_red_ball_end_to_end(red_ball, http):
     assert http.get("/v1/health").json()["models_loaded"] == ["analytic"]
 
 
-@needs_pipeline
 def test_api_server_cancels_running_and_queued_jobs(http, red_ball):
     running = http.post("/v1/jobs", json={**RED_BALL, "steps": 100_000}).json()["id"]
     queued = http.post("/v1/jobs", json=RED_BALL).json()["id"]
@@ -174,7 +158,6 @@ def test_api_server_cancels_running_and_queued_jobs(http, red_ball):
     assert status_of(http, queued)["started_at"] is None
 
 
-@needs_pipeline
 def test_api_server_restart_lists_results_and_fails_the_interrupted_job(server, red_ball, tmp_path):
     data_dir = tmp_path / "jobs"
     done = red_ball["id"]

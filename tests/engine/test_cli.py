@@ -16,8 +16,8 @@ def nfsd(*args, cwd=None, timeout=600):
     "args, message",
     [
         (["generate", ""], "the prompt is empty"),
-        (["generate", "a red ball", "--steps", "0"], "--steps must be a positive integer, got 0"),
-        (["generate", "a red ball", "--steps", "-5"], "--steps must be a positive integer, got -5"),
+        (["generate", "a red ball", "--steps", "0"], "--steps must be a positive integer ≤ 100000, got 0"),
+        (["generate", "a red ball", "--steps", "-5"], "--steps must be a positive integer ≤ 100000, got -5"),
         (["generate", "a red ball", "--method", "vsd"], "invalid choice: 'vsd'"),
         (["generate", "a red ball", "--guidance-scale", "0"], "--guidance-scale must be > 0"),
         (["generate", "a red ball", "--out", "/proc/nfsd-cannot-write-here"], "--out '/proc/nfsd-cannot-write-here'"),

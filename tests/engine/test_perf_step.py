@@ -10,11 +10,16 @@ from nfsd_server.guidance import random_models
 from nfsd_server.guidance.prior import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
 from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer
+from nfsd_server.settings import resolve_settings
 from nfsd_server.train import Callbacks, TrainConfig, Trainer
 
 
+def draft(steps, seed=0):
+    return resolve_settings("a hamburger", preset="draft", steps=steps, seed=seed)
+
+
 def test_stage_timer_sees_each_stage_of_every_step_in_order(tiny_sd_prior):
-    trainer = Trainer(TrainConfig("a hamburger", steps=4), tiny_sd_prior, out_dir=None)
+    trainer = Trainer(draft(4), tiny_sd_prior, out_dir=None)
     seen = []
 
     class Record:
@@ -34,8 +39,8 @@ def test_stage_timer_sees_each_stage_of_every_step_in_order(tiny_sd_prior):
 
 
 def test_timing_stages_does_not_change_the_result(tiny_sd_prior):
-    config = TrainConfig("a hamburger", steps=3, seed=5)
-    plain, timed = Trainer(config, tiny_sd_prior, None), Trainer(config, tiny_sd_prior, None)
+    settings = draft(3, seed=5)
+    plain, timed = Trainer(settings, tiny_sd_prior, None), Trainer(settings, tiny_sd_prior, None)
     timed.stage_timer = lambda stage: torch.autograd.profiler.record_function(stage)
     for _ in range(3):
         plain.train_step()
@@ -68,23 +73,23 @@ def test_sd21_base_random_config_has_the_real_sizes():
 
 
 def test_progress_is_reported_every_step_on_cpu_unless_told_otherwise(tiny_sd_prior):
-    def steps_reported(config):
+    def steps_reported(steps_total, config=None):
         steps = []
-        Trainer(config, tiny_sd_prior, None).run(Callbacks(on_progress=lambda step, *_: steps.append(step)))
+        Trainer(draft(steps_total), tiny_sd_prior, None, config).run(Callbacks(on_progress=lambda step, *_: steps.append(step)))
         return steps
 
-    assert steps_reported(TrainConfig("a hamburger", steps=5)) == [1, 2, 3, 4, 5]
-    assert steps_reported(TrainConfig("a hamburger", steps=7, progress_every=3)) == [3, 6, 7]  # and the last
+    assert steps_reported(5) == [1, 2, 3, 4, 5]
+    assert steps_reported(7, TrainConfig(progress_every=3)) == [3, 6, 7]  # and the last
 
 
 def test_compile_flag_compiles_the_shared_unet_once(tiny_sd_prior, monkeypatch):
     calls = []
     monkeypatch.setattr(tiny_sd_prior.unet, "compile", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(tiny_sd_prior, "_unet_compiled", False)
-    Trainer(TrainConfig("a hamburger"), tiny_sd_prior, None)
+    Trainer(draft(1), tiny_sd_prior, None)
     assert calls == []
-    Trainer(TrainConfig("a hamburger", compile_unet=True), tiny_sd_prior, None)
-    Trainer(TrainConfig("a hamburger", compile_unet=True), tiny_sd_prior, None)
+    Trainer(draft(1), tiny_sd_prior, None, TrainConfig(compile_unet=True))
+    Trainer(draft(1), tiny_sd_prior, None, TrainConfig(compile_unet=True))
     assert calls == [1]
 
 
@@ -93,7 +98,7 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path):
     from nfsd_server.guidance.random_models import save_random_stable_diffusion
 
     prior = load_prior("stable-diffusion", str(save_random_stable_diffusion(tmp_path / "tiny")), "cuda")
-    trainer = Trainer(TrainConfig("a hamburger", steps=10), prior, None)
+    trainer = Trainer(draft(10), prior, None)
     # The occupancy-grid sampler syncs by design (nerfacc packs samples); the stratified one must not.
     trainer.renderer = StratifiedRenderer(RendererConfig(n_samples=16)).cuda()
     trainer.train_step()  # warm-up: lazy CUDA initialisation may sync

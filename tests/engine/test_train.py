@@ -1,9 +1,8 @@
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
+from nfsd_server.settings import resolve_settings
 from nfsd_server.train import (
     CHECKPOINT_NAME,
     Callbacks,
@@ -16,15 +15,18 @@ from nfsd_server.train import (
 )
 
 
+def draft(prompt="a hamburger", seed=0, **overrides):
+    return resolve_settings(prompt, preset="draft", seed=seed, **overrides)
+
+
 def params_of(result):
     return torch.cat([p.detach().flatten() for p in result.field.parameters()])
 
 
 def test_twenty_nfsd_steps_on_tiny_sd_change_the_nerf_with_finite_loss(tiny_sd_prior):
-    config = TrainConfig("a hamburger", steps=20, checkpoint_every=1000)
-    initial = params_of(train(dataclasses.replace(config, steps=1), tiny_sd_prior))
+    initial = params_of(train(draft(steps=1), tiny_sd_prior))
     losses = []
-    result = train(config, tiny_sd_prior, callbacks=Callbacks(on_progress=lambda s, n, loss, eta: losses.append(loss)))
+    result = train(draft(steps=20), tiny_sd_prior, callbacks=Callbacks(on_progress=lambda s, n, loss, eta: losses.append(loss)))
     assert len(losses) == 20 and all(np.isfinite(losses))
     assert not torch.allclose(params_of(result), initial)
     assert torch.isfinite(params_of(result)).all()
@@ -32,53 +34,54 @@ def test_twenty_nfsd_steps_on_tiny_sd_change_the_nerf_with_finite_loss(tiny_sd_p
 
 @pytest.mark.parametrize("method", ["nfsd", "sds"])
 def test_same_seed_same_nerf_different_seed_different_nerf(tiny_sd_prior, method):
-    config = TrainConfig("a hamburger", method=method, steps=6, seed=7)
+    config = draft(method=method, steps=6, seed=7)
     a = params_of(train(config, tiny_sd_prior))
     b = params_of(train(config, tiny_sd_prior))
-    c = params_of(train(dataclasses.replace(config, seed=8), tiny_sd_prior))
+    c = params_of(train(draft(method=method, steps=6, seed=8), tiny_sd_prior))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
 
 def test_resume_after_cancel_continues_exactly(tiny_sd_prior, tmp_path):
-    config = TrainConfig("a hamburger", steps=10, seed=3, checkpoint_every=4)
-    straight = params_of(train(config, tiny_sd_prior, tmp_path / "straight"))
+    config, every_4 = draft(steps=10, seed=3), TrainConfig(checkpoint_every=4)
+    straight = params_of(train(config, tiny_sd_prior, tmp_path / "straight", config=every_4))
 
     steps_seen = []
     cancel_after_six = Callbacks(on_progress=lambda s, *_: steps_seen.append(s), should_cancel=lambda: len(steps_seen) >= 6)
     with pytest.raises(GenerationCancelled):
-        train(config, tiny_sd_prior, tmp_path / "resumed", cancel_after_six)
+        train(config, tiny_sd_prior, tmp_path / "resumed", cancel_after_six, config=every_4)
     assert steps_seen == [1, 2, 3, 4, 5, 6]  # stopped within one step of the request
-    resumed = train(config, tiny_sd_prior, tmp_path / "resumed", resume=True)  # from the step-4 checkpoint
+    resumed = train(config, tiny_sd_prior, tmp_path / "resumed", resume=True, config=every_4)  # from step 4
     assert resumed.steps_done == 10
     assert torch.equal(params_of(resumed), straight)
 
 
 def test_resume_with_other_settings_is_refused(tiny_sd_prior, tmp_path):
-    train(TrainConfig("a hamburger", steps=2), tiny_sd_prior, tmp_path)
+    train(draft(steps=2), tiny_sd_prior, tmp_path)
     with pytest.raises(ValueError, match="trained with prompt='a hamburger'"):
-        train(TrainConfig("a teapot", steps=4), tiny_sd_prior, tmp_path, resume=True)
+        train(draft("a teapot", steps=2), tiny_sd_prior, tmp_path, resume=True)
 
 
 def test_checkpoint_reloads_the_same_field(tiny_sd_prior, tmp_path):
-    result = train(TrainConfig("a hamburger", steps=3, seed=1), tiny_sd_prior, tmp_path)
+    result = train(draft(steps=3, seed=1, poly_budget=777), tiny_sd_prior, tmp_path)
     field, metadata = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     points = torch.rand(100, 3) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(field.density(points), result.field.density(points))
     assert metadata["prompt"] == "a hamburger" and metadata["seed"] == 1 and metadata["method"] == "nfsd"
+    assert metadata["poly_budget"] == 777 and metadata["texture_size"] == 1024 and metadata["steps"] == 3
 
 
 def test_previews_are_rgb_uint8_images(tiny_sd_prior):
     previews = []
-    train(TrainConfig("a hamburger", steps=4, preview_every=2), tiny_sd_prior,
+    train(draft(steps=4), tiny_sd_prior, config=TrainConfig(preview_every=2),
           callbacks=Callbacks(on_preview=lambda step, image: previews.append((step, image))))
     assert [step for step, _ in previews] == [2, 4]
     assert previews[0][1].shape == (64, 64, 3) and previews[0][1].dtype == np.uint8
 
 
 def test_schedules_anneal_t_and_grow_resolution():
-    config = TrainConfig("x", t_min=0.02, t_max_start=0.98, t_max_end=0.5)
+    config = TrainConfig(t_min=0.02, t_max_start=0.98, t_max_end=0.5)
     assert timestep_range(config, 0, 100, 1000) == (20, 980)
     assert timestep_range(config, 100, 100, 1000) == (20, 500)
     schedule = ((0.0, 64), (0.5, 128))
@@ -88,13 +91,36 @@ def test_schedules_anneal_t_and_grow_resolution():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(prompt="  "), "prompt is empty"),
-        (dict(prompt="x", method="vsd"), "unknown method 'vsd'"),
+        (dict(prompt="  "), "the prompt is empty"),
+        (dict(prompt="\u200b\u200b"), "the prompt is empty"),  # zero-width spaces only
+        (dict(prompt="x", method="vsd"), "method must be one of"),
         (dict(prompt="x", steps=0), "steps must be a positive integer"),
-        (dict(prompt="x", preset="ultra"), "unknown preset 'ultra'"),
-        (dict(prompt="x", guidance_scale=-1.0), "guidance scale must be > 0"),
+        (dict(prompt="x", steps=100_001), "steps must be a positive integer ≤ 100000"),
+        (dict(prompt="x", preset="ultra"), "preset must be one of"),
+        (dict(prompt="x", guidance_scale=-1.0), "guidance_scale must be > 0"),
+        (dict(prompt="x", poly_budget=99), "poly_budget must be 100..500000"),
+        (dict(prompt="x", texture_size=777), "texture_size must be one of"),
+        (dict(prompt="x", seed=-1), "seed must be in 0..2147483647"),
+        (dict(prompt="a\nb"), "control character"),
     ],
 )
 def test_bad_settings_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**kwargs)
+        resolve_settings(**kwargs)
+
+
+def test_settings_resolve_every_default_once():
+    settings = resolve_settings("  a red ball ", preset="standard", seed=None)
+    assert settings.prompt == "a red ball"
+    assert settings.guidance_scale == 7.5 and settings.steps == 5000 and 0 <= settings.seed <= 2**31 - 1
+    assert resolve_settings("x", method="sds").guidance_scale == 100.0
+    assert resolve_settings("x", model="some/model").prior == "stable-diffusion"
+    assert resolve_settings("x", prior="analytic", model="ignored/by/analytic").model is None
+    assert resolve_settings("x", prior="stable-diffusion", default_model="d/m").model == "d/m"
+
+
+def test_bad_optimiser_knobs_name_the_problem():
+    with pytest.raises(ValueError, match="timestep range"):
+        TrainConfig(t_min=0.6, t_max_end=0.5)
+    with pytest.raises(ValueError, match="unknown background 'plaid'"):
+        TrainConfig(background="plaid")

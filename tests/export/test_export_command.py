@@ -12,10 +12,11 @@ FAST = ["--grid-resolution", "40", "--texture-size", "512", "--poly-budget", "20
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_sd_prior, tmp_path_factory):
-    from nfsd_server.train import TrainConfig, Trainer
+    from nfsd_server.settings import resolve_settings
+    from nfsd_server.train import Trainer
 
     out_dir = tmp_path_factory.mktemp("run")
-    return Trainer(TrainConfig("a hamburger", steps=1), tiny_sd_prior, out_dir).save_checkpoint()
+    return Trainer(resolve_settings("a hamburger", preset="draft", steps=1), tiny_sd_prior, out_dir).save_checkpoint()
 
 
 def test_export_writes_the_glb_and_prints_its_path(checkpoint, tmp_path, capsys):
@@ -28,8 +29,8 @@ def test_export_writes_the_glb_and_prints_its_path(checkpoint, tmp_path, capsys)
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--texture-size", "100"], "texture_size 100"),
-        (["--poly-budget", "5"], "poly_budget 5"),
+        (["--texture-size", "100"], "texture_size must be one of (512, 1024, 2048), got 100"),
+        (["--poly-budget", "5"], "poly_budget must be 100..500000 faces, got 5"),
         (["--height", "-1"], "height -1.0"),
         (["--grid-resolution", "4096"], "grid_resolution 4096"),
     ],
@@ -70,7 +71,9 @@ def test_cli_defaults_are_the_export_defaults():
     from nfsd_server.cli import build_parser
 
     args = build_parser("export").parse_args(["export", "c.pt", "--out", "x.glb"])
-    defaults = ExportSettings()
+    # The values an artist gets without flags (the contract's poly budget and texture size, the field's own
+    # surface density); and building ExportSettings from them must accept them.
     assert (args.poly_budget, args.texture_size, args.grid_resolution, args.threshold, args.height) == (
-        defaults.poly_budget, defaults.texture_size, defaults.grid_resolution, defaults.threshold, defaults.height
-    )  # fmt: skip
+        20_000, 1024, 256, None, 1.0
+    )
+    ExportSettings(args.grid_resolution, args.threshold, args.poly_budget, args.texture_size, args.height)

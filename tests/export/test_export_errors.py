@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from export_fields import EmptyField, SphereField
+import trimesh
+from export_fields import EmptyField, SphereField, TorusField
 
 from nfsd_server.export import EmptyFieldError, ExportSettings, export_glb, slugify
 
@@ -12,8 +13,8 @@ from nfsd_server.export import EmptyFieldError, ExportSettings, export_glb, slug
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"texture_size": 768}, "texture_size 768"),
-        ({"poly_budget": 99}, "poly_budget 99"),
+        ({"texture_size": 768}, "texture_size must be one of .*, got 768"),
+        ({"poly_budget": 99}, "poly_budget must be 100..500000 faces, got 99"),
         ({"grid_resolution": 31}, "grid_resolution 31"),
         ({"grid_resolution": 1025}, "grid_resolution 1025"),
         ({"height": 0.0}, "height 0.0"),
@@ -78,10 +79,23 @@ def test_a_failed_export_keeps_the_previous_file_intact(tmp_path):
 
 
 def test_threshold_defaults_to_the_fields_surface_density(tmp_path):
-    """SphereField's surface_density (25) is its exact radius; a lower threshold would grow the ball."""
-    report = export_glb(SphereField(), tmp_path / "ball.glb", ExportSettings(grid_resolution=48, texture_size=512))
-    assert report.n_faces > 0
-    assert [path.name for path in tmp_path.iterdir()] == ["ball.glb"]
+    """The surface is extracted at the field's own surface_density unless a threshold is given.
+
+    The export rescales to a height, so a sphere's size cannot show the threshold; a torus's width-to-height
+    ratio can: (ring + tube + d) / (tube + d), where d is how far the iso-surface sits outside the true one.
+    At density 25 d = 0 → 3.5; at density 5 d = 0.01·logit(0.9) ≈ 0.022 → ≈ 3.25.
+    """
+    field = TorusField(ring=0.5, tube=0.2)
+
+    def aspect(threshold):
+        settings = ExportSettings(grid_resolution=96, texture_size=512, poly_budget=4000, threshold=threshold)
+        path = tmp_path / f"torus-{threshold}.glb"
+        export_glb(field, path, settings)
+        width_x, height_y, width_z = trimesh.load(path, force="mesh").extents  # glTF is +Y up
+        return max(width_x, width_z) / height_y
+
+    assert aspect(None) == pytest.approx(3.5, abs=0.06)
+    assert aspect(5.0) == pytest.approx(3.25, abs=0.06)
 
 
 @pytest.mark.parametrize(

@@ -97,19 +97,29 @@ CONVERGENCE_STEPS = 250
 
 @pytest.fixture(scope="module")
 def trained():
-    from nfsd_server.train import TrainConfig, train
+    from nfsd_server.settings import resolve_settings
+    from nfsd_server.train import train
+
+    from nfsd_server.train import Trainer
 
     prior = AnalyticPrior()
-    return {
-        prompt: train(TrainConfig(prompt, method="nfsd", preset="draft", steps=CONVERGENCE_STEPS, seed=0), prior).field
+    fields = {
+        prompt: train(resolve_settings(prompt, preset="draft", steps=CONVERGENCE_STEPS, seed=0), prior).field
         for prompt in ("a red ball", "a blue cube")
     }
+    # The same seed's NeRF before any step: the centre blob alone is already ball-like (IoU ≈ 0.64), so a
+    # fixed bar near it would pass without training. Training must beat it by a clear margin.
+    fields["untrained"] = Trainer(resolve_settings("a red ball", preset="draft", seed=0), prior, None).field
+    return fields
 
 
 def test_nfsd_builds_the_red_ball(trained):
     scores = evaluate_nerf(trained["a red ball"], REFERENCES["a red ball"])
-    assert scores["silhouette_iou"] >= 0.7, scores
+    untrained = evaluate_nerf(trained["untrained"], REFERENCES["a red ball"])
+    assert scores["silhouette_iou"] >= 0.9, scores  # measured 0.99
+    assert scores["silhouette_iou"] >= untrained["silhouette_iou"] + 0.2, (scores, untrained)
     assert scores["color_error"] <= 0.1, scores
+    assert scores["color_error"] <= untrained["color_error"] / 2, (scores, untrained)
 
 
 def test_the_prompt_matters_a_blue_cube_is_not_a_red_ball(trained):

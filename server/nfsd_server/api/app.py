@@ -9,18 +9,19 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PRIOR
+
 from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
-from nfsd_server.guidance.stable_diffusion import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
     token: str | None = None  # None: no auth (only allowed on loopback; see server.py)
-    default_prior: str = "stable-diffusion"
+    default_prior: str = DEFAULT_PRIOR
     default_model: str | None = DEFAULT_MODEL
     device: str | None = None
 

@@ -11,11 +11,10 @@ import io
 import json
 import logging
 import math
-import secrets
 import threading
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, get_args
@@ -26,7 +25,6 @@ from pydantic import ValidationError
 
 from nfsd_server.api.schemas import (
     FINISHED_STATES,
-    MAX_SEED,
     JobRequest,
     JobState,
     JobStatus,
@@ -34,15 +32,8 @@ from nfsd_server.api.schemas import (
 )
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
-from nfsd_server.pipeline import (
-    DEFAULT_GUIDANCE_SCALE,
-    Callbacks,
-    GenerationCancelled,
-    GenerationResult,
-    GenerationSettings,
-    run_generation,
-)
-from nfsd_server.train import PRESETS
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation
+from nfsd_server.settings import GenerationSettings, resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -267,24 +258,18 @@ class JobManager:
     # -- what the routes call ---------------------------------------------------------------------
     def resolve(self, request: JobRequest) -> ResolvedJobRequest:
         """Fill in the defaults now, so the status echoes exactly what will run (and a seed to reuse)."""
-        prior = request.prior or self.default_prior
-        values = request.model_dump()
-        values.update(
-            prior=prior,
-            model=request.model or (self.default_model if prior == "stable-diffusion" else None),
-            seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-            guidance_scale=(
-                request.guidance_scale if request.guidance_scale is not None else DEFAULT_GUIDANCE_SCALE[request.method]
-            ),
-            steps=request.steps if request.steps is not None else PRESETS[request.preset].steps,
+        settings = resolve_settings(
+            **request.model_dump(exclude={"init_mesh"}),
+            default_prior=self.default_prior, default_model=self.default_model,
         )
-        return ResolvedJobRequest.model_validate(values)
+        return ResolvedJobRequest.model_validate({**asdict(settings), "init_mesh": request.init_mesh})
 
     def submit(self, request: JobRequest) -> Job:
+        resolved = self.resolve(request)  # before the folder exists: a rejected request leaves nothing behind
         job_id = uuid.uuid4().hex
         folder = self.data_dir / job_id
         folder.mkdir(parents=True)
-        job = Job(id=job_id, request=self.resolve(request), folder=folder, created_at=datetime.now(timezone.utc))
+        job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
         with self._lock:
             self._jobs[job_id] = job
             self._persist(job)
@@ -397,7 +382,8 @@ class JobManager:
             should_cancel=should_cancel,
         )
         request = job.request
-        # The resolved request has GenerationSettings' fields, plus init_mesh, which nothing consumes yet.
+        # The resolved request is GenerationSettings' fields (validated once more: a record may be old),
+        # plus init_mesh, which nothing consumes yet.
         settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
         try:
             prior = self._warm_prior(request.prior, request.model)

@@ -46,6 +46,8 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
     """Queue a generation. Poll ``GET /v1/jobs/{id}`` for progress."""
     try:
         job = jobs.submit(body)
+    except ValueError as error:  # the settings' own check (e.g. a prompt of invisible characters only)
+        raise ApiError(422, str(error), hint="fix the request's settings and submit again") from None
     except OSError as error:
         raise ApiError(
             507, f"cannot create the job folder: {error.strerror or error}",

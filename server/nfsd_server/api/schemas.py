@@ -5,29 +5,25 @@ Changing a field here changes the public API; ``tests/api/test_api_contract.py``
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nfsd_server import NFSD_NEGATIVE_PROMPT
+from nfsd_blender import contract
+from nfsd_blender.contract import FINISHED_STATES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, NFSD_NEGATIVE_PROMPT
+from nfsd_server.settings import check_text
 
-JobState = Literal["queued", "running", "exporting", "done", "failed", "cancelled"]
-FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
-
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**31 - 1
+# Literal types built from the contract's tuples, so the OpenAPI enums are the add-on's enums.
+JobState = Literal[contract.JOB_STATES]  # type: ignore[valid-type]
+Method = Literal[contract.METHODS]  # type: ignore[valid-type]
+PresetName = Literal[contract.PRESETS]  # type: ignore[valid-type]
+TextureSize = Literal[contract.TEXTURE_SIZES]  # type: ignore[valid-type]
+PriorName = Literal[contract.PRIORS]  # type: ignore[valid-type]
+__all__ = ["FINISHED_STATES", "JobState", "JobRequest", "ResolvedJobRequest", "JobStatus"]
 # Documented in the schema so clients (and the fuzzer) know the rule; enforced by the validator below,
 # which gives a readable message instead of a regex dump.
 _NO_CONTROL_CHARS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-
-
-def _reject_control_chars(value: str, field_name: str) -> str:
-    bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
-    if bad is not None:
-        raise ValueError(f"{field_name} contains the control character {bad!r}; use plain text on one line")
-    return value
 
 
 class JobRequest(BaseModel):
@@ -47,23 +43,27 @@ class JobRequest(BaseModel):
         description="NFSD's negative prompt (p_neg); may be empty.",
         json_schema_extra={"pattern": _NO_CONTROL_CHARS},
     )
-    method: Literal["nfsd", "sds"] = "nfsd"
+    method: Method = "nfsd"
     guidance_scale: float | None = Field(
-        default=None, gt=0, le=500, allow_inf_nan=False,
-        description="Classifier-free guidance scale; null → 7.5 for nfsd, 100 for sds.",
+        default=None, gt=0, le=contract.MAX_GUIDANCE_SCALE, allow_inf_nan=False,
+        description="Classifier-free guidance scale; null → "
+        + ", ".join(f"{scale:g} for {method}" for method, scale in contract.DEFAULT_GUIDANCE_SCALE.items()) + ".",
     )
     seed: int | None = Field(
         default=None, ge=0, le=MAX_SEED, description="null → a random seed, chosen at submit and echoed back."
     )
-    steps: int | None = Field(default=None, ge=1, le=100_000, description="Training steps; null → the preset's.")
-    preset: Literal["draft", "standard", "high"] = "standard"
-    poly_budget: int = Field(default=20_000, ge=100, le=500_000, description="Maximum faces of the exported mesh.")
-    texture_size: Literal[512, 1024, 2048] = 1024
-    prior: Literal["stable-diffusion", "analytic"] | None = Field(
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Training steps; null → the preset's.")
+    preset: PresetName = contract.DEFAULT_PRESET
+    poly_budget: int = Field(
+        default=contract.DEFAULT_POLY_BUDGET, ge=contract.MIN_POLY_BUDGET, le=contract.MAX_POLY_BUDGET,
+        description="Maximum faces of the exported mesh.",
+    )
+    texture_size: TextureSize = contract.DEFAULT_TEXTURE_SIZE
+    prior: PriorName | None = Field(
         default=None, description="null → the server's --default-prior. 'analytic' is the offline test prior."
     )
     model: str | None = Field(
-        default=None, min_length=1, max_length=4096,
+        default=None, min_length=1, max_length=contract.MAX_MODEL_CHARS,
         description="Hub id or local diffusers folder on the server; null → the server's --default-model "
         "(ignored by the analytic prior).",
     )
@@ -80,16 +80,17 @@ class JobRequest(BaseModel):
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _plain_text(cls, value: str, info) -> str:
-        return _reject_control_chars(value, info.field_name)
+        check_text(value, info.field_name)
+        return value
 
 
 class ResolvedJobRequest(JobRequest):
     """The request as the job runs it: seed, guidance scale, steps and prior filled in at submit."""
 
-    guidance_scale: float = Field(gt=0, le=500)  # type: ignore[assignment]
+    guidance_scale: float = Field(gt=0, le=contract.MAX_GUIDANCE_SCALE)  # type: ignore[assignment]
     seed: int = Field(ge=0, le=MAX_SEED)  # type: ignore[assignment]
-    steps: int = Field(ge=1, le=100_000)  # type: ignore[assignment]
-    prior: Literal["stable-diffusion", "analytic"]  # type: ignore[assignment]
+    steps: int = Field(ge=1, le=MAX_STEPS)  # type: ignore[assignment]
+    prior: PriorName  # type: ignore[assignment]
 
 
 class JobCreated(BaseModel):

@@ -23,10 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from nfsd_server.cli import UsageError
-
-DEFAULT_PORT = 8765
-PRIORS = ("stable-diffusion", "analytic")
+from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PORT, DEFAULT_PRIOR, PRIORS, TOKEN_ENV
+from nfsd_server.errors import UsageError
 
 
 def default_data_dir() -> Path:
@@ -36,13 +34,11 @@ def default_data_dir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nfsd_server.guidance.stable_diffusion import DEFAULT_MODEL
-
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"0 = any free port (default: {DEFAULT_PORT})")
     parser.add_argument("--token", default=None, help="bearer token clients must send (default: $NFSD_TOKEN)")
     parser.add_argument("--data-dir", type=Path, default=None, help="jobs and results (default: the user cache)")
-    parser.add_argument("--default-prior", choices=PRIORS, default="stable-diffusion", help="for jobs that name none")
+    parser.add_argument("--default-prior", choices=PRIORS, default=DEFAULT_PRIOR, help="for jobs that name none")
     parser.add_argument("--default-model", default=DEFAULT_MODEL, help="for jobs that name none (hub id or folder)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     parser.add_argument("--parent-stdin", action="store_true", help="exit when stdin closes (for a spawning parent)")
@@ -125,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from nfsd_server import __version__
     from nfsd_server.api.app import ServerConfig, create_app
 
-    token = args.token or os.environ.get("NFSD_TOKEN") or None
+    token = args.token or os.environ.get(TOKEN_ENV) or None
     if token is None and not is_loopback(args.host):
         raise UsageError(
             f"refusing to serve on {args.host} without a token: set NFSD_TOKEN or pass --token "

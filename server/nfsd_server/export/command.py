@@ -7,7 +7,7 @@ import os
 import pickle
 from pathlib import Path
 
-from nfsd_server.cli import UsageError
+from nfsd_server.errors import UsageError
 from nfsd_server.export.glb import ExportSettings, export_glb
 from nfsd_server.export.grid import EmptyFieldError
 from nfsd_server.train import load_checkpoint

@@ -12,14 +12,15 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from nfsd_blender.contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE
 from nfsd_server.export import grid, surface, texture
 from nfsd_server.files import write_atomic
 from nfsd_server.scene.field import FieldConfig
+from nfsd_server.settings import check_poly_budget, check_texture_size
 
 # Surface density used when neither the settings nor the field give one: the engine NeRF's measured value, read
 # from its config so the two cannot drift apart.
 DEFAULT_THRESHOLD = FieldConfig.surface_density
-TEXTURE_SIZES = (512, 1024, 2048)
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class ExportSettings:
 
     grid_resolution: int = 256
     threshold: float | None = None
-    poly_budget: int = 20_000
-    texture_size: int = 1024
+    poly_budget: int = DEFAULT_POLY_BUDGET
+    texture_size: int = DEFAULT_TEXTURE_SIZE
     height: float = 1.0
     chunk_size: int = 2**18
 
@@ -44,10 +45,8 @@ class ExportSettings:
             raise ValueError(
                 f"grid_resolution {self.grid_resolution} is out of range; expected 32..1024 (256 is a good default)"
             )
-        if self.texture_size not in TEXTURE_SIZES:
-            raise ValueError(f"texture_size {self.texture_size} is not supported; expected one of {TEXTURE_SIZES}")
-        if self.poly_budget < 100:
-            raise ValueError(f"poly_budget {self.poly_budget} is too small; expected at least 100 faces")
+        check_texture_size(self.texture_size)
+        check_poly_budget(self.poly_budget)
         if not self.height > 0:
             raise ValueError(f"height {self.height} must be positive (Blender units), e.g. 1.0")
         if self.threshold is not None and not self.threshold > 0:

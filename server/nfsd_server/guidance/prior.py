@@ -9,8 +9,6 @@ single batched call per step.
 from __future__ import annotations
 
 import abc
-import importlib
-import importlib.util
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable
@@ -113,7 +111,4 @@ def default_device() -> torch.device:
 
 def _import_builtin_priors() -> None:
     # Imported lazily so `import nfsd_server` stays cheap (no diffusers at import time).
-    from nfsd_server.guidance import stable_diffusion  # noqa: F401
-
-    if importlib.util.find_spec("nfsd_server.guidance.analytic") is not None:  # until the analytic prior lands
-        importlib.import_module("nfsd_server.guidance.analytic")
+    from nfsd_server.guidance import analytic, stable_diffusion  # noqa: F401

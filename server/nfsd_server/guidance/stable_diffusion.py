@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfsd_blender.contract import DEFAULT_MODEL
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 

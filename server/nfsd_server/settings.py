@@ -1,0 +1,130 @@
+"""One validated description of a generation job, built once at the boundary and passed down unchanged.
+
+The CLI (``nfsd generate``) and the server (``POST /v1/jobs``) both call ``resolve_settings``; the trainer,
+the exporter and the GLB metadata read the resulting ``GenerationSettings`` as it is. Every range check of a
+job setting lives here (the HTTP schema declares the same limits from ``nfsd_blender.contract`` so clients
+can read them, but the values are checked here).
+"""
+
+from __future__ import annotations
+
+import secrets
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nfsd_blender import contract
+from nfsd_server import __version__
+from nfsd_server.presets import PRESETS
+
+
+def check_poly_budget(poly_budget: int) -> None:
+    if not contract.MIN_POLY_BUDGET <= poly_budget <= contract.MAX_POLY_BUDGET:
+        raise ValueError(
+            f"poly_budget must be {contract.MIN_POLY_BUDGET}..{contract.MAX_POLY_BUDGET} faces, got {poly_budget}"
+        )
+
+
+def check_texture_size(texture_size: int) -> None:
+    if texture_size not in contract.TEXTURE_SIZES:
+        raise ValueError(f"texture_size must be one of {contract.TEXTURE_SIZES}, got {texture_size}")
+
+
+def check_text(value: str, name: str) -> None:
+    if len(value) > contract.MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} is {len(value)} characters; the limit is {contract.MAX_PROMPT_CHARS}")
+    bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"{name} contains the control character {bad!r}; use plain text on one line")
+
+
+def _visible(text: str) -> bool:
+    """False for text made only of whitespace and invisible format characters (zero-width spaces…)."""
+    return any(not char.isspace() and unicodedata.category(char) != "Cf" for char in text)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What the artist asked for, every default resolved: exactly what runs and what the GLB records."""
+
+    prompt: str
+    negative_prompt: str
+    method: str
+    guidance_scale: float
+    seed: int
+    steps: int
+    preset: str
+    poly_budget: int
+    texture_size: int
+    prior: str
+    model: str | None
+
+    def __post_init__(self) -> None:
+        if not _visible(self.prompt):
+            raise ValueError('the prompt is empty; describe the object to generate, e.g. "a red ball"')
+        check_text(self.prompt, "prompt")
+        check_text(self.negative_prompt, "negative_prompt")
+        if self.method not in contract.METHODS:
+            raise ValueError(f"method must be one of {contract.METHODS}, got {self.method!r}")
+        if not 0 < self.guidance_scale <= contract.MAX_GUIDANCE_SCALE:
+            raise ValueError(
+                f"guidance_scale must be > 0 and ≤ {contract.MAX_GUIDANCE_SCALE:g}, got {self.guidance_scale}"
+            )
+        if not 0 <= self.seed <= contract.MAX_SEED:
+            raise ValueError(f"seed must be in 0..{contract.MAX_SEED}, got {self.seed}")
+        if not 1 <= self.steps <= contract.MAX_STEPS:
+            raise ValueError(f"steps must be a positive integer ≤ {contract.MAX_STEPS}, got {self.steps}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
+        check_poly_budget(self.poly_budget)
+        check_texture_size(self.texture_size)
+        if self.prior not in contract.PRIORS:
+            raise ValueError(f"prior must be one of {contract.PRIORS}, got {self.prior!r}")
+
+    def metadata(self) -> dict[str, Any]:
+        """What the GLB carries in its extras, so an artist can reproduce the asset."""
+        return {**asdict(self), "software": f"nfsd_server {__version__}"}
+
+
+def resolve_settings(
+    prompt: str,
+    *,
+    negative_prompt: str = contract.NFSD_NEGATIVE_PROMPT,
+    method: str = "nfsd",
+    guidance_scale: float | None = None,
+    seed: int | None = None,
+    steps: int | None = None,
+    preset: str = contract.DEFAULT_PRESET,
+    poly_budget: int = contract.DEFAULT_POLY_BUDGET,
+    texture_size: int = contract.DEFAULT_TEXTURE_SIZE,
+    prior: str | None = None,
+    model: str | None = None,
+    default_prior: str = "analytic",
+    default_model: str | None = None,
+) -> GenerationSettings:
+    """Fill every ``None`` with its default (the only place defaults are chosen) and validate.
+
+    prior None → ``default_prior``, or stable-diffusion when a model is named. model None → ``default_model``
+    for stable-diffusion (the analytic prior takes none). seed None → a random one, recorded so it can be reused.
+    Raises ValueError naming the bad setting.
+    """
+    prior = prior or ("stable-diffusion" if model else default_prior)
+    if prior == "stable-diffusion":
+        model = model or default_model
+    if preset not in PRESETS:  # checked again in __post_init__, but needed here to look up the preset's steps
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    if method not in contract.DEFAULT_GUIDANCE_SCALE:
+        raise ValueError(f"method must be one of {contract.METHODS}, got {method!r}")
+    return GenerationSettings(
+        prompt=prompt.strip(),
+        negative_prompt=negative_prompt,
+        method=method,
+        guidance_scale=contract.DEFAULT_GUIDANCE_SCALE[method] if guidance_scale is None else float(guidance_scale),
+        seed=secrets.randbelow(contract.MAX_SEED + 1) if seed is None else seed,
+        steps=PRESETS[preset].steps if steps is None else steps,
+        preset=preset,
+        poly_budget=poly_budget,
+        texture_size=texture_size,
+        prior=prior,
+        model=model if prior == "stable-diffusion" else None,
+    )

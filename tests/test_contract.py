@@ -1,0 +1,128 @@
+"""One contract: the add-on and the server read every shared value from nfsd_blender/contract.py.
+
+The add-on's request is checked against the server's served OpenAPI schema, and a scan of the tree checks
+that no value of the contract is typed a second time anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nfsd_blender import contract
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from nfsd_server.api.app import ServerConfig, create_app
+
+    app = create_app(ServerConfig(data_dir=tmp_path_factory.mktemp("jobs"), token="t"), start_worker=False)
+    with TestClient(app) as client:
+        yield client, client.get("/openapi.json").json()
+
+
+def _enum(spec, field):
+    """The enum of a JobRequest field, following $ref and anyOf (nullable fields)."""
+    schema = spec["components"]["schemas"]["JobRequest"]["properties"][field]
+    for option in schema.get("anyOf", [schema]):
+        if "$ref" in option:
+            option = spec["components"]["schemas"][option["$ref"].rsplit("/", 1)[-1]]
+        if "enum" in option:
+            return tuple(option["enum"])
+    raise AssertionError(f"{field} has no enum in the schema: {schema}")
+
+
+def _bounds(spec, field):
+    schema = spec["components"]["schemas"]["JobRequest"]["properties"][field]
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") in ("integer", "number"):
+            return option.get("minimum", option.get("exclusiveMinimum")), option.get("maximum")
+    raise AssertionError(f"{field} has no numeric bounds: {schema}")
+
+
+def test_the_add_ons_request_has_exactly_the_servers_fields(served):
+    _, spec = served
+    request = contract.job_request("a red ball")
+    server_fields = set(spec["components"]["schemas"]["JobRequest"]["properties"])
+    assert set(request) == set(contract.REQUEST_FIELDS)
+    # init_mesh is reserved on the server and never sent by the add-on yet.
+    assert set(request) == server_fields - {"init_mesh"}
+
+
+def test_enums_and_limits_match_the_served_schema(served):
+    _, spec = served
+    assert _enum(spec, "method") == contract.METHODS
+    assert _enum(spec, "preset") == contract.PRESETS
+    assert _enum(spec, "texture_size") == contract.TEXTURE_SIZES
+    assert _enum(spec, "prior") == contract.PRIORS
+    assert _bounds(spec, "seed") == (0, contract.MAX_SEED)
+    assert _bounds(spec, "steps") == (1, contract.MAX_STEPS)
+    assert _bounds(spec, "poly_budget") == (contract.MIN_POLY_BUDGET, contract.MAX_POLY_BUDGET)
+    assert _bounds(spec, "guidance_scale") == (0, contract.MAX_GUIDANCE_SCALE)
+    fields = spec["components"]["schemas"]["JobRequest"]["properties"]
+    assert fields["prompt"]["maxLength"] == contract.MAX_PROMPT_CHARS
+    assert fields["negative_prompt"]["default"] == contract.NFSD_NEGATIVE_PROMPT
+    assert fields["preset"]["default"] == contract.DEFAULT_PRESET
+    assert fields["texture_size"]["default"] == contract.DEFAULT_TEXTURE_SIZE
+    assert fields["poly_budget"]["default"] == contract.DEFAULT_POLY_BUDGET
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"method": "SDS", "guidance_scale": 100.0, "seed": contract.MAX_SEED, "steps": contract.MAX_STEPS,
+         "preset": "high", "poly_budget": contract.MAX_POLY_BUDGET, "texture_size": 2048, "prior": "analytic"},
+        {"method": "NFSD", "guidance_scale": 0.0, "seed": 0, "steps": 0, "preset": "draft",
+         "poly_budget": contract.MIN_POLY_BUDGET, "texture_size": 512, "model": ""},  # form zeros → defaults
+    ],
+)
+def test_every_request_the_add_on_can_build_is_accepted(served, overrides):
+    client, _ = served
+    response = client.post("/v1/jobs", json=contract.job_request("a red ball", **overrides),
+                           headers={"Authorization": "Bearer t"})
+    assert response.status_code == 202, response.json()
+
+
+def test_the_contract_imports_without_blender():
+    code = "import sys, nfsd_blender.contract; assert 'bpy' not in sys.modules, 'bpy imported'; print('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+# Literal spellings of contract values that must appear nowhere but contract.py (tests pin some by hand,
+# deliberately, and are not scanned).
+TYPED_TWICE = {
+    "negative prompt": re.compile(r"unrealistic, blurry"),
+    "default port": re.compile(r"\b8765\b|:8000\b"),
+    "seed limit": re.compile(r"2\s*\*\*\s*31"),
+    "texture sizes": re.compile(r"512,\s*1024,\s*2048|\"512\",\s*\"1024\""),
+    "preset names": re.compile(r"\"draft\",\s*\"standard\",\s*\"high\""),
+    "method names": re.compile(r"\"nfsd\",\s*\"sds\"|\"NFSD\":\s*7\.5"),
+    "guidance defaults": re.compile(r"\"nfsd\":\s*7\.5"),
+    "prior names": re.compile(r"\"stable-diffusion\",\s*\"analytic\""),
+    "default model": re.compile(r"stabilityai/stable-diffusion-2-1-base\""),
+}
+
+
+def test_no_contract_value_is_typed_twice():
+    scanned = [*ROOT.glob("nfsd_blender/**/*.py"), *ROOT.glob("server/**/*.py"), *ROOT.glob("scripts/*.py")]
+    assert len(scanned) > 30
+    found = []
+    for path in scanned:
+        if path.name == "contract.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for what, pattern in TYPED_TWICE.items():
+            for match in pattern.finditer(text):
+                line = text.count("\n", 0, match.start()) + 1
+                found.append(f"{path.relative_to(ROOT)}:{line}: {what} ({match.group(0)!r})")
+    assert not found, "use nfsd_blender.contract instead:\n" + "\n".join(found)
