@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texture-size", type=int, choices=TEXTURE_SIZES, default=1024)
     parser.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
@@ -61,6 +61,21 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+def check_resumable(out_dir: Path, settings: GenerationSettings) -> None:
+    """Before any model loads: a --resume checkpoint must be ours and from these settings (UsageError if not)."""
+    from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
+    from nfsd_server.train import CHECKPOINT_NAME, check_checkpoint_matches
+
+    path = out_dir / CHECKPOINT_NAME
+    try:
+        if path.exists():
+            check_checkpoint_matches(read_checkpoint_info(path), settings.train_config(), path)
+        elif (out_dir / LEGACY_NAME).exists():
+            read_checkpoint_info(out_dir / LEGACY_NAME)  # raises, naming the old format; never unpickled
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
@@ -69,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     out_dir = writable_dir(args.out)
+    if args.resume:
+        check_resumable(out_dir, settings)
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:

@@ -49,3 +49,25 @@ def test_generate_end_to_end_with_the_tiny_model(tiny_sd_dir, tmp_path):
     assert len(scene.geometry) == 1
     mesh = next(iter(scene.geometry.values()))
     assert 0 < len(mesh.faces) <= 500
+
+
+class RunsACommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("name", ["checkpoint.safetensors", "checkpoint.pt"])
+def test_resume_from_a_hostile_checkpoint_exits_2_without_running_it(tmp_path, name):
+    import torch
+
+    out, marker = tmp_path / "out", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"format": 1, "step": RunsACommand(f"touch {marker}")}, out / name)
+    result = nfsd("generate", "a red ball", "--steps", "2", "--out", str(out), "--resume", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0], result.stderr
+    assert not marker.exists()

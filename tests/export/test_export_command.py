@@ -74,3 +74,50 @@ def test_cli_defaults_are_the_export_defaults():
     assert (args.poly_budget, args.texture_size, args.grid_resolution, args.threshold, args.height) == (
         defaults.poly_budget, defaults.texture_size, defaults.grid_resolution, defaults.threshold, defaults.height
     )  # fmt: skip
+
+
+class RunsACommand:
+    """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_hostile_pickle_checkpoint_is_refused_without_running_it(tmp_path, capsys, writer):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"format": 1, "field": RunsACommand(f"touch {marker}")}
+    if writer == "pickle":
+        evil.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, evil)
+    assert main(["export", str(evil), "--out", str(tmp_path / "x.glb")]) == 2
+    error = capsys.readouterr().err
+    assert not marker.exists()  # the command in the pickle never ran
+    assert error.count("\n") == 1 and "evil.pt" in error and "not an nfsd checkpoint" in error
+    assert not (tmp_path / "x.glb").exists()
+
+
+def test_checkpoint_is_safetensors_data_with_json_metadata(checkpoint):
+    import json
+
+    from safetensors import safe_open
+
+    assert checkpoint.suffix == ".safetensors"
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        info = json.loads(handle.metadata()["nfsd_checkpoint"])
+        keys = set(handle.keys())
+        generator = handle.get_tensor("generator")
+    assert info["format"] == 2 and info["step"] == 0 and info["metadata"]["prompt"] == "a hamburger"
+    assert generator.dtype.is_floating_point is False and generator.numel() > 0
+    assert any(key.startswith("field.") for key in keys)
