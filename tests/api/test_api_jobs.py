@@ -283,9 +283,62 @@ def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path)
 def test_api_unreadable_job_records_are_skipped_at_start(make_client, client, tmp_path):
     kept = submit(client)
     wait_state(client, kept, "done")
-    odd = json.loads((tmp_path / "jobs" / kept / "job.json").read_text()) | {"id": "odd-state", "state": "paused"}
-    for name, text in {"garbage": "{not json", "odd-state": json.dumps(odd)}.items():
+    odd = json.loads((tmp_path / "jobs" / kept / "job.json").read_text()) | {"id": "0" * 32, "state": "paused"}
+    for name, text in {"garbage": "{not json", "0" * 32: json.dumps(odd)}.items():
         (tmp_path / "jobs" / name).mkdir()
         (tmp_path / "jobs" / name / "job.json").write_text(text)
     restarted = make_client(data_dir=tmp_path / "jobs")
     assert [job["id"] for job in restarted.get("/v1/jobs").json()["jobs"]] == [kept]
+
+
+def _finished_job_record(client, tmp_path) -> tuple[str, dict]:
+    job_id = submit(client)
+    wait_state(client, job_id, "done")
+    return job_id, json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+
+
+def _plant(tmp_path, record: dict) -> str:
+    """A copy of ``record`` under a fresh job id, as a hand edit or another version might leave it."""
+    import uuid
+
+    job_id = uuid.uuid4().hex
+    (tmp_path / "jobs" / job_id).mkdir()
+    (tmp_path / "jobs" / job_id / "job.json").write_text(json.dumps({**record, "id": job_id}))
+    return job_id
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"glb_name": "../../../../etc/passwd"},
+        {"glb_name": "/etc/passwd"},
+        {"created_at": "2026-01-01T00:00:00"},  # timezone-naive: used to stop the server from starting
+        {"step": "abc"},  # used to make every GET /v1/jobs a 500
+        {"metadata": ["not", "a", "dict"]},  # used to make result.json a 500
+        {"request": {"prompt": "a red ball"}},  # missing resolved fields
+        {"state": "paused"},
+    ],
+    ids=["dotdot", "absolute", "naive-time", "step-string", "metadata-list", "request-unresolved", "state"],
+)
+def test_api_a_bad_job_record_is_set_aside_and_the_rest_serve(make_client, client, tmp_path, caplog, change):
+    kept, record = _finished_job_record(client, tmp_path)
+    bad = _plant(tmp_path, record | change)
+    restarted = make_client(data_dir=tmp_path / "jobs")
+    listed = restarted.get("/v1/jobs")
+    assert listed.status_code == 200 and [job["id"] for job in listed.json()["jobs"]] == [kept]
+    assert restarted.get(f"/v1/jobs/{bad}/result.glb").status_code == 404
+    assert restarted.get(f"/v1/jobs/{kept}/result.glb").status_code == 200
+    assert restarted.get(f"/v1/jobs/{kept}/result.json").status_code == 200
+    assert any("setting aside" in message and bad in message for message in caplog.messages)
+
+
+def test_api_a_result_swapped_for_a_link_outside_the_job_folder_is_not_served(client, tmp_path):
+    job_id, record = _finished_job_record(client, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for clients")
+    glb = tmp_path / "jobs" / job_id / record["glb_name"]
+    glb.unlink()
+    glb.symlink_to(secret)
+    response = client.get(f"/v1/jobs/{job_id}/result.glb")
+    assert response.status_code == 404 and "not for clients" not in response.text
+    assert "not in its folder" in response.json()["detail"]

@@ -18,17 +18,15 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import ValidationError
-
+from nfsd_server.api.records import JobRecord, UnsafePath, inside
 from nfsd_server.api.schemas import (
     FINISHED_STATES,
     MAX_SEED,
     JobRequest,
-    JobState,
     JobStatus,
     ResolvedJobRequest,
 )
@@ -114,30 +112,15 @@ class Job:
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], folder: Path) -> Job:
-        def when(value: str | None) -> datetime | None:
-            return datetime.fromisoformat(value) if value else None
-
-        if record["state"] not in get_args(JobState):
-            raise ValueError(f"unknown state {record['state']!r}")
-
-        return cls(
-            id=record["id"],
-            request=ResolvedJobRequest.model_validate(record["request"], strict=False),
-            folder=folder,
-            created_at=datetime.fromisoformat(record["created_at"]),
-            state=record["state"],
-            step=record["step"],
-            loss=record["loss"],
-            eta_s=record["eta_s"],
-            error=record["error"],
-            hint=record["hint"],
-            started_at=when(record["started_at"]),
-            finished_at=when(record["finished_at"]),
-            preview_step=record["preview_step"],
-            glb_name=record["glb_name"],
-            metadata=record["metadata"],
-        )
+    def from_record(cls, text: str, folder: Path) -> Job:
+        """A job from its job.json text; ValidationError/ValueError if the record breaks the schema."""
+        record = JobRecord.model_validate_json(text)
+        if record.id != folder.name:
+            raise ValueError(f"the record's id {record.id!r} is not its folder's name {folder.name!r}")
+        if record.glb_name is not None:
+            inside(folder, record.glb_name)
+        values = record.model_dump(exclude={"id"})
+        return cls(id=record.id, folder=folder, **values | {"request": record.request})
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -224,13 +207,20 @@ class JobManager:
             self._priors.clear()
 
     def _recover(self) -> None:
-        """List the jobs a previous run left; one that was interrupted is failed, not resumed."""
+        """List the jobs a previous run left; one that was interrupted is failed, not resumed.
+
+        A record that breaks the schema is set aside (logged, not listed, left on disk for a person to read).
+        """
         records = []
+        root = self.data_dir.resolve()
         for path in self.data_dir.glob(f"*/{JOB_FILE}"):
             try:
-                job = Job.from_record(json.loads(path.read_text(encoding="utf-8")), path.parent)
-            except (OSError, ValueError, KeyError, TypeError, ValidationError) as error:
-                log.warning("skipping %s: not a readable job record (%s)", path, error)
+                if path.parent.resolve().parent != root:
+                    raise UnsafePath(f"the job folder {str(path.parent)!r} links outside {str(self.data_dir)!r}")
+                job = Job.from_record(path.read_text(encoding="utf-8"), path.parent)
+            except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+                reason = " ".join(str(error).split())[:300]
+                log.warning("setting aside %s: not a valid job record (%s)", path, reason)
                 continue
             records.append(job)
         with self._lock:
@@ -315,7 +305,7 @@ class JobManager:
     def preview_path(self, job_id: str) -> Path | None:
         with self._lock:
             job = self._get(job_id)
-            return job.folder / PREVIEW_FILE if job.preview_step is not None else None
+            return inside(job.folder, PREVIEW_FILE) if job.preview_step is not None else None
 
     def result(self, job_id: str) -> tuple[Path, dict[str, Any]]:
         """(GLB path, metadata) of a done job; ResultNotReady otherwise."""
@@ -323,7 +313,8 @@ class JobManager:
             job = self._get(job_id)
             if job.state != "done" or job.glb_name is None:
                 raise ResultNotReady(job.state)
-            return job.folder / job.glb_name, dict(job.metadata or {})
+            # Checked again when served: a file swapped for a symlink after the start must not leave the folder.
+            return inside(job.folder, job.glb_name), dict(job.metadata or {})
 
     def health(self) -> dict[str, Any]:
         with self._lock:

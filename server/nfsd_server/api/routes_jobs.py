@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -10,6 +11,7 @@ from fastapi.responses import FileResponse
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
 from nfsd_server.api.jobs import JobManager, JobNotFound, ResultNotReady
+from nfsd_server.api.records import UnsafePath
 from nfsd_server.api.schemas import ErrorBody, JobCreated, JobList, JobRequest, JobStatus
 
 router = APIRouter(
@@ -18,6 +20,7 @@ router = APIRouter(
     dependencies=[Depends(require_token)],
     responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},
 )
+log = logging.getLogger(__name__)
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No job with this id"}}
 NOT_READY = {409: {"model": ErrorBody, "description": "The job is not done (the detail says its state)"}}
 
@@ -82,7 +85,10 @@ def cancel_job(job_id: str, jobs: JobManager = Depends(manager)) -> JobStatus:
 def get_preview(job_id: str, jobs: JobManager = Depends(manager)) -> Response:
     """The latest preview render (PNG); 404 until the first one exists."""
     status = _known(job_id, jobs)
-    path = jobs.preview_path(job_id)
+    try:
+        path = jobs.preview_path(job_id)
+    except UnsafePath:
+        raise _escaped(job_id) from None
     if path is None:
         raise ApiError(
             404, f"job {job_id} has no preview yet (state {status.state}, step {status.step})",
@@ -92,10 +98,18 @@ def get_preview(job_id: str, jobs: JobManager = Depends(manager)) -> Response:
     return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+def _escaped(job_id: str) -> ApiError:
+    # A record or link that points outside the job folder is never followed; the log has the details.
+    log.warning("job %s: a file of this job resolves outside its folder; not served", job_id)
+    return ApiError(404, f"the files of job {job_id} are not in its folder on the server", hint="submit the job again")
+
+
 def _result(job_id: str, jobs: JobManager) -> tuple[Any, dict[str, Any]]:
     _known(job_id, jobs)
     try:
         return jobs.result(job_id)
+    except UnsafePath:
+        raise _escaped(job_id) from None
     except ResultNotReady as not_ready:
         raise ApiError(
             409, f"job {job_id} is {not_ready.state}, not done; it has no result",
