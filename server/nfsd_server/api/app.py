@@ -13,6 +13,7 @@ from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
+from nfsd_server.api.limits import GuardMiddleware
 from nfsd_server.guidance.stable_diffusion import DEFAULT_MODEL
 
 
@@ -60,6 +61,7 @@ def create_app(
     )
     app.state.token = config.token or None
     install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, token=config.token or None)
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
     return app

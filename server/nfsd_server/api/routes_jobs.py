@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
 from nfsd_server.api.jobs import JobManager, JobNotFound, ResultNotReady
+from nfsd_server.api.limits import MAX_BODY_BYTES
 from nfsd_server.api.records import UnsafePath
 from nfsd_server.api.schemas import ErrorBody, JobCreated, JobList, JobRequest, JobStatus
 
@@ -41,6 +42,7 @@ def _known(job_id: str, jobs: JobManager):
     "", status_code=202, response_model=JobCreated,
     responses={
         400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
+        413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"},
         422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
         507: {"model": ErrorBody, "description": "The server cannot write the job folder"},
     },
