@@ -396,3 +396,38 @@ def test_api_bodies_over_the_cap_are_413(client):
     padded = json.dumps(RED_BALL).encode() + b" " * (MAX_BODY_BYTES - len(json.dumps(RED_BALL)))
     assert client.post("/v1/jobs", content=padded, headers={"content-type": "application/json"}).status_code == 202
     assert client.get("/v1/jobs").json()["jobs"][0]["state"] in ("queued", "running", "exporting", "done")
+
+
+def test_api_a_job_that_cannot_be_recorded_is_refused_507_and_leaves_nothing(client, tmp_path, monkeypatch):
+    import errno
+
+    import nfsd_server.api.jobs as jobs_module
+
+    real_write = jobs_module.write_atomic
+
+    def disk_full(path, data):
+        if path.name == "job.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(jobs_module, "write_atomic", disk_full)
+    response = client.post("/v1/jobs", json=RED_BALL)
+    assert response.status_code == 507, response.text
+    assert "No space left on device" in response.json()["detail"] and "free disk space" in response.json()["hint"]
+    assert list((tmp_path / "jobs").iterdir()) == [] and client.get("/v1/jobs").json()["jobs"] == []
+    monkeypatch.setattr(jobs_module, "write_atomic", real_write)
+    wait_state(client, submit(client), "done")
+
+
+def test_api_only_model_loading_errors_get_the_model_hint(client, fake_pipeline, monkeypatch):
+    import errno
+
+    def disk_full_while_training(settings, prior, out_dir, callbacks):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fake_pipeline, "__call__", disk_full_while_training)
+    client.app.state.manager._run_fn = disk_full_while_training
+    full = wait_state(client, submit(client), "failed")
+    assert "hub id" not in full["hint"] and "disk is full" in full["hint"]
+    bad_model = wait_state(client, submit(client, prior="stable-diffusion", model="/nonexistent/model"), "failed")
+    assert "hub id" in bad_model["hint"]

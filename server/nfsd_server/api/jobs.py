@@ -7,11 +7,13 @@ Cancellation is cooperative: ``DELETE`` sets a flag the training loop reads once
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import math
 import secrets
+import shutil
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -137,15 +139,19 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def describe_failure(error: BaseException) -> tuple[str, str]:
-    """(one-line error, hint) for a job that raised: the message, never the traceback."""
+def describe_failure(error: BaseException, stage: str = "running") -> tuple[str, str]:
+    """(one-line error, hint) for a job that raised while ``stage`` ("loading" the model or "running")."""
     message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         hint = "out of memory: pick the draft preset, fewer steps or a smaller texture, or free the GPU"
     elif isinstance(error, FloatingPointError):
         hint = "training diverged: lower the guidance scale or try another seed"
-    elif isinstance(error, OSError):
+    elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the server's disk is full: free space in its --data-dir and submit the job again"
+    elif isinstance(error, OSError) and stage == "loading":
         hint = "check that the model is a hub id the server can reach or a diffusers folder on the server"
+    elif isinstance(error, OSError):
+        hint = "the server could not read or write a file of this job; see the server log"
     elif isinstance(error, ValueError):
         hint = "the prior or the pipeline rejected these settings; change them and submit again"
     else:
@@ -250,9 +256,12 @@ class JobManager:
         # Memory is the truth while the server runs; the file is for the next start. A full or vanished
         # disk must not stop the state machine (or the worker) halfway through a transition.
         try:
-            write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
+            self._write_record(job)
         except OSError as error:
             log.error("job %s: cannot write %s: %s", job.id, job.folder / JOB_FILE, error)
+
+    def _write_record(self, job: Job) -> None:
+        write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
 
     # -- what the routes call ---------------------------------------------------------------------
     def resolve(self, request: JobRequest) -> ResolvedJobRequest:
@@ -271,13 +280,19 @@ class JobManager:
         return ResolvedJobRequest.model_validate(values)
 
     def submit(self, request: JobRequest) -> Job:
+        resolved = self.resolve(request)
         job_id = uuid.uuid4().hex
         folder = self.data_dir / job_id
         folder.mkdir(parents=True)
-        job = Job(id=job_id, request=self.resolve(request), folder=folder, created_at=datetime.now(timezone.utc))
+        job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
         with self._lock:
+            # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
+            try:
+                self._write_record(job)
+            except OSError:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             self._jobs[job_id] = job
-            self._persist(job)
             self._pending.append(job_id)
             self._lock.notify_all()
         return job
@@ -390,8 +405,10 @@ class JobManager:
         request = job.request
         # The resolved request has GenerationSettings' fields, plus init_mesh, which nothing consumes yet.
         settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
+        stage = "loading"
         try:
             prior = self._warm_prior(request.prior, request.model)
+            stage = "running"
             if should_cancel():
                 raise GenerationCancelled("cancelled while loading the model")
             result = self._run_fn(settings, prior, job.folder, callbacks)
@@ -408,7 +425,7 @@ class JobManager:
             log.exception("job %s failed", job.id)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            message, hint = describe_failure(error)
+            message, hint = describe_failure(error, stage)
             with self._lock:
                 self._set_state(job, "failed", error=message, hint=hint)
         else:

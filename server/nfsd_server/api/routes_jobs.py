@@ -44,7 +44,7 @@ def _known(job_id: str, jobs: JobManager):
         400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
         413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"},
         422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
-        507: {"model": ErrorBody, "description": "The server cannot write the job folder"},
+        507: {"model": ErrorBody, "description": "The server cannot record the job (disk full or not writable)"},
     },
 )
 def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(manager)) -> JobCreated:
@@ -53,7 +53,7 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
         job = jobs.submit(body)
     except OSError as error:
         raise ApiError(
-            507, f"cannot create the job folder: {error.strerror or error}",
+            507, f"cannot record the job in its job folder: {error.strerror or error}",
             hint="free disk space or start the server with a writable --data-dir",
         ) from None
     response.headers["Location"] = f"/v1/jobs/{job.id}"
