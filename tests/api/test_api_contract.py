@@ -78,7 +78,7 @@ def test_api_contract_job_status_and_health(spec):
     schemas = spec["components"]["schemas"]
     assert set(schemas["JobStatus"]["properties"]) == {
         "id", "state", "step", "total", "loss", "eta_s", "queue_position", "error", "hint", "request",
-        "created_at", "started_at", "finished_at", "has_preview", "preview_step",
+        "created_at", "started_at", "finished_at", "has_preview", "preview_step", "resumed_from_step",
     }
     assert schemas["JobStatus"]["properties"]["state"]["enum"] == [
         "queued", "running", "exporting", "done", "failed", "cancelled",

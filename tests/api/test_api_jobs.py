@@ -11,7 +11,6 @@ from PIL import Image
 
 from api_helpers import TOKEN, wait_for, wait_state
 from nfsd_server import NFSD_NEGATIVE_PROMPT
-from nfsd_server.api.jobs import RESTART_REASON, STOPPED_REASON
 
 RED_BALL = {"prompt": "a red ball", "steps": 12, "preset": "draft", "poly_budget": 1000, "texture_size": 512}
 
@@ -234,32 +233,41 @@ def test_api_unexpected_error_is_500_json_without_traceback(client):
     assert response.json()["detail"] == "internal server error" and "secret" not in response.text
 
 
-def test_api_restart_lists_finished_jobs_and_fails_interrupted_ones(make_client, fake_pipeline, tmp_path):
+def test_api_restart_queues_queued_jobs_again_and_resumes_the_interrupted_one(make_client, fake_pipeline, tmp_path):
     before = make_client()
     done = submit(before)
     wait_state(before, done, "done")
-    fake_pipeline.gate.clear()
+    fake_pipeline.pause_at_step = 7  # checkpoints at 5 and 10: the restart must resume from 5
     running, queued = submit(before), submit(before, prompt="a blue cube")
-    wait_state(before, running, "running")
+    wait_for(lambda: before.get(f"/v1/jobs/{running}").json()["step"] == 7, what="step 7")
+    before.__exit__(None, None, None)  # the server stops while the job runs
+    record = json.loads((tmp_path / "jobs" / running / "job.json").read_text())
+    assert record["state"] == "running" and record["step"] == 7  # not failed: the next start resumes it
 
-    # A second server on the same folder sees what a crashed first one left behind.
+    fake_pipeline.pause_at_step = None
+    fake_pipeline.gate.set()
     after = make_client(data_dir=tmp_path / "jobs")
-    jobs = {job["id"]: job for job in after.get("/v1/jobs").json()["jobs"]}
     assert [job["id"] for job in after.get("/v1/jobs").json()["jobs"]] == [queued, running, done]
-    assert jobs[done]["state"] == "done"
+    resumed, then = wait_state(after, running, "done"), wait_state(after, queued, "done")
+    assert resumed["resumed_from_step"] == 5 and resumed["error"] is None and resumed["step"] == 12
+    assert then["resumed_from_step"] is None and then["error"] is None
+    assert fake_pipeline.started_from == {"a red ball": 5, "a blue cube": 0}
+    assert fake_pipeline.started[-2:] == ["a red ball", "a blue cube"]  # in their original order
     assert after.get(f"/v1/jobs/{done}/result.glb").status_code == 200
-    for job_id in (running, queued):
-        assert jobs[job_id]["state"] == "failed" and jobs[job_id]["error"] == RESTART_REASON
 
 
-def test_api_shutdown_fails_the_running_job_instead_of_cancelling_it(make_client, fake_pipeline, tmp_path):
-    client = make_client()
-    fake_pipeline.gate.clear()
+def test_api_a_crashed_job_without_a_checkpoint_starts_over(make_client, client, tmp_path):
     job_id = submit(client)
-    wait_state(client, job_id, "running")
-    client.__exit__(None, None, None)  # lifespan shutdown: the worker stops at the next step
     record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
-    assert record["state"] == "failed" and record["error"] == STOPPED_REASON
+    wait_state(client, job_id, "done")
+    crashed = record | {"id": "f" * 32, "state": "running", "step": 3, "started_at": record["created_at"]}
+    (tmp_path / "jobs" / crashed["id"]).mkdir()
+    (tmp_path / "jobs" / crashed["id"] / "job.json").write_text(json.dumps(crashed))
+    (tmp_path / "jobs" / crashed["id"] / "checkpoint.safetensors").write_bytes(b"torn")
+    after = make_client(data_dir=tmp_path / "jobs")
+    status = wait_state(after, crashed["id"], "done")
+    assert status["resumed_from_step"] == 0 and status["step"] == 12
+    assert (tmp_path / "jobs" / crashed["id"] / "checkpoint.safetensors.unreadable").read_bytes() == b"torn"
 
 
 def test_api_health_reports_server_settings_without_auth(make_client):
@@ -419,14 +427,13 @@ def test_api_a_job_that_cannot_be_recorded_is_refused_507_and_leaves_nothing(cli
     wait_state(client, submit(client), "done")
 
 
-def test_api_only_model_loading_errors_get_the_model_hint(client, fake_pipeline, monkeypatch):
+def test_api_only_model_loading_errors_get_the_model_hint(client, monkeypatch):
     import errno
 
-    def disk_full_while_training(settings, prior, out_dir, callbacks):
+    def disk_full_while_training(settings, prior, out_dir, callbacks, resume=False):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fake_pipeline, "__call__", disk_full_while_training)
-    client.app.state.manager._run_fn = disk_full_while_training
+    monkeypatch.setattr(client.app.state.manager, "_run_fn", disk_full_while_training)
     full = wait_state(client, submit(client), "failed")
     assert "hub id" not in full["hint"] and "disk is full" in full["hint"]
     bad_model = wait_state(client, submit(client, prior="stable-diffusion", model="/nonexistent/model"), "failed")

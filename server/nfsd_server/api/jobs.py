@@ -32,6 +32,7 @@ from nfsd_server.api.schemas import (
     JobStatus,
     ResolvedJobRequest,
 )
+from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
 from nfsd_server.pipeline import (
@@ -42,22 +43,21 @@ from nfsd_server.pipeline import (
     GenerationSettings,
     run_generation,
 )
-from nfsd_server.train import PRESETS
+from nfsd_server.train import CHECKPOINT_NAME, PRESETS
 
 log = logging.getLogger(__name__)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),
-    # running → done directly when a run function reports no export stage.
-    "running": frozenset({"exporting", "done", "failed", "cancelled"}),
-    "exporting": frozenset({"done", "failed", "cancelled"}),
+    # running → done directly when a run function reports no export stage;
+    # running/exporting → queued only at start-up, for a job the previous server run was interrupted in.
+    "running": frozenset({"exporting", "done", "failed", "cancelled", "queued"}),
+    "exporting": frozenset({"done", "failed", "cancelled", "queued"}),
 }
-RESTART_REASON = "server restarted while the job was running; submit it again"
-STOPPED_REASON = "server stopped while the job was running; submit it again"
 JOB_FILE = "job.json"
 PREVIEW_FILE = "preview.png"
 
-RunFn = Callable[[GenerationSettings, Prior, Path, Callbacks], GenerationResult]
+RunFn = Callable[..., GenerationResult]  # (settings, prior, job folder, callbacks, *, resume: bool) → result
 LoadPriorFn = Callable[..., Prior]
 
 
@@ -92,6 +92,7 @@ class Job:
     preview_step: int | None = None
     glb_name: str | None = None
     metadata: dict[str, Any] | None = None
+    resumed_from_step: int | None = None  # set when a restart interrupted the job: the step it continues from
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
     def record(self) -> dict[str, Any]:
@@ -111,6 +112,7 @@ class Job:
             "preview_step": self.preview_step,
             "glb_name": self.glb_name,
             "metadata": self.metadata,
+            "resumed_from_step": self.resumed_from_step,
         }
 
     @classmethod
@@ -123,6 +125,25 @@ class Job:
             inside(folder, record.glb_name)
         values = record.model_dump(exclude={"id"})
         return cls(id=record.id, folder=folder, **values | {"request": record.request})
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of the job's last checkpoint; 0 when there is none (or none this version can read).
+
+    An unreadable checkpoint (or an old pickle one) is renamed ``*.unreadable``, else the resumed run would
+    refuse to start on it.
+    """
+    path = folder / CHECKPOINT_NAME
+    if (folder / LEGACY_NAME).exists():
+        (folder / LEGACY_NAME).rename(folder / f"{LEGACY_NAME}.unreadable")
+    if not path.exists():
+        return 0
+    try:
+        return int(read_checkpoint_info(path)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as error:
+        log.warning("%s cannot be resumed from (%s); the job starts over", path, error)
+        path.rename(folder / f"{CHECKPOINT_NAME}.unreadable")
+        return 0
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -201,19 +222,21 @@ class JobManager:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the running job reaches a step boundary; it is marked failed (submit it again)."""
+        """Stop after the running job reaches a step boundary; its record still says running, so the next
+        start resumes it from its last checkpoint."""
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("the running job did not stop within %.0f s; it is failed at the next start", timeout)
+                log.warning("the running job did not stop within %.0f s; it resumes at the next start", timeout)
         with self._lock:
             self._priors.clear()
 
     def _recover(self) -> None:
-        """List the jobs a previous run left; one that was interrupted is failed, not resumed.
+        """List the jobs a previous run left and queue again what it did not finish: queued jobs as they were,
+        an interrupted one (running or exporting) to resume from its last checkpoint, or from step 0 without one.
 
         A record that breaks the schema is set aside (logged, not listed, left on disk for a person to read).
         """
@@ -232,8 +255,12 @@ class JobManager:
         with self._lock:
             for job in sorted(records, key=lambda job: job.created_at):
                 self._jobs[job.id] = job
-                if job.state not in FINISHED_STATES:
-                    self._set_state(job, "failed", error=RESTART_REASON, hint="submit the job again")
+                if job.state in ("running", "exporting"):
+                    step = checkpoint_step(job.folder)
+                    self._set_state(job, "queued", resumed_from_step=step, step=step, eta_s=None)
+                    log.info("job %s was interrupted; it resumes from step %d", job.id, step)
+                if job.state == "queued":
+                    self._pending.append(job.id)
 
     # -- the state machine: the only place a job's state changes -----------------------------------
     def _set_state(self, job: Job, state: str, **changes: Any) -> None:
@@ -356,6 +383,7 @@ class JobManager:
             loss=job.loss,
             eta_s=job.eta_s,
             queue_position=queue_position,
+            resumed_from_step=job.resumed_from_step,
             error=job.error,
             hint=job.hint,
             request=job.request,
@@ -411,14 +439,14 @@ class JobManager:
             stage = "running"
             if should_cancel():
                 raise GenerationCancelled("cancelled while loading the model")
-            result = self._run_fn(settings, prior, job.folder, callbacks)
+            result = self._run_fn(settings, prior, job.folder, callbacks, resume=job.resumed_from_step is not None)
             glb_name = self._keep_in_folder(job, Path(result.glb_path))
         except GenerationCancelled:
             with self._lock:
                 if job.cancel_requested.is_set():
                     self._set_state(job, "cancelled")
-                else:
-                    self._set_state(job, "failed", error=STOPPED_REASON, hint="submit the job again")
+                else:  # the server is stopping: the record keeps "running", and the next start resumes it
+                    self._persist(job)
         # Whatever one job raises (bad model, NaNs, OOM, a bug) is that job's failure; the worker
         # must live on to run the next one, so this catches broadly and logs the traceback.
         except Exception as error:  # noqa: BLE001

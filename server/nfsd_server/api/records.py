@@ -47,6 +47,7 @@ class JobRecord(BaseModel):
     preview_step: int | None = Field(ge=0, strict=True)
     glb_name: str | None
     metadata: dict[str, Any] | None
+    resumed_from_step: int | None = Field(default=None, ge=0, strict=True)
 
     @field_validator("glb_name")
     @classmethod

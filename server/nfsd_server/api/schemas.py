@@ -114,6 +114,11 @@ class JobStatus(BaseModel):
     finished_at: datetime | None
     has_preview: bool = Field(description="True once /v1/jobs/{id}/preview.png has an image.")
     preview_step: int | None = Field(description="The training step the current preview shows.")
+    resumed_from_step: int | None = Field(
+        default=None,
+        description="Set when a server restart interrupted the job: the step it continues from (its last "
+        "checkpoint; 0 = started over). null otherwise.",
+    )
 
 
 class JobList(BaseModel):
