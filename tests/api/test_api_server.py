@@ -211,3 +211,21 @@ def test_api_serve_bad_arguments_are_one_line_exit_2(tmp_path, capsys, monkeypat
     assert main(["serve", "--data-dir", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_api_served_connections_have_nagle_off():
+    import socket
+
+    from nfsd_server.api.server import bind_socket
+
+    listener = bind_socket("127.0.0.1", 0)
+    try:
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                # What asyncio (and so uvicorn) checks before it sets TCP_NODELAY on a connection, and the result.
+                assert listener.proto == socket.IPPROTO_TCP
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()
