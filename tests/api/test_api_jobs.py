@@ -438,3 +438,88 @@ def test_api_only_model_loading_errors_get_the_model_hint(client, monkeypatch):
     assert "hub id" not in full["hint"] and "disk is full" in full["hint"]
     bad_model = wait_state(client, submit(client, prior="stable-diffusion", model="/nonexistent/model"), "failed")
     assert "hub id" in bad_model["hint"]
+
+
+def test_api_the_queue_is_capped_with_429(make_client, tmp_path):
+    client = make_client(start_worker=False, max_queued=2)
+    first, _ = submit(client), submit(client)
+    refused = client.post("/v1/jobs", json=RED_BALL)
+    assert refused.status_code == 429 and "2 jobs are already queued" in refused.json()["detail"]
+    assert refused.json()["hint"] and refused.headers["retry-after"] == "30"
+    assert len(list((tmp_path / "jobs").iterdir())) == 2  # the refused job left no folder
+    client.delete(f"/v1/jobs/{first}")
+    submit(client)  # room again
+
+
+def test_api_job_list_is_paged_newest_first(make_client):
+    client = make_client(start_worker=False)
+    ids = [submit(client) for _ in range(5)]
+    everything = client.get("/v1/jobs").json()
+    assert [job["id"] for job in everything["jobs"]] == ids[::-1]
+    assert everything["total"] == 5 and everything["next_offset"] is None
+    page = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [job["id"] for job in page["jobs"]] == ids[:2:-1] and page["next_offset"] == 2 and page["total"] == 5
+    last = client.get("/v1/jobs", params={"limit": 2, "offset": 4}).json()
+    assert [job["id"] for job in last["jobs"]] == ids[:1] and last["next_offset"] is None
+    assert client.get("/v1/jobs", params={"limit": 1001}).status_code == 422
+    assert client.get("/v1/jobs", params={"offset": -1}).status_code == 422
+
+
+def test_api_purge_deletes_finished_jobs_and_their_folders_only(client, fake_pipeline, tmp_path):
+    finished = [submit(client) for _ in range(2)]
+    for job_id in finished:
+        wait_state(client, job_id, "done")
+    fake_pipeline.gate.clear()
+    running, queued = submit(client), submit(client)
+    wait_state(client, running, "running")
+    assert client.delete("/v1/jobs", params={"older_than_s": 3600}).json() == {"deleted": []}
+    assert client.delete("/v1/jobs", params={"older_than_s": 0}).json() == {"deleted": finished}
+    for job_id in finished:
+        assert not (tmp_path / "jobs" / job_id).exists()
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert {job["id"] for job in client.get("/v1/jobs").json()["jobs"]} == {running, queued}
+    assert client.delete("/v1/jobs", params={"older_than_s": -1}).status_code == 422
+
+
+def test_api_retention_keeps_the_newest_finished_jobs_and_drops_old_ones(make_client, client, tmp_path):
+    old = submit(client)
+    wait_state(client, old, "done")
+    record = json.loads((tmp_path / "jobs" / old / "job.json").read_text())
+    (tmp_path / "jobs" / old / "job.json").write_text(json.dumps(record | {"finished_at": "2020-01-01T00:00:00+00:00"}))
+    restarted = make_client(data_dir=tmp_path / "jobs", retention_days=30, max_finished=2)
+    assert not (tmp_path / "jobs" / old).exists()  # finished in 2020: deleted at start-up
+    newer = [submit(restarted) for _ in range(3)]
+    for job_id in newer:
+        wait_state(restarted, job_id, "done")
+    wait_for(lambda: restarted.get("/v1/jobs").json()["total"] == 2, what="the oldest finished job to go")
+    assert [job["id"] for job in restarted.get("/v1/jobs").json()["jobs"]] == newer[:0:-1]
+
+
+def test_api_benchmark_models_need_the_server_flag(make_client):
+    client = make_client(start_worker=False)
+    refused = client.post("/v1/jobs", json={**RED_BALL, "prior": "stable-diffusion", "model": "random:sd21-base"})
+    assert refused.status_code == 403 and "--allow-benchmark-models" in refused.json()["detail"]
+    allowed = make_client(start_worker=False, allow_benchmark_models=True)
+    assert allowed.post("/v1/jobs", json={**RED_BALL, "prior": "stable-diffusion", "model": "random:tiny"}).status_code == 202
+
+
+@pytest.mark.parametrize("offline", ["env", "unreachable"])
+def test_api_an_uncached_hub_model_fails_at_once_while_offline(tmp_path, fake_pipeline, monkeypatch, offline):
+    import nfsd_server.api.jobs as jobs_module
+    from nfsd_server.api.jobs import JobManager
+    from nfsd_server.api.schemas import JobRequest
+
+    loads = []
+    monkeypatch.setattr(jobs_module, "load_prior", lambda *args: loads.append(args))
+    if offline == "unreachable":  # no offline flag, but nothing answers where the hub should be
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    manager = JobManager(tmp_path / "jobs", device="cpu", run_fn=fake_pipeline)  # the real (checked) loader
+    manager.start()
+    try:
+        job = manager.submit(JobRequest(prompt="a red ball", prior="stable-diffusion", model="nobody/no-such-model"))
+        status = wait_for(lambda: (s := manager.status(job.id)).state == "failed" and s, what="the job to fail")
+    finally:
+        manager.stop()
+    assert "'nobody/no-such-model' is not in this server's model cache" in status.error and "offline" in status.error
+    assert loads == []  # diffusers was never asked (it would retry for ~20 s)

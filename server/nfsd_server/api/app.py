@@ -24,6 +24,10 @@ class ServerConfig:
     default_prior: str = "stable-diffusion"
     default_model: str | None = DEFAULT_MODEL
     device: str | None = None
+    max_queued: int = 100  # more waiting jobs → 429
+    retention_days: float | None = 30.0  # finished jobs older than this are deleted; None: kept
+    max_finished: int | None = 1000  # only the newest this many finished jobs are kept; None: all
+    allow_benchmark_models: bool = False  # random:* models (GBs of RAM, no use but benchmarks)
 
 
 def create_app(
@@ -42,7 +46,9 @@ def create_app(
     async def lifespan(app: FastAPI):
         manager = JobManager(
             config.data_dir, default_prior=config.default_prior, default_model=config.default_model,
-            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn,
+            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn, max_queued=config.max_queued,
+            retention_days=config.retention_days, max_finished=config.max_finished,
+            allow_benchmark_models=config.allow_benchmark_models,
         )
         app.state.manager = manager
         if start_worker:

@@ -35,6 +35,7 @@ from nfsd_server.api.schemas import (
 from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
+from nfsd_server.model_source import check_benchmark_allowed, check_model
 from nfsd_server.pipeline import (
     DEFAULT_GUIDANCE_SCALE,
     Callbacks,
@@ -59,6 +60,18 @@ PREVIEW_FILE = "preview.png"
 
 RunFn = Callable[..., GenerationResult]  # (settings, prior, job folder, callbacks, *, resume: bool) → result
 LoadPriorFn = Callable[..., Prior]
+
+
+class QueueFull(Exception):
+    """``max_queued`` jobs are already waiting."""
+
+
+def load_checked_prior(name: str, model: str | None = None, device: str | None = None) -> Prior:
+    """``load_prior``, after the model's source is checked in milliseconds (a missing folder, an uncached hub id
+    while offline): a job that cannot load fails at once instead of holding the worker through retries."""
+    if name == "stable-diffusion" and model is not None:
+        check_model(model)
+    return load_prior(name, model, device)
 
 
 class JobNotFound(KeyError):
@@ -186,6 +199,9 @@ class JobManager:
     ``run_fn`` and ``load_prior_fn`` default to the real pipeline; tests inject fakes.
     ``max_warm_models`` priors stay loaded between jobs, keyed by (prior, model, device); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
+    Limits: at most ``max_queued`` jobs wait (QueueFull beyond); finished jobs older than ``retention_days``
+    or beyond the newest ``max_finished`` are deleted with their folders (None: no limit); ``random:*``
+    benchmark models only with ``allow_benchmark_models``.
     """
 
     def __init__(
@@ -198,6 +214,10 @@ class JobManager:
         run_fn: RunFn | None = None,
         load_prior_fn: LoadPriorFn | None = None,
         max_warm_models: int = 1,
+        max_queued: int = 100,
+        retention_days: float | None = 30.0,
+        max_finished: int | None = 1000,
+        allow_benchmark_models: bool = False,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -205,8 +225,10 @@ class JobManager:
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
         self._run_fn: RunFn = run_fn or run_generation
-        self._load_prior_fn: LoadPriorFn = load_prior_fn or load_prior
+        self._load_prior_fn: LoadPriorFn = load_prior_fn or load_checked_prior
         self._max_warm_models = max(1, max_warm_models)
+        self.max_queued, self.retention_days, self.max_finished = max_queued, retention_days, max_finished
+        self.allow_benchmark_models = allow_benchmark_models
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
@@ -261,6 +283,7 @@ class JobManager:
                     log.info("job %s was interrupted; it resumes from step %d", job.id, step)
                 if job.state == "queued":
                     self._pending.append(job.id)
+        self.purge()
 
     # -- the state machine: the only place a job's state changes -----------------------------------
     def _set_state(self, job: Job, state: str, **changes: Any) -> None:
@@ -294,6 +317,7 @@ class JobManager:
     def resolve(self, request: JobRequest) -> ResolvedJobRequest:
         """Fill in the defaults now, so the status echoes exactly what will run (and a seed to reuse)."""
         prior = request.prior or self.default_prior
+        check_benchmark_allowed(request.model, self.allow_benchmark_models)
         values = request.model_dump()
         values.update(
             prior=prior,
@@ -313,10 +337,12 @@ class JobManager:
         folder.mkdir(parents=True)
         job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
         with self._lock:
-            # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
             try:
+                if len(self._pending) >= self.max_queued:
+                    raise QueueFull(len(self._pending))
+                # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
                 self._write_record(job)
-            except OSError:
+            except (OSError, QueueFull):
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             self._jobs[job_id] = job
@@ -339,10 +365,43 @@ class JobManager:
         with self._lock:
             return self._status(self._get(job_id))
 
-    def list(self) -> list[JobStatus]:
+    def list(self, limit: int | None = None, offset: int = 0) -> tuple[list[JobStatus], int]:
+        """(jobs newest first, from ``offset``, at most ``limit`` of them; how many jobs there are in all)."""
         with self._lock:
             positions = {job_id: index for index, job_id in enumerate(self._pending)}
-            return [self._status(job, positions.get(job.id)) for job in reversed(self._jobs.values())]
+            newest_first = list(reversed(self._jobs.values()))
+            page = newest_first[offset:None if limit is None else offset + limit]
+            return [self._status(job, positions.get(job.id)) for job in page], len(newest_first)
+
+    def purge(self, older_than_s: float | None = None) -> list[str]:
+        """Delete finished jobs (record, preview, result: the whole folder); return their ids, oldest first.
+
+        With ``older_than_s``: those finished longer ago than that. Without: the retention policy, i.e. those
+        finished more than ``retention_days`` ago and all but the newest ``max_finished``.
+        Queued and running jobs are never deleted.
+        """
+        now = datetime.now(timezone.utc)
+        with self._lock:
+            finished = sorted(
+                (job for job in self._jobs.values() if job.state in FINISHED_STATES),
+                key=lambda job: job.finished_at or job.created_at,
+            )
+            age_limit_s = older_than_s if older_than_s is not None else (
+                None if self.retention_days is None else self.retention_days * 86400
+            )
+            doomed = {
+                job.id: job for job in finished
+                if age_limit_s is not None and (now - (job.finished_at or job.created_at)).total_seconds() > age_limit_s
+            }
+            if older_than_s is None and self.max_finished is not None:
+                doomed.update({job.id: job for job in finished[: max(0, len(finished) - self.max_finished)]})
+            for job_id in doomed:
+                del self._jobs[job_id]
+        for job in doomed.values():
+            shutil.rmtree(job.folder, ignore_errors=True)
+        if doomed:
+            log.info("purged %d finished job(s)", len(doomed))
+        return [job.id for job in finished if job.id in doomed]
 
     def preview_path(self, job_id: str) -> Path | None:
         with self._lock:
@@ -419,6 +478,7 @@ class JobManager:
             finally:
                 with self._lock:
                     self._running = None
+                self.purge()
 
     def _run(self, job: Job) -> None:
         def should_cancel() -> bool:

@@ -5,15 +5,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
-from nfsd_server.api.jobs import JobManager, JobNotFound, ResultNotReady
+from nfsd_server.api.jobs import JobManager, JobNotFound, QueueFull, ResultNotReady
 from nfsd_server.api.limits import MAX_BODY_BYTES
 from nfsd_server.api.records import UnsafePath
-from nfsd_server.api.schemas import ErrorBody, JobCreated, JobList, JobRequest, JobStatus
+from nfsd_server.api.schemas import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    ErrorBody,
+    JobCreated,
+    JobList,
+    JobRequest,
+    JobStatus,
+    PurgeResult,
+)
+from nfsd_server.model_source import BenchmarkModelRefused
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -42,8 +52,10 @@ def _known(job_id: str, jobs: JobManager):
     "", status_code=202, response_model=JobCreated,
     responses={
         400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
+        403: {"model": ErrorBody, "description": "A random:* benchmark model on a server that does not offer them"},
         413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"},
         422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
+        429: {"model": ErrorBody, "description": "Too many jobs are queued; retry when some have run"},
         507: {"model": ErrorBody, "description": "The server cannot record the job (disk full or not writable)"},
     },
 )
@@ -51,6 +63,13 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
     """Queue a generation. Poll ``GET /v1/jobs/{id}`` for progress."""
     try:
         job = jobs.submit(body)
+    except BenchmarkModelRefused as error:
+        raise ApiError(403, str(error), hint="pick a real model (or none, for the server's default)") from None
+    except QueueFull:
+        raise ApiError(
+            429, f"{jobs.max_queued} jobs are already queued on this server",
+            hint="wait for some to finish (or cancel some), then submit again", headers={"Retry-After": "30"},
+        ) from None
     except OSError as error:
         raise ApiError(
             507, f"cannot record the job in its job folder: {error.strerror or error}",
@@ -61,9 +80,28 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
 
 
 @router.get("", response_model=JobList)
-def list_jobs(jobs: JobManager = Depends(manager)) -> JobList:
-    """Every job, newest first (including those finished before a restart)."""
-    return JobList(jobs=jobs.list())
+def list_jobs(
+    jobs: JobManager = Depends(manager),
+    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="Jobs per page."),
+    offset: int = Query(0, ge=0, le=10**9, description="Jobs to skip, newest first."),
+) -> JobList:
+    """Jobs newest first (including those finished before a restart), one page at a time."""
+    page, total = jobs.list(limit, offset)
+    next_offset = offset + len(page) if offset + len(page) < total else None
+    return JobList(jobs=page, total=total, next_offset=next_offset)
+
+
+@router.delete("", response_model=PurgeResult)
+def purge_jobs(
+    jobs: JobManager = Depends(manager),
+    older_than_s: float | None = Query(
+        None, ge=0, le=1e10, allow_inf_nan=False,
+        description="Delete finished jobs that finished longer ago than this; omitted: apply the server's "
+        "retention policy (--keep-days, --keep-jobs).",
+    ),
+) -> PurgeResult:
+    """Delete finished jobs (done, failed, cancelled) and their files. Queued and running jobs are kept."""
+    return PurgeResult(deleted=jobs.purge(older_than_s))
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)

@@ -121,8 +121,18 @@ class JobStatus(BaseModel):
     )
 
 
+MAX_PAGE = 1000  # jobs per GET /v1/jobs page
+DEFAULT_PAGE = 100
+
+
 class JobList(BaseModel):
-    jobs: list[JobStatus] = Field(description="Every job this server knows, newest first.")
+    jobs: list[JobStatus] = Field(description="Jobs this server knows, newest first: one page (see limit/offset).")
+    total: int = Field(description="How many jobs the server knows in all.")
+    next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
+
+
+class PurgeResult(BaseModel):
+    deleted: list[str] = Field(description="Ids of the finished jobs deleted (with their files), oldest first.")
 
 
 class MemoryUsage(BaseModel):

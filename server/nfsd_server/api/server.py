@@ -16,6 +16,7 @@ import copy
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -47,6 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     parser.add_argument("--parent-stdin", action="store_true", help="exit when stdin closes (for a spawning parent)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--max-queued", type=int, default=100, help="queued jobs beyond this get 429 (default: 100)")
+    parser.add_argument(
+        "--keep-days", type=float, default=30.0, help="delete finished jobs older than this; 0 = keep (default: 30)"
+    )
+    parser.add_argument(
+        "--keep-jobs", type=int, default=1000, help="keep only the newest N finished jobs; 0 = all (default: 1000)"
+    )
+    parser.add_argument(
+        "--allow-benchmark-models", action="store_true", help="let clients ask for random:* benchmark models"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -135,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
             "(only loopback addresses may run without one)"
         )
     device = check_device(args.device)
+    if args.max_queued < 1:
+        raise UsageError(f"--max-queued must be at least 1, got {args.max_queued}")
+    if not (args.keep_days >= 0 and math.isfinite(args.keep_days)) or args.keep_jobs < 0:
+        raise UsageError(f"--keep-days and --keep-jobs must be ≥ 0 (0 = keep), got {args.keep_days}, {args.keep_jobs}")
     data_dir = args.data_dir or default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     announce = _claim_stdout()
     app = create_app(
         ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
-                     default_model=args.default_model, device=device)
+                     default_model=args.default_model, device=device, max_queued=args.max_queued,
+                     retention_days=args.keep_days or None, max_finished=args.keep_jobs or None,
+                     allow_benchmark_models=args.allow_benchmark_models)
     )
 
     class AnnouncingServer(uvicorn.Server):
