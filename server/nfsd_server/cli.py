@@ -21,6 +21,21 @@ class UsageError(Exception):
     """A bad argument; the message is printed as one line and the process exits with status 2."""
 
 
+def check_device(device: str | None) -> str | None:
+    """``--device`` as a torch device string; UsageError naming the fix if torch cannot use it."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {device!r} is not a torch device ({error}); use cuda, cuda:0 or cpu") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: this torch build sees no CUDA GPU; use --device cpu")
+    return str(parsed)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a bad argument prints one line (no usage block) before exiting with status 2."""
 

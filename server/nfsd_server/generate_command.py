@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from nfsd_server import NFSD_NEGATIVE_PROMPT
-from nfsd_server.cli import UsageError
+from nfsd_server.cli import UsageError, check_device
 from nfsd_server.pipeline import METHODS, PRESET_NAMES, TEXTURE_SIZES, Callbacks, GenerationSettings, run_generation
 
 
@@ -80,16 +80,24 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from nfsd_server.checkpoints import CheckpointError
     from nfsd_server.guidance.prior import load_prior
+    from nfsd_server.model_source import check_model
 
     settings = settings_from_args(args)
+    device = check_device(args.device)
+    if settings.prior == "stable-diffusion" and settings.model is not None:
+        try:
+            check_model(settings.model)  # a missing folder or an unreachable hub id, before the slow load
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     out_dir = writable_dir(args.out)
     if args.resume:
         check_resumable(out_dir, settings)
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:
-        prior = load_prior(settings.prior, settings.model, args.device)
+        prior = load_prior(settings.prior, settings.model, device)
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)  # fail on a bad prompt before training
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -109,7 +117,13 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             print("exporting mesh…", flush=True)
 
-    result = run_generation(settings, prior, out_dir, Callbacks(on_progress, on_preview, on_stage), resume=args.resume)
+    try:
+        result = run_generation(
+            settings, prior, out_dir, Callbacks(on_progress, on_preview, on_stage), resume=args.resume
+        )
+    except CheckpointError as error:  # the --resume checkpoint passed the early check but does not fit the run
+        bar.close()
+        raise UsageError(str(error)) from None
     bar.close()
     print(f"previews:   {previews}")
     print(f"checkpoint: {result.checkpoint_path}")

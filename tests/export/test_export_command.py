@@ -121,3 +121,22 @@ def test_checkpoint_is_safetensors_data_with_json_metadata(checkpoint):
     assert info["format"] == 2 and info["step"] == 0 and info["metadata"]["prompt"] == "a hamburger"
     assert generator.dtype.is_floating_point is False and generator.numel() > 0
     assert any(key.startswith("field.") for key in keys)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--height", "inf"], "--height must be a finite number, got inf"),
+     (["--threshold", "inf"], "--threshold must be a finite number, got inf")],
+)
+def test_non_finite_numbers_exit_2_instead_of_a_nan_glb(checkpoint, tmp_path, capsys, arguments, message):
+    out = tmp_path / "x.glb"
+    assert main(["export", str(checkpoint), "--out", str(out), *FAST, *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_out_naming_a_folder_exits_2(checkpoint, tmp_path, capsys):
+    assert main(["export", str(checkpoint), "--out", str(tmp_path), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "is a folder; name the file to write" in error and error.count("\n") == 1

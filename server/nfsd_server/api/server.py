@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from nfsd_server.cli import UsageError
+from nfsd_server.cli import UsageError, check_device
 
 DEFAULT_PORT = 8765
 PRIORS = ("stable-diffusion", "analytic")
@@ -67,20 +67,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to anything, so it is not loopback
         return False
-
-
-def check_device(device: str | None) -> str | None:
-    if device is None:
-        return None
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {device!r} is not a torch device ({error}); use cuda, cuda:0 or cpu") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device!r}: this torch build sees no CUDA GPU; use --device cpu")
-    return str(parsed)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

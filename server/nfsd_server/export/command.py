@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -43,9 +44,14 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from error
+    for name, value in (("--height", args.height), ("--threshold", args.threshold)):
+        if value is not None and not math.isfinite(value):  # inf scales every vertex to NaN
+            raise UsageError(f"{name} must be a finite number, got {value}")
     if not args.checkpoint.is_file():
         raise UsageError(f"checkpoint {str(args.checkpoint)!r} does not exist; pass the checkpoint.safetensors of a run")
     out_path = args.out
+    if out_path.is_dir():
+        raise UsageError(f"--out {str(out_path)!r} is a folder; name the file to write, e.g. {str(out_path / 'model.glb')!r}")
     folder = out_path.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {str(out_path)!r}: folder {str(folder)!r} is missing or not writable")
