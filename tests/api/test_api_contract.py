@@ -90,6 +90,7 @@ def test_api_contract_job_status_and_health(spec):
     assert set(schemas["JobCreated"]["properties"]) == {"id"}
     assert set(schemas["Health"]["properties"]) == {
         "version", "device", "default_prior", "default_model", "models_loaded", "queue_length", "running_job", "memory",
+        "authenticated",
     }
     assert set(schemas["MemoryUsage"]["properties"]) == {"rss_bytes", "cuda_allocated_bytes"}
     assert set(schemas["ErrorBody"]["properties"]) == {"detail", "hint"}

@@ -176,6 +176,8 @@ def test_api_without_a_token_a_loopback_server_accepts_anyone(make_client):
         ({"prompt": "   "}, "prompt"),
         ({"prompt": "x" * 1001}, "prompt"),
         ({"prompt": "a red\nball"}, "prompt"),
+        ({"prompt": "\u200b\u200c\u2060\ufeff"}, "prompt"),  # zero-width only
+        ({"prompt": "\u00a0\u3000"}, "prompt"),  # no-break and ideographic spaces only
         ({"prompt": "a red ball", "negative_prompt": "bad\x00"}, "negative_prompt"),
         ({"prompt": 123}, "prompt"),
         ({"steps": -5}, "steps"),
@@ -207,6 +209,12 @@ def test_api_bad_body_is_422_naming_the_field(client, body, field):
 def test_api_malformed_body_is_422_not_500(client, raw):
     response = client.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["hint"]
+    assert "fix 0" not in response.json()["hint"] and "fix 1" not in response.json()["hint"]
+
+
+def test_api_a_json_syntax_error_hint_says_so(client):
+    response = client.post("/v1/jobs", content=b'{"prompt": "a red ball",}', headers={"Content-Type": "application/json"})
+    assert response.json()["hint"] == "the body is not valid JSON (error at character 24); send one JSON object"
 
 
 def test_api_unknown_job_is_404_and_unfinished_result_is_409(client, fake_pipeline):
@@ -270,12 +278,24 @@ def test_api_a_crashed_job_without_a_checkpoint_starts_over(make_client, client,
     assert (tmp_path / "jobs" / crashed["id"] / "checkpoint.safetensors.unreadable").read_bytes() == b"torn"
 
 
-def test_api_health_reports_server_settings_without_auth(make_client):
+def test_api_health_reports_server_settings_and_withholds_details_without_the_token(make_client, fake_pipeline):
     client = make_client(default_model="my/model")
-    health = client.get("/v1/health", headers={"Authorization": ""}).json()
+    fake_pipeline.gate.clear()
+    job_id = submit(client)
+    wait_state(client, job_id, "running")
+    health = client.get("/v1/health").json()
     assert health["device"] == "cpu" and health["default_prior"] == "analytic" and health["default_model"] == "my/model"
     assert health["memory"]["rss_bytes"] > 10_000_000 and health["memory"]["cuda_allocated_bytes"] is None
-    assert health["queue_length"] == 0 and health["running_job"] is None and health["models_loaded"] == []
+    assert health["queue_length"] == 0 and health["running_job"] == job_id and health["models_loaded"] == ["analytic"]
+    assert health["authenticated"] is True
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        anonymous = client.get("/v1/health", headers=headers).json()
+        assert anonymous == {
+            "version": health["version"], "device": "cpu", "default_prior": "analytic", "authenticated": False,
+            "default_model": None, "models_loaded": None, "queue_length": None, "running_job": None, "memory": None,
+        }
+    open_server = make_client(token=None)
+    assert open_server.get("/v1/health", headers={"Authorization": ""}).json()["authenticated"] is True
 
 
 def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path):
@@ -523,3 +543,53 @@ def test_api_an_uncached_hub_model_fails_at_once_while_offline(tmp_path, fake_pi
         manager.stop()
     assert "'nobody/no-such-model' is not in this server's model cache" in status.error and "offline" in status.error
     assert loads == []  # diffusers was never asked (it would retry for ~20 s)
+
+
+def test_api_created_at_order_is_queue_order(make_client, monkeypatch):
+    """Two submits race: the one whose clock reading comes first must also be first in the queue."""
+    import threading
+    from datetime import datetime as real_datetime
+
+    import nfsd_server.api.jobs as jobs_module
+
+    client = make_client(start_worker=False)
+    second_done, first_read = threading.Event(), threading.Event()
+
+    class SlowFirstClock(real_datetime):
+        @classmethod
+        def now(cls, tz=None):
+            value = real_datetime.now(tz)
+            if not first_read.is_set():
+                first_read.set()
+                second_done.wait(0.5)  # the other submit runs now, if it can
+            return value
+
+    monkeypatch.setattr(jobs_module, "datetime", SlowFirstClock)
+    first = threading.Thread(target=submit, args=(client,))
+    first.start()
+    first_read.wait(5)
+    submit(client, prompt="a blue cube")
+    second_done.set()
+    first.join(5)
+    listed = client.get("/v1/jobs").json()["jobs"][::-1]  # oldest first
+    assert [job["queue_position"] for job in listed] == [0, 1]
+    assert listed[0]["created_at"] <= listed[1]["created_at"]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("{file}", "is a file, not a folder"),
+        ("/no/such/folder", "model folder '/no/such/folder' does not exist"),
+        ("/" + "m" * 4095, "(4096 characters)"),
+        ("not a hub id!", "is neither a folder on the server nor a hub id"),
+    ],
+    ids=["file", "missing", "too-long", "not-an-id"],
+)
+def test_model_source_problems_are_one_short_line(tmp_path, model, message):
+    from nfsd_server.model_source import check_model
+
+    (tmp_path / "unet.safetensors").write_bytes(b"weights")
+    with pytest.raises(ValueError) as error:
+        check_model(model.format(file=tmp_path / "unet.safetensors"))
+    assert message in str(error.value) and "\n" not in str(error.value) and len(str(error.value)) < 300

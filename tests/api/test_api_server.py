@@ -202,7 +202,9 @@ def test_api_server_restart_lists_results_and_resumes_the_interrupted_job(server
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--device", "warp-drive"], "--device 'warp-drive'"), (["--port", "70000"], "--port must be in 0..65535"),
-     (["--host", "192.0.2.1", "--token", ""], "without a token")],
+     (["--host", "192.0.2.1", "--token", ""], "without a token"),
+     (["--token", " "], "must be visible characters without spaces"),
+     (["--token", "abc def"], "must be visible characters without spaces")],
 )
 def test_api_serve_bad_arguments_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, message):
     from nfsd_server.cli import main
@@ -229,3 +231,14 @@ def test_api_served_connections_have_nagle_off():
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         listener.close()
+
+
+def test_api_server_exits_0_on_sigterm(tmp_path):
+    import signal
+
+    spawned = SpawnedServer(tmp_path / "jobs")
+    try:
+        spawned.process.send_signal(signal.SIGTERM)
+        assert spawned.process.wait(30) == 0
+    finally:
+        spawned.kill()

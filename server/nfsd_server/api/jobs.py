@@ -335,8 +335,9 @@ class JobManager:
         job_id = uuid.uuid4().hex
         folder = self.data_dir / job_id
         folder.mkdir(parents=True)
-        job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
         with self._lock:
+            # Stamped under the lock, so created_at order is queue order.
+            job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
             try:
                 if len(self._pending) >= self.max_queued:
                     raise QueueFull(len(self._pending))

@@ -23,6 +23,13 @@ MAX_SEED = 2**31 - 1
 _NO_CONTROL_CHARS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 
 
+def _require_visible(value: str, field_name: str) -> str:
+    # Letters, numbers, punctuation or symbols: zero-width and other format characters alone describe nothing.
+    if not any(unicodedata.category(char)[0] in "LNPS" for char in value):
+        raise ValueError(f"{field_name} has no visible characters; describe the object, e.g. 'a red ball'")
+    return value
+
+
 def _reject_control_chars(value: str, field_name: str) -> str:
     bad = next((char for char in value if unicodedata.category(char) == "Cc"), None)
     if bad is not None:
@@ -80,7 +87,8 @@ class JobRequest(BaseModel):
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _plain_text(cls, value: str, info) -> str:
-        return _reject_control_chars(value, info.field_name)
+        value = _reject_control_chars(value, info.field_name)
+        return _require_visible(value, info.field_name) if info.field_name == "prompt" else value
 
 
 class ResolvedJobRequest(JobRequest):
@@ -141,16 +149,21 @@ class MemoryUsage(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /v1/health`` (no token needed): is the server up, and what is it holding."""
+    """``GET /v1/health`` (no token needed): is the server up, and what is it holding.
+
+    Without a valid token (on a server that has one) only version, device and default_prior are filled in;
+    what the server is doing and holding is null.
+    """
 
     version: str
     device: str
     default_prior: str
+    authenticated: bool = Field(description="False: the fields below are withheld (null); send the token.")
     default_model: str | None
-    models_loaded: list[str] = Field(description="Warm priors as 'prior' or 'prior:model', e.g. 'analytic'.")
-    queue_length: int = Field(description="Jobs waiting (not counting the running one).")
+    models_loaded: list[str] | None = Field(description="Warm priors as 'prior' or 'prior:model', e.g. 'analytic'.")
+    queue_length: int | None = Field(description="Jobs waiting (not counting the running one).")
     running_job: str | None
-    memory: MemoryUsage
+    memory: MemoryUsage | None
 
 
 class ErrorBody(BaseModel):

@@ -12,12 +12,14 @@ on a loopback address, and then accepts any local client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ipaddress
 import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -126,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from nfsd_server.api.app import ServerConfig, create_app
 
     token = args.token or os.environ.get("NFSD_TOKEN") or None
+    if token is not None and (not token.isprintable() or any(char.isspace() for char in token)):
+        # HTTP clients strip or reject such a header value, so no client could ever match it.
+        raise UsageError("the token (--token or NFSD_TOKEN) must be visible characters without spaces")
     if token is None and not is_loopback(args.host):
         raise UsageError(
             f"refusing to serve on {args.host} without a token: set NFSD_TOKEN or pass --token "
@@ -154,6 +159,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     class AnnouncingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                # A SIGTERM that ended in a clean shutdown is a normal exit (0); uvicorn would re-raise it (-15).
+                self._captured_signals = [sig for sig in self._captured_signals if sig != signal.SIGTERM]
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if self.started:  # the lifespan ran and the socket is served: now clients may come
