@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 from torch import Tensor
@@ -100,7 +99,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, dict[str, Tensor]], dict[str,
     sections: dict[str, dict[str, Tensor]] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 section, _, name = key.partition(".")
                 sections.setdefault(section, {})[name] = handle.get_tensor(key)
     except (SafetensorError, OSError) as error:

@@ -223,7 +223,7 @@ def test_api_served_connections_have_nagle_off():
     listener = bind_socket("127.0.0.1", 0)
     try:
         listener.listen(1)
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()):
             accepted, _ = listener.accept()
             with accepted:
                 # What asyncio (and so uvicorn) checks before it sets TCP_NODELAY on a connection, and the result.
