@@ -41,7 +41,7 @@ def test_generate_end_to_end_with_the_tiny_model(tiny_sd_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     glb = out / "a-hamburger.glb"
     assert f"glb:        {glb}" in result.stdout
-    assert (out / "checkpoint.pt").is_file()
+    assert (out / "checkpoint.safetensors").is_file()
     assert sorted(p.name for p in (out / "previews").iterdir())[-1] == "step_000006.png"
     import trimesh
 
