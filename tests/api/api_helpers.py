@@ -104,7 +104,7 @@ class FakePipeline:
         glb = out_dir / (settings.prompt.replace(" ", "_") + ".glb")
         glb.write_bytes(trimesh.creation.icosphere(subdivisions=1).export(file_type="glb"))
         metadata = {"prompt": settings.prompt, "seed": settings.seed, "method": settings.method, "steps": total}
-        return GenerationResult(glb_path=glb, checkpoint_path=out_dir / "checkpoint.pt", metadata=metadata)
+        return GenerationResult(glb_path=glb, checkpoint_path=checkpoint, metadata=metadata)
 
 
 def wait_state(client, job_id: str, states: str | tuple[str, ...], timeout: float = 10.0) -> dict:
