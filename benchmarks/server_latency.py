@@ -1,7 +1,8 @@
 """Server latency as the add-on sees it: a real `nfsd serve` on loopback, the analytic prior, stdlib HTTP.
 
 Prints warm submit → first progress latency (the second job, after the prior is loaded) and the status-poll
-latency (p50/p99) while that job trains. Last line: ``first_progress_s=<seconds>``.
+latency (p50/p99) while that job trains, for a new connection per request (the add-on's urllib) and for one
+kept-alive connection (curl, httpx, a browser). Last line: ``keepalive_p50_ms=<milliseconds>``.
 
     python benchmarks/server_latency.py [--polls 300] [--steps 400]
 """
@@ -9,6 +10,7 @@ latency (p50/p99) while that job trains. Last line: ``first_progress_s=<seconds>
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import secrets
@@ -42,6 +44,25 @@ class Client:
             if done(status):
                 return status
         raise TimeoutError(f"job {job_id} did not get there in {timeout} s: {status}")
+
+
+class KeepAliveClient:
+    """http.client on one persistent connection: where a missing TCP_NODELAY costs ~40 ms per request."""
+
+    def __init__(self, port: int, token: str):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def get(self, path: str) -> dict:
+        self.connection.request("GET", path, headers=self.headers)
+        response = self.connection.getresponse()
+        body = response.read()
+        if response.will_close:
+            raise RuntimeError("the server closed a keep-alive connection")
+        return json.loads(body)
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,6 +104,13 @@ def main() -> int:
                 tick = time.perf_counter()
                 status = client.call("GET", f"/v1/jobs/{job_id}")
                 latencies.append(time.perf_counter() - tick)
+            keep_alive = KeepAliveClient(port, token)
+            keepalive_latencies = []
+            for _ in range(args.polls):
+                tick = time.perf_counter()
+                status = keep_alive.get(f"/v1/jobs/{job_id}")
+                keepalive_latencies.append(time.perf_counter() - tick)
+            keep_alive.close()
             assert status["state"] == "running", f"the job stopped before the polls ended: {status['state']}"
             steps_during_polls = status["step"]
             client.call("DELETE", f"/v1/jobs/{job_id}")
@@ -91,7 +119,11 @@ def main() -> int:
             ms = [latency * 1000 for latency in latencies]
             print(f"status_poll_ms p50={percentile(ms, 0.5):.2f} p99={percentile(ms, 0.99):.2f} "
                   f"mean={statistics.fmean(ms):.2f} n={len(ms)} (job running, step {steps_during_polls})")
+            keepalive_ms = [latency * 1000 for latency in keepalive_latencies]
+            print(f"keepalive_poll_ms p50={percentile(keepalive_ms, 0.5):.2f} p99={percentile(keepalive_ms, 0.99):.2f} "
+                  f"mean={statistics.fmean(keepalive_ms):.2f} n={len(keepalive_ms)} (one connection)")
             print(f"first_progress_s={first_progress_s:.3f}")
+            print(f"keepalive_p50_ms={percentile(keepalive_ms, 0.5):.2f}")
         finally:
             server.stdin.close()
             server.wait(30)

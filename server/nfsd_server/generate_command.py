@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 from nfsd_blender import contract
+from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
-from nfsd_server.presets import PRESETS
 from nfsd_server.pipeline import Callbacks, run_generation
+from nfsd_server.presets import PRESETS
 from nfsd_server.settings import GenerationSettings, resolve_settings
 
 CLI_DEFAULT_PRESET = "draft"  # the command line's default runs on a CPU in minutes; the add-on's is the contract's
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
@@ -73,18 +74,43 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+def check_resumable(out_dir: Path, settings: GenerationSettings) -> None:
+    """Before any model loads: a --resume checkpoint must be ours and from these settings (UsageError if not)."""
+    from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
+    from nfsd_server.train import CHECKPOINT_NAME, check_checkpoint_matches
+
+    path = out_dir / CHECKPOINT_NAME
+    try:
+        if path.exists():
+            check_checkpoint_matches(read_checkpoint_info(path), settings, path)
+        elif (out_dir / LEGACY_NAME).exists():
+            read_checkpoint_info(out_dir / LEGACY_NAME)  # raises, naming the old format; never unpickled
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from nfsd_server.checkpoints import CheckpointError
     from nfsd_server.guidance.prior import load_prior
+    from nfsd_server.model_source import check_model
 
     settings = settings_from_args(args)
+    device = check_device(args.device)
+    if settings.prior == "stable-diffusion" and settings.model is not None:
+        try:
+            check_model(settings.model)  # a missing folder or an unreachable hub id, before the slow load
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     out_dir = writable_dir(args.out)
+    if args.resume:
+        check_resumable(out_dir, settings)
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:
-        prior = load_prior(settings.prior, settings.model, args.device)
+        prior = load_prior(settings.prior, settings.model, device)
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)  # fail on a bad prompt before training
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -104,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             print("exporting mesh…", flush=True)
 
-    result = run_generation(settings, prior, out_dir, Callbacks(on_progress, on_preview, on_stage), resume=args.resume)
+    try:
+        result = run_generation(
+            settings, prior, out_dir, Callbacks(on_progress, on_preview, on_stage), resume=args.resume
+        )
+    except CheckpointError as error:  # the --resume checkpoint passed the early check but does not fit the run
+        bar.close()
+        raise UsageError(str(error)) from None
     bar.close()
     print(f"previews:   {previews}")
     print(f"checkpoint: {result.checkpoint_path}")

@@ -38,9 +38,10 @@ def check_text(value: str, name: str) -> None:
         raise ValueError(f"{name} contains the control character {bad!r}; use plain text on one line")
 
 
-def _visible(text: str) -> bool:
-    """False for text made only of whitespace and invisible format characters (zero-width spaces…)."""
-    return any(not char.isspace() and unicodedata.category(char) != "Cf" for char in text)
+def check_visible(value: str, name: str) -> None:
+    # Letters, numbers, punctuation or symbols: spaces and zero-width characters alone describe nothing.
+    if not any(unicodedata.category(char)[0] in "LNPS" for char in value):
+        raise ValueError(f'{name} is empty (no visible characters); describe the object, e.g. "a red ball"')
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ class GenerationSettings:
     model: str | None
 
     def __post_init__(self) -> None:
-        if not _visible(self.prompt):
-            raise ValueError('the prompt is empty; describe the object to generate, e.g. "a red ball"')
+        check_visible(self.prompt, "the prompt")
         check_text(self.prompt, "prompt")
         check_text(self.negative_prompt, "negative_prompt")
         if self.method not in contract.METHODS:

@@ -8,9 +8,7 @@ CPU generator seeded by the job seed, so the same seed and settings give the sam
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nfsd_server.files import write_atomic
+from nfsd_server.checkpoints import (
+    LEGACY_NAME,
+    CheckpointError,
+    flatten_optimizer,
+    read_checkpoint,
+    unflatten_optimizer,
+    write_checkpoint,
+)
 from nfsd_server.guidance.distillation import make_guidance
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
@@ -34,8 +39,7 @@ from nfsd_server.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.safetensors"
 PROGRESS_EVERY_CUDA = 10  # steps between loss reads (each one waits for the GPU)
 
 
@@ -235,44 +239,42 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Atomically write everything needed to resume bit-for-bit (on CPU) or re-export."""
+        """Atomically write everything needed to resume bit-for-bit (on CPU) or re-export: tensors + JSON."""
         assert self.out_dir is not None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / CHECKPOINT_NAME
-        state = {
-            "format": CHECKPOINT_FORMAT,
+        optimizer_tensors, optimizer_structure = flatten_optimizer(self.optimizer.state_dict())
+        sections = {
+            "field": self.field.state_dict(),
+            "background": self.background.state_dict(),
+            "renderer": self.renderer.state_dict(),
+            "optimizer": optimizer_tensors,
+            "generator": {"": self.generator.get_state()},
+        }
+        info = {
             "step": self.step,
             "settings": asdict(self.settings),
             "config": asdict(self.config),
             "field_config": asdict(self.field.config),
-            "field": self.field.state_dict(),
             "background_kind": self.config.background,
-            "background": self.background.state_dict(),
-            "renderer": self.renderer.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            "optimizer": optimizer_structure,
             "metadata": self.metadata,
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_atomic(path, buffer.getvalue())
+        write_checkpoint(path, sections, info)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = _read_checkpoint(path)
-        saved = state["settings"]
-        for key in ("prompt", "method", "seed", "preset", "steps", "guidance_scale", "negative_prompt"):
-            if saved[key] != getattr(self.settings, key):
-                raise ValueError(
-                    f"checkpoint {str(path)!r} was trained with {key}={saved[key]!r}, not {getattr(self.settings, key)!r}; "
-                    "resume with the same settings or start a new run"
-                )
-        self.field.load_state_dict(state["field"])
-        self.background.load_state_dict(state["background"])
-        self.renderer.load_state_dict(state["renderer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.step = state["step"]
+        sections, info = read_checkpoint(path)
+        check_checkpoint_matches(info, self.settings, path)
+        try:
+            self.field.load_state_dict(sections.get("field", {}))
+            self.background.load_state_dict(sections.get("background", {}))
+            self.renderer.load_state_dict(sections.get("renderer", {}))
+            self.optimizer.load_state_dict(unflatten_optimizer(sections.get("optimizer", {}), info["optimizer"]))
+            self.generator.set_state(sections["generator"][""])
+            self.step = int(info["step"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {error}"[:500]) from None
 
 
 def train(
@@ -283,32 +285,41 @@ def train(
     resume: bool = False,
     config: TrainConfig | None = None,
 ) -> TrainResult:
-    """Train a NeRF for ``settings.prompt``; with ``resume`` continue from ``out_dir/checkpoint.pt`` if present."""
+    """Train a NeRF for ``settings.prompt``; with ``resume`` continue from ``out_dir/CHECKPOINT_NAME`` if present."""
     trainer = Trainer(settings, prior, out_dir, config)
+    if resume and out_dir is not None and (out_dir / LEGACY_NAME).exists() and not (out_dir / CHECKPOINT_NAME).exists():
+        raise CheckpointError(
+            f"{str(out_dir / LEGACY_NAME)!r} is an old pickle checkpoint, which is not loaded (unpickling can run "
+            "code); resume is not possible: start a new run (without --resume or with another --out)"
+        )
     if resume and out_dir is not None and (out_dir / CHECKPOINT_NAME).exists():
         trainer.load_checkpoint(out_dir / CHECKPOINT_NAME)
         log.info("resumed from %s at step %d", out_dir / CHECKPOINT_NAME, trainer.step)
     return trainer.run(callbacks)
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the checkpoint.pt a training run wrote")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable nfsd checkpoint: {error}") from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} is not an nfsd checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
+def check_checkpoint_matches(info: dict[str, Any], settings: GenerationSettings, path: Path) -> None:
+    """CheckpointError unless the checkpoint was trained with the settings that shape the run."""
+    saved = info.get("settings")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has no training settings; start a new run")
+    for key in ("prompt", "method", "seed", "preset", "steps", "guidance_scale", "negative_prompt"):
+        if saved.get(key) != getattr(settings, key):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was trained with {key}={saved.get(key)!r}, not {getattr(settings, key)!r}; "
+                "resume with the same settings or start a new run"
+            )
 
 
 def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
     """(NeRF field on CPU in eval mode, GLB metadata) from a checkpoint, for re-export without retraining."""
-    state = _read_checkpoint(path)
-    field_config = dict(state["field_config"])
-    field_config["grid"] = HashGridConfig(**field_config["grid"])
-    nerf = NeRFField(FieldConfig(**field_config))
-    nerf.load_state_dict(state["field"])
-    return nerf.eval(), dict(state["metadata"])
+    sections, info = read_checkpoint(path)
+    try:
+        field_config = dict(info["field_config"])
+        field_config["grid"] = HashGridConfig(**field_config["grid"])
+        nerf = NeRFField(FieldConfig(**field_config))
+        nerf.load_state_dict(sections["field"])
+        metadata = dict(info["metadata"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {error}"[:500]) from None
+    return nerf.eval(), metadata

@@ -67,15 +67,25 @@ class FakePipeline:
         self.step_s, self.loss = step_s, loss
         self.gate = threading.Event()
         self.gate.set()
+        self.pause_at_step: int | None = None  # clear the gate when this step is reached
         self.started: list[str] = []  # prompts, in the order jobs started
+        self.started_from: dict[str, int] = {}  # prompt → the step it began at (>0 when resumed)
         self.cancelled_at: dict[str, int] = {}
 
-    def __call__(self, settings, prior, out_dir: Path, callbacks) -> GenerationResult:
+    def __call__(self, settings, prior, out_dir: Path, callbacks, resume: bool = False) -> GenerationResult:
+        from nfsd_server.checkpoints import read_checkpoint_info, write_checkpoint
+        from nfsd_server.train import CHECKPOINT_NAME
+
         self.started.append(settings.prompt)
         callbacks.on_stage("training")
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         total = settings.steps
-        for step in range(total):
+        checkpoint = out_dir / CHECKPOINT_NAME
+        first = read_checkpoint_info(checkpoint)["step"] if resume and checkpoint.exists() else 0
+        self.started_from[settings.prompt] = first
+        for step in range(first, total):
+            if step == self.pause_at_step:
+                self.gate.clear()
             while not self.gate.wait(0.01):
                 if callbacks.should_cancel():
                     break
@@ -87,13 +97,14 @@ class FakePipeline:
             callbacks.on_progress(step + 1, total, loss, (total - step - 1) * self.step_s)
             if (step + 1) % 5 == 0 or step + 1 == total:
                 callbacks.on_preview(step + 1, np.full((16, 16, 3), (step * 10) % 256, dtype=np.uint8))
+                write_checkpoint(checkpoint, {}, {"step": step + 1})  # the real format, holding only the step
         callbacks.on_stage("exporting")
         import trimesh
 
         glb = out_dir / (settings.prompt.replace(" ", "_") + ".glb")
         glb.write_bytes(trimesh.creation.icosphere(subdivisions=1).export(file_type="glb"))
         metadata = {"prompt": settings.prompt, "seed": settings.seed, "method": settings.method, "steps": total}
-        return GenerationResult(glb_path=glb, checkpoint_path=out_dir / "checkpoint.pt", metadata=metadata)
+        return GenerationResult(glb_path=glb, checkpoint_path=checkpoint, metadata=metadata)
 
 
 def wait_state(client, job_id: str, states: str | tuple[str, ...], timeout: float = 10.0) -> dict:

@@ -26,7 +26,7 @@ def spec(tmp_path_factory):
 def test_api_contract_routes_and_methods(spec):
     routes = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert routes == {
-        ("/v1/jobs", "post"), ("/v1/jobs", "get"),
+        ("/v1/jobs", "post"), ("/v1/jobs", "get"), ("/v1/jobs", "delete"),
         ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}", "delete"),
         ("/v1/jobs/{job_id}/preview.png", "get"),
         ("/v1/jobs/{job_id}/result.glb", "get"), ("/v1/jobs/{job_id}/result.json", "get"),
@@ -78,15 +78,19 @@ def test_api_contract_job_status_and_health(spec):
     schemas = spec["components"]["schemas"]
     assert set(schemas["JobStatus"]["properties"]) == {
         "id", "state", "step", "total", "loss", "eta_s", "queue_position", "error", "hint", "request",
-        "created_at", "started_at", "finished_at", "has_preview", "preview_step",
+        "created_at", "started_at", "finished_at", "has_preview", "preview_step", "resumed_from_step",
     }
     assert schemas["JobStatus"]["properties"]["state"]["enum"] == [
         "queued", "running", "exporting", "done", "failed", "cancelled",
     ]
-    assert set(schemas["JobList"]["properties"]) == {"jobs"}
+    assert set(schemas["JobList"]["properties"]) == {"jobs", "total", "next_offset"}
+    assert set(schemas["PurgeResult"]["properties"]) == {"deleted"}
+    paging = {p["name"]: p["schema"] for p in spec["paths"]["/v1/jobs"]["get"]["parameters"]}
+    assert paging["limit"]["default"] == 100 and paging["limit"]["maximum"] == 1000 and paging["offset"]["default"] == 0
     assert set(schemas["JobCreated"]["properties"]) == {"id"}
     assert set(schemas["Health"]["properties"]) == {
         "version", "device", "default_prior", "default_model", "models_loaded", "queue_length", "running_job", "memory",
+        "authenticated",
     }
     assert set(schemas["MemoryUsage"]["properties"]) == {"rss_bytes", "cuda_allocated_bytes"}
     assert set(schemas["ErrorBody"]["properties"]) == {"detail", "hint"}

@@ -11,7 +11,6 @@ from PIL import Image
 
 from api_helpers import TOKEN, wait_for, wait_state
 from nfsd_blender.contract import NFSD_NEGATIVE_PROMPT
-from nfsd_server.api.jobs import RESTART_REASON, STOPPED_REASON
 
 RED_BALL = {"prompt": "a red ball", "steps": 12, "preset": "draft", "poly_budget": 1000, "texture_size": 512}
 
@@ -177,6 +176,8 @@ def test_api_without_a_token_a_loopback_server_accepts_anyone(make_client):
         ({"prompt": "   "}, "prompt"),
         ({"prompt": "x" * 1001}, "prompt"),
         ({"prompt": "a red\nball"}, "prompt"),
+        ({"prompt": "\u200b\u200c\u2060\ufeff"}, "prompt"),  # zero-width only
+        ({"prompt": "\u00a0\u3000"}, "prompt"),  # no-break and ideographic spaces only
         ({"prompt": "a red ball", "negative_prompt": "bad\x00"}, "negative_prompt"),
         ({"prompt": 123}, "prompt"),
         ({"steps": -5}, "steps"),
@@ -208,6 +209,12 @@ def test_api_bad_body_is_422_naming_the_field(client, body, field):
 def test_api_malformed_body_is_422_not_500(client, raw):
     response = client.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["hint"]
+    assert "fix 0" not in response.json()["hint"] and "fix 1" not in response.json()["hint"]
+
+
+def test_api_a_json_syntax_error_hint_says_so(client):
+    response = client.post("/v1/jobs", content=b'{"prompt": "a red ball",}', headers={"Content-Type": "application/json"})
+    assert response.json()["hint"] == "the body is not valid JSON (error at character 24); send one JSON object"
 
 
 def test_api_unknown_job_is_404_and_unfinished_result_is_409(client, fake_pipeline):
@@ -234,40 +241,61 @@ def test_api_unexpected_error_is_500_json_without_traceback(client):
     assert response.json()["detail"] == "internal server error" and "secret" not in response.text
 
 
-def test_api_restart_lists_finished_jobs_and_fails_interrupted_ones(make_client, fake_pipeline, tmp_path):
+def test_api_restart_queues_queued_jobs_again_and_resumes_the_interrupted_one(make_client, fake_pipeline, tmp_path):
     before = make_client()
     done = submit(before)
     wait_state(before, done, "done")
-    fake_pipeline.gate.clear()
+    fake_pipeline.pause_at_step = 7  # checkpoints at 5 and 10: the restart must resume from 5
     running, queued = submit(before), submit(before, prompt="a blue cube")
-    wait_state(before, running, "running")
+    wait_for(lambda: before.get(f"/v1/jobs/{running}").json()["step"] == 7, what="step 7")
+    before.__exit__(None, None, None)  # the server stops while the job runs
+    record = json.loads((tmp_path / "jobs" / running / "job.json").read_text())
+    assert record["state"] == "running" and record["step"] == 7  # not failed: the next start resumes it
 
-    # A second server on the same folder sees what a crashed first one left behind.
+    fake_pipeline.pause_at_step = None
+    fake_pipeline.gate.set()
     after = make_client(data_dir=tmp_path / "jobs")
-    jobs = {job["id"]: job for job in after.get("/v1/jobs").json()["jobs"]}
     assert [job["id"] for job in after.get("/v1/jobs").json()["jobs"]] == [queued, running, done]
-    assert jobs[done]["state"] == "done"
+    resumed, then = wait_state(after, running, "done"), wait_state(after, queued, "done")
+    assert resumed["resumed_from_step"] == 5 and resumed["error"] is None and resumed["step"] == 12
+    assert then["resumed_from_step"] is None and then["error"] is None
+    assert fake_pipeline.started_from == {"a red ball": 5, "a blue cube": 0}
+    assert fake_pipeline.started[-2:] == ["a red ball", "a blue cube"]  # in their original order
     assert after.get(f"/v1/jobs/{done}/result.glb").status_code == 200
-    for job_id in (running, queued):
-        assert jobs[job_id]["state"] == "failed" and jobs[job_id]["error"] == RESTART_REASON
 
 
-def test_api_shutdown_fails_the_running_job_instead_of_cancelling_it(make_client, fake_pipeline, tmp_path):
-    client = make_client()
+def test_api_a_crashed_job_without_a_checkpoint_starts_over(make_client, client, tmp_path):
+    job_id = submit(client)
+    record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+    wait_state(client, job_id, "done")
+    crashed = record | {"id": "f" * 32, "state": "running", "step": 3, "started_at": record["created_at"]}
+    (tmp_path / "jobs" / crashed["id"]).mkdir()
+    (tmp_path / "jobs" / crashed["id"] / "job.json").write_text(json.dumps(crashed))
+    (tmp_path / "jobs" / crashed["id"] / "checkpoint.safetensors").write_bytes(b"torn")
+    after = make_client(data_dir=tmp_path / "jobs")
+    status = wait_state(after, crashed["id"], "done")
+    assert status["resumed_from_step"] == 0 and status["step"] == 12
+    assert (tmp_path / "jobs" / crashed["id"] / "checkpoint.safetensors.unreadable").read_bytes() == b"torn"
+
+
+def test_api_health_reports_server_settings_and_withholds_details_without_the_token(make_client, fake_pipeline):
+    client = make_client(default_model="my/model")
     fake_pipeline.gate.clear()
     job_id = submit(client)
     wait_state(client, job_id, "running")
-    client.__exit__(None, None, None)  # lifespan shutdown: the worker stops at the next step
-    record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
-    assert record["state"] == "failed" and record["error"] == STOPPED_REASON
-
-
-def test_api_health_reports_server_settings_without_auth(make_client):
-    client = make_client(default_model="my/model")
-    health = client.get("/v1/health", headers={"Authorization": ""}).json()
+    health = client.get("/v1/health").json()
     assert health["device"] == "cpu" and health["default_prior"] == "analytic" and health["default_model"] == "my/model"
     assert health["memory"]["rss_bytes"] > 10_000_000 and health["memory"]["cuda_allocated_bytes"] is None
-    assert health["queue_length"] == 0 and health["running_job"] is None and health["models_loaded"] == []
+    assert health["queue_length"] == 0 and health["running_job"] == job_id and health["models_loaded"] == ["analytic"]
+    assert health["authenticated"] is True
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        anonymous = client.get("/v1/health", headers=headers).json()
+        assert anonymous == {
+            "version": health["version"], "device": "cpu", "default_prior": "analytic", "authenticated": False,
+            "default_model": None, "models_loaded": None, "queue_length": None, "running_job": None, "memory": None,
+        }
+    open_server = make_client(token=None)
+    assert open_server.get("/v1/health", headers={"Authorization": ""}).json()["authenticated"] is True
 
 
 def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path):
@@ -283,9 +311,285 @@ def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path)
 def test_api_unreadable_job_records_are_skipped_at_start(make_client, client, tmp_path):
     kept = submit(client)
     wait_state(client, kept, "done")
-    odd = json.loads((tmp_path / "jobs" / kept / "job.json").read_text()) | {"id": "odd-state", "state": "paused"}
-    for name, text in {"garbage": "{not json", "odd-state": json.dumps(odd)}.items():
+    odd = json.loads((tmp_path / "jobs" / kept / "job.json").read_text()) | {"id": "0" * 32, "state": "paused"}
+    for name, text in {"garbage": "{not json", "0" * 32: json.dumps(odd)}.items():
         (tmp_path / "jobs" / name).mkdir()
         (tmp_path / "jobs" / name / "job.json").write_text(text)
     restarted = make_client(data_dir=tmp_path / "jobs")
     assert [job["id"] for job in restarted.get("/v1/jobs").json()["jobs"]] == [kept]
+
+
+def _finished_job_record(client, tmp_path) -> tuple[str, dict]:
+    job_id = submit(client)
+    wait_state(client, job_id, "done")
+    return job_id, json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+
+
+def _plant(tmp_path, record: dict) -> str:
+    """A copy of ``record`` under a fresh job id, as a hand edit or another version might leave it."""
+    import uuid
+
+    job_id = uuid.uuid4().hex
+    (tmp_path / "jobs" / job_id).mkdir()
+    (tmp_path / "jobs" / job_id / "job.json").write_text(json.dumps({**record, "id": job_id}))
+    return job_id
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"glb_name": "../../../../etc/passwd"},
+        {"glb_name": "/etc/passwd"},
+        {"created_at": "2026-01-01T00:00:00"},  # timezone-naive: used to stop the server from starting
+        {"step": "abc"},  # used to make every GET /v1/jobs a 500
+        {"metadata": ["not", "a", "dict"]},  # used to make result.json a 500
+        {"request": {"prompt": "a red ball"}},  # missing resolved fields
+        {"state": "paused"},
+    ],
+    ids=["dotdot", "absolute", "naive-time", "step-string", "metadata-list", "request-unresolved", "state"],
+)
+def test_api_a_bad_job_record_is_set_aside_and_the_rest_serve(make_client, client, tmp_path, caplog, change):
+    kept, record = _finished_job_record(client, tmp_path)
+    bad = _plant(tmp_path, record | change)
+    restarted = make_client(data_dir=tmp_path / "jobs")
+    listed = restarted.get("/v1/jobs")
+    assert listed.status_code == 200 and [job["id"] for job in listed.json()["jobs"]] == [kept]
+    assert restarted.get(f"/v1/jobs/{bad}/result.glb").status_code == 404
+    assert restarted.get(f"/v1/jobs/{kept}/result.glb").status_code == 200
+    assert restarted.get(f"/v1/jobs/{kept}/result.json").status_code == 200
+    assert any("setting aside" in message and bad in message for message in caplog.messages)
+
+
+def test_api_a_result_swapped_for_a_link_outside_the_job_folder_is_not_served(client, tmp_path):
+    job_id, record = _finished_job_record(client, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for clients")
+    glb = tmp_path / "jobs" / job_id / record["glb_name"]
+    glb.unlink()
+    glb.symlink_to(secret)
+    response = client.get(f"/v1/jobs/{job_id}/result.glb")
+    assert response.status_code == 404 and "not for clients" not in response.text
+    assert "not in its folder" in response.json()["detail"]
+
+
+def _asgi_call(app, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, dict, int]:
+    """POST /v1/jobs straight through ASGI: (status, JSON body, how many body chunks the app asked for)."""
+    import asyncio
+
+    asked = 0
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        nonlocal asked
+        asked += 1
+        if asked > len(chunks):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": chunks[asked - 1], "more_body": asked < len(chunks)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/jobs", "raw_path": b"/v1/jobs", "root_path": "", "query_string": b"",
+        "headers": [(key.lower().encode(), value.encode()) for key, value in headers.items()],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }
+    asyncio.run(app(scope, receive, send))
+    status = next(message["status"] for message in sent if message["type"] == "http.response.start")
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return status, json.loads(body), asked
+
+
+def test_api_the_token_is_checked_before_any_of_the_body_is_read(client):
+    hundred_mb = {"content-type": "application/json", "content-length": str(100 * 2**20)}
+    status, body, asked = _asgi_call(client.app, hundred_mb, [b"x" * 2**20] * 100)
+    assert (status, asked) == (401, 0) and body["detail"].startswith("missing")
+    status, _, asked = _asgi_call(client.app, hundred_mb | {"authorization": "Bearer wrong"}, [b"x"])
+    assert (status, asked) == (401, 0)
+
+
+def test_api_bodies_over_the_cap_are_413(client):
+    from nfsd_server.api.limits import MAX_BODY_BYTES
+
+    declared = {"authorization": f"Bearer {TOKEN}", "content-length": str(10 * 2**20)}
+    status, body, asked = _asgi_call(client.app, declared, [b"x" * 2**20] * 10)
+    assert (status, asked) == (413, 0) and str(MAX_BODY_BYTES) in body["detail"] and body["hint"]
+    # No length given (chunked): reading stops at the first chunk past the cap.
+    status, _, asked = _asgi_call(client.app, {"authorization": f"Bearer {TOKEN}"}, [b" " * 16384] * 1000)
+    assert status == 413 and asked == MAX_BODY_BYTES // 16384 + 1
+    response = client.post("/v1/jobs", content=b" " * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    # Just under the cap is read and validated as usual.
+    padded = json.dumps(RED_BALL).encode() + b" " * (MAX_BODY_BYTES - len(json.dumps(RED_BALL)))
+    assert client.post("/v1/jobs", content=padded, headers={"content-type": "application/json"}).status_code == 202
+    assert client.get("/v1/jobs").json()["jobs"][0]["state"] in ("queued", "running", "exporting", "done")
+
+
+def test_api_a_job_that_cannot_be_recorded_is_refused_507_and_leaves_nothing(client, tmp_path, monkeypatch):
+    import errno
+
+    import nfsd_server.api.jobs as jobs_module
+
+    real_write = jobs_module.write_atomic
+
+    def disk_full(path, data):
+        if path.name == "job.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(jobs_module, "write_atomic", disk_full)
+    response = client.post("/v1/jobs", json=RED_BALL)
+    assert response.status_code == 507, response.text
+    assert "No space left on device" in response.json()["detail"] and "free disk space" in response.json()["hint"]
+    assert list((tmp_path / "jobs").iterdir()) == [] and client.get("/v1/jobs").json()["jobs"] == []
+    monkeypatch.setattr(jobs_module, "write_atomic", real_write)
+    wait_state(client, submit(client), "done")
+
+
+def test_api_only_model_loading_errors_get_the_model_hint(client, monkeypatch):
+    import errno
+
+    def disk_full_while_training(settings, prior, out_dir, callbacks, resume=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(client.app.state.manager, "_run_fn", disk_full_while_training)
+    full = wait_state(client, submit(client), "failed")
+    assert "hub id" not in full["hint"] and "disk is full" in full["hint"]
+    bad_model = wait_state(client, submit(client, prior="stable-diffusion", model="/nonexistent/model"), "failed")
+    assert "hub id" in bad_model["hint"]
+
+
+def test_api_the_queue_is_capped_with_429(make_client, tmp_path):
+    client = make_client(start_worker=False, max_queued=2)
+    first, _ = submit(client), submit(client)
+    refused = client.post("/v1/jobs", json=RED_BALL)
+    assert refused.status_code == 429 and "2 jobs are already queued" in refused.json()["detail"]
+    assert refused.json()["hint"] and refused.headers["retry-after"] == "30"
+    assert len(list((tmp_path / "jobs").iterdir())) == 2  # the refused job left no folder
+    client.delete(f"/v1/jobs/{first}")
+    submit(client)  # room again
+
+
+def test_api_job_list_is_paged_newest_first(make_client):
+    client = make_client(start_worker=False)
+    ids = [submit(client) for _ in range(5)]
+    everything = client.get("/v1/jobs").json()
+    assert [job["id"] for job in everything["jobs"]] == ids[::-1]
+    assert everything["total"] == 5 and everything["next_offset"] is None
+    page = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [job["id"] for job in page["jobs"]] == ids[:2:-1] and page["next_offset"] == 2 and page["total"] == 5
+    last = client.get("/v1/jobs", params={"limit": 2, "offset": 4}).json()
+    assert [job["id"] for job in last["jobs"]] == ids[:1] and last["next_offset"] is None
+    assert client.get("/v1/jobs", params={"limit": 1001}).status_code == 422
+    assert client.get("/v1/jobs", params={"offset": -1}).status_code == 422
+
+
+def test_api_purge_deletes_finished_jobs_and_their_folders_only(client, fake_pipeline, tmp_path):
+    finished = [submit(client) for _ in range(2)]
+    for job_id in finished:
+        wait_state(client, job_id, "done")
+    fake_pipeline.gate.clear()
+    running, queued = submit(client), submit(client)
+    wait_state(client, running, "running")
+    assert client.delete("/v1/jobs", params={"older_than_s": 3600}).json() == {"deleted": []}
+    assert client.delete("/v1/jobs", params={"older_than_s": 0}).json() == {"deleted": finished}
+    for job_id in finished:
+        assert not (tmp_path / "jobs" / job_id).exists()
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert {job["id"] for job in client.get("/v1/jobs").json()["jobs"]} == {running, queued}
+    assert client.delete("/v1/jobs", params={"older_than_s": -1}).status_code == 422
+
+
+def test_api_retention_keeps_the_newest_finished_jobs_and_drops_old_ones(make_client, client, tmp_path):
+    old = submit(client)
+    wait_state(client, old, "done")
+    record = json.loads((tmp_path / "jobs" / old / "job.json").read_text())
+    (tmp_path / "jobs" / old / "job.json").write_text(json.dumps(record | {"finished_at": "2020-01-01T00:00:00+00:00"}))
+    restarted = make_client(data_dir=tmp_path / "jobs", retention_days=30, max_finished=2)
+    assert not (tmp_path / "jobs" / old).exists()  # finished in 2020: deleted at start-up
+    newer = [submit(restarted) for _ in range(3)]
+    for job_id in newer:
+        wait_state(restarted, job_id, "done")
+    wait_for(lambda: restarted.get("/v1/jobs").json()["total"] == 2, what="the oldest finished job to go")
+    assert [job["id"] for job in restarted.get("/v1/jobs").json()["jobs"]] == newer[:0:-1]
+
+
+def test_api_benchmark_models_need_the_server_flag(make_client):
+    client = make_client(start_worker=False)
+    refused = client.post("/v1/jobs", json={**RED_BALL, "prior": "stable-diffusion", "model": "random:sd21-base"})
+    assert refused.status_code == 403 and "--allow-benchmark-models" in refused.json()["detail"]
+    allowed = make_client(start_worker=False, allow_benchmark_models=True)
+    assert allowed.post("/v1/jobs", json={**RED_BALL, "prior": "stable-diffusion", "model": "random:tiny"}).status_code == 202
+
+
+@pytest.mark.parametrize("offline", ["env", "unreachable"])
+def test_api_an_uncached_hub_model_fails_at_once_while_offline(tmp_path, fake_pipeline, monkeypatch, offline):
+    import nfsd_server.api.jobs as jobs_module
+    from nfsd_server.api.jobs import JobManager
+    from nfsd_server.api.schemas import JobRequest
+
+    loads = []
+    monkeypatch.setattr(jobs_module, "load_prior", lambda *args: loads.append(args))
+    if offline == "unreachable":  # no offline flag, but nothing answers where the hub should be
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    manager = JobManager(tmp_path / "jobs", device="cpu", run_fn=fake_pipeline)  # the real (checked) loader
+    manager.start()
+    try:
+        job = manager.submit(JobRequest(prompt="a red ball", prior="stable-diffusion", model="nobody/no-such-model"))
+        status = wait_for(lambda: (s := manager.status(job.id)).state == "failed" and s, what="the job to fail")
+    finally:
+        manager.stop()
+    assert "'nobody/no-such-model' is not in this server's model cache" in status.error and "offline" in status.error
+    assert loads == []  # diffusers was never asked (it would retry for ~20 s)
+
+
+def test_api_created_at_order_is_queue_order(make_client, monkeypatch):
+    """Two submits race: the one whose clock reading comes first must also be first in the queue."""
+    import threading
+    from datetime import datetime as real_datetime
+
+    import nfsd_server.api.jobs as jobs_module
+
+    client = make_client(start_worker=False)
+    second_done, first_read = threading.Event(), threading.Event()
+
+    class SlowFirstClock(real_datetime):
+        @classmethod
+        def now(cls, tz=None):
+            value = real_datetime.now(tz)
+            if not first_read.is_set():
+                first_read.set()
+                second_done.wait(0.5)  # the other submit runs now, if it can
+            return value
+
+    monkeypatch.setattr(jobs_module, "datetime", SlowFirstClock)
+    first = threading.Thread(target=submit, args=(client,))
+    first.start()
+    first_read.wait(5)
+    submit(client, prompt="a blue cube")
+    second_done.set()
+    first.join(5)
+    listed = client.get("/v1/jobs").json()["jobs"][::-1]  # oldest first
+    assert [job["queue_position"] for job in listed] == [0, 1]
+    assert listed[0]["created_at"] <= listed[1]["created_at"]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("{file}", "is a file, not a folder"),
+        ("/no/such/folder", "model folder '/no/such/folder' does not exist"),
+        ("/" + "m" * 4095, "(4096 characters)"),
+        ("not a hub id!", "is neither a folder on the server nor a hub id"),
+    ],
+    ids=["file", "missing", "too-long", "not-an-id"],
+)
+def test_model_source_problems_are_one_short_line(tmp_path, model, message):
+    from nfsd_server.model_source import check_model
+
+    (tmp_path / "unet.safetensors").write_bytes(b"weights")
+    with pytest.raises(ValueError) as error:
+        check_model(model.format(file=tmp_path / "unet.safetensors"))
+    assert message in str(error.value) and "\n" not in str(error.value) and len(str(error.value)) < 300

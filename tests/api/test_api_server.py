@@ -19,7 +19,6 @@ import trimesh
 from PIL import Image
 
 from api_helpers import AUTH, SpawnedServer, wait_for
-from nfsd_server.api.jobs import RESTART_REASON
 
 RED_BALL = {"prompt": "a red ball", "prior": "analytic", "preset": "draft", "steps": 10, "poly_budget": 1000,
             "texture_size": 512, "seed": 1}
@@ -158,7 +157,7 @@ def test_api_server_cancels_running_and_queued_jobs(http, red_ball):
     assert status_of(http, queued)["started_at"] is None
 
 
-def test_api_server_restart_lists_results_and_fails_the_interrupted_job(server, red_ball, tmp_path):
+def test_api_server_restart_lists_results_and_resumes_the_interrupted_job(server, red_ball, tmp_path):
     data_dir = tmp_path / "jobs"
     done = red_ball["id"]
     shutil.copytree(server.data_dir / done, data_dir / done)  # a finished job from an earlier run
@@ -174,7 +173,11 @@ def test_api_server_restart_lists_results_and_fails_the_interrupted_job(server, 
         with httpx.Client(base_url=second.url, headers=AUTH, timeout=30) as http:
             jobs = {job["id"]: job for job in http.get("/v1/jobs").json()["jobs"]}
             assert jobs[done]["state"] == "done" and http.get(f"/v1/jobs/{done}/result.glb").status_code == 200
-            assert jobs[interrupted]["state"] == "failed" and jobs[interrupted]["error"] == RESTART_REASON
+            # Killed before its first checkpoint (every 200 steps): it starts over, and says so.
+            assert jobs[interrupted]["state"] in ("queued", "running") and jobs[interrupted]["error"] is None
+            assert jobs[interrupted]["resumed_from_step"] == 0
+            wait_for(lambda: status_of(http, interrupted)["step"] > 0, 90, "the resumed job to train")
+            assert http.delete(f"/v1/jobs/{interrupted}").status_code == 200
     finally:
         second.close_stdin_and_wait()
 
@@ -182,7 +185,9 @@ def test_api_server_restart_lists_results_and_fails_the_interrupted_job(server, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--device", "warp-drive"], "--device 'warp-drive'"), (["--port", "70000"], "--port must be in 0..65535"),
-     (["--host", "192.0.2.1", "--token", ""], "without a token")],
+     (["--host", "192.0.2.1", "--token", ""], "without a token"),
+     (["--token", " "], "must be visible characters without spaces"),
+     (["--token", "abc def"], "must be visible characters without spaces")],
 )
 def test_api_serve_bad_arguments_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, message):
     from nfsd_server.cli import main
@@ -191,3 +196,32 @@ def test_api_serve_bad_arguments_are_one_line_exit_2(tmp_path, capsys, monkeypat
     assert main(["serve", "--data-dir", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_api_served_connections_have_nagle_off():
+    import socket
+
+    from nfsd_server.api.server import bind_socket
+
+    listener = bind_socket("127.0.0.1", 0)
+    try:
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()):
+            accepted, _ = listener.accept()
+            with accepted:
+                # What asyncio (and so uvicorn) checks before it sets TCP_NODELAY on a connection, and the result.
+                assert listener.proto == socket.IPPROTO_TCP
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listener.close()
+
+
+def test_api_server_exits_0_on_sigterm(tmp_path):
+    import signal
+
+    spawned = SpawnedServer(tmp_path / "jobs")
+    try:
+        spawned.process.send_signal(signal.SIGTERM)
+        assert spawned.process.wait(30) == 0
+    finally:
+        spawned.kill()

@@ -41,7 +41,7 @@ def test_generate_end_to_end_with_the_tiny_model(tiny_sd_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     glb = out / "a-hamburger.glb"
     assert f"glb:        {glb}" in result.stdout
-    assert (out / "checkpoint.pt").is_file()
+    assert (out / "checkpoint.safetensors").is_file()
     assert sorted(p.name for p in (out / "previews").iterdir())[-1] == "step_000006.png"
     import trimesh
 
@@ -49,3 +49,75 @@ def test_generate_end_to_end_with_the_tiny_model(tiny_sd_dir, tmp_path):
     assert len(scene.geometry) == 1
     mesh = next(iter(scene.geometry.values()))
     assert 0 < len(mesh.faces) <= 500
+
+
+class RunsACommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("name", ["checkpoint.safetensors", "checkpoint.pt"])
+def test_resume_from_a_hostile_checkpoint_exits_2_without_running_it(tmp_path, name):
+    import torch
+
+    out, marker = tmp_path / "out", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"format": 1, "step": RunsACommand(f"touch {marker}")}, out / name)
+    result = nfsd("generate", "a red ball", "--steps", "2", "--out", str(out), "--resume", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0], result.stderr
+    assert not marker.exists()
+
+
+def _checkpoint_of(out, prompt: str) -> None:
+    """A real-format checkpoint whose settings say it was trained for ``prompt``."""
+    from dataclasses import asdict
+
+    from nfsd_server.checkpoints import write_checkpoint
+    from nfsd_server.settings import resolve_settings
+    from nfsd_server.train import CHECKPOINT_NAME
+
+    out.mkdir()
+    settings = resolve_settings(prompt, preset="draft", steps=2, seed=0)
+    write_checkpoint(out / CHECKPOINT_NAME, {}, {"step": 1, "settings": asdict(settings)})
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("device-cuda", "--device 'cuda': this torch build sees no CUDA GPU"),
+        ("device-bogus", "--device 'bogus' is not a torch device"),
+        ("resume-corrupt", "is not an nfsd checkpoint"),
+        ("resume-other-prompt", "was trained with prompt='a blue cube', not 'a red ball'"),
+        ("model-is-a-file", "is a file, not a folder"),
+        ("model-name-too-long", "(4096 characters)"),
+    ],
+)
+def test_generate_mistakes_are_one_line_and_exit_2(tmp_path, case, message):
+    out = tmp_path / "out"
+    extra = {
+        "device-cuda": ["--device", "cuda"], "device-bogus": ["--device", "bogus"],
+        "resume-corrupt": ["--resume"], "resume-other-prompt": ["--resume"],
+        "model-is-a-file": ["--model", str(tmp_path / "model.safetensors")],
+        "model-name-too-long": ["--model", "/" + "m" * 4095],
+    }[case]
+    if case == "resume-corrupt":
+        out.mkdir()
+        (out / "checkpoint.safetensors").write_bytes(b"\x00" * 100)
+    if case == "resume-other-prompt":
+        _checkpoint_of(out, "a blue cube")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    if case == "device-cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    result = nfsd("generate", "a red ball", "--steps", "2", "--out", str(out), *extra, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines[0]) < 400

@@ -77,3 +77,69 @@ def test_cli_defaults_are_the_export_defaults():
         20_000, 1024, 256, None, 1.0
     )
     ExportSettings(args.grid_resolution, args.threshold, args.poly_budget, args.texture_size, args.height)
+
+
+class RunsACommand:
+    """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_hostile_pickle_checkpoint_is_refused_without_running_it(tmp_path, capsys, writer):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"format": 1, "field": RunsACommand(f"touch {marker}")}
+    if writer == "pickle":
+        evil.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, evil)
+    assert main(["export", str(evil), "--out", str(tmp_path / "x.glb")]) == 2
+    error = capsys.readouterr().err
+    assert not marker.exists()  # the command in the pickle never ran
+    assert error.count("\n") == 1 and "evil.pt" in error and "not an nfsd checkpoint" in error
+    assert not (tmp_path / "x.glb").exists()
+
+
+def test_checkpoint_is_safetensors_data_with_json_metadata(checkpoint):
+    import json
+
+    from safetensors import safe_open
+
+    assert checkpoint.suffix == ".safetensors"
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        info = json.loads(handle.metadata()["nfsd_checkpoint"])
+        keys = set(handle.keys())
+        generator = handle.get_tensor("generator")
+    assert info["format"] == 2 and info["step"] == 0 and info["metadata"]["prompt"] == "a hamburger"
+    assert generator.dtype.is_floating_point is False and generator.numel() > 0
+    assert any(key.startswith("field.") for key in keys)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--height", "inf"], "--height must be a finite number, got inf"),
+     (["--threshold", "inf"], "--threshold must be a finite number, got inf")],
+)
+def test_non_finite_numbers_exit_2_instead_of_a_nan_glb(checkpoint, tmp_path, capsys, arguments, message):
+    out = tmp_path / "x.glb"
+    assert main(["export", str(checkpoint), "--out", str(out), *FAST, *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_out_naming_a_folder_exits_2(checkpoint, tmp_path, capsys):
+    assert main(["export", str(checkpoint), "--out", str(tmp_path), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert "is a folder; name the file to write" in error and error.count("\n") == 1

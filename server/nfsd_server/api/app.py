@@ -15,6 +15,7 @@ from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
+from nfsd_server.api.limits import GuardMiddleware
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class ServerConfig:
     default_prior: str = DEFAULT_PRIOR
     default_model: str | None = DEFAULT_MODEL
     device: str | None = None
+    max_queued: int = 100  # more waiting jobs → 429
+    retention_days: float | None = 30.0  # finished jobs older than this are deleted; None: kept
+    max_finished: int | None = 1000  # only the newest this many finished jobs are kept; None: all
+    allow_benchmark_models: bool = False  # random:* models (GBs of RAM, no use but benchmarks)
 
 
 def create_app(
@@ -42,7 +47,9 @@ def create_app(
     async def lifespan(app: FastAPI):
         manager = JobManager(
             config.data_dir, default_prior=config.default_prior, default_model=config.default_model,
-            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn,
+            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn, max_queued=config.max_queued,
+            retention_days=config.retention_days, max_finished=config.max_finished,
+            allow_benchmark_models=config.allow_benchmark_models,
         )
         app.state.manager = manager
         if start_worker:
@@ -61,6 +68,7 @@ def create_app(
     )
     app.state.token = config.token or None
     install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, token=config.token or None)
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
     return app

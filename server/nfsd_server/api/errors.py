@@ -43,6 +43,10 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
         }
         for item in error.errors()
     ]
+    if errors and errors[0]["type"] == "json_invalid":  # its loc is ("body", <character offset>), not a field
+        offset = errors[0]["loc"][-1]
+        hint = f"the body is not valid JSON (error at character {offset}); send one JSON object"
+        return JSONResponse({"detail": errors, "hint": hint}, status_code=422)
     names = [".".join(part for part in item["loc"] if part != "body") or "body" for item in errors]
     first = f"{names[0]}: {errors[0]['msg']}" if errors else "the request"
     hint = f"fix {first}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")

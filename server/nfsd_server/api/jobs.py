@@ -7,49 +7,63 @@ Cancellation is cooperative: ``DELETE`` sets a flag the training loop reads once
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import math
+import shutil
 import threading
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import ValidationError
-
+from nfsd_server.api.records import JobRecord, UnsafePath, inside
 from nfsd_server.api.schemas import (
     FINISHED_STATES,
     JobRequest,
-    JobState,
     JobStatus,
     ResolvedJobRequest,
 )
+from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
+from nfsd_server.model_source import check_benchmark_allowed, check_model
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation
 from nfsd_server.settings import GenerationSettings, resolve_settings
+from nfsd_server.train import CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"running", "cancelled", "failed"}),
-    # running → done directly when a run function reports no export stage.
-    "running": frozenset({"exporting", "done", "failed", "cancelled"}),
-    "exporting": frozenset({"done", "failed", "cancelled"}),
+    # running → done directly when a run function reports no export stage;
+    # running/exporting → queued only at start-up, for a job the previous server run was interrupted in.
+    "running": frozenset({"exporting", "done", "failed", "cancelled", "queued"}),
+    "exporting": frozenset({"done", "failed", "cancelled", "queued"}),
 }
-RESTART_REASON = "server restarted while the job was running; submit it again"
-STOPPED_REASON = "server stopped while the job was running; submit it again"
 JOB_FILE = "job.json"
 PREVIEW_FILE = "preview.png"
 
-RunFn = Callable[[GenerationSettings, Prior, Path, Callbacks], GenerationResult]
+RunFn = Callable[..., GenerationResult]  # (settings, prior, job folder, callbacks, *, resume: bool) → result
 LoadPriorFn = Callable[..., Prior]
+
+
+class QueueFull(Exception):
+    """``max_queued`` jobs are already waiting."""
+
+
+def load_checked_prior(name: str, model: str | None = None, device: str | None = None) -> Prior:
+    """``load_prior``, after the model's source is checked in milliseconds (a missing folder, an uncached hub id
+    while offline): a job that cannot load fails at once instead of holding the worker through retries."""
+    if name == "stable-diffusion" and model is not None:
+        check_model(model)
+    return load_prior(name, model, device)
 
 
 class JobNotFound(KeyError):
@@ -83,6 +97,7 @@ class Job:
     preview_step: int | None = None
     glb_name: str | None = None
     metadata: dict[str, Any] | None = None
+    resumed_from_step: int | None = None  # set when a restart interrupted the job: the step it continues from
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
     def record(self) -> dict[str, Any]:
@@ -102,33 +117,38 @@ class Job:
             "preview_step": self.preview_step,
             "glb_name": self.glb_name,
             "metadata": self.metadata,
+            "resumed_from_step": self.resumed_from_step,
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], folder: Path) -> Job:
-        def when(value: str | None) -> datetime | None:
-            return datetime.fromisoformat(value) if value else None
+    def from_record(cls, text: str, folder: Path) -> Job:
+        """A job from its job.json text; ValidationError/ValueError if the record breaks the schema."""
+        record = JobRecord.model_validate_json(text)
+        if record.id != folder.name:
+            raise ValueError(f"the record's id {record.id!r} is not its folder's name {folder.name!r}")
+        if record.glb_name is not None:
+            inside(folder, record.glb_name)
+        values = record.model_dump(exclude={"id"})
+        return cls(id=record.id, folder=folder, **values | {"request": record.request})
 
-        if record["state"] not in get_args(JobState):
-            raise ValueError(f"unknown state {record['state']!r}")
 
-        return cls(
-            id=record["id"],
-            request=ResolvedJobRequest.model_validate(record["request"], strict=False),
-            folder=folder,
-            created_at=datetime.fromisoformat(record["created_at"]),
-            state=record["state"],
-            step=record["step"],
-            loss=record["loss"],
-            eta_s=record["eta_s"],
-            error=record["error"],
-            hint=record["hint"],
-            started_at=when(record["started_at"]),
-            finished_at=when(record["finished_at"]),
-            preview_step=record["preview_step"],
-            glb_name=record["glb_name"],
-            metadata=record["metadata"],
-        )
+def checkpoint_step(folder: Path) -> int:
+    """The step of the job's last checkpoint; 0 when there is none (or none this version can read).
+
+    An unreadable checkpoint (or an old pickle one) is renamed ``*.unreadable``, else the resumed run would
+    refuse to start on it.
+    """
+    path = folder / CHECKPOINT_NAME
+    if (folder / LEGACY_NAME).exists():
+        (folder / LEGACY_NAME).rename(folder / f"{LEGACY_NAME}.unreadable")
+    if not path.exists():
+        return 0
+    try:
+        return int(read_checkpoint_info(path)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as error:
+        log.warning("%s cannot be resumed from (%s); the job starts over", path, error)
+        path.rename(folder / f"{CHECKPOINT_NAME}.unreadable")
+        return 0
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -145,15 +165,19 @@ def _finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def describe_failure(error: BaseException) -> tuple[str, str]:
-    """(one-line error, hint) for a job that raised: the message, never the traceback."""
+def describe_failure(error: BaseException, stage: str = "running") -> tuple[str, str]:
+    """(one-line error, hint) for a job that raised while ``stage`` ("loading" the model or "running")."""
     message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         hint = "out of memory: pick the draft preset, fewer steps or a smaller texture, or free the GPU"
     elif isinstance(error, FloatingPointError):
         hint = "training diverged: lower the guidance scale or try another seed"
-    elif isinstance(error, OSError):
+    elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the server's disk is full: free space in its --data-dir and submit the job again"
+    elif isinstance(error, OSError) and stage == "loading":
         hint = "check that the model is a hub id the server can reach or a diffusers folder on the server"
+    elif isinstance(error, OSError):
+        hint = "the server could not read or write a file of this job; see the server log"
     elif isinstance(error, ValueError):
         hint = "the prior or the pipeline rejected these settings; change them and submit again"
     else:
@@ -167,6 +191,9 @@ class JobManager:
     ``run_fn`` and ``load_prior_fn`` default to the real pipeline; tests inject fakes.
     ``max_warm_models`` priors stay loaded between jobs, keyed by (prior, model, device); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
+    Limits: at most ``max_queued`` jobs wait (QueueFull beyond); finished jobs older than ``retention_days``
+    or beyond the newest ``max_finished`` are deleted with their folders (None: no limit); ``random:*``
+    benchmark models only with ``allow_benchmark_models``.
     """
 
     def __init__(
@@ -179,6 +206,10 @@ class JobManager:
         run_fn: RunFn | None = None,
         load_prior_fn: LoadPriorFn | None = None,
         max_warm_models: int = 1,
+        max_queued: int = 100,
+        retention_days: float | None = 30.0,
+        max_finished: int | None = 1000,
+        allow_benchmark_models: bool = False,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +217,10 @@ class JobManager:
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
         self._run_fn: RunFn = run_fn or run_generation
-        self._load_prior_fn: LoadPriorFn = load_prior_fn or load_prior
+        self._load_prior_fn: LoadPriorFn = load_prior_fn or load_checked_prior
         self._max_warm_models = max(1, max_warm_models)
+        self.max_queued, self.retention_days, self.max_finished = max_queued, retention_days, max_finished
+        self.allow_benchmark_models = allow_benchmark_models
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
@@ -203,32 +236,46 @@ class JobManager:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the running job reaches a step boundary; it is marked failed (submit it again)."""
+        """Stop after the running job reaches a step boundary; its record still says running, so the next
+        start resumes it from its last checkpoint."""
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("the running job did not stop within %.0f s; it is failed at the next start", timeout)
+                log.warning("the running job did not stop within %.0f s; it resumes at the next start", timeout)
         with self._lock:
             self._priors.clear()
 
     def _recover(self) -> None:
-        """List the jobs a previous run left; one that was interrupted is failed, not resumed."""
+        """List the jobs a previous run left and queue again what it did not finish: queued jobs as they were,
+        an interrupted one (running or exporting) to resume from its last checkpoint, or from step 0 without one.
+
+        A record that breaks the schema is set aside (logged, not listed, left on disk for a person to read).
+        """
         records = []
+        root = self.data_dir.resolve()
         for path in self.data_dir.glob(f"*/{JOB_FILE}"):
             try:
-                job = Job.from_record(json.loads(path.read_text(encoding="utf-8")), path.parent)
-            except (OSError, ValueError, KeyError, TypeError, ValidationError) as error:
-                log.warning("skipping %s: not a readable job record (%s)", path, error)
+                if path.parent.resolve().parent != root:
+                    raise UnsafePath(f"the job folder {str(path.parent)!r} links outside {str(self.data_dir)!r}")
+                job = Job.from_record(path.read_text(encoding="utf-8"), path.parent)
+            except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+                reason = " ".join(str(error).split())[:300]
+                log.warning("setting aside %s: not a valid job record (%s)", path, reason)
                 continue
             records.append(job)
         with self._lock:
             for job in sorted(records, key=lambda job: job.created_at):
                 self._jobs[job.id] = job
-                if job.state not in FINISHED_STATES:
-                    self._set_state(job, "failed", error=RESTART_REASON, hint="submit the job again")
+                if job.state in ("running", "exporting"):
+                    step = checkpoint_step(job.folder)
+                    self._set_state(job, "queued", resumed_from_step=step, step=step, eta_s=None)
+                    log.info("job %s was interrupted; it resumes from step %d", job.id, step)
+                if job.state == "queued":
+                    self._pending.append(job.id)
+        self.purge()
 
     # -- the state machine: the only place a job's state changes -----------------------------------
     def _set_state(self, job: Job, state: str, **changes: Any) -> None:
@@ -251,13 +298,17 @@ class JobManager:
         # Memory is the truth while the server runs; the file is for the next start. A full or vanished
         # disk must not stop the state machine (or the worker) halfway through a transition.
         try:
-            write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
+            self._write_record(job)
         except OSError as error:
             log.error("job %s: cannot write %s: %s", job.id, job.folder / JOB_FILE, error)
+
+    def _write_record(self, job: Job) -> None:
+        write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
 
     # -- what the routes call ---------------------------------------------------------------------
     def resolve(self, request: JobRequest) -> ResolvedJobRequest:
         """Fill in the defaults now, so the status echoes exactly what will run (and a seed to reuse)."""
+        check_benchmark_allowed(request.model, self.allow_benchmark_models)
         settings = resolve_settings(
             **request.model_dump(exclude={"init_mesh"}),
             default_prior=self.default_prior, default_model=self.default_model,
@@ -269,10 +320,18 @@ class JobManager:
         job_id = uuid.uuid4().hex
         folder = self.data_dir / job_id
         folder.mkdir(parents=True)
-        job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
         with self._lock:
+            # Stamped under the lock, so created_at order is queue order.
+            job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
+            try:
+                if len(self._pending) >= self.max_queued:
+                    raise QueueFull(len(self._pending))
+                # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
+                self._write_record(job)
+            except (OSError, QueueFull):
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             self._jobs[job_id] = job
-            self._persist(job)
             self._pending.append(job_id)
             self._lock.notify_all()
         return job
@@ -292,15 +351,48 @@ class JobManager:
         with self._lock:
             return self._status(self._get(job_id))
 
-    def list(self) -> list[JobStatus]:
+    def list(self, limit: int | None = None, offset: int = 0) -> tuple[list[JobStatus], int]:
+        """(jobs newest first, from ``offset``, at most ``limit`` of them; how many jobs there are in all)."""
         with self._lock:
             positions = {job_id: index for index, job_id in enumerate(self._pending)}
-            return [self._status(job, positions.get(job.id)) for job in reversed(self._jobs.values())]
+            newest_first = list(reversed(self._jobs.values()))
+            page = newest_first[offset:None if limit is None else offset + limit]
+            return [self._status(job, positions.get(job.id)) for job in page], len(newest_first)
+
+    def purge(self, older_than_s: float | None = None) -> list[str]:
+        """Delete finished jobs (record, preview, result: the whole folder); return their ids, oldest first.
+
+        With ``older_than_s``: those finished longer ago than that. Without: the retention policy, i.e. those
+        finished more than ``retention_days`` ago and all but the newest ``max_finished``.
+        Queued and running jobs are never deleted.
+        """
+        now = datetime.now(timezone.utc)
+        with self._lock:
+            finished = sorted(
+                (job for job in self._jobs.values() if job.state in FINISHED_STATES),
+                key=lambda job: job.finished_at or job.created_at,
+            )
+            age_limit_s = older_than_s if older_than_s is not None else (
+                None if self.retention_days is None else self.retention_days * 86400
+            )
+            doomed = {
+                job.id: job for job in finished
+                if age_limit_s is not None and (now - (job.finished_at or job.created_at)).total_seconds() > age_limit_s
+            }
+            if older_than_s is None and self.max_finished is not None:
+                doomed.update({job.id: job for job in finished[: max(0, len(finished) - self.max_finished)]})
+            for job_id in doomed:
+                del self._jobs[job_id]
+        for job in doomed.values():
+            shutil.rmtree(job.folder, ignore_errors=True)
+        if doomed:
+            log.info("purged %d finished job(s)", len(doomed))
+        return [job.id for job in finished if job.id in doomed]
 
     def preview_path(self, job_id: str) -> Path | None:
         with self._lock:
             job = self._get(job_id)
-            return job.folder / PREVIEW_FILE if job.preview_step is not None else None
+            return inside(job.folder, PREVIEW_FILE) if job.preview_step is not None else None
 
     def result(self, job_id: str) -> tuple[Path, dict[str, Any]]:
         """(GLB path, metadata) of a done job; ResultNotReady otherwise."""
@@ -308,7 +400,8 @@ class JobManager:
             job = self._get(job_id)
             if job.state != "done" or job.glb_name is None:
                 raise ResultNotReady(job.state)
-            return job.folder / job.glb_name, dict(job.metadata or {})
+            # Checked again when served: a file swapped for a symlink after the start must not leave the folder.
+            return inside(job.folder, job.glb_name), dict(job.metadata or {})
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -335,6 +428,7 @@ class JobManager:
             loss=job.loss,
             eta_s=job.eta_s,
             queue_position=queue_position,
+            resumed_from_step=job.resumed_from_step,
             error=job.error,
             hint=job.hint,
             request=job.request,
@@ -370,6 +464,7 @@ class JobManager:
             finally:
                 with self._lock:
                     self._running = None
+                self.purge()
 
     def _run(self, job: Job) -> None:
         def should_cancel() -> bool:
@@ -385,25 +480,27 @@ class JobManager:
         # The resolved request is GenerationSettings' fields (validated once more: a record may be old),
         # plus init_mesh, which nothing consumes yet.
         settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
+        stage = "loading"
         try:
             prior = self._warm_prior(request.prior, request.model)
+            stage = "running"
             if should_cancel():
                 raise GenerationCancelled("cancelled while loading the model")
-            result = self._run_fn(settings, prior, job.folder, callbacks)
+            result = self._run_fn(settings, prior, job.folder, callbacks, resume=job.resumed_from_step is not None)
             glb_name = self._keep_in_folder(job, Path(result.glb_path))
         except GenerationCancelled:
             with self._lock:
                 if job.cancel_requested.is_set():
                     self._set_state(job, "cancelled")
-                else:
-                    self._set_state(job, "failed", error=STOPPED_REASON, hint="submit the job again")
+                else:  # the server is stopping: the record keeps "running", and the next start resumes it
+                    self._persist(job)
         # Whatever one job raises (bad model, NaNs, OOM, a bug) is that job's failure; the worker
         # must live on to run the next one, so this catches broadly and logs the traceback.
         except Exception as error:  # noqa: BLE001
             log.exception("job %s failed", job.id)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            message, hint = describe_failure(error)
+            message, hint = describe_failure(error, stage)
             with self._lock:
                 self._set_state(job, "failed", error=message, hint=hint)
         else:

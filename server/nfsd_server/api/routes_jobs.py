@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
-from nfsd_server.api.jobs import JobManager, JobNotFound, ResultNotReady
-from nfsd_server.api.schemas import ErrorBody, JobCreated, JobList, JobRequest, JobStatus
+from nfsd_server.api.jobs import JobManager, JobNotFound, QueueFull, ResultNotReady
+from nfsd_server.api.limits import MAX_BODY_BYTES
+from nfsd_server.api.records import UnsafePath
+from nfsd_server.api.schemas import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    ErrorBody,
+    JobCreated,
+    JobList,
+    JobRequest,
+    JobStatus,
+    PurgeResult,
+)
+from nfsd_server.model_source import BenchmarkModelRefused
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -18,6 +31,7 @@ router = APIRouter(
     dependencies=[Depends(require_token)],
     responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},
 )
+log = logging.getLogger(__name__)
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No job with this id"}}
 NOT_READY = {409: {"model": ErrorBody, "description": "The job is not done (the detail says its state)"}}
 
@@ -38,19 +52,29 @@ def _known(job_id: str, jobs: JobManager):
     "", status_code=202, response_model=JobCreated,
     responses={
         400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
+        403: {"model": ErrorBody, "description": "A random:* benchmark model on a server that does not offer them"},
+        413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"},
         422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
-        507: {"model": ErrorBody, "description": "The server cannot write the job folder"},
+        429: {"model": ErrorBody, "description": "Too many jobs are queued; retry when some have run"},
+        507: {"model": ErrorBody, "description": "The server cannot record the job (disk full or not writable)"},
     },
 )
 def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(manager)) -> JobCreated:
     """Queue a generation. Poll ``GET /v1/jobs/{id}`` for progress."""
     try:
         job = jobs.submit(body)
+    except BenchmarkModelRefused as error:
+        raise ApiError(403, str(error), hint="pick a real model (or none, for the server's default)") from None
+    except QueueFull:
+        raise ApiError(
+            429, f"{jobs.max_queued} jobs are already queued on this server",
+            hint="wait for some to finish (or cancel some), then submit again", headers={"Retry-After": "30"},
+        ) from None
     except ValueError as error:  # the settings' own check (e.g. a prompt of invisible characters only)
         raise ApiError(422, str(error), hint="fix the request's settings and submit again") from None
     except OSError as error:
         raise ApiError(
-            507, f"cannot create the job folder: {error.strerror or error}",
+            507, f"cannot record the job in its job folder: {error.strerror or error}",
             hint="free disk space or start the server with a writable --data-dir",
         ) from None
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -58,9 +82,28 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
 
 
 @router.get("", response_model=JobList)
-def list_jobs(jobs: JobManager = Depends(manager)) -> JobList:
-    """Every job, newest first (including those finished before a restart)."""
-    return JobList(jobs=jobs.list())
+def list_jobs(
+    jobs: JobManager = Depends(manager),
+    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="Jobs per page."),
+    offset: int = Query(0, ge=0, le=10**9, description="Jobs to skip, newest first."),
+) -> JobList:
+    """Jobs newest first (including those finished before a restart), one page at a time."""
+    page, total = jobs.list(limit, offset)
+    next_offset = offset + len(page) if offset + len(page) < total else None
+    return JobList(jobs=page, total=total, next_offset=next_offset)
+
+
+@router.delete("", response_model=PurgeResult)
+def purge_jobs(
+    jobs: JobManager = Depends(manager),
+    older_than_s: float | None = Query(
+        None, ge=0, le=1e10, allow_inf_nan=False,
+        description="Delete finished jobs that finished longer ago than this; omitted: apply the server's "
+        "retention policy (--keep-days, --keep-jobs).",
+    ),
+) -> PurgeResult:
+    """Delete finished jobs (done, failed, cancelled) and their files. Queued and running jobs are kept."""
+    return PurgeResult(deleted=jobs.purge(older_than_s))
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
@@ -84,7 +127,10 @@ def cancel_job(job_id: str, jobs: JobManager = Depends(manager)) -> JobStatus:
 def get_preview(job_id: str, jobs: JobManager = Depends(manager)) -> Response:
     """The latest preview render (PNG); 404 until the first one exists."""
     status = _known(job_id, jobs)
-    path = jobs.preview_path(job_id)
+    try:
+        path = jobs.preview_path(job_id)
+    except UnsafePath:
+        raise _escaped(job_id) from None
     if path is None:
         raise ApiError(
             404, f"job {job_id} has no preview yet (state {status.state}, step {status.step})",
@@ -94,10 +140,18 @@ def get_preview(job_id: str, jobs: JobManager = Depends(manager)) -> Response:
     return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+def _escaped(job_id: str) -> ApiError:
+    # A record or link that points outside the job folder is never followed; the log has the details.
+    log.warning("job %s: a file of this job resolves outside its folder; not served", job_id)
+    return ApiError(404, f"the files of job {job_id} are not in its folder on the server", hint="submit the job again")
+
+
 def _result(job_id: str, jobs: JobManager) -> tuple[Any, dict[str, Any]]:
     _known(job_id, jobs)
     try:
         return jobs.result(job_id)
+    except UnsafePath:
+        raise _escaped(job_id) from None
     except ResultNotReady as not_ready:
         raise ApiError(
             409, f"job {job_id} is {not_ready.state}, not done; it has no result",

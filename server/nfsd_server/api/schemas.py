@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nfsd_blender import contract
 from nfsd_blender.contract import FINISHED_STATES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, NFSD_NEGATIVE_PROMPT
-from nfsd_server.settings import check_text
+from nfsd_server.settings import check_text, check_visible
 
 # Literal types built from the contract's tuples, so the OpenAPI enums are the add-on's enums.
 JobState = Literal[contract.JOB_STATES]  # type: ignore[valid-type]
@@ -80,6 +80,8 @@ class JobRequest(BaseModel):
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _plain_text(cls, value: str, info) -> str:
+        if info.field_name == "prompt":
+            check_visible(value, "prompt")
         check_text(value, info.field_name)
         return value
 
@@ -115,10 +117,25 @@ class JobStatus(BaseModel):
     finished_at: datetime | None
     has_preview: bool = Field(description="True once /v1/jobs/{id}/preview.png has an image.")
     preview_step: int | None = Field(description="The training step the current preview shows.")
+    resumed_from_step: int | None = Field(
+        default=None,
+        description="Set when a server restart interrupted the job: the step it continues from (its last "
+        "checkpoint; 0 = started over). null otherwise.",
+    )
+
+
+MAX_PAGE = 1000  # jobs per GET /v1/jobs page
+DEFAULT_PAGE = 100
 
 
 class JobList(BaseModel):
-    jobs: list[JobStatus] = Field(description="Every job this server knows, newest first.")
+    jobs: list[JobStatus] = Field(description="Jobs this server knows, newest first: one page (see limit/offset).")
+    total: int = Field(description="How many jobs the server knows in all.")
+    next_offset: int | None = Field(description="The offset of the next page; null on the last page.")
+
+
+class PurgeResult(BaseModel):
+    deleted: list[str] = Field(description="Ids of the finished jobs deleted (with their files), oldest first.")
 
 
 class MemoryUsage(BaseModel):
@@ -127,16 +144,21 @@ class MemoryUsage(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /v1/health`` (no token needed): is the server up, and what is it holding."""
+    """``GET /v1/health`` (no token needed): is the server up, and what is it holding.
+
+    Without a valid token (on a server that has one) only version, device and default_prior are filled in;
+    what the server is doing and holding is null.
+    """
 
     version: str
     device: str
     default_prior: str
+    authenticated: bool = Field(description="False: the fields below are withheld (null); send the token.")
     default_model: str | None
-    models_loaded: list[str] = Field(description="Warm priors as 'prior' or 'prior:model', e.g. 'analytic'.")
-    queue_length: int = Field(description="Jobs waiting (not counting the running one).")
+    models_loaded: list[str] | None = Field(description="Warm priors as 'prior' or 'prior:model', e.g. 'analytic'.")
+    queue_length: int | None = Field(description="Jobs waiting (not counting the running one).")
     running_job: str | None
-    memory: MemoryUsage
+    memory: MemoryUsage | None
 
 
 class ErrorBody(BaseModel):

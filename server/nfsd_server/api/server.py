@@ -12,11 +12,14 @@ on a loopback address, and then accepts any local client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ipaddress
 import json
 import logging
+import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PORT, DEFAULT_PRIOR, PRIORS, TOKEN_ENV
+from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
 
 
@@ -43,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     parser.add_argument("--parent-stdin", action="store_true", help="exit when stdin closes (for a spawning parent)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--max-queued", type=int, default=100, help="queued jobs beyond this get 429 (default: 100)")
+    parser.add_argument(
+        "--keep-days", type=float, default=30.0, help="delete finished jobs older than this; 0 = keep (default: 30)"
+    )
+    parser.add_argument(
+        "--keep-jobs", type=int, default=1000, help="keep only the newest N finished jobs; 0 = all (default: 1000)"
+    )
+    parser.add_argument(
+        "--allow-benchmark-models", action="store_true", help="let clients ask for random:* benchmark models"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -54,26 +68,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_device(device: str | None) -> str | None:
-    if device is None:
-        return None
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {device!r} is not a torch device ({error}); use cuda, cuda:0 or cpu") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device!r}: this torch build sees no CUDA GPU; use --device cpu")
-    return str(parsed)
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bound here, not by uvicorn, so ``--port 0`` tells us the real port before we announce it."""
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto is IPPROTO_TCP,
+    # and without it a keep-alive client waits ~40 ms (Nagle + delayed ACK) on every response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets on Linux
     if os.name != "nt":  # on Windows SO_REUSEADDR lets another process steal the port
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -122,12 +125,19 @@ def run(args: argparse.Namespace) -> int:
     from nfsd_server.api.app import ServerConfig, create_app
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is not None and (not token.isprintable() or any(char.isspace() for char in token)):
+        # HTTP clients strip or reject such a header value, so no client could ever match it.
+        raise UsageError(f"the token (--token or {TOKEN_ENV}) must be visible characters without spaces")
     if token is None and not is_loopback(args.host):
         raise UsageError(
             f"refusing to serve on {args.host} without a token: set NFSD_TOKEN or pass --token "
             "(only loopback addresses may run without one)"
         )
     device = check_device(args.device)
+    if args.max_queued < 1:
+        raise UsageError(f"--max-queued must be at least 1, got {args.max_queued}")
+    if not (args.keep_days >= 0 and math.isfinite(args.keep_days)) or args.keep_jobs < 0:
+        raise UsageError(f"--keep-days and --keep-jobs must be ≥ 0 (0 = keep), got {args.keep_days}, {args.keep_jobs}")
     data_dir = args.data_dir or default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -140,10 +150,19 @@ def run(args: argparse.Namespace) -> int:
     announce = _claim_stdout()
     app = create_app(
         ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
-                     default_model=args.default_model, device=device)
+                     default_model=args.default_model, device=device, max_queued=args.max_queued,
+                     retention_days=args.keep_days or None, max_finished=args.keep_jobs or None,
+                     allow_benchmark_models=args.allow_benchmark_models)
     )
 
     class AnnouncingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                # A SIGTERM that ended in a clean shutdown is a normal exit (0); uvicorn would re-raise it (-15).
+                self._captured_signals = [sig for sig in self._captured_signals if sig != signal.SIGTERM]
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if self.started:  # the lifespan ran and the socket is served: now clients may come

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import pickle
 from pathlib import Path
 
+from nfsd_server.checkpoints import CheckpointError
 from nfsd_server.errors import UsageError
 from nfsd_server.export.glb import ExportSettings, export_glb
 from nfsd_server.export.grid import EmptyFieldError
@@ -15,7 +16,7 @@ from nfsd_server.train import load_checkpoint
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ExportSettings()
-    parser.add_argument("checkpoint", type=Path, help="checkpoint.pt written by `nfsd generate`")
+    parser.add_argument("checkpoint", type=Path, help="checkpoint.safetensors written by `nfsd generate`")
     parser.add_argument("--out", type=Path, required=True, help="GLB to write (its folder must exist)")
     parser.add_argument("--poly-budget", type=int, default=defaults.poly_budget, help="at most this many faces")
     parser.add_argument("--texture-size", type=int, default=defaults.texture_size, help="512, 1024 or 2048")
@@ -43,21 +44,22 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from error
+    for name, value in (("--height", args.height), ("--threshold", args.threshold)):
+        if value is not None and not math.isfinite(value):  # inf scales every vertex to NaN
+            raise UsageError(f"{name} must be a finite number, got {value}")
     if not args.checkpoint.is_file():
-        raise UsageError(f"checkpoint {str(args.checkpoint)!r} does not exist; pass the checkpoint.pt of a run")
+        raise UsageError(f"checkpoint {str(args.checkpoint)!r} does not exist; pass the checkpoint.safetensors of a run")
     out_path = args.out
+    if out_path.is_dir():
+        raise UsageError(f"--out {str(out_path)!r} is a folder; name the file to write, e.g. {str(out_path / 'model.glb')!r}")
     folder = out_path.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {str(out_path)!r}: folder {str(folder)!r} is missing or not writable")
 
     try:
         field, metadata = load_checkpoint(args.checkpoint)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    # load_checkpoint names most bad files in a ValueError, but a file that is not a pickle at all reaches us
-    # as torch's bare UnpicklingError, which does not say which file.
-    except pickle.UnpicklingError as error:
-        raise UsageError(f"checkpoint {str(args.checkpoint)!r} is not an nfsd checkpoint: {error}") from error
+    except CheckpointError as error:  # never unpickled: a foreign or old file is a message, not code
+        raise UsageError(str(error)) from None
     try:
         report = export_glb(field, out_path, settings, metadata)
     except EmptyFieldError as error:
