@@ -68,6 +68,10 @@ class JobWorker(threading.Thread):
     def run(self) -> None:
         try:
             client = make_client(self.settings, self.events)
+            try:
+                self.events.put(("backend", None, client.health()))  # for the panel's "ready on CUDA" line
+            except BackendError:
+                pass
             if self.requests:
                 self._announce_model(client)
             for request in self.requests:

@@ -21,8 +21,10 @@ PREVIEW_IMAGE = "NFSD Preview"
 TIMER_S = 0.25
 ACTIVE = ("starting", "queued", "running", "exporting")
 # worker: the running JobWorker; info: the thread asking the server for health and models;
-# models: the server's last /v1/models answer; server: its last /v1/health answer.
-STATE = {"worker": None, "info": None, "models": [], "server": {}, "server_error": "", "export_started": None}
+# models: the server's last /v1/models answer; server: its last /v1/health answer; thumbs: the history's
+# bpy.utils.previews collection (owned by panel).
+STATE = {"worker": None, "info": None, "models": [], "server": {}, "server_error": "", "export_started": None,
+         "thumbs": None}
 BUSY_MESSAGE = "Wait for the running generation, or cancel it"
 
 
@@ -174,6 +176,9 @@ def _on_preview(props, item, path):
     load_preview(path)
     if item:
         item.preview_path = path
+    thumbs = STATE["thumbs"]
+    if thumbs is not None and path in thumbs:
+        thumbs[path].reload()  # the history thumbnail shows the latest preview, not the first
 
 
 def _on_done(props, item, payload):
@@ -583,7 +588,12 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
         if not item.glb_path or not os.path.isfile(bpy.path.abspath(item.glb_path)):
             self.report({"ERROR"}, "No downloaded result for this entry")
             return {"CANCELLED"}
-        import_item(context, item)
+        try:
+            import_item(context, item)
+        except Exception as err:  # noqa: BLE001  (one line, not the importer's traceback)
+            set_error(context.scene.nfsd, f"Import failed: {_last_line(err)}", traceback.format_exc())
+            self.report({"ERROR"}, context.scene.nfsd.error)
+            return {"CANCELLED"}
         return {"FINISHED"}
 
 

@@ -10,7 +10,6 @@ from . import operators, progress
 from .operators import PREVIEW_IMAGE, busy
 from .preferences import get_prefs
 
-THUMBS = {"collection": None}
 ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
             "cached": True}
 
@@ -62,7 +61,7 @@ class NFSD_UL_history(bpy.types.UIList):
 
 def _thumbnail(path) -> int:
     """The icon id of a history entry's last preview (0 when there is none)."""
-    pcoll = THUMBS["collection"]
+    pcoll = operators.STATE["thumbs"]
     if pcoll is None or not path:
         return 0
     path = bpy.path.abspath(path)
@@ -214,7 +213,7 @@ classes = (NFSD_MT_models, NFSD_UL_history, NFSD_PT_main, NFSD_PT_history)
 
 
 def register():
-    THUMBS["collection"] = bpy.utils.previews.new()
+    operators.STATE["thumbs"] = bpy.utils.previews.new()
     for cls in classes:
         bpy.utils.register_class(cls)
 
@@ -222,6 +221,6 @@ def register():
 def unregister():
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
-    if THUMBS["collection"] is not None:
-        bpy.utils.previews.remove(THUMBS["collection"])
-        THUMBS["collection"] = None
+    if operators.STATE["thumbs"] is not None:
+        bpy.utils.previews.remove(operators.STATE["thumbs"])
+        operators.STATE["thumbs"] = None

@@ -516,3 +516,44 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+# --- also expected: status line, output folder, history thumbnails, delete and clear -------------------------
+
+
+def test_status_line_says_where_the_backend_runs(props, prefs, fake_server):
+    ops = addon_module("operators")
+    addon_module("jobs").EVENTS.put(("backend", None, {"version": "9.9", "device": "cuda:0"}))
+    ops.poll_timer()
+    log = ui_recorder.draw(bpy.types.NFSD_PT_main)
+    assert ("label", f"Backend (remote {fake_server.url}): ready on CUDA:0, nfsd 9.9", "NETWORK_DRIVE", True) in log
+    assert any(e[:2] == ("operator", "nfsd.open_output") for e in log)
+    prefs.mode = "LOCAL"
+    assert ui_recorder.draw(bpy.types.NFSD_PT_main)[0][1] == "Backend: stopped (starts on Generate)"
+
+
+def test_history_thumbnail_delete_and_clear(props, tmp_path):
+    ops = addon_module("operators")
+    png = tmp_path / "h1_preview.png"
+    image = bpy.data.images.new("h1 preview", 8, 8)
+    image.filepath_raw, image.file_format = str(png), "PNG"
+    image.save()
+    for job_id in ("h1", "h2", "h3"):
+        item = props.history.add()
+        item.job_id, item.prompt, item.state = job_id, f"prompt {job_id}", "done"
+    addon_module("jobs").EVENTS.put(("preview", "h1", str(png)))
+    ops.poll_timer()
+    first = ui_recorder.draw_list_item(bpy.types.NFSD_UL_history, props.history[0], props)
+    assert first[0][:2] == ("label", "prompt h1")
+    assert props.history[0].preview_path == str(png)
+    # drawing loaded the thumbnail (headless Blender has no icons, so its icon_id is 0 and a mesh icon shows)
+    assert tuple(ops.STATE["thumbs"][str(png)].image_size) == (8, 8)
+    props.history_index = 1
+    assert bpy.ops.nfsd.history_delete() == {"FINISHED"}
+    assert [item.job_id for item in props.history] == ["h1", "h3"]
+    props.history[0].glb_path = str(tmp_path / "missing.glb")
+    props.history_index = 0
+    with pytest.raises(RuntimeError, match="No downloaded result for this entry"):
+        bpy.ops.nfsd.history_reimport()
+    assert bpy.ops.nfsd.history_clear() == {"FINISHED"}
+    assert len(props.history) == 0

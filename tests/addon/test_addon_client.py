@@ -98,6 +98,6 @@ def test_addon_imports_no_torch_or_numpy():
 
 
 def test_client_and_backend_do_not_import_bpy():
-    for name in ("client.py", "backend.py", "jobs.py"):
+    for name in ("client.py", "backend.py", "jobs.py", "progress.py", "contract.py"):
         src = (ROOT / "nfsd_blender" / name).read_text()
         assert "import bpy" not in src, name
