@@ -43,6 +43,8 @@ class FlakyServer:
                 self.wfile.write(data)
 
             def do_GET(self):
+                if self.path == "/v1/health":
+                    return self._send(200, {"version": "fake", "device": "cpu"})
                 outer.status_calls += 1
                 if outer.missing:
                     return self._send(404, {"detail": "no job 'j1' on this server"})
@@ -128,7 +130,8 @@ def test_a_job_the_server_forgot_is_interrupted_not_an_error(tmp_path):
         events = _follow(server, tmp_path)
     finally:
         server.close()
-    assert events == [("interrupted", "j1", "The server no longer has this job")]
+    assert events == [("backend", None, {"version": "fake", "device": "cpu"}),
+                      ("interrupted", "j1", "The server no longer has this job")]
 
 
 def test_client_errors_are_not_retried():
