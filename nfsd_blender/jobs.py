@@ -20,6 +20,10 @@ POLL_S = 0.5
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
+class BackendGone(BackendError):
+    """The local backend is not running any more (Stop Backend, or it died): nothing to reconnect to."""
+
+
 class Settings:
     """A snapshot of the preferences taken on the main thread (threads never touch bpy)."""
 
@@ -109,6 +113,8 @@ class JobWorker(threading.Thread):
             try:
                 return client.status(job_id)
             except BackendError as err:
+                if err.transient and self.settings.mode == "LOCAL" and not BACKEND.running:
+                    raise BackendGone("The backend was stopped while the job ran") from None
                 if not err.transient or delay is None:
                     if err.transient:
                         raise BackendError(f"Lost contact with the server: {err.args[0]}", err.hint) from None
@@ -129,6 +135,9 @@ class JobWorker(threading.Thread):
                 cancelled_sent = self._cancel_all(client)
             try:
                 status = self._status(client, job_id)
+            except BackendGone as err:
+                self.events.put(("interrupted", job_id, str(err)))
+                return False
             except BackendError as err:
                 if err.status == 404:
                     self.events.put(("interrupted", job_id, "The server no longer has this job"))

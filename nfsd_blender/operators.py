@@ -201,6 +201,7 @@ def _on_done(props, item, payload):
 
 def _on_failed(props, item, status):
     props.job_state = "failed"
+    props.job_phase = ""
     err = status.get("error") or "The job failed"
     message = f"{err} ({status['hint']})" if status.get("hint") else err
     if props.job_download_gb:
@@ -212,6 +213,7 @@ def _on_failed(props, item, status):
 
 def _on_cancelled(props, item, status):
     props.job_state = "cancelled"
+    props.job_phase = ""
     if item:
         item.state = "cancelled"
 

@@ -248,3 +248,18 @@ def test_stop_while_booting_leaves_no_backend(tmp_path):
     assert not local.running and booting.poll() is not None
     assert errors and "stopped" in errors[0]
     assert os.environ.get("NFSD_TOKEN") is None  # the token goes to the child only
+
+
+def test_a_stopped_local_backend_is_not_retried(tmp_path, monkeypatch):
+    server = FlakyServer(failures=99, fail_status=503)
+    events: queue.Queue = queue.Queue()
+    monkeypatch.setattr(jobs, "make_client", lambda settings, events=None: Client(server.url, "tok"))
+    assert not jobs.BACKEND.running  # as after Stop Backend
+    worker = jobs.JobWorker(jobs.Settings("LOCAL", "", str(tmp_path), "", "", "analytic", ""), [], events,
+                            resume=["j1"])
+    worker.start()
+    worker.join(20)
+    server.close()
+    assert server.status_calls == 1
+    assert events.get_nowait()[0] == "backend"
+    assert events.get_nowait() == ("interrupted", "j1", "The backend was stopped while the job ran")
