@@ -354,21 +354,21 @@ def reconcile_on_load(_dummy=None):
 # --- operators ---------------------------------------------------------------------------------------------
 
 
-def _busy_poll(cls):
-    if busy():
-        cls.poll_message_set(BUSY_MESSAGE)
-        return False
-    return True
-
-
-class NFSD_OT_generate(bpy.types.Operator):
-    bl_idname = "nfsd.generate"
-    bl_label = "Generate"
-    bl_description = "Generate a textured mesh from the prompt (Variations > 1: one per seed, run in turn)"
+class WhenIdle:
+    """Mixin: the operator is greyed out while a generation runs, and its tooltip says why."""
 
     @classmethod
     def poll(cls, context):
-        return _busy_poll(cls)
+        if busy():
+            cls.poll_message_set(BUSY_MESSAGE)
+            return False
+        return True
+
+
+class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
+    bl_idname = "nfsd.generate"
+    bl_label = "Generate"
+    bl_description = "Generate a textured mesh from the prompt (Variations > 1: one per seed, run in turn)"
 
     def execute(self, context):
         props = context.scene.nfsd
@@ -599,14 +599,10 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class NFSD_OT_history_rerun(bpy.types.Operator):
+class NFSD_OT_history_rerun(WhenIdle, bpy.types.Operator):
     bl_idname = "nfsd.history_rerun"
     bl_label = "Re-run"
     new_seed: BoolProperty(default=False)
-
-    @classmethod
-    def poll(cls, context):
-        return _busy_poll(cls)
 
     def execute(self, context):
         item = _selected_item(context, self)
@@ -617,14 +613,10 @@ class NFSD_OT_history_rerun(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class NFSD_OT_history_delete(bpy.types.Operator):
+class NFSD_OT_history_delete(WhenIdle, bpy.types.Operator):
     bl_idname = "nfsd.history_delete"
     bl_label = "Delete Entry"
     bl_description = "Remove the selected entry from History (the imported object stays)"
-
-    @classmethod
-    def poll(cls, context):
-        return _busy_poll(cls)
 
     def execute(self, context):
         props = context.scene.nfsd
@@ -635,14 +627,10 @@ class NFSD_OT_history_delete(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class NFSD_OT_history_clear(bpy.types.Operator):
+class NFSD_OT_history_clear(WhenIdle, bpy.types.Operator):
     bl_idname = "nfsd.history_clear"
     bl_label = "Clear History"
     bl_description = "Remove every History entry (imported objects stay)"
-
-    @classmethod
-    def poll(cls, context):
-        return _busy_poll(cls)
 
     def execute(self, context):
         context.scene.nfsd.history.clear()

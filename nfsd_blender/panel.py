@@ -154,12 +154,17 @@ def draw_error(layout, props):
         box.operator("nfsd.copy_error", icon="COPYDOWN")
 
 
-class NFSD_PT_main(bpy.types.Panel):
-    bl_idname = "NFSD_PT_main"
-    bl_label = "NFSD Text to 3D"
+class SidebarPanel:
+    """Mixin: a panel in the 3D view's N-panel tab "NFSD" (sub-panels add ``bl_parent_id = "NFSD_PT_main"``)."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "NFSD"
+
+
+class NFSD_PT_main(SidebarPanel, bpy.types.Panel):
+    bl_idname = "NFSD_PT_main"
+    bl_label = "NFSD Text to 3D"
 
     def draw(self, context):
         layout = self.layout
@@ -170,12 +175,9 @@ class NFSD_PT_main(bpy.types.Panel):
         draw_error(layout, props)
 
 
-class NFSD_PT_history(bpy.types.Panel):
+class NFSD_PT_history(SidebarPanel, bpy.types.Panel):
     bl_idname = "NFSD_PT_history"
     bl_label = "History"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "NFSD"
     bl_parent_id = "NFSD_PT_main"
 
     def draw(self, context):

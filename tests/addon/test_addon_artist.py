@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ psutil = pytest.importorskip("psutil")
 
 import ui_recorder
 from addon_helpers import PKG, ROOT, addon_module, build_zip, pump
+from fake_http import JsonHandler, serve
 
 
 @pytest.fixture(scope="module")
@@ -94,18 +94,7 @@ class FakeServer:
         self.posted, self.states = [], {}
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 job_id = self.path.rsplit("/", 1)[-1]
                 if self.path == "/v1/health":
@@ -130,9 +119,7 @@ class FakeServer:
                 outer.states[job_id] = "failed"
                 self._send(202, {"id": job_id})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server, self.url = serve(Handler)
 
     def close(self):
         self.server.shutdown()

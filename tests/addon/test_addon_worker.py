@@ -1,20 +1,20 @@
 """The add-on's bpy-free parts against fakes: polling that survives a flaky server, cancel that keeps working,
 progress text, backend detection from an installed zip, and one backend per session."""
 
-import json
 import os
 import queue
 import stat
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from fake_http import JsonHandler, serve
 
 from nfsd_blender import backend, jobs, progress
 from nfsd_blender.client import BackendError, Client
@@ -30,18 +30,7 @@ class FlakyServer:
         self.cancelled = False
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 if self.path == "/v1/health":
                     return self._send(200, {"version": "fake", "device": "cpu"})
@@ -61,9 +50,7 @@ class FlakyServer:
                 outer.cancelled = True
                 self._send(200, {"id": "j1", "state": "cancelled"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server, self.url = serve(Handler)
 
     def close(self):
         self.server.shutdown()
@@ -201,20 +188,26 @@ cat > /dev/null
 """)
 
 
+def _start_in_thread(local, python, data_dir, errors) -> threading.Thread:
+    """``local.start`` as the add-on calls it: from a worker thread, its BackendError collected in ``errors``."""
+
+    def start():
+        try:
+            local.start(str(python), str(data_dir))
+        except BackendError as err:
+            errors.append(str(err))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    return thread
+
+
 def test_one_backend_even_when_generate_races_start_backend(tmp_path):
     python = _fake_server_python(tmp_path)
     local = backend.LocalBackend()
     errors = []
-
-    def start():
-        try:
-            local.start(str(python), str(tmp_path / "data"))
-        except BackendError as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=start) for _ in range(3)]  # Start Backend, Generate, Check Server
-    for t in threads:
-        t.start()
+    # Start Backend, Generate and Check Server pressed together
+    threads = [_start_in_thread(local, python, tmp_path / "data", errors) for _ in range(3)]
     for t in threads:
         t.join(30)
     try:
@@ -230,15 +223,7 @@ def test_stop_while_booting_leaves_no_backend(tmp_path):
     python = _fake_server_python(tmp_path)
     local = backend.LocalBackend()
     errors = []
-
-    def start():
-        try:
-            local.start(str(python), str(tmp_path / "data"))
-        except BackendError as err:
-            errors.append(str(err))
-
-    t = threading.Thread(target=start)
-    t.start()
+    t = _start_in_thread(local, python, tmp_path / "data", errors)
     deadline = time.monotonic() + 10
     while not local.booting and time.monotonic() < deadline:
         time.sleep(0.01)
