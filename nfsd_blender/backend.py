@@ -1,4 +1,4 @@
-"""Spawn and stop a local nfsd_server (no bpy). The server exits when its stdin closes."""
+"""Spawn and stop the one local nfsd_server of this Blender session (no bpy). It exits when its stdin closes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -14,39 +15,92 @@ from .client import BackendError
 
 _READY_TIMEOUT_S = 120.0
 
+# Where the README tells artists to install the backend, found without any setting.
+DEFAULT_VENV = Path.home() / "nfsd-backend"
+INSTALL_COMMAND = (
+    "python3.11 -m venv ~/nfsd-backend && ~/nfsd-backend/bin/pip install torch==2.13.0 "
+    "&& ~/nfsd-backend/bin/pip install nfsd-blender"
+)
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def script_interpreter(script) -> str:
+    """The Python a console script (``nfsd``, written by pip) runs with, read from its first lines; '' if none.
+
+    pip writes ``#!/venv/bin/python``, or, for long paths, ``#!/bin/sh`` and then an ``'''exec' /venv/bin/python`` line.
+    """
+    try:
+        with open(script, "rb") as fh:
+            head = fh.read(512).decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    if not head or not head[0].startswith("#!"):
+        return ""
+    candidates = [head[0][2:].strip().split(" ")[0]]
+    candidates += [line.split()[1] for line in head[1:3] if line.startswith("'''exec' ") and len(line.split()) > 1]
+    for cand in reversed(candidates):
+        if "python" in Path(cand).name and Path(cand).is_file():
+            return cand
+    return ""
+
 
 def detect_python() -> str:
-    """The repo's .venv python when the add-on runs from a source checkout, else ''."""
+    """A Python with the backend installed, or '' (the panel then offers to pick one or copy the install line).
+
+    In order: the interpreter of the ``nfsd`` command on PATH, the documented ``~/nfsd-backend`` venv, and the
+    repo's ``.venv`` when the add-on runs from a source checkout.
+    """
+    script = shutil.which("nfsd")
+    found = script_interpreter(script) if script else ""
+    if found:
+        return found
+    if _venv_python(DEFAULT_VENV).is_file():
+        return str(_venv_python(DEFAULT_VENV))
     here = Path(__file__).resolve().parent
     for root in (here.parent, *here.parents):
-        cand = root / ".venv" / "bin" / "python"
+        cand = _venv_python(root / ".venv")
         if cand.exists() and (root / "server").is_dir():
             return str(cand)
     return ""
 
 
 class LocalBackend:
+    """One backend per Blender session: ``start`` is serialised, so a Generate pressed while *Start Backend* is
+    still booting waits for that server instead of spawning a second, untracked one."""
+
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.token: str = ""
         self.version: str = ""
+        self._start_lock = threading.Lock()
+        self._booting: subprocess.Popen | None = None  # so stop() can end a server that is still booting
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     @property
+    def booting(self) -> bool:
+        return self._booting is not None
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, python: str, data_dir: str, prior: str = "", model: str = "") -> None:
-        if self.running:
-            return
+        with self._start_lock:
+            if not self.running:
+                self._start(python, data_dir, prior, model)
+
+    def _start(self, python: str, data_dir: str, prior: str, model: str) -> None:
         if not python or not Path(python).is_file():
             raise BackendError(
                 f"Backend Python not found: {python or '(empty)'}",
-                "set the backend Python path in the add-on preferences",
+                "pick the Python of your nfsd backend in the NFSD panel, or install the backend (README)",
             )
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(24)
@@ -62,6 +116,7 @@ class LocalBackend:
             )
         except OSError as err:
             raise BackendError(f"Cannot start the backend: {err}", "check the backend Python path") from None
+        self._booting = proc
         lines: queue.Queue = queue.Queue()
         errs: list[str] = []
 
@@ -81,15 +136,18 @@ class LocalBackend:
             line = lines.get(timeout=_READY_TIMEOUT_S)
         except queue.Empty:
             line = None
+        stopped = self._booting is None  # stop() was pressed while it booted
+        self._booting = None
         info = None
-        if line:
+        if line and not stopped:
             try:
                 info = json.loads(line)
             except ValueError:
                 info = None
         if not info or "port" not in info:
-            self.proc = proc
-            self.stop()
+            _end(proc)
+            if stopped:
+                raise BackendError("The backend was stopped while it started")
             tail = "".join(errs[-3:]).strip().splitlines()
             raise BackendError(
                 "The backend did not start" + (f": {tail[-1]}" if tail else ""),
@@ -98,23 +156,30 @@ class LocalBackend:
         self.proc, self.port, self.token, self.version = proc, int(info["port"]), token, info.get("version", "")
 
     def stop(self, timeout: float = 10.0) -> None:
+        booting, self._booting = self._booting, None
+        if booting is not None:
+            _end(booting, timeout)
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
+        if proc is not None:
+            _end(proc, timeout)
+
+
+def _end(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Close stdin (the server's cue to exit), then terminate, then kill."""
+    try:
+        if proc.stdin:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
         try:
-            if proc.stdin:
-                proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 BACKEND = LocalBackend()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -11,10 +12,12 @@ from typing import Any
 class BackendError(Exception):
     """A failure the artist can act on: ``str(err)`` is one clear line, ``hint`` says what to try."""
 
-    def __init__(self, message: str, hint: str | None = None, status: int | None = None):
+    def __init__(self, message: str, hint: str | None = None, status: int | None = None, transient: bool = False):
         super().__init__(message)
         self.hint = hint
         self.status = status
+        # Worth retrying: the server was unreachable, timed out, or answered 5xx (restarting, overloaded).
+        self.transient = transient or (status is not None and status >= 500)
 
     def __str__(self) -> str:
         msg = self.args[0]
@@ -65,11 +68,12 @@ class Client:
             if err.code == 401 and not hint:
                 hint = "check the token in the add-on preferences"
             raise BackendError(message, hint, err.code) from None
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise BackendError(
                 f"Cannot reach the server at {self.base_url}: {reason}",
                 "start the backend or check the URL in the add-on preferences",
+                transient=True,
             ) from None
 
     def _json(self, method: str, path: str, body: Any = None) -> Any:
@@ -99,6 +103,10 @@ class Client:
 
     def result_glb(self, job_id: str) -> bytes:
         return self._request("GET", f"/v1/jobs/{job_id}/result.glb")[0]
+
+    def models(self) -> list[dict]:
+        """``GET /v1/models``: what the server can load and whether each is already downloaded."""
+        return self._json("GET", "/v1/models")["models"]
 
     def result_json(self, job_id: str) -> dict:
         return self._json("GET", f"/v1/jobs/{job_id}/result.json")

@@ -1,8 +1,9 @@
-"""Import a finished GLB at the 3D cursor into the "NFSD" collection."""
+"""Import a finished GLB at the 3D cursor into the "NFSD" collection, all or nothing."""
 
 import bpy
 
 COLLECTION = "NFSD"
+PREFIX = "nfsd_"
 
 
 def _collection(scene):
@@ -14,14 +15,44 @@ def _collection(scene):
     return coll
 
 
-def import_glb(context, path, name, metadata):
+def asset_name(prompt: str, job_id: str) -> str:
+    """'a red ball 3f2a91': readable, and unique per job so two results never collide as '.001' copies."""
+    return f"{prompt.strip()[:48] or 'NFSD'} {job_id[:6]}".strip()
+
+
+def _snapshot():
+    return {kind: set(getattr(bpy.data, kind)) for kind in ("objects", "meshes", "materials", "images")}
+
+
+def _remove_new(before) -> None:
+    """Undo a half-done import: every datablock that was not there before goes."""
+    for kind in ("objects", "meshes", "materials", "images"):
+        coll = getattr(bpy.data, kind)
+        for block in [b for b in coll if b not in before[kind]]:
+            coll.remove(block)
+
+
+def import_glb(context, path, prompt, job_id, metadata):
+    """Import ``path``; on any failure remove what was made (and an NFSD collection made for it) and re-raise."""
     scene = context.scene
-    coll = _collection(scene)
-    before = set(bpy.data.objects)
+    had_collection = bpy.data.collections.get(COLLECTION) is not None
+    before = _snapshot()
+    try:
+        return _import(context, scene, path, prompt, job_id, metadata, before)
+    except Exception:
+        _remove_new(before)
+        coll = bpy.data.collections.get(COLLECTION)
+        if coll is not None and not had_collection and not coll.all_objects:
+            bpy.data.collections.remove(coll)
+        raise
+
+
+def _import(context, scene, path, prompt, job_id, metadata, before):
     bpy.ops.import_scene.gltf(filepath=path)
-    new = [ob for ob in bpy.data.objects if ob not in before]
+    new = [ob for ob in bpy.data.objects if ob not in before["objects"]]
     if not new:
         raise RuntimeError(f"The GLB at {path} held no objects")
+    coll = _collection(scene)
     for ob in new:
         for c in list(ob.users_collection):
             c.objects.unlink(ob)
@@ -32,10 +63,29 @@ def import_glb(context, path, name, metadata):
     for ob in context.view_layer.objects:
         ob.select_set(False)
     main = next((ob for ob in roots if ob.type == "MESH"), roots[0])
-    main.name = name[:60] or "NFSD"
-    for key, value in metadata.items():
-        main[f"nfsd_{key}"] = value
+    name = asset_name(prompt, job_id)
+    main.name = name
+    if main.type == "MESH":
+        main.data.name = name
+    for mat in [m for m in bpy.data.materials if m not in before["materials"]]:
+        mat.name = f"{name} material"
+    for img in [i for i in bpy.data.images if i not in before["images"]]:
+        img.name = f"{name} albedo"
+    _normalise_metadata(main, metadata)
     for ob in new:
         ob.select_set(True)
     context.view_layer.objects.active = main
     return main
+
+
+def _normalise_metadata(ob, metadata) -> None:
+    """One set of ``nfsd_*`` properties: the GLB's extras (the server's settings, as the job ran) win over the
+    add-on's copy of the request; empty values (no model for the analytic prior) are left out."""
+    from_glb = {key: ob[key] for key in list(ob.keys()) if not key.startswith(("_", PREFIX))}
+    for key in from_glb:
+        del ob[key]
+    merged = {**metadata, **from_glb}
+    for key, value in merged.items():
+        if value is None or value == "" or value == "None":
+            continue
+        ob[PREFIX + key] = value.lower() if key == "method" and isinstance(value, str) else value

@@ -1,6 +1,7 @@
 """The worker thread behind a generation (no bpy): start backend, submit, poll, download.
 
 It only puts events on a thread-safe queue; the bpy timer in ``operators`` reads them on the main thread.
+Events are ``(kind, job_id, payload)``; the kinds are the names of ``operators._on_<kind>``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from .client import BackendError, Client
 
 EVENTS: queue.Queue = queue.Queue()
 POLL_S = 0.5
+# Back-off between retries of a status call that failed transiently (~30 s in all, then the job is lost).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+class BackendGone(BackendError):
+    """The local backend is not running any more (Stop Backend, or it died): nothing to reconnect to."""
 
 
 class Settings:
@@ -25,62 +32,150 @@ class Settings:
         self.url, self.token, self.prior, self.model = url, token, prior, model
 
 
-def make_client(settings: Settings) -> Client:
+def make_client(settings: Settings, events: queue.Queue | None = None) -> Client:
     if settings.mode == "LOCAL":
         if not BACKEND.running:
+            if events is not None:
+                events.put(("phase", None, "starting backend"))
             BACKEND.start(settings.python_path, settings.data_dir, settings.prior, settings.model)
         return Client(BACKEND.url, BACKEND.token)
     return Client(settings.url, settings.token)
 
 
+def find_model(models: list[dict], prior: str, model: str) -> dict | None:
+    """The /v1/models entry a request will use ('' model = the server's default), or None."""
+    for entry in models:
+        if entry.get("prior") != prior:
+            continue
+        if prior != "stable-diffusion" or entry.get("model") == model or (not model and entry.get("default")):
+            return entry
+    return None
+
+
 class JobWorker(threading.Thread):
-    def __init__(self, settings: Settings, request: dict, events: queue.Queue = EVENTS):
+    """Submits ``requests`` (the server queues them: variations run one after another) and polls each to the end.
+
+    With ``resume`` (job ids) it submits nothing and follows jobs a saved scene was waiting on.
+    """
+
+    def __init__(self, settings: Settings, requests: list[dict], events: queue.Queue = EVENTS,
+                 resume: list[str] | None = None):
         super().__init__(daemon=True)
-        self.settings, self.request, self.events = settings, request, events
+        self.settings, self.requests, self.events = settings, list(requests), events
+        self.resume = list(resume or [])
         self.cancel_event = threading.Event()
         self.stop_event = threading.Event()
         self.job_id: str | None = None
+        self.job_ids: list[str] = []
+        self.retry_delays = RETRY_DELAYS_S
 
     def run(self) -> None:
         try:
-            client = make_client(self.settings)
-            self.job_id = client.submit(self.request)
-            self.events.put(("submitted", self.job_id, self.request))
-            self._poll(client)
+            client = make_client(self.settings, self.events)
+            try:
+                self.events.put(("backend", None, client.health()))  # for the panel's "ready on CUDA" line
+            except BackendError:
+                pass
+            if self.requests:
+                self._announce_model(client)
+            for request in self.requests:
+                if self.cancel_event.is_set():
+                    break
+                self.job_id = client.submit(request)
+                self.job_ids.append(self.job_id)
+                self.events.put(("submitted", self.job_id, request))
+            self.job_ids += self.resume
+            for job_id in list(self.job_ids):
+                self.job_id = job_id
+                if not self._poll(client, job_id) or self.stop_event.is_set():
+                    break
         except BackendError as err:
             self.events.put(("error", self.job_id, str(err)))
         except Exception as err:  # noqa: BLE001  (a bug must not leave the panel spinning)
             self.events.put(("error", self.job_id, f"Unexpected error: {err!r}"))
 
-    def _poll(self, client: Client) -> None:
+    def _announce_model(self, client: Client) -> None:
+        """Tell the panel whether the model must be downloaded first (an older server has no /v1/models)."""
+        request = self.requests[0]
+        try:
+            models = client.models()
+        except BackendError:
+            return
+        self.events.put(("models", None, models))
+        prior = request.get("prior") or self.settings.prior
+        entry = find_model(models, prior, request.get("model") or "")
+        if entry is not None:
+            self.events.put(("model", None, entry))
+
+    def _status(self, client: Client, job_id: str) -> dict | None:
+        """``client.status`` retried with back-off while the failure is transient; None once stopped."""
+        for attempt, delay in enumerate((*self.retry_delays, None), start=1):
+            try:
+                return client.status(job_id)
+            except BackendError as err:
+                if err.transient and self.settings.mode == "LOCAL" and not BACKEND.running:
+                    raise BackendGone("The backend was stopped while the job ran") from None
+                if not err.transient or delay is None:
+                    if err.transient:
+                        raise BackendError(f"Lost contact with the server: {err.args[0]}", err.hint) from None
+                    raise
+                self.events.put(("reconnecting", job_id, {"attempt": attempt, "error": err.args[0]}))
+                if self.stop_event.wait(delay):
+                    return None
+        return None
+
+    def _poll(self, client: Client, job_id: str) -> bool:
+        """Follow one job to its end; True when the next job should be followed too."""
         out_dir = os.path.join(self.settings.data_dir or ".", "blender")
         os.makedirs(out_dir, exist_ok=True)
         preview_step = None
         cancelled_sent = False
         while not self.stop_event.is_set():
             if self.cancel_event.is_set() and not cancelled_sent:
-                client.cancel(self.job_id)
-                cancelled_sent = True
-            status = client.status(self.job_id)
-            self.events.put(("status", self.job_id, status))
+                cancelled_sent = self._cancel_all(client)
+            try:
+                status = self._status(client, job_id)
+            except BackendGone as err:
+                self.events.put(("interrupted", job_id, str(err)))
+                return False
+            except BackendError as err:
+                if err.status == 404:
+                    self.events.put(("interrupted", job_id, "The server no longer has this job"))
+                    return True
+                raise
+            if status is None:
+                return False
+            self.events.put(("status", job_id, status))
             if status.get("has_preview") and status.get("preview_step") != preview_step:
                 try:
-                    path = os.path.join(out_dir, f"{self.job_id}_preview.png")
-                    _write(path, client.preview(self.job_id))
+                    path = os.path.join(out_dir, f"{job_id}_preview.png")
+                    _write(path, client.preview(job_id))
                     preview_step = status.get("preview_step")
-                    self.events.put(("preview", self.job_id, path))
+                    self.events.put(("preview", job_id, path))
                 except BackendError:
                     pass  # a preview is a nicety
             state = status.get("state")
             if state == "done":
-                path = os.path.join(out_dir, f"{self.job_id}.glb")
-                _write(path, client.result_glb(self.job_id))
-                self.events.put(("done", self.job_id, {"status": status, "glb": path}))
-                return
+                self.events.put(("phase", job_id, "downloading result"))
+                path = os.path.join(out_dir, f"{job_id}.glb")
+                _write(path, client.result_glb(job_id))
+                self.events.put(("done", job_id, {"status": status, "glb": path}))
+                return True
             if state in ("failed", "cancelled"):
-                self.events.put((state, self.job_id, status))
-                return
+                self.events.put((state, job_id, status))
+                return True  # after a cancel the other variations report 'cancelled' quickly
             time.sleep(POLL_S)
+        return False
+
+    def _cancel_all(self, client: Client) -> bool:
+        """Cancel every job this worker submitted; False (try again next poll) if the server is unreachable."""
+        for job_id in self.job_ids:
+            try:
+                client.cancel(job_id)
+            except BackendError as err:
+                if err.transient:
+                    return False
+        return True
 
 
 def _write(path: str, data: bytes) -> None:

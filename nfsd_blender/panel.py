@@ -1,67 +1,201 @@
-"""The View3D sidebar panel (tab "NFSD")."""
+"""The View3D sidebar (tab "NFSD"): one small draw function per section, so sections can be added or moved."""
+
+import os
+import time
 
 import bpy
+import bpy.utils.previews
 
-from .operators import PREVIEW_IMAGE
+from . import operators, progress
+from .operators import PREVIEW_IMAGE, busy
+from .preferences import get_prefs
 
-ACTIVE = ("starting", "queued", "running", "exporting")
+ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
+            "cached": True}
+
+
+def model_label(entry) -> str:
+    size = progress.format_size(entry.get("size_bytes") if entry.get("cached") else entry.get("download_bytes"))
+    if entry.get("cached"):
+        return f"{entry['label']}" + (f" ({size})" if size else "")
+    return f"{entry['label']} (download {size or 'needed'})"
+
+
+def current_model(props):
+    """The /v1/models entry the form points at, or None for 'the preferences' default'."""
+    if not props.prior and not props.model:
+        return None
+    for entry in operators.STATE["models"] or [ANALYTIC]:
+        if entry.get("prior") == props.prior and (entry.get("model") or "") == props.model:
+            return entry
+    return {"label": props.model or props.prior, "prior": props.prior, "model": props.model, "cached": True}
+
+
+class NFSD_MT_models(bpy.types.Menu):
+    bl_idname = "NFSD_MT_models"
+    bl_label = "Model"
+
+    def draw(self, context):
+        layout = self.layout
+        op = layout.operator("nfsd.set_model", text="Preferences' default")
+        op.prior, op.model = "", ""
+        for entry in operators.STATE["models"] or [ANALYTIC]:
+            op = layout.operator("nfsd.set_model", text=model_label(entry),
+                                 icon="CHECKMARK" if entry.get("cached") else "IMPORT")
+            op.prior, op.model = entry.get("prior") or "", entry.get("model") or ""
+        layout.separator()
+        layout.operator("nfsd.refresh_models", icon="FILE_REFRESH")
 
 
 class NFSD_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
-        row.label(text=item.prompt or "(no prompt)")
+        thumb = _thumbnail(item.preview_path)
+        if thumb:
+            row.label(text=item.prompt or "(no prompt)", icon_value=thumb)
+        else:
+            row.label(text=item.prompt or "(no prompt)", icon="MESH_ICOSPHERE")
         row.label(text=f"seed {item.seed}")
-        row.label(text=item.state)
+        row.label(text=item.state, icon="ERROR" if item.state in ("failed", "error", "interrupted") else "NONE")
 
 
-class NFSD_PT_main(bpy.types.Panel):
-    bl_idname = "NFSD_PT_main"
-    bl_label = "NFSD Text to 3D"
+def _thumbnail(path) -> int:
+    """The icon id of a history entry's last preview (0 when there is none)."""
+    pcoll = operators.STATE["thumbs"]
+    if pcoll is None or not path:
+        return 0
+    path = bpy.path.abspath(path)
+    if path not in pcoll:
+        if not os.path.isfile(path):
+            return 0
+        pcoll.load(path, path, "IMAGE")
+    return pcoll[path].icon_id
+
+
+def draw_backend(layout, context):
+    """Status line (booting / ready on CUDA / stopped / remote), the output folder, and the first-run help."""
+    prefs = get_prefs(context)
+    row = layout.row(align=True)
+    row.label(text=operators.server_status_text(), icon="NETWORK_DRIVE" if prefs.mode == "REMOTE" else "CONSOLE")
+    row.operator("nfsd.check_health", text="", icon="FILE_REFRESH")
+    row.operator("nfsd.open_output", text="", icon="FILE_FOLDER")
+    if prefs.mode == "LOCAL" and not operators.BACKEND.running and not operators.python_path(prefs):
+        box = layout.box()
+        box.label(text="No nfsd backend found on this computer", icon="INFO")
+        row = box.row(align=True)
+        row.operator("nfsd.pick_python", text="Pick its Python…", icon="FILEBROWSER")
+        row.operator("nfsd.copy_install_command", text="Copy Install Command", icon="COPYDOWN")
+
+
+def draw_model(layout, props):
+    entry = current_model(props)
+    row = layout.row(align=True)
+    row.label(text="Model")
+    row.menu("NFSD_MT_models", text=model_label(entry) if entry else "Preferences' default")
+    if entry and not entry.get("cached"):
+        size = progress.format_size(entry.get("download_bytes"))
+        layout.label(text=f"First use downloads {size or 'the model'} (needs internet)", icon="IMPORT")
+
+
+def draw_form(layout, props):
+    col = layout.column()
+    col.enabled = not busy()  # editing during a job would change nothing: say so by greying out
+    col.prop(props, "prompt")
+    col.prop(props, "negative_prompt")
+    draw_model(col, props)
+    col.prop(props, "method", expand=True)
+    col.prop(props, "guidance_scale")
+    row = col.row(align=True)
+    row.prop(props, "seed")
+    row.operator("nfsd.random_seed", text="", icon="FILE_REFRESH")
+    col.prop(props, "variations")
+    col.prop(props, "preset")
+    col.prop(props, "steps")
+    col.prop(props, "poly_budget")
+    col.prop(props, "texture_size")
+
+
+def progress_text(props):
+    started = operators.STATE["export_started"]
+    elapsed = time.monotonic() - started if started is not None and props.job_state == "exporting" else None
+    return progress.phase(
+        props.job_state, props.job_step, props.job_total, props.job_eta if props.job_eta >= 0 else None,
+        props.job_queue_position, props.job_phase, int(props.job_download_gb * 1e9), elapsed, props.job_reconnect,
+    )
+
+
+def draw_progress(layout, props):
+    text, frac = progress_text(props)
+    if hasattr(layout, "progress"):
+        layout.progress(factor=frac, text=text)
+    else:
+        layout.label(text=text)
+    img = bpy.data.images.get(PREVIEW_IMAGE)
+    if img is not None and getattr(img, "preview", None) is not None:
+        layout.template_icon(icon_value=img.preview.icon_id, scale=8.0)
+
+
+def draw_actions(layout, props):
+    if busy():
+        draw_progress(layout, props)
+        layout.operator("nfsd.cancel", icon="CANCEL")
+        return
+    label = "Generate" if props.variations == 1 else f"Generate {props.variations} Variations"
+    layout.operator("nfsd.generate", text=label, icon="PLAY")
+
+
+def draw_error(layout, props):
+    if not props.error:
+        return
+    box = layout.box()
+    for i, line in enumerate(_wrap(props.error)):
+        box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+    if props.error_details and props.error_details != props.error:
+        box.operator("nfsd.copy_error", icon="COPYDOWN")
+
+
+class SidebarPanel:
+    """Mixin: a panel in the 3D view's N-panel tab "NFSD" (sub-panels add ``bl_parent_id = "NFSD_PT_main"``)."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "NFSD"
 
+
+class NFSD_PT_main(SidebarPanel, bpy.types.Panel):
+    bl_idname = "NFSD_PT_main"
+    bl_label = "NFSD Text to 3D"
+
     def draw(self, context):
         layout = self.layout
         props = context.scene.nfsd
-        col = layout.column()
-        col.prop(props, "prompt")
-        col.prop(props, "negative_prompt")
-        col.prop(props, "method", expand=True)
-        col.prop(props, "guidance_scale")
-        row = col.row(align=True)
-        row.prop(props, "seed")
-        row.operator("nfsd.random_seed", text="", icon="FILE_REFRESH")
-        col.prop(props, "preset")
-        col.prop(props, "steps")
-        col.prop(props, "poly_budget")
-        col.prop(props, "texture_size")
-        running = props.job_state in ACTIVE
-        if running:
-            frac = props.job_step / props.job_total if props.job_total else 0.0
-            eta = f", ETA {props.job_eta:.0f} s" if props.job_eta >= 0 else ""
-            text = f"{props.job_state} {props.job_step}/{props.job_total}{eta}"
-            if hasattr(layout, "progress"):
-                layout.progress(factor=frac, text=text)
-            else:
-                layout.label(text=text)
-            img = bpy.data.images.get(PREVIEW_IMAGE)
-            if img is not None and getattr(img, "preview", None) is not None:
-                layout.template_icon(icon_value=img.preview.icon_id, scale=8.0)
-            layout.operator("nfsd.cancel", icon="CANCEL")
-        else:
-            layout.operator("nfsd.generate", icon="PLAY")
-        if props.error:
-            box = layout.box()
-            for line in _wrap(props.error):
-                box.label(text=line, icon="ERROR" if line is not None else "NONE")
-        layout.label(text="History")
-        layout.template_list("NFSD_UL_history", "", props, "history", props, "history_index", rows=3)
+        draw_backend(layout, context)
+        draw_form(layout, props)
+        draw_actions(layout, props)
+        draw_error(layout, props)
+
+
+class NFSD_PT_history(SidebarPanel, bpy.types.Panel):
+    bl_idname = "NFSD_PT_history"
+    bl_label = "History"
+    bl_parent_id = "NFSD_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.nfsd
+        row = layout.row()
+        row.template_list("NFSD_UL_history", "", props, "history", props, "history_index", rows=3)
+        side = row.column(align=True)
+        side.operator("nfsd.history_delete", text="", icon="REMOVE")
+        side.operator("nfsd.history_clear", text="", icon="TRASH")
         row = layout.row(align=True)
         row.operator("nfsd.history_reimport", text="Re-import")
         row.operator("nfsd.history_rerun", text="Re-run").new_seed = False
         row.operator("nfsd.history_rerun", text="New Seed").new_seed = True
+        if 0 <= props.history_index < len(props.history):
+            item = props.history[props.history_index]
+            if item.error:
+                layout.label(text=item.error, icon="ERROR")
 
 
 def _wrap(text, width=48):
@@ -77,10 +211,11 @@ def _wrap(text, width=48):
     return lines
 
 
-classes = (NFSD_UL_history, NFSD_PT_main)
+classes = (NFSD_MT_models, NFSD_UL_history, NFSD_PT_main, NFSD_PT_history)
 
 
 def register():
+    operators.STATE["thumbs"] = bpy.utils.previews.new()
     for cls in classes:
         bpy.utils.register_class(cls)
 
@@ -88,3 +223,6 @@ def register():
 def unregister():
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
+    if operators.STATE["thumbs"] is not None:
+        bpy.utils.previews.remove(operators.STATE["thumbs"])
+        operators.STATE["thumbs"] = None

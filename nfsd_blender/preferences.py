@@ -25,7 +25,8 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
     )
     python_path: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default=backend.detect_python(),
-        description="Python with the nfsd_server package installed",
+        description="Python with the nfsd_server package installed; empty = find it (the nfsd command on PATH, "
+        "~/nfsd-backend)",
     )
     data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default=_default_data_dir())
     url: StringProperty(name="URL", default=f"http://{contract.DEFAULT_HOST}:{contract.DEFAULT_PORT}")
@@ -44,7 +45,8 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         if self.mode == "LOCAL":
             layout.prop(self, "python_path")
             if not self.python_path:
-                layout.label(text="Set the Python of an environment with nfsd_server installed", icon="INFO")
+                found = backend.detect_python()
+                layout.label(text=f"Found: {found}" if found else "No backend found; see the NFSD panel", icon="INFO")
             layout.prop(self, "data_dir")
             row = layout.row()
             row.operator("nfsd.start_backend", icon="PLAY")

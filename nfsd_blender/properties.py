@@ -30,8 +30,12 @@ class NFSD_HistoryItem(bpy.types.PropertyGroup):
     preset: StringProperty()
     poly_budget: IntProperty()
     texture_size: StringProperty()
+    prior: StringProperty()
+    model: StringProperty()
     state: StringProperty()
+    error: StringProperty()
     glb_path: StringProperty(subtype="FILE_PATH")
+    preview_path: StringProperty(subtype="FILE_PATH")
 
 
 class NFSD_SceneProps(bpy.types.PropertyGroup):
@@ -61,13 +65,25 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
         name="Texture", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
         default=str(contract.DEFAULT_TEXTURE_SIZE),
     )
+    variations: IntProperty(
+        name="Variations", description="How many seeds to make (seed, seed+1, …); the server runs them in turn",
+        default=1, min=1, max=8,
+    )
+    # the model picker: '' = the preferences' prior and model
+    prior: StringProperty(name="Prior")
+    model: StringProperty(name="Model")
     # the running job (filled by the poller)
     job_id: StringProperty()
     job_state: StringProperty()
+    job_phase: StringProperty(description="What the add-on itself is doing: starting backend, importing, …")
     job_step: IntProperty()
     job_total: IntProperty()
     job_eta: FloatProperty(default=-1.0)
+    job_queue_position: IntProperty(default=-1)
+    job_reconnect: IntProperty(description="Retry count while the server is unreachable; 0 = connected")
+    job_download_gb: FloatProperty(description="Size of the model download the job waits for; 0 = cached")
     error: StringProperty()
+    error_details: StringProperty(description="The full text behind the one-line error, for Copy Details")
     history: CollectionProperty(type=NFSD_HistoryItem)
     history_index: IntProperty()
 

@@ -1,10 +1,7 @@
 """client.py against a stdlib fake server (no bpy), and the add-on's import hygiene."""
 
 import ast
-import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,21 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from fake_http import JsonHandler, serve
+
 from nfsd_blender.client import BackendError, Client
 
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JsonHandler):
     def do_GET(self):
         if self.path == "/v1/health":
             return self._send(200, {"version": "1.0", "device": "cpu", "models_loaded": []})
@@ -42,9 +30,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server, url = serve(Handler)
+    yield url
     server.shutdown()
 
 
@@ -98,6 +85,6 @@ def test_addon_imports_no_torch_or_numpy():
 
 
 def test_client_and_backend_do_not_import_bpy():
-    for name in ("client.py", "backend.py", "jobs.py"):
+    for name in ("client.py", "backend.py", "jobs.py", "progress.py", "contract.py"):
         src = (ROOT / "nfsd_blender" / name).read_text()
         assert "import bpy" not in src, name

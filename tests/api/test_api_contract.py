@@ -30,7 +30,7 @@ def test_api_contract_routes_and_methods(spec):
         ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}", "delete"),
         ("/v1/jobs/{job_id}/preview.png", "get"),
         ("/v1/jobs/{job_id}/result.glb", "get"), ("/v1/jobs/{job_id}/result.json", "get"),
-        ("/v1/health", "get"),
+        ("/v1/health", "get"), ("/v1/models", "get"),
     }
     assert "202" in spec["paths"]["/v1/jobs"]["post"]["responses"]
     assert "image/png" in spec["paths"]["/v1/jobs/{job_id}/preview.png"]["get"]["responses"]["200"]["content"]
@@ -93,4 +93,8 @@ def test_api_contract_job_status_and_health(spec):
         "authenticated",
     }
     assert set(schemas["MemoryUsage"]["properties"]) == {"rss_bytes", "cuda_allocated_bytes"}
+    assert set(schemas["ModelList"]["properties"]) == {"models", "cache_dir"}
+    assert set(schemas["ModelInfo"]["properties"]) == {
+        "id", "label", "prior", "model", "source", "cached", "size_bytes", "download_bytes", "default",
+    }
     assert set(schemas["ErrorBody"]["properties"]) == {"detail", "hint"}

@@ -13,6 +13,7 @@ from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PRIOR
 
 from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs
+from nfsd_server.api import routes_models
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
 from nfsd_server.api.limits import GuardMiddleware
@@ -71,4 +72,5 @@ def create_app(
     app.add_middleware(GuardMiddleware, token=config.token or None)
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_models.router)
     return app

@@ -1,0 +1,102 @@
+"""``/v1/models``: what the server can generate with, and what is already on disk, so the add-on can offer a
+picker and say "downloads 5.2 GB" before a job stalls on it offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from nfsd_blender.contract import DEFAULT_MODEL
+from nfsd_server.api.auth import require_token
+from nfsd_server.api.schemas import ErrorBody
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["models"],
+    dependencies=[Depends(require_token)],
+    responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},
+)
+
+# What the loader fetches (unet + text encoder + vae, fp32 safetensors) for the hub models we know.
+KNOWN_DOWNLOAD_BYTES = {DEFAULT_MODEL: 5_160_000_000}
+PIPELINE_FILE = "model_index.json"  # a diffusers pipeline folder (or hub repo) has one at its root
+LOCAL_MODELS_DIR = "models"  # <data-dir>/models/<name>/ are offered as local models
+
+
+class ModelInfo(BaseModel):
+    id: str = Field(description="Stable key: 'analytic', a hub id, or a local folder's path.")
+    label: str = Field(description="What the picker shows.")
+    prior: str = Field(description="The job's 'prior' for this model.")
+    model: str | None = Field(description="The job's 'model' (hub id or folder); null for the analytic prior.")
+    source: Literal["builtin", "hub", "local"]
+    cached: bool = Field(description="True when no download is needed (in the Hugging Face cache, or local).")
+    size_bytes: int | None = Field(description="Size on disk when cached; null otherwise.")
+    download_bytes: int | None = Field(description="About how much a first use downloads; null when cached or unknown.")
+    default: bool = Field(description="The server's default model (what a job with model null uses).")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    cache_dir: str | None = Field(description="The Hugging Face cache scanned; null when it does not exist yet.")
+
+
+def _hub_cache() -> tuple[dict[str, int], str | None]:
+    """{repo id: bytes on disk} of the diffusers pipelines in the Hugging Face cache (no network)."""
+    from huggingface_hub import constants, scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:
+        return {}, None
+    found = {}
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        if any(f.file_name == PIPELINE_FILE and f.file_path.parent == rev.snapshot_path
+               for rev in repo.revisions for f in rev.files):
+            found[repo.repo_id] = repo.size_on_disk
+    return found, str(constants.HF_HUB_CACHE)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def list_models(data_dir: Path, default_prior: str, default_model: str | None) -> ModelList:
+    cached, cache_dir = _hub_cache()
+    default_model = default_model or DEFAULT_MODEL
+    models = [ModelInfo(
+        id="analytic", label="Analytic (offline test shapes)", prior="analytic", model=None, source="builtin",
+        cached=True, size_bytes=0, download_bytes=None, default=default_prior == "analytic",
+    )]
+    hub_ids = list(dict.fromkeys([*KNOWN_DOWNLOAD_BYTES, *sorted(cached)]))
+    local = sorted(p for p in (data_dir / LOCAL_MODELS_DIR).glob("*") if (p / PIPELINE_FILE).is_file())
+    if Path(default_model).is_dir():
+        local = [Path(default_model), *[p for p in local if p != Path(default_model)]]
+    elif default_model not in hub_ids:
+        hub_ids.append(default_model)
+    for repo_id in hub_ids:
+        is_cached = repo_id in cached
+        models.append(ModelInfo(
+            id=repo_id, label=repo_id, prior="stable-diffusion", model=repo_id, source="hub", cached=is_cached,
+            size_bytes=cached.get(repo_id), download_bytes=None if is_cached else KNOWN_DOWNLOAD_BYTES.get(repo_id),
+            default=default_prior == "stable-diffusion" and repo_id == default_model,
+        ))
+    for folder in local:
+        models.append(ModelInfo(
+            id=str(folder), label=f"{folder.name} (local)", prior="stable-diffusion", model=str(folder),
+            source="local", cached=True, size_bytes=_folder_bytes(folder), download_bytes=None,
+            default=default_prior == "stable-diffusion" and str(folder) == default_model,
+        ))
+    return ModelList(models=models, cache_dir=cache_dir)
+
+
+@router.get("/models", response_model=ModelList)
+def models(request: Request) -> ModelList:
+    """Known and cached models; never touches the network."""
+    jobs = request.app.state.manager
+    return list_models(jobs.data_dir, jobs.default_prior, jobs.default_model)

@@ -1,0 +1,250 @@
+"""The add-on's bpy-free parts against fakes: polling that survives a flaky server, cancel that keeps working,
+progress text, backend detection from an installed zip, and one backend per session."""
+
+import os
+import queue
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from fake_http import JsonHandler, serve
+
+from nfsd_blender import backend, jobs, progress
+from nfsd_blender.client import BackendError, Client
+
+
+class FlakyServer:
+    """GET /v1/jobs/j1 fails with ``fail_status`` for the first ``failures`` calls, then says 'running' until a
+    DELETE arrives (which itself fails ``cancel_failures`` times first), then 'cancelled'."""
+
+    def __init__(self, failures=0, fail_status=503, cancel_failures=0, missing=False):
+        self.failures, self.fail_status, self.cancel_failures, self.missing = failures, fail_status, cancel_failures, missing
+        self.status_calls = self.cancel_calls = 0
+        self.cancelled = False
+        outer = self
+
+        class Handler(JsonHandler):
+            def do_GET(self):
+                if self.path == "/v1/health":
+                    return self._send(200, {"version": "fake", "device": "cpu"})
+                outer.status_calls += 1
+                if outer.missing:
+                    return self._send(404, {"detail": "no job 'j1' on this server"})
+                if outer.status_calls <= outer.failures:
+                    return self._send(outer.fail_status, {"detail": "restarting"})
+                state = "cancelled" if outer.cancelled else "running"
+                self._send(200, {"id": "j1", "state": state, "step": 3, "total": 10, "eta_s": 70.0,
+                                 "has_preview": False, "request": {}})
+
+            def do_DELETE(self):
+                outer.cancel_calls += 1
+                if outer.cancel_calls <= outer.cancel_failures:
+                    return self._send(502, {"detail": "bad gateway"})
+                outer.cancelled = True
+                self._send(200, {"id": "j1", "state": "cancelled"})
+
+        self.server, self.url = serve(Handler)
+
+    def close(self):
+        self.server.shutdown()
+
+
+def _follow(server, tmp_path, cancel_after=None):
+    events: queue.Queue = queue.Queue()
+    settings = jobs.Settings("REMOTE", "", str(tmp_path), server.url, "tok", "analytic", "")
+    worker = jobs.JobWorker(settings, [], events, resume=["j1"])
+    worker.retry_delays = (0.01, 0.02, 0.04)
+    worker.start()
+    if cancel_after is not None:
+        deadline = time.monotonic() + 10
+        while server.status_calls < cancel_after and time.monotonic() < deadline:
+            time.sleep(0.01)
+        worker.cancel_event.set()
+    worker.join(20)
+    assert not worker.is_alive()
+    out = []
+    while not events.empty():
+        out.append(events.get())
+    return out
+
+
+def test_poll_survives_transient_errors_and_says_reconnecting(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "POLL_S", 0.01)
+    server = FlakyServer(failures=2, fail_status=503)
+    try:
+        events = _follow(server, tmp_path, cancel_after=4)
+    finally:
+        server.close()
+    kinds = [kind for kind, _, _ in events]
+    assert [p["attempt"] for k, _, p in events if k == "reconnecting"] == [1, 2]
+    assert kinds[-1] == "cancelled", events  # the loop lived on, and Cancel still worked
+    assert "error" not in kinds
+
+
+def test_cancel_is_retried_when_the_server_blips(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "POLL_S", 0.01)
+    server = FlakyServer(cancel_failures=2)
+    try:
+        events = _follow(server, tmp_path, cancel_after=2)
+    finally:
+        server.close()
+    assert server.cancel_calls == 3
+    assert events[-1][0] == "cancelled"
+
+
+def test_poll_gives_up_with_one_line_after_the_backoff(tmp_path):
+    server = FlakyServer(failures=99, fail_status=503)
+    try:
+        events = _follow(server, tmp_path)
+    finally:
+        server.close()
+    assert server.status_calls == 4  # the first try + 3 retries
+    kind, job_id, message = events[-1]
+    assert (kind, job_id) == ("error", "j1")
+    assert message.startswith("Lost contact with the server: restarting")
+
+
+def test_a_job_the_server_forgot_is_interrupted_not_an_error(tmp_path):
+    server = FlakyServer(missing=True)
+    try:
+        events = _follow(server, tmp_path)
+    finally:
+        server.close()
+    assert events == [("backend", None, {"version": "fake", "device": "cpu"}),
+                      ("interrupted", "j1", "The server no longer has this job")]
+
+
+def test_client_errors_are_not_retried():
+    assert BackendError("bad", status=401).transient is False
+    assert BackendError("bad", status=503).transient is True
+    with pytest.raises(BackendError) as err:
+        Client("http://127.0.0.1:9", timeout=1).health()  # discard port: refused
+    assert err.value.transient
+
+
+@pytest.mark.parametrize("seconds, text", [(None, ""), (-1, ""), (0, "0:00"), (59.6, "1:00"), (1858, "30:58"),
+                                           (3725, "1:02:05")])
+def test_eta_is_minutes_and_seconds(seconds, text):
+    assert progress.format_duration(seconds) == text
+
+
+def test_phases_are_named():
+    assert progress.phase("starting", client_phase="starting backend") == ("starting backend…", 0.0)
+    assert progress.phase("queued", queue_position=2)[0] == "queued (2 ahead)"
+    assert progress.phase("running", 0, 5000)[0] == "loading model…"
+    assert progress.phase("running", 0, 5000, download_bytes=5_160_000_000)[0] == (
+        "downloading model (5.2 GB), then loading…")
+    assert progress.phase("running", 1250, 5000, eta_s=1858) == ("training 1250/5000 · ETA 30:58", 0.25)
+    assert progress.phase("exporting", 5000, 5000, elapsed_s=12)[0] == "exporting mesh and texture · 0:12"
+    assert progress.phase("running", 10, 50, reconnect_attempt=3)[0] == "reconnecting to the server (try 3)…"
+    assert progress.phase("done", 5000, 5000, client_phase="importing") == ("importing…", 1.0)
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_detects_the_nfsd_command_on_path(tmp_path, monkeypatch):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    python = _executable(tmp_path / "venv" / "bin" / "python", "#!/bin/sh\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _executable(bindir / "nfsd", f"#!{python}\nimport sys\n")
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.setattr(backend, "DEFAULT_VENV", tmp_path / "nowhere")
+    assert backend.detect_python() == str(python)
+    # pip's form for interpreter paths too long for a shebang
+    _executable(bindir / "nfsd", f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\n")
+    assert backend.detect_python() == str(python)
+
+
+def test_detects_the_documented_venv_and_says_nothing_when_there_is_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(backend, "DEFAULT_VENV", tmp_path / "nfsd-backend")
+    monkeypatch.setattr(backend, "__file__", str(tmp_path / "ext" / "nfsd_blender" / "backend.py"))
+    assert backend.detect_python() == ""
+    (tmp_path / "nfsd-backend" / "bin").mkdir(parents=True)
+    python = _executable(tmp_path / "nfsd-backend" / "bin" / "python", "#!/bin/sh\n")
+    assert backend.detect_python() == str(python)
+
+
+def _fake_server_python(tmp_path: Path) -> Path:
+    """A 'python' that boots slowly like the real backend (prints its port line after 1 s, exits when its stdin
+    closes) and counts how often it was started."""
+    return _executable(tmp_path / "python", f"""#!/bin/sh
+echo started >> {tmp_path}/spawns
+sleep 1
+echo '{{"port": 1, "version": "fake"}}'
+cat > /dev/null
+""")
+
+
+def _start_in_thread(local, python, data_dir, errors) -> threading.Thread:
+    """``local.start`` as the add-on calls it: from a worker thread, its BackendError collected in ``errors``."""
+
+    def start():
+        try:
+            local.start(str(python), str(data_dir))
+        except BackendError as err:
+            errors.append(str(err))
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    return thread
+
+
+def test_one_backend_even_when_generate_races_start_backend(tmp_path):
+    python = _fake_server_python(tmp_path)
+    local = backend.LocalBackend()
+    errors = []
+    # Start Backend, Generate and Check Server pressed together
+    threads = [_start_in_thread(local, python, tmp_path / "data", errors) for _ in range(3)]
+    for t in threads:
+        t.join(30)
+    try:
+        assert not errors and local.running
+        assert (tmp_path / "spawns").read_text().count("started") == 1
+    finally:
+        proc = local.proc
+        local.stop()
+    assert proc.poll() is not None
+
+
+def test_stop_while_booting_leaves_no_backend(tmp_path):
+    python = _fake_server_python(tmp_path)
+    local = backend.LocalBackend()
+    errors = []
+    t = _start_in_thread(local, python, tmp_path / "data", errors)
+    deadline = time.monotonic() + 10
+    while not local.booting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    booting = local._booting
+    local.stop()
+    t.join(30)
+    assert not local.running and booting.poll() is not None
+    assert errors and "stopped" in errors[0]
+    assert os.environ.get("NFSD_TOKEN") is None  # the token goes to the child only
+
+
+def test_a_stopped_local_backend_is_not_retried(tmp_path, monkeypatch):
+    server = FlakyServer(failures=99, fail_status=503)
+    events: queue.Queue = queue.Queue()
+    monkeypatch.setattr(jobs, "make_client", lambda settings, events=None: Client(server.url, "tok"))
+    assert not jobs.BACKEND.running  # as after Stop Backend
+    worker = jobs.JobWorker(jobs.Settings("LOCAL", "", str(tmp_path), "", "", "analytic", ""), [], events,
+                            resume=["j1"])
+    worker.start()
+    worker.join(20)
+    server.close()
+    assert server.status_calls == 1
+    assert events.get_nowait()[0] == "backend"
+    assert events.get_nowait() == ("interrupted", "j1", "The backend was stopped while the job ran")
