@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs
 from nfsd_server.api.errors import install_error_handlers
-from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
+from nfsd_server.api.jobs import Executor, JobManager, LoadPriorFn, RunFn
 from nfsd_server.guidance.stable_diffusion import DEFAULT_MODEL
 
 
@@ -31,17 +31,19 @@ def create_app(
     run_fn: RunFn | None = None,
     load_prior_fn: LoadPriorFn | None = None,
     start_worker: bool = True,
+    executor: Executor | None = None,
 ) -> FastAPI:
     """The app; the job runner (and with it every warm model) lives exactly as long as its lifespan.
 
-    ``start_worker=False`` accepts jobs but never runs them (for fuzzing the HTTP layer).
+    ``start_worker=False`` accepts jobs but never runs them (for fuzzing the HTTP layer). ``executor`` runs
+    jobs elsewhere (``nfsd serve --ray``); its owner closes it.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         manager = JobManager(
             config.data_dir, default_prior=config.default_prior, default_model=config.default_model,
-            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn,
+            device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn, executor=executor,
         )
         app.state.manager = manager
         if start_worker:

@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable, Protocol, get_args
 
 import numpy as np
 import torch
@@ -59,6 +59,16 @@ PREVIEW_FILE = "preview.png"
 
 RunFn = Callable[[GenerationSettings, Prior, Path, Callbacks], GenerationResult]
 LoadPriorFn = Callable[..., Prior]
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere other than this process (``nfsd_server.farm.ray_jobs.RayExecutor``): ``slots`` at
+    once, each ``run`` blocking like the pipeline, reporting through the callbacks and owning its models."""
+
+    slots: int
+    device: str
+
+    def run(self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks) -> GenerationResult: ...
 
 
 class JobNotFound(KeyError):
@@ -173,6 +183,9 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 class JobManager:
     """Runs jobs one at a time, in submission order, on one worker thread; owns the warm priors.
 
+    With an ``executor`` (a Ray cluster) it runs ``executor.slots`` jobs at once, one thread each, and the
+    executor owns the models.
+
     ``run_fn`` and ``load_prior_fn`` default to the real pipeline; tests inject fakes.
     ``max_warm_models`` priors stay loaded between jobs, keyed by (prior, model, device); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
@@ -188,37 +201,43 @@ class JobManager:
         run_fn: RunFn | None = None,
         load_prior_fn: LoadPriorFn | None = None,
         max_warm_models: int = 1,
+        executor: Executor | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.default_prior = default_prior
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
+        self._executor = executor
+        if executor is not None:
+            self.device = executor.device
         self._run_fn: RunFn = run_fn or run_generation
         self._load_prior_fn: LoadPriorFn = load_prior_fn or load_prior
         self._max_warm_models = max(1, max_warm_models)
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
-        self._running: str | None = None
+        self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
         self._priors: OrderedDict[tuple[str, str | None, str], Prior] = OrderedDict()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._recover()
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="nfsd-job-worker", daemon=True)
-        self._thread.start()
+        for index in range(self._executor.slots if self._executor else 1):
+            thread = threading.Thread(target=self._work, name=f"nfsd-job-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the running job reaches a step boundary; it is marked failed (submit it again)."""
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
                 log.warning("the running job did not stop within %.0f s; it is failed at the next start", timeout)
         with self._lock:
             self._priors.clear()
@@ -330,7 +349,7 @@ class JobManager:
             return {
                 "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _ in self._priors],
                 "queue_length": len(self._pending),
-                "running_job": self._running,
+                "running_job": self._running[0] if self._running else None,
             }
 
     def _get(self, job_id: str) -> Job:
@@ -369,7 +388,7 @@ class JobManager:
                 if self._stopping:
                     return
                 job = self._jobs[self._pending.popleft()]
-                self._running = job.id
+                self._running.append(job.id)
                 self._set_state(job, "running")
             try:
                 self._run(job)
@@ -384,7 +403,7 @@ class JobManager:
                         )
             finally:
                 with self._lock:
-                    self._running = None
+                    self._running.remove(job.id)
 
     def _run(self, job: Job) -> None:
         def should_cancel() -> bool:
@@ -400,10 +419,13 @@ class JobManager:
         # The resolved request has GenerationSettings' fields, plus init_mesh, which nothing consumes yet.
         settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
         try:
-            prior = self._warm_prior(request.prior, request.model)
-            if should_cancel():
-                raise GenerationCancelled("cancelled while loading the model")
-            result = self._run_fn(settings, prior, job.folder, callbacks)
+            if self._executor is not None:
+                result = self._executor.run(settings, job.folder, callbacks)
+            else:
+                prior = self._warm_prior(request.prior, request.model)
+                if should_cancel():
+                    raise GenerationCancelled("cancelled while loading the model")
+                result = self._run_fn(settings, prior, job.folder, callbacks)
             glb_name = self._keep_in_folder(job, Path(result.glb_path))
         except GenerationCancelled:
             with self._lock:

@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available)")
     parser.add_argument("--parent-stdin", action="store_true", help="exit when stdin closes (for a spawning parent)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--ray", metavar="ADDRESS", default=None,
+        help="run jobs concurrently on a Ray cluster: auto, local or HEAD:6379 (needs the farm extra)",
+    )
+    parser.add_argument("--ray-workers", type=int, default=None, help="at most this many Ray workers (default: one per GPU)")
 
 
 def is_loopback(host: str) -> bool:
@@ -141,10 +146,16 @@ def run(args: argparse.Namespace) -> int:
     if token is None:  # after every check, so a usage error stays the only line
         print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
     port = sock.getsockname()[1]
+    executor = None
+    if args.ray:
+        from nfsd_server.farm.ray_jobs import connect_executor
+
+        executor = connect_executor(args.ray, args.ray_workers)
     announce = _claim_stdout()
     app = create_app(
         ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
-                     default_model=args.default_model, device=device)
+                     default_model=args.default_model, device=device),
+        executor=executor,
     )
 
     class AnnouncingServer(uvicorn.Server):
@@ -162,5 +173,9 @@ def run(args: argparse.Namespace) -> int:
     server = AnnouncingServer(config)
     if args.parent_stdin:
         threading.Thread(target=_exit_when_stdin_closes, args=(server,), name="nfsd-parent-stdin", daemon=True).start()
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if executor is not None:
+            executor.close()
     return 0 if server.started else 1
