@@ -142,15 +142,17 @@ def run(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--data-dir {str(data_dir)!r} cannot be created: {error.strerror}") from None
+    executor = None
+    if args.ray:
+        if device is not None:
+            raise UsageError("--device is for jobs run here; Ray workers each use their own GPU (drop --device)")
+        from nfsd_server.farm.ray_jobs import connect_executor
+
+        executor = connect_executor(args.ray, args.ray_workers)
     sock = bind_socket(args.host, args.port)
     if token is None:  # after every check, so a usage error stays the only line
         print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
     port = sock.getsockname()[1]
-    executor = None
-    if args.ray:
-        from nfsd_server.farm.ray_jobs import connect_executor
-
-        executor = connect_executor(args.ray, args.ray_workers)
     announce = _claim_stdout()
     app = create_app(
         ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
