@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 MAX_ATTEMPTS = 2  # the first run and one retry from the checkpoint
+START_TIMEOUT_S = 600.0  # a worker that cannot start by then is waiting for a GPU the cluster does not have
 
 
 class WorkerLost(RuntimeError):
@@ -60,18 +61,53 @@ class RayExecutor:
         self._running: dict[str, dict[str, Any]] = {}  # job key (its folder) → the worker running it
         for actor in self._new_workers(self.slots):
             self._idle.put(actor)
+        self._size = self.slots  # live workers; a lost one is replaced, or the pool shrinks
 
-    def _new_workers(self, count: int) -> list:
+    def _new_workers(self, count: int, timeout: float = START_TIMEOUT_S) -> list:
         """Start ``count`` actors (in parallel: each imports torch) and learn who they are."""
         from nfsd_server.farm.actors import GenerationWorker
 
         cpu_threads = None if "num_gpus" in self._options else int(self._options["num_cpus"])
         actor_class = self._ray.remote(GenerationWorker).options(**self._options)
         actors = [actor_class.remote(cpu_threads) for _ in range(count)]
-        identities = self._ray.get([actor.identity.remote() for actor in actors])
+        try:
+            identities = self._ray.get([actor.identity.remote() for actor in actors], timeout=timeout)
+        except self._ray.exceptions.GetTimeoutError:
+            for actor in actors:
+                self._ray.kill(actor, no_restart=True)
+            raise FarmError(
+                f"{count} Ray worker(s) did not start within {timeout:.0f} s: the cluster has no free "
+                f"{'GPU' if 'num_gpus' in self._options else 'CPU'} for them (see `ray status`)"
+            ) from None
         with self._lock:
             self._identity.update(zip(actors, identities))
         return actors
+
+    def _acquire(self, lost: list[str]):
+        """An idle worker; WorkerLost if none is left alive (rather than waiting forever)."""
+        while True:
+            try:
+                return self._idle.get(timeout=1.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._size == 0:
+                        raise WorkerLost(
+                            "no Ray workers left: every worker was lost and none could be replaced"
+                            + (f" (lost: {'; '.join(lost)})" if lost else "") + "; check the cluster (`ray status`)"
+                        ) from None
+
+    def _replace(self, actor) -> None:
+        with self._lock:
+            self._identity.pop(actor, None)
+        self._ray.kill(actor, no_restart=True)
+        try:
+            replacement = self._new_workers(1)[0]
+        except (FarmError, self._ray.exceptions.RayError) as error:
+            log.error("cannot replace a lost Ray worker (%s); %d left", error, self._size - 1)
+            with self._lock:
+                self._size -= 1
+            return
+        self._idle.put(replacement)
 
     def running(self) -> dict[str, dict[str, Any]]:
         """{job folder: worker identity} of the jobs running now (for logs, and for tests that kill one)."""
@@ -83,7 +119,7 @@ class RayExecutor:
         job_key = str(Path(out_dir).resolve())
         lost: list[str] = []
         for attempt in range(MAX_ATTEMPTS):
-            actor = self._idle.get()
+            actor = self._acquire(lost)
             with self._lock:
                 identity = self._identity[actor]
                 self._running[job_key] = identity
@@ -92,10 +128,7 @@ class RayExecutor:
             except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as error:
                 lost.append(describe_worker(identity))
                 log.warning("job %s: %s was lost (%s)", job_key, lost[-1], type(error).__name__)
-                with self._lock:
-                    self._identity.pop(actor, None)
-                ray.kill(actor, no_restart=True)
-                self._idle.put(self._new_workers(1)[0])
+                self._replace(actor)
                 continue
             except BaseException:
                 self._idle.put(actor)
@@ -159,9 +192,9 @@ def connect_executor(address: str, workers: int | None = None) -> RayExecutor:
         raise UsageError(f"the number of Ray workers must be at least 1, got {workers}")
     try:
         started = connect(address)
+        executor = RayExecutor(workers)
     except FarmError as error:
         raise UsageError(str(error)) from None
-    executor = RayExecutor(workers)
     executor.owns_ray = started
     return executor
 
