@@ -11,9 +11,10 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """The cluster's address; its workers import this checkout (they inherit PYTHONPATH)."""
+    """The cluster's address, per test module (about 5 s to start), so no idle Ray outlives the farm tests;
+    its workers import this checkout (they inherit PYTHONPATH)."""
     ray = pytest.importorskip("ray", reason='Ray is not installed: pip install -e ".[farm]"')
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -27,7 +28,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def ray_executor(ray_cluster):
-    """Two workers (one per CPU), closed when the module ends so the next one gets the CPUs back."""
+    """Two workers (one per CPU), closed when the module ends."""
     from nfsd_server.farm.ray_jobs import RayExecutor
 
     executor = RayExecutor(workers=2, poll_s=0.1)

@@ -1,4 +1,5 @@
-"""RayExecutor on its own: a pool that loses its last worker and cannot replace it fails jobs, never hangs."""
+"""RayExecutor on its own (and the test cluster): loopback only; a pool that loses its last worker and cannot
+replace it fails jobs, never hangs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ from farm_helpers import FAST_JOB, wait_until
 from nfsd_server.farm.cluster import FarmError
 from nfsd_server.farm.job import Callbacks, GenerationSettings
 from nfsd_server.farm.ray_jobs import RayExecutor, WorkerLost
+
+
+def test_the_test_cluster_listens_on_loopback_only(ray_cluster):
+    import ipaddress
+
+    import psutil
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # ::ffff:127.0.0.1 too
+
+    ray_processes = psutil.Process().children(recursive=True)
+    listening = {(conn.laddr.ip, process.name()) for process in ray_processes
+                 for conn in process.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN}
+    assert listening and all(loopback(ip) for ip, _ in listening), listening
+    assert ray_cluster.startswith("127.0.0.1:")
 
 
 @pytest.mark.slow  # ~10 s: one worker starts (imports torch), then is killed
