@@ -13,6 +13,7 @@ import logging
 import math
 import secrets
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -235,8 +236,9 @@ class JobManager:
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
+        deadline = time.monotonic() + timeout  # one budget for all worker threads, not one each
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("the running job did not stop within %.0f s; it is failed at the next start", timeout)
         with self._lock:
