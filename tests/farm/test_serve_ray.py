@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 import pytest
@@ -66,12 +67,21 @@ def test_ray_server_runs_two_jobs_at_once_and_cancel_reaches_the_running_task(ht
     assert metadata["faces"] > 0 and metadata["farm"]["attempts"] == 1 and metadata["farm"]["lost_workers"] == []
 
 
-def test_ray_server_retries_a_killed_worker_once_then_fails_naming_it(http, ray_executor):
-    # Killed once: the job is retried (resume=True) on a fresh worker and ends done.
+def test_ray_server_retries_a_killed_worker_once_then_fails_naming_it(http, ray_executor, tmp_path):
+    # A checkpoint to resume from: a finished 20-step run of the same settings leaves one at step 20.
+    warm = _submit(http, "a green torus", steps=20)
+    assert _wait_finished(http, warm)["state"] == "done"
+    # Killed once: the job is retried on a fresh worker, from the checkpoint in its folder, and ends done.
     job = _submit(http, "a green torus", steps=60)
     first = _worker_of(ray_executor, job)
     wait_until(lambda: _status(http, job)["step"] > 0, 120, "the job to train")
+    shutil.copy(tmp_path / "jobs" / warm / "checkpoint.pt", tmp_path / "jobs" / job / "checkpoint.pt")
     os.kill(first["pid"], signal.SIGKILL)
+    _worker_of(ray_executor, job, other_than=first["pid"])
+    frozen = _status(http, job)["step"]  # the dead worker's last report
+    assert frozen < 20
+    resumed_at = wait_until(lambda: (step := _status(http, job)["step"]) != frozen and step, 120, "the retry to step")
+    assert resumed_at > 20, f"the retry started at step {resumed_at}, not from the step-20 checkpoint"
     finished = _wait_finished(http, job)
     assert finished["state"] == "done", finished
     farm = http.get(f"/v1/jobs/{job}/result.json").json()["farm"]
@@ -87,4 +97,4 @@ def test_ray_server_retries_a_killed_worker_once_then_fails_naming_it(http, ray_
     failed = _wait_finished(http, job)
     assert failed["state"] == "failed" and "died 2 times" in failed["error"], failed
     assert all(f"worker pid {pid} " in failed["error"] for pid in lost), failed["error"]
-    assert http.get("/v1/health").status_code == 200 and len(http.get("/v1/jobs").json()["jobs"]) == 2
+    assert http.get("/v1/health").status_code == 200 and len(http.get("/v1/jobs").json()["jobs"]) == 3
