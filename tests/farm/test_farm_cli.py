@@ -21,6 +21,19 @@ def test_default_install_never_imports_ray():
 
 
 @pytest.mark.parametrize(
+    ("address", "message"),
+    [("127.0.0.1:1", "cannot reach the Ray head at 127.0.0.1:1: Connection refused"),
+     ("headnode", "--ray 'headnode' is not HOST:PORT")],
+)
+def test_batch_with_an_unreachable_ray_head_fails_in_seconds(tmp_path, capsys, address, message):
+    pytest.importorskip("ray")
+    (tmp_path / "p.txt").write_text("a red ball\n", encoding="utf-8")
+    assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--ray", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize(
     ("command", "message"),
     [(["batch", "{prompts}", "--out", "{out}", "--ray", "auto"], 'Ray is not installed; install the farm extra: pip install -e ".[farm]"'),
      (["serve", "--ray", "auto", "--data-dir", "{out}", "--port", "0"], "Ray is not installed; install the farm extra"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from types import ModuleType
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ def connect(address: str) -> bool:
     ray = import_ray()
     if ray.is_initialized():  # already connected in this process (tests, or an embedding program)
         return False
+    if address not in ("auto", "local") and not address.startswith("ray://"):
+        check_reachable(address)
     kwargs = {"include_dashboard": False} if address == "local" else {}
     try:
         ray.init(address=address, log_to_driver=False, **kwargs)
@@ -38,6 +41,20 @@ def connect(address: str) -> bool:
         ) from None
     log.info("connected to Ray at %s: %s", address, ray.cluster_resources())
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a wrong HEAD:PORT (Ray itself retries an unreachable head for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise FarmError(f"--ray {address!r} is not HOST:PORT; use e.g. 10.0.0.5:6379, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise FarmError(
+            f"cannot reach the Ray head at {address}: {error.strerror or error}; check the address "
+            "(`ray status` on the head prints it) and that the port is open"
+        ) from None
 
 
 def uses_gpus() -> bool:
