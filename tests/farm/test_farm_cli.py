@@ -35,9 +35,11 @@ def test_batch_with_an_unreachable_ray_head_fails_in_seconds(tmp_path, capsys, a
 
 @pytest.mark.parametrize(
     ("command", "message"),
-    [(["batch", "{prompts}", "--out", "{out}", "--ray", "auto"], 'Ray is not installed; install the farm extra: pip install -e ".[farm]"'),
+    [(["batch", "{prompts}", "--out", "{out}", "--ray", "auto"],
+      'Ray is not installed; install the farm extra: pip install -e ".[farm]"'),
      (["serve", "--ray", "auto", "--data-dir", "{out}", "--port", "0"], "Ray is not installed; install the farm extra"),
-     (["serve", "--ray", "auto", "--ray-workers", "0", "--data-dir", "{out}"], "the number of Ray workers must be at least 1, got 0"),
+     (["serve", "--ray", "auto", "--ray-workers", "0", "--data-dir", "{out}"],
+      "the number of Ray workers must be at least 1, got 0"),
      (["serve", "--ray", "auto", "--device", "cpu", "--data-dir", "{out}"], "--device is for jobs run here"),
      (["batch", "{prompts}", "--out", "{out}", "--ray", "auto", "--device", "cpu"], "--device is for running here")],
 )

@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray", metavar="ADDRESS", default=None,
         help="run jobs concurrently on a Ray cluster: auto, local or HEAD:6379 (needs the farm extra)",
     )
-    parser.add_argument("--ray-workers", type=int, default=None, help="at most this many Ray workers (default: one per GPU)")
+    parser.add_argument(
+        "--ray-workers", type=int, default=None, help="at most this many Ray workers (default: one per GPU)"
+    )
 
 
 def is_loopback(host: str) -> bool:

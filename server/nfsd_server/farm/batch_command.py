@@ -37,14 +37,14 @@ _NOT_FROM_GENERATE = {"prompt", "out", "resume", "help"}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", type=Path, help="text file: one prompt per line; blank lines and # comments skipped")
-    parser.add_argument("--out", type=Path, required=True, help="output folder: DIR/<slug>-<seed>/ and DIR/summary.json")
+    parser.add_argument("--out", type=Path, required=True, help="DIR/<slug>-<seed>/ per job, and DIR/summary.json")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt: --seed, --seed+1, … (default: 1)")
     parser.add_argument(
         "--ray", metavar="ADDRESS", default=None,
         help="auto (the cluster `ray start` runs on this box), local (a private one-box cluster) or HEAD:6379; "
         "without it jobs run here, one at a time",
     )
-    parser.add_argument("--workers", type=int, default=None, help="at most this many Ray workers (default: one per GPU)")
+    parser.add_argument("--workers", type=int, default=None, help="at most this many Ray workers (default: 1 per GPU)")
     _add_generate_settings(parser)
 
 
@@ -63,7 +63,8 @@ def read_prompts(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read the prompt file {str(path)!r}: {getattr(error, 'strerror', None) or error}") from None
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"cannot read the prompt file {str(path)!r}: {reason}") from None
     prompts = [line.strip() for line in text.splitlines()]
     prompts = [prompt for prompt in prompts if prompt and not prompt.startswith("#")]
     if not prompts:
@@ -187,7 +188,8 @@ class BatchRunner:
 
         job.state, job.started_at = "running", time.time()
         try:
-            result = self.executor.run(job.settings, job.folder, Callbacks(on_progress, on_preview, None, self.stop.is_set))
+            callbacks = Callbacks(on_progress, on_preview, None, self.stop.is_set)
+            result = self.executor.run(job.settings, job.folder, callbacks)
         except GenerationCancelled:
             job.state = "cancelled"
         # One job's failure (unknown prompt, bad model, OOM, a lost worker) must not stop the batch.

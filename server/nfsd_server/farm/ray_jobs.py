@@ -170,7 +170,10 @@ class RayExecutor:
                         return ray.get(task)
                     except ray.exceptions.RayTaskError as error:
                         # The job's own error, as the in-process worker would have raised it (no remote traceback).
-                        raise error.cause from None
+                        if isinstance(error.cause, Exception):
+                            raise error.cause from None
+                        # The cause did not survive pickling: its last line is the message.
+                        raise RuntimeError(str(error).strip().splitlines()[-1]) from None
         finally:
             actor.forget.remote(job_key)
 
