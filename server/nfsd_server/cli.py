@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "generate": ("nfsd_server.generate_command", "train a NeRF for a prompt and export a GLB"),
     "export": ("nfsd_server.export.command", "re-export a GLB from a training checkpoint"),
     "serve": ("nfsd_server.api.server", "run the HTTP job server the Blender add-on talks to"),
+    "batch": ("nfsd_server.farm.batch_command", "generate every prompt of a file × N seeds, on a Ray cluster or here"),
 }
 
 

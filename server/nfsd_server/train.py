@@ -303,7 +303,8 @@ def check_checkpoint_matches(info: dict[str, Any], settings: GenerationSettings,
     saved = info.get("settings")
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no training settings; start a new run")
-    for key in ("prompt", "method", "seed", "preset", "steps", "guidance_scale", "negative_prompt"):
+    # steps may differ: resuming with more steps trains an existing NeRF further.
+    for key in ("prompt", "method", "seed", "preset", "guidance_scale", "negative_prompt"):
         if saved.get(key) != getattr(settings, key):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} was trained with {key}={saved.get(key)!r}, not {getattr(settings, key)!r}; "

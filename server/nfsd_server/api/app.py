@@ -15,7 +15,7 @@ from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs
 from nfsd_server.api import routes_models
 from nfsd_server.api.errors import install_error_handlers
-from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
+from nfsd_server.api.jobs import Executor, JobManager, LoadPriorFn, RunFn
 from nfsd_server.api.limits import GuardMiddleware
 
 
@@ -38,10 +38,12 @@ def create_app(
     run_fn: RunFn | None = None,
     load_prior_fn: LoadPriorFn | None = None,
     start_worker: bool = True,
+    executor: Executor | None = None,
 ) -> FastAPI:
     """The app; the job runner (and with it every warm model) lives exactly as long as its lifespan.
 
-    ``start_worker=False`` accepts jobs but never runs them (for fuzzing the HTTP layer).
+    ``start_worker=False`` accepts jobs but never runs them (for fuzzing the HTTP layer). ``executor`` runs
+    jobs elsewhere (``nfsd serve --ray``); its owner closes it.
     """
 
     @asynccontextmanager
@@ -50,7 +52,7 @@ def create_app(
             config.data_dir, default_prior=config.default_prior, default_model=config.default_model,
             device=config.device, run_fn=run_fn, load_prior_fn=load_prior_fn, max_queued=config.max_queued,
             retention_days=config.retention_days, max_finished=config.max_finished,
-            allow_benchmark_models=config.allow_benchmark_models,
+            allow_benchmark_models=config.allow_benchmark_models, executor=executor,
         )
         app.state.manager = manager
         if start_worker:

@@ -14,12 +14,13 @@ import logging
 import math
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -64,6 +65,16 @@ def load_checked_prior(name: str, model: str | None = None, device: str | None =
     if name == "stable-diffusion" and model is not None:
         check_model(model)
     return load_prior(name, model, device)
+class Executor(Protocol):
+    """Runs jobs somewhere other than this process (``nfsd_server.farm.ray_jobs.RayExecutor``): ``slots`` at
+    once, each ``run`` blocking like the pipeline, reporting through the callbacks and owning its models."""
+
+    slots: int
+    device: str
+
+    def run(
+        self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False
+    ) -> GenerationResult: ...
 
 
 class JobNotFound(KeyError):
@@ -188,6 +199,9 @@ def describe_failure(error: BaseException, stage: str = "running") -> tuple[str,
 class JobManager:
     """Runs jobs one at a time, in submission order, on one worker thread; owns the warm priors.
 
+    With an ``executor`` (a Ray cluster) it runs ``executor.slots`` jobs at once, one thread each, and the
+    executor owns the models.
+
     ``run_fn`` and ``load_prior_fn`` default to the real pipeline; tests inject fakes.
     ``max_warm_models`` priors stay loaded between jobs, keyed by (prior, model, device); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
@@ -210,12 +224,16 @@ class JobManager:
         retention_days: float | None = 30.0,
         max_finished: int | None = 1000,
         allow_benchmark_models: bool = False,
+        executor: Executor | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.default_prior = default_prior
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
+        self._executor = executor
+        if executor is not None:
+            self.device = executor.device
         self._run_fn: RunFn = run_fn or run_generation
         self._load_prior_fn: LoadPriorFn = load_prior_fn or load_checked_prior
         self._max_warm_models = max(1, max_warm_models)
@@ -224,16 +242,18 @@ class JobManager:
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
-        self._running: str | None = None
+        self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
         self._priors: OrderedDict[tuple[str, str | None, str], Prior] = OrderedDict()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._recover()
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="nfsd-job-worker", daemon=True)
-        self._thread.start()
+        for index in range(self._executor.slots if self._executor else 1):
+            thread = threading.Thread(target=self._work, name=f"nfsd-job-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the running job reaches a step boundary; its record still says running, so the next
@@ -241,9 +261,10 @@ class JobManager:
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
+        deadline = time.monotonic() + timeout  # one budget for all worker threads, not one each
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
                 log.warning("the running job did not stop within %.0f s; it resumes at the next start", timeout)
         with self._lock:
             self._priors.clear()
@@ -408,7 +429,7 @@ class JobManager:
             return {
                 "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _ in self._priors],
                 "queue_length": len(self._pending),
-                "running_job": self._running,
+                "running_job": self._running[0] if self._running else None,
             }
 
     def _get(self, job_id: str) -> Job:
@@ -448,7 +469,7 @@ class JobManager:
                 if self._stopping:
                     return
                 job = self._jobs[self._pending.popleft()]
-                self._running = job.id
+                self._running.append(job.id)
                 self._set_state(job, "running")
             try:
                 self._run(job)
@@ -463,7 +484,7 @@ class JobManager:
                         )
             finally:
                 with self._lock:
-                    self._running = None
+                    self._running.remove(job.id)
                 self.purge()
 
     def _run(self, job: Job) -> None:
@@ -482,11 +503,16 @@ class JobManager:
         settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
         stage = "loading"
         try:
-            prior = self._warm_prior(request.prior, request.model)
-            stage = "running"
-            if should_cancel():
-                raise GenerationCancelled("cancelled while loading the model")
-            result = self._run_fn(settings, prior, job.folder, callbacks, resume=job.resumed_from_step is not None)
+            resume = job.resumed_from_step is not None
+            if self._executor is not None:
+                stage = "running"  # the executor loads its own models and names its own failures
+                result = self._executor.run(settings, job.folder, callbacks, resume=resume)
+            else:
+                prior = self._warm_prior(request.prior, request.model)
+                stage = "running"
+                if should_cancel():
+                    raise GenerationCancelled("cancelled while loading the model")
+                result = self._run_fn(settings, prior, job.folder, callbacks, resume=resume)
             glb_name = self._keep_in_folder(job, Path(result.glb_path))
         except GenerationCancelled:
             with self._lock:

@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-benchmark-models", action="store_true", help="let clients ask for random:* benchmark models"
     )
+    parser.add_argument(
+        "--ray", metavar="ADDRESS", default=None,
+        help="run jobs concurrently on a Ray cluster: auto, local or HEAD:6379 (needs the farm extra)",
+    )
+    parser.add_argument(
+        "--ray-workers", type=int, default=None, help="at most this many Ray workers (default: one per GPU)"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -143,6 +150,13 @@ def run(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--data-dir {str(data_dir)!r} cannot be created: {error.strerror}") from None
+    executor = None
+    if args.ray:
+        if device is not None:
+            raise UsageError("--device is for jobs run here; Ray workers each use their own GPU (drop --device)")
+        from nfsd_server.farm.ray_jobs import connect_executor
+
+        executor = connect_executor(args.ray, args.ray_workers)
     sock = bind_socket(args.host, args.port)
     if token is None:  # after every check, so a usage error stays the only line
         print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
@@ -152,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
                      default_model=args.default_model, device=device, max_queued=args.max_queued,
                      retention_days=args.keep_days or None, max_finished=args.keep_jobs or None,
-                     allow_benchmark_models=args.allow_benchmark_models)
+                     allow_benchmark_models=args.allow_benchmark_models),
+        executor=executor,
     )
 
     class AnnouncingServer(uvicorn.Server):
@@ -177,5 +192,9 @@ def run(args: argparse.Namespace) -> int:
     server = AnnouncingServer(config)
     if args.parent_stdin:
         threading.Thread(target=_exit_when_stdin_closes, args=(server,), name="nfsd-parent-stdin", daemon=True).start()
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if executor is not None:
+            executor.close()
     return 0 if server.started else 1
