@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from nfsd_server import NFSD_NEGATIVE_PROMPT
@@ -92,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             print("exporting mesh…", flush=True)
 
-    result = run_generation(settings, prior, out_dir, Callbacks(on_progress, on_preview, on_stage), resume=args.resume)
+    try:
+        result = run_generation(settings, prior, out_dir, Callbacks(on_progress, on_preview, on_stage), resume=args.resume)
+    except FloatingPointError as error:  # diverged, or the model produced NaN: one line, no GLB
+        bar.close()
+        print(f"nfsd generate: error: {error}", file=sys.stderr)
+        return 1
     bar.close()
     print(f"previews:   {previews}")
     print(f"checkpoint: {result.checkpoint_path}")

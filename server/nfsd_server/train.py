@@ -24,6 +24,7 @@ from torch import Tensor
 from nfsd_server import NFSD_NEGATIVE_PROMPT, __version__
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.distillation import make_guidance
+from nfsd_server.guidance.nonfinite import NonFiniteWatch, nonfinite_hint
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
@@ -226,6 +227,8 @@ class Trainer:
         # (stages: render, encode, unet, backward, optimizer).
         self.stage_timer: Callable[[str], ContextManager[None]] = untimed
         self.progress_every = config.progress_every or (PROGRESS_EVERY_CUDA if self.device.type == "cuda" else 1)
+        # A persistent run of NaN/inf from the prior fails the job (checked where the loss is read anyway).
+        self.nonfinite = NonFiniteWatch(self.device, nonfinite_hint(getattr(prior, "unet_dtype", None)))
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> Tensor:
@@ -253,6 +256,7 @@ class Trainer:
                 latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
                 direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
                 grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
+                self.nonfinite.observe(direction, self.step + 1)
         with self.stage_timer("backward"):
             loss = distillation_loss(latents, grad)
             self.optimizer.zero_grad(set_to_none=True)
@@ -281,6 +285,7 @@ class Trainer:
             last = self.step == self.total
             if self.step % self.progress_every == 0 or last:
                 loss_value = float(loss)
+                self.nonfinite.check()
                 if not np.isfinite(loss_value):
                     raise FloatingPointError(
                         f"loss became {loss_value} at step {self.step}; lower the guidance scale or learning rate"

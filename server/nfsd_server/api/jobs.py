@@ -33,6 +33,7 @@ from nfsd_server.api.schemas import (
     ResolvedJobRequest,
 )
 from nfsd_server.files import write_atomic
+from nfsd_server.guidance.nonfinite import NonFiniteOutputError
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
 from nfsd_server.pipeline import (
     DEFAULT_GUIDANCE_SCALE,
@@ -159,6 +160,8 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
     message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         hint = "out of memory: pick the draft preset, fewer steps or a smaller texture, or free the GPU"
+    elif isinstance(error, NonFiniteOutputError):
+        hint = "the model produced NaN/inf: set dtype to fp32, or check the model"
     elif isinstance(error, FloatingPointError):
         hint = "training diverged: lower the guidance scale or try another seed"
     elif isinstance(error, OSError):

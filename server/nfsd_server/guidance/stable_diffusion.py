@@ -47,6 +47,7 @@ class StableDiffusionPrior(Prior):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtype: torch.dtype,
                  encode_size: int | None = None):
         self.device, self.dtype = device, dtype
+        self.unet_dtype = dtype  # what a NaN hint and the dtype policy talk about
         for module in (unet, vae, text_encoder):
             module.requires_grad_(False).eval().to(device)
             if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
