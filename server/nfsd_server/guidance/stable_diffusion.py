@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class ModelLoadError(ValueError):
@@ -57,6 +58,13 @@ class StableDiffusionPrior(Prior):
             vae.to(memory_format=torch.channels_last)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        # SD 2.x 768 and many fine-tunes predict v, not ε; the distillation maths needs ε (see predict_noise).
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ModelLoadError(
+                f"the model's scheduler has prediction_type={self.prediction_type!r}; only "
+                f"{' and '.join(map(repr, PREDICTION_TYPES))} models can guide a NeRF: pick another checkpoint"
+            )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = unet.config.sample_size * self.vae_scale_factor
         self.scaling_factor = vae.config.scaling_factor
@@ -144,7 +152,12 @@ class StableDiffusionPrior(Prior):
         latents = latents_noisy.to(self.dtype)
         if self.device.type == "cuda":
             latents = latents.contiguous(memory_format=torch.channels_last)
-        return self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
+        prediction = self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
+        if self.prediction_type == "v_prediction":
+            # v = √ᾱ·ε − √(1−ᾱ)·z0 and z_t = √ᾱ·z0 + √(1−ᾱ)·ε  ⇒  ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t.
+            alphas = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            prediction = alphas.sqrt() * prediction + (1.0 - alphas).sqrt() * latents_noisy.float()
+        return prediction
 
 
 def _looks_like_path(model: str) -> bool:
