@@ -118,10 +118,24 @@ class StableDiffusionPrior(Prior):
         with torch.no_grad():
             return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
+    def _check_fits(self, texts: list[str]) -> None:
+        """The encoder truncates at model_max_length tokens: a long prompt would lose its view suffix silently."""
+        limit = self.tokenizer.model_max_length
+        counts = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False).input_ids]
+        longest = max(range(len(texts)), key=counts.__getitem__)
+        if counts[longest] > limit:
+            suffix = texts[longest].rsplit(", ", 1)[1]
+            raise ValueError(
+                f"the prompt is {counts[longest]} tokens with its view suffix ({suffix!r}); the text encoder reads "
+                f"{limit}, so the view suffix would be cut off: shorten the prompt by {counts[longest] - limit} tokens"
+            )
+
     def prepare_prompts(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the object to generate, e.g. 'a hamburger'")
-        views = self._embed([f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES])
+        texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
+        self._check_fits(texts)
+        views = self._embed(texts)
         null, negative = self._embed(["", negative_prompt]).split(1)
         return PromptEmbeddings(prompt_views=views, null=null, negative=negative)
 
