@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = time.perf_counter() - started
         print(f"model {args.model or 'tiny (random, temp folder)'} on {device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-              f"{getattr(prior, 'dtype', torch.float32)}, loaded in {loaded:.1f} s; preset {preset}; "
+              f"{getattr(prior, 'dtypes', torch.float32)}, loaded in {loaded:.1f} s; preset {preset}; "
               f"{warmup} warm-up + {steps} measured steps per method and phase; renderer "
               f"{type(make_renderer(RendererConfig(), device)).__name__}"
               + (f"; VAE encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")

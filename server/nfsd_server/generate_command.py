@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nfsd_server import NFSD_NEGATIVE_PROMPT
 from nfsd_server.cli import UsageError
+from nfsd_server.guidance.dtype_policy import DTYPE_NAMES
 from nfsd_server.pipeline import METHODS, PRESET_NAMES, TEXTURE_SIZES, Callbacks, GenerationSettings, run_generation
 
 
@@ -28,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="hub id or local diffusers folder (implies --prior stable-diffusion)")
     parser.add_argument("--poly-budget", type=int, default=20_000, help="max faces of the exported mesh")
     parser.add_argument("--texture-size", type=int, choices=TEXTURE_SIZES, default=1024)
-    parser.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: cuda when available)")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default="auto",
+        help="UNet precision (default auto: fp16 on CUDA, fp32 elsewhere; bf16 only on GPUs with native bf16)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
 
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:
-        prior = load_prior(settings.prior, settings.model, args.device)
+        prior = load_prior(settings.prior, settings.model, args.device, dtype=args.dtype)
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)  # fail on a bad prompt before training
     except ValueError as error:
         raise UsageError(str(error)) from error

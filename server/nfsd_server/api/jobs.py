@@ -204,7 +204,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
         self._running: str | None = None
-        self._priors: OrderedDict[tuple[str, str | None, str], Prior] = OrderedDict()
+        self._priors: OrderedDict[tuple[str, str | None, str, str], Prior] = OrderedDict()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._recover()
@@ -331,7 +331,7 @@ class JobManager:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _ in self._priors],
+                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _, _ in self._priors],
                 "queue_length": len(self._pending),
                 "running_job": self._running,
             }
@@ -401,9 +401,9 @@ class JobManager:
         )
         request = job.request
         # The resolved request has GenerationSettings' fields, plus init_mesh, which nothing consumes yet.
-        settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
+        settings = GenerationSettings(**request.model_dump(exclude={"init_mesh", "dtype"}))
         try:
-            prior = self._warm_prior(request.prior, request.model)
+            prior = self._warm_prior(request.prior, request.model, request.dtype)
             if should_cancel():
                 raise GenerationCancelled("cancelled while loading the model")
             result = self._run_fn(settings, prior, job.folder, callbacks)
@@ -433,8 +433,8 @@ class JobManager:
                         job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps
                     )
 
-    def _warm_prior(self, name: str, model: str | None) -> Prior:
-        key = (name, model, self.device)
+    def _warm_prior(self, name: str, model: str | None, dtype: str = "auto") -> Prior:
+        key = (name, model, self.device, dtype)
         with self._lock:
             if key in self._priors:
                 self._priors.move_to_end(key)
@@ -445,7 +445,7 @@ class JobManager:
             torch.cuda.empty_cache()
         # Loading can take a minute; outside the lock so status polls are never blocked by it.
         # Only this worker thread loads, so the same key is never loaded twice concurrently.
-        prior = self._load_prior_fn(name, model, self.device)
+        prior = self._load_prior_fn(name, model, self.device, dtype=dtype)
         with self._lock:
             self._priors[key] = prior
         return prior

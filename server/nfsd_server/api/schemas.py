@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nfsd_server import NFSD_NEGATIVE_PROMPT
+from nfsd_server.guidance.dtype_policy import DTYPE_NAMES
 
 JobState = Literal["queued", "running", "exporting", "done", "failed", "cancelled"]
 FINISHED_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -66,6 +67,11 @@ class JobRequest(BaseModel):
         default=None, min_length=1, max_length=4096,
         description="Hub id or local diffusers folder on the server; null → the server's --default-model "
         "(ignored by the analytic prior).",
+    )
+    dtype: Literal[DTYPE_NAMES] = Field(  # type: ignore[valid-type]
+        default="auto",
+        description="UNet precision: auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 (GPUs with native bf16 only), "
+        "fp32 (if the model produces NaN in half precision).",
     )
     init_mesh: None = Field(
         default=None,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
 
@@ -38,18 +39,11 @@ class PromptEmbeddings:
     negative: Tensor
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class StableDiffusionPrior(Prior):
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtype: torch.dtype,
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtypes: ComponentDtypes,
                  encode_size: int | None = None):
-        self.device, self.dtype = device, dtype
-        self.unet_dtype = dtype  # what a NaN hint and the dtype policy talk about
-        for module in (unet, vae, text_encoder):
+        self.device, self.dtypes = device, dtypes
+        for module, dtype in ((unet, dtypes.unet), (vae, dtypes.vae), (text_encoder, dtypes.text_encoder)):
             module.requires_grad_(False).eval().to(device)
             if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
                 module.to(dtype=dtype)
@@ -80,19 +74,24 @@ class StableDiffusionPrior(Prior):
         self.encode_size = encode_size or self.image_size
         self._unet_compiled = False
 
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        return self.dtypes.unet
+
     @classmethod
     def from_pretrained(
-        cls, model: str, device: torch.device, dtype: torch.dtype | None = None, encode_size: int | None = None
+        cls, model: str, device: torch.device, dtypes: ComponentDtypes, encode_size: int | None = None
     ) -> "StableDiffusionPrior":
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        dtype = dtype or default_dtype(device)
         _check_local_folder(model)
         loaders = {
-            "unet": lambda: UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
-            "vae": lambda: AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
-            "text_encoder": lambda: CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype),
+            "unet": lambda: UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtypes.unet),
+            "vae": lambda: AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtypes.vae),
+            "text_encoder": lambda: CLIPTextModel.from_pretrained(
+                model, subfolder="text_encoder", torch_dtype=dtypes.text_encoder
+            ),
             "tokenizer": lambda: CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
             "scheduler": lambda: DDPMScheduler.from_pretrained(model, subfolder="scheduler"),
         }
@@ -102,8 +101,8 @@ class StableDiffusionPrior(Prior):
                 components[name] = load()
             except (OSError, ValueError, json.JSONDecodeError) as error:
                 raise ModelLoadError(_explain_load_failure(model, name, error)) from error
-        log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtype)
-        return cls(**components, device=device, dtype=dtype, encode_size=encode_size)
+        log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtypes)
+        return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size)
 
     def compile(self) -> None:
         # In place (nn.Module.compile), so every job sharing this warm prior gets the compiled UNet once.
@@ -116,7 +115,8 @@ class StableDiffusionPrior(Prior):
             texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
         with torch.no_grad():
-            return self.text_encoder(tokens.input_ids.to(self.device))[0]
+            # Encoded in fp32 once per job, stored in the UNet's dtype for every step's call.
+            return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtypes.unet)
 
     def _check_fits(self, texts: list[str]) -> None:
         """The encoder truncates at model_max_length tokens: a long prompt would lose its view suffix silently."""
@@ -141,7 +141,7 @@ class StableDiffusionPrior(Prior):
 
     def encode(self, images: Tensor) -> Tensor:
         images = F.interpolate(images, size=(self.encode_size, self.encode_size), mode="bilinear", align_corners=False)
-        images = (images * 2.0 - 1.0).to(self.dtype)
+        images = (images * 2.0 - 1.0).to(self.dtypes.vae)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         # The mean, not a sample: the distillation noise is added later, explicitly and seeded.
@@ -153,7 +153,7 @@ class StableDiffusionPrior(Prior):
 
     def decode(self, latents: Tensor) -> Tensor:
         with torch.no_grad():
-            images = self.vae.decode((latents / self.scaling_factor).to(self.dtype)).sample
+            images = self.vae.decode((latents / self.scaling_factor).to(self.dtypes.vae)).sample
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     @torch.no_grad()
@@ -163,7 +163,7 @@ class StableDiffusionPrior(Prior):
         embeddings = prompts.prompt_views[conditions.cameras.view.to(prompts.prompt_views.device)]
         embeddings = torch.where((kinds == PromptKind.NULL)[:, None, None], prompts.null, embeddings)
         embeddings = torch.where((kinds == PromptKind.NEGATIVE)[:, None, None], prompts.negative, embeddings)
-        latents = latents_noisy.to(self.dtype)
+        latents = latents_noisy.to(self.dtypes.unet)
         if self.device.type == "cuda":
             latents = latents.contiguous(memory_format=torch.channels_last)
         prediction = self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
@@ -206,11 +206,13 @@ def _explain_load_failure(model: str, component: str, error: Exception) -> str:
 
 @register_prior("stable-diffusion")
 def load_stable_diffusion(
-    model: str | None, device: torch.device, dtype: torch.dtype | None = None, encode_size: int | None = None
+    model: str | None, device: torch.device, dtype: str = "auto", encode_size: int | None = None
 ) -> StableDiffusionPrior:
+    """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy."""
+    dtypes = resolve_dtypes(dtype, device)
     if model is not None and model.startswith("random:"):
         from nfsd_server.guidance.random_models import build_random_stable_diffusion
 
         return StableDiffusionPrior(**build_random_stable_diffusion(model.removeprefix("random:")), device=device,
-                                    dtype=dtype or default_dtype(device), encode_size=encode_size)
-    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtype, encode_size)
+                                    dtypes=dtypes, encode_size=encode_size)
+    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtypes, encode_size)
