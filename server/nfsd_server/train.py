@@ -395,6 +395,7 @@ def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Inverse of ``asdict(TrainConfig)`` (nested OrbitConfig, tuples restored)."""
     values = dict(values)
-    values["orbit"] = OrbitConfig(**{k: tuple(v) for k, v in values["orbit"].items()})
+    orbit = values["orbit"]
+    values["orbit"] = OrbitConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in orbit.items()})
     values["shading_probabilities"] = tuple(values["shading_probabilities"])
     return dataclasses.replace(TrainConfig(prompt=values.pop("prompt")), **values)

@@ -133,3 +133,32 @@ def test_cli_refuses_a_long_prompt_in_one_line(tiny_sd_dir, tmp_path):
     assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith(
         "nfsd generate: error: the prompt is "
     ) and "tokens with its view suffix" in result.stderr
+
+
+def test_each_row_gets_its_own_cameras_view_embedding(tiny_sd_prior, monkeypatch):
+    from nfsd_server.guidance.prior import Conditions, PromptKind
+    from nfsd_server.scene.cameras import make_cameras
+
+    captured = []
+    original = tiny_sd_prior.unet.forward
+
+    def forward(sample, timestep, encoder_hidden_states=None, **kwargs):
+        captured.append(encoder_hidden_states.clone())
+        return original(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+    monkeypatch.setattr(tiny_sd_prior.unet, "forward", forward)
+    prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
+    # back, front, overhead, side, then the same four cameras as ∅ and negative rows
+    cams = make_cameras(torch.tensor([0.0, 0.0, 75.0, 10.0]), torch.tensor([180.0, 10.0, 0.0, 90.0]),
+                        torch.full((4,), 3.2), torch.full((4,), 45.0))
+    assert cams.view.tolist() == [2, 0, 3, 1]
+    from nfsd_server.scene.cameras import Cameras
+
+    rows = Cameras.cat([cams, cams, cams])
+    kinds = torch.tensor([PromptKind.PROMPT] * 4 + [PromptKind.NULL] * 4 + [PromptKind.NEGATIVE] * 4)
+    tiny_sd_prior.predict_noise(torch.randn(12, 4, 8, 8), torch.full((12,), 500), Conditions(kinds, rows, prompts))
+    (embeddings,) = captured
+    for row, view in enumerate(cams.view.tolist()):
+        assert torch.equal(embeddings[row], prompts.prompt_views[view]), row
+        assert torch.equal(embeddings[4 + row], prompts.null[0])
+        assert torch.equal(embeddings[8 + row], prompts.negative[0])
