@@ -203,9 +203,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.field = NeRFField(config.field_config()).to(self.device)
             self.background = BACKGROUNDS[config.background]().to(self.device)
-        self.renderer: Renderer = make_renderer(
-            RendererConfig(n_samples=self.preset.n_samples), self.device, bound=self.field.bound
-        )
+        self.renderer: Renderer = make_renderer(RendererConfig(n_samples=self.preset.n_samples), self.device)
         self.optimizer = torch.optim.Adam(
             [
                 {"params": self.field.encoding.parameters(), "lr": config.lr_encoding},
