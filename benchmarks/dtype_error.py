@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from nfsd_server.guidance.distillation import predict_rows
 from nfsd_server.guidance.prior import load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion

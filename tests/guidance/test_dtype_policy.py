@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from nfsd_server.guidance.dtype_policy import DTYPE_NAMES, ComponentDtypes, resolve_dtypes
 from nfsd_server.guidance.prior import load_prior
 
