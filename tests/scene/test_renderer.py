@@ -158,3 +158,14 @@ def test_same_generator_seed_same_render_and_jitter_comes_only_from_it():
 
     assert torch.equal(render(3), render(3))
     assert not torch.equal(render(3), render(4))
+
+
+def test_dilation_grows_an_occupied_cell_to_its_26_neighbours():
+    from nfsd_server.scene.renderer import dilate
+
+    occupancy = torch.zeros(6, 6, 6, dtype=torch.bool)
+    occupancy[2, 3, 4] = True
+    occupancy[0, 0, 0] = True  # at the corner: no wrap-around
+    grown = dilate(occupancy)
+    assert grown.sum() == 27 + 8
+    assert grown[1:4, 2:5, 3:6].all() and grown[:2, :2, :2].all() and not grown[5, 5, 5]

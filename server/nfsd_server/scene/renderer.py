@@ -191,8 +191,7 @@ class OccupancyGridRenderer(StratifiedRenderer):
         centres = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 * field.bound - field.bound
         grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1).view(-1, 3)
         density = torch.cat([field.density(chunk) for chunk in grid.split(self.config.chunk_rays * 4)])
-        occupied = (density > self.config.occupancy_threshold).view(1, 1, side, side, side).float()
-        self.occupancy = torch.nn.functional.max_pool3d(occupied, 3, stride=1, padding=1).view(side, side, side) > 0
+        self.occupancy = dilate(density.view(side, side, side) > self.config.occupancy_threshold)
 
     def integrate(self, field, origins, directions, generator):
         t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
@@ -208,6 +207,18 @@ class OccupancyGridRenderer(StratifiedRenderer):
             sigmas = sigmas.index_put(kept, kept_sigmas)
             sample_albedo = sample_albedo.index_put(kept, kept_albedo)
         return self.composite(t_starts, t_ends, t_mid, sigmas, sample_albedo)
+
+
+def dilate(occupancy: Tensor) -> Tensor:
+    """(D, H, W) bool grown by one cell in all 26 directions: three 1-D passes of slice ORs, which every
+    backend runs (no max_pool3d, whose MPS support varies)."""
+    for dim in range(3):
+        n = occupancy.shape[dim]
+        grown = occupancy.clone()
+        grown.narrow(dim, 1, n - 1).logical_or_(occupancy.narrow(dim, 0, n - 1))
+        grown.narrow(dim, 0, n - 1).logical_or_(occupancy.narrow(dim, 1, n - 1))
+        occupancy = grown
+    return occupancy
 
 
 def make_renderer(config: RendererConfig, device: torch.device) -> Renderer:
