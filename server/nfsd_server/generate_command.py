@@ -71,14 +71,14 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from nfsd_server.guidance.prior import load_prior
+    from nfsd_server.guidance.prior import check_device, load_prior
 
     settings = settings_from_args(args)
     out_dir = writable_dir(args.out)
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:
-        prior = load_prior(settings.prior, settings.model, args.device, dtype=args.dtype)
+        prior = load_prior(settings.prior, settings.model, check_device(args.device), dtype=args.dtype)
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)  # fail on a bad prompt before training
     except ValueError as error:
         raise UsageError(str(error)) from error

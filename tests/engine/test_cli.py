@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def nfsd(*args, cwd=None, timeout=600):
@@ -22,6 +23,9 @@ def nfsd(*args, cwd=None, timeout=600):
         (["generate", "a red ball", "--guidance-scale", "0"], "--guidance-scale must be > 0"),
         (["generate", "a red ball", "--out", "/proc/nfsd-cannot-write-here"], "--out '/proc/nfsd-cannot-write-here'"),
         (["generate", "a red ball", "--model", "/no/such/model"], "model folder '/no/such/model' does not exist"),
+        pytest.param(["generate", "a red ball", "--device", "mps"], "device 'mps': Apple MPS is not available here",
+                     marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+        (["generate", "a red ball", "--device", "tpu"], "unknown device 'tpu'; expected one of cuda, mps, cpu"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(args, message, tmp_path):

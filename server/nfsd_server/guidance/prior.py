@@ -111,6 +111,27 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+DEVICE_TYPES = ("cuda", "mps", "cpu")
+
+
+def check_device(name: str | None) -> torch.device:
+    """``--device`` → a torch device this machine has (None: the default); ValueError saying what is available."""
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_TYPES)} (e.g. cuda:1)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU here; use --device cpu, or install a CUDA build of torch")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: Apple MPS is not available here (needs Apple silicon and macOS 12.3+); "
+                         "use --device cpu")
+    return device
+
+
 def _import_builtin_priors() -> None:
     # Imported lazily so `import nfsd_server` stays cheap (no diffusers at import time).
     from nfsd_server.guidance import stable_diffusion  # noqa: F401
