@@ -74,3 +74,11 @@ def test_cli_refuses_an_unknown_dtype_in_one_line(tmp_path):
 def test_the_analytic_prior_refuses_half_precision():
     with pytest.raises(ValueError, match="analytic prior runs in fp32 only"):
         load_prior("analytic", None, "cpu", dtype="fp16")
+
+
+def test_the_text_encoder_leaves_the_gpu_and_embeddings_arrive_on_the_unets_device():
+    from nfsd_server.guidance.dtype_policy import text_encoder_device
+
+    assert text_encoder_device("cuda:1") == torch.device("cpu")
+    assert text_encoder_device("mps") == torch.device("mps")
+    assert text_encoder_device("cpu") == torch.device("cpu")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes
+from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes, text_encoder_device
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
 
@@ -43,8 +43,11 @@ class StableDiffusionPrior(Prior):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtypes: ComponentDtypes,
                  encode_size: int | None = None):
         self.device, self.dtypes = device, dtypes
-        for module, dtype in ((unet, dtypes.unet), (vae, dtypes.vae), (text_encoder, dtypes.text_encoder)):
-            module.requires_grad_(False).eval().to(device)
+        self.text_device = text_encoder_device(device)
+        placements = ((unet, dtypes.unet, device), (vae, dtypes.vae, device),
+                      (text_encoder, dtypes.text_encoder, self.text_device))
+        for module, dtype, module_device in placements:
+            module.requires_grad_(False).eval().to(module_device)
             if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
                 module.to(dtype=dtype)
         if device.type == "cuda":  # faster convolutions for the tensor cores, on the UNet and the VAE encoder
@@ -116,7 +119,8 @@ class StableDiffusionPrior(Prior):
         )
         with torch.no_grad():
             # Encoded in fp32 once per job, stored in the UNet's dtype for every step's call.
-            return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtypes.unet)
+            embeddings = self.text_encoder(tokens.input_ids.to(self.text_device))[0]
+            return embeddings.to(device=self.device, dtype=self.dtypes.unet)
 
     def _check_fits(self, texts: list[str]) -> None:
         """The encoder truncates at model_max_length tokens: a long prompt would lose its view suffix silently."""
