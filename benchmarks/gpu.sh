@@ -1,51 +1,59 @@
 #!/usr/bin/env bash
-# Real-scale step cost on a CUDA machine, from a fresh checkout:
+# Pass/fail acceptance run of the real path on a CUDA machine, from a fresh checkout:
 #
-#     bash benchmarks/gpu.sh
+#     bash benchmarks/gpu.sh            # exit 0: pass; non-zero: a check failed (the last line says which)
 #
-# Sets up a CUDA venv (outside the repo, so it never clobbers a CPU .venv), installs the backend, then measures
-# SD 2.1-base-sized models with random weights (no downloads) at the default preset "standard":
-#   1. step_cost.py: ~200 steps (100 per method per resolution phase, NFSD and SDS interleaved) → per-stage ms,
-#      step ÷ UNet floor, peak VRAM (torch.cuda.max_memory_allocated), projected time of the full 5000-step run;
-#   2. the same with the UNet torch.compile'd (TrainConfig.compile_unet);
-#   3. scaling.py: step cost vs render side and hash-grid size.
-# Everything is printed; the log is also written to benchmarks-gpu-<date>.log in the current folder.
+# Sets up a CUDA venv (outside the repo, so it never clobbers a CPU .venv), installs the backend, then runs
+# benchmarks/acceptance.py: SD 2.1-base-sized models with random weights (no downloads), preset "standard",
+# STEPS training steps (default 300) on the one torch renderer every device uses; it fails on a non-finite
+# loss or prior output, peak VRAM over 8 GiB, or a step costing more than 4× the UNet alone.
+# With BENCH=1 it then prints the per-stage step cost (step_cost.py), without and with torch.compile.
+# The log is written to benchmarks-gpu-<date>.log in the current folder.
 #
 # Environment: PYTHON (default python3.11), VENV (default ~/.venvs/nfsd-gpu), TORCH_VERSION (default 2.13.0;
 # PyPI's Linux wheels are CUDA builds), TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128 to choose
-# the CUDA version), STEPS (default 100 per method and phase).
+# the CUDA version), STEPS (default 300), DTYPE (default auto), BENCH (default 0), SKIP_SETUP=1 to use the
+# current python as is (e.g. an already prepared machine).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-$HOME/.venvs/nfsd-gpu}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-STEPS=${STEPS:-100}
+STEPS=${STEPS:-300}
+DTYPE=${DTYPE:-auto}
 LOG="benchmarks-gpu-$(date -u +%Y%m%dT%H%M%SZ).log"
 
 command -v nvidia-smi >/dev/null || { echo "gpu.sh: no nvidia-smi; this script needs a CUDA machine" >&2; exit 2; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
+if [ "${SKIP_SETUP:-0}" = 1 ]; then
+    PY=$(command -v python3 || command -v python)
+else
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install --upgrade pip
+    if ! "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+        # torch first and pinned, as in the README; here a CUDA build is what we want.
+        "$VENV/bin/python" -m pip install "torch==$TORCH_VERSION" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+    fi
+    "$VENV/bin/python" -m pip install -e .
+    PY="$VENV/bin/python"
 fi
-"$VENV/bin/python" -m pip install --upgrade pip
-if ! "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    # torch first and pinned, as in the README; here a CUDA build is what we want.
-    "$VENV/bin/python" -m pip install "torch==$TORCH_VERSION" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-fi
-"$VENV/bin/python" -m pip install -e . ninja   # ninja: nerfacc JIT-builds its CUDA extension (needs nvcc)
-"$VENV/bin/python" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA: set TORCH_INDEX_URL'; \
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA: set TORCH_INDEX_URL'; \
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
-# Build nerfacc's CUDA extension once, before timing (minutes the first time; without nvcc the
-# renderer falls back to the pure-torch sampler and says so).
-"$VENV/bin/python" -c "from nfsd_server.scene.renderer import nerfacc_cuda_available as ok; \
-print('nerfacc CUDA extension:', ok())"
 
-run() { echo "\$ $*"; "$VENV/bin/python" "$@"; }
-{
-    run benchmarks/step_cost.py --model random:sd21-base --preset standard --steps "$STEPS" --warmup 5
-    run benchmarks/step_cost.py --model random:sd21-base --preset standard --steps "$STEPS" --warmup 5 --compile
-    run benchmarks/scaling.py --device cuda --steps 10
-} 2>&1 | tee "$LOG"
+run() { echo "\$ $*"; "$PY" "$@"; }
+set +e
+run benchmarks/acceptance.py --steps "$STEPS" --dtype "$DTYPE" 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+if [ "${BENCH:-0}" = 1 ] && [ "$status" = 0 ]; then
+    {
+        run benchmarks/step_cost.py --model random:sd21-base --preset standard --steps 20 --warmup 5
+        run benchmarks/step_cost.py --model random:sd21-base --preset standard --steps 20 --warmup 5 --compile
+    } 2>&1 | tee -a "$LOG"
+fi
 echo "log: $LOG"
+exit "$status"

@@ -29,6 +29,10 @@ PRIORS = ("stable-diffusion", "analytic")
 DEFAULT_PRIOR = "stable-diffusion"
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
+# The UNet's precision (the server's dtype policy decides the rest): auto = fp16 on CUDA, fp32 elsewhere.
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+DEFAULT_DTYPE = "auto"
+
 TEXTURE_SIZES = (512, 1024, 2048)
 DEFAULT_TEXTURE_SIZE = 1024
 
@@ -47,7 +51,7 @@ FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 # The body of POST /v1/jobs, in order; ``job_request`` is the only place a client builds one.
 REQUEST_FIELDS = (
     "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset",
-    "poly_budget", "texture_size", "prior", "model",
+    "poly_budget", "texture_size", "prior", "model", "dtype",
 )
 
 
@@ -64,6 +68,7 @@ def job_request(
     texture_size: int = DEFAULT_TEXTURE_SIZE,
     prior: str | None = None,
     model: str | None = None,
+    dtype: str = DEFAULT_DTYPE,
 ) -> dict:
     """The JSON body of ``POST /v1/jobs``. ``None`` (and 0 steps, an empty model) mean "the server's default".
 
@@ -82,4 +87,5 @@ def job_request(
         "texture_size": int(texture_size),
         "prior": prior or None,
         "model": model or None,
+        "dtype": dtype,
     }

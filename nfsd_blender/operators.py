@@ -51,7 +51,7 @@ def build_request(source, prefs, seed=None) -> dict:
         guidance_scale=source.guidance_scale, seed=source.seed if seed is None else seed, steps=source.steps,
         preset=source.preset, poly_budget=source.poly_budget,
         texture_size=int(source.texture_size or contract.DEFAULT_TEXTURE_SIZE),
-        prior=source.prior or prefs.default_prior, model=source.model or prefs.model,
+        prior=source.prior or prefs.default_prior, model=source.model or prefs.model, dtype=prefs.dtype,
     )
 
 

@@ -15,6 +15,14 @@ def _default_data_dir() -> str:
 PRIOR_LABELS = {"stable-diffusion": "Stable Diffusion", "analytic": "Analytic (test)"}
 
 
+DTYPE_LABELS = {
+    "auto": ("Auto", "fp16 on an NVIDIA GPU, fp32 elsewhere"),
+    "fp16": ("Half (fp16)", "Fastest on NVIDIA GPUs"),
+    "bf16": ("bfloat16", "Only on GPUs with native bf16 (RTX 30xx / A100 and newer)"),
+    "fp32": ("Full (fp32)", "Slowest; use it if a job fails with NaN"),
+}
+
+
 class NFSD_Preferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
@@ -37,6 +45,12 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         default=contract.DEFAULT_PRIOR,
     )
     model: StringProperty(name="Model", description="Model id; empty = the server's default")
+    dtype: EnumProperty(
+        name="Precision",
+        items=[(name, DTYPE_LABELS[name][0], DTYPE_LABELS[name][1]) for name in contract.DTYPES],
+        default=contract.DEFAULT_DTYPE,
+        description="The diffusion model's precision on the backend's GPU",
+    )
     status: StringProperty(name="Status")
 
     def draw(self, context):
@@ -56,6 +70,7 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
             layout.prop(self, "token")
         layout.prop(self, "default_prior")
         layout.prop(self, "model")
+        layout.prop(self, "dtype")
         row = layout.row()
         row.operator("nfsd.check_health", icon="FILE_REFRESH")
         if self.status:

@@ -63,6 +63,7 @@ def test_enums_and_limits_match_the_served_schema(served):
     assert _enum(spec, "preset") == contract.PRESETS
     assert _enum(spec, "texture_size") == contract.TEXTURE_SIZES
     assert _enum(spec, "prior") == contract.PRIORS
+    assert _enum(spec, "dtype") == contract.DTYPES
     assert _bounds(spec, "seed") == (0, contract.MAX_SEED)
     assert _bounds(spec, "steps") == (1, contract.MAX_STEPS)
     assert _bounds(spec, "poly_budget") == (contract.MIN_POLY_BUDGET, contract.MAX_POLY_BUDGET)
@@ -80,7 +81,8 @@ def test_enums_and_limits_match_the_served_schema(served):
     [
         {},
         {"method": "SDS", "guidance_scale": 100.0, "seed": contract.MAX_SEED, "steps": contract.MAX_STEPS,
-         "preset": "high", "poly_budget": contract.MAX_POLY_BUDGET, "texture_size": 2048, "prior": "analytic"},
+         "preset": "high", "poly_budget": contract.MAX_POLY_BUDGET, "texture_size": 2048, "prior": "analytic",
+         "dtype": "fp32"},
         {"method": "NFSD", "guidance_scale": 0.0, "seed": 0, "steps": 0, "preset": "draft",
          "poly_budget": contract.MIN_POLY_BUDGET, "texture_size": 512, "model": ""},  # form zeros → defaults
     ],
@@ -110,6 +112,7 @@ TYPED_TWICE = {
     "guidance defaults": re.compile(r"\"nfsd\":\s*7\.5"),
     "prior names": re.compile(r"\"stable-diffusion\",\s*\"analytic\""),
     "default model": re.compile(r"stabilityai/stable-diffusion-2-1-base\""),
+    "dtype names": re.compile(r"\"auto\",\s*\"fp16\""),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from nfsd_blender import contract
@@ -41,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--texture-size", type=int, choices=contract.TEXTURE_SIZES, default=contract.DEFAULT_TEXTURE_SIZE
     )
-    parser.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: cuda when available)")
+    parser.add_argument(
+        "--dtype", choices=contract.DTYPES, default=contract.DEFAULT_DTYPE,
+        help="UNet precision (default auto: fp16 on CUDA, fp32 elsewhere; bf16 only on GPUs with native bf16)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
@@ -53,6 +58,7 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
             args.prompt, negative_prompt=args.negative_prompt, method=args.method,
             guidance_scale=args.guidance_scale, seed=args.seed, steps=args.steps, preset=args.preset,
             poly_budget=args.poly_budget, texture_size=args.texture_size, prior=args.prior, model=args.model,
+            dtype=args.dtype,
             default_prior="analytic", default_model=contract.DEFAULT_MODEL,
         )
     except ValueError as error:
@@ -98,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from nfsd_server.model_source import check_model
 
     settings = settings_from_args(args)
-    device = check_device(args.device)
+    try:
+        device = check_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if settings.prior == "stable-diffusion" and settings.model is not None:
         try:
             check_model(settings.model)  # a missing folder or an unreachable hub id, before the slow load
@@ -110,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:
-        prior = load_prior(settings.prior, settings.model, device)
+        prior = load_prior(settings.prior, settings.model, device, dtype=settings.dtype)
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)  # fail on a bad prompt before training
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -137,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as error:  # the --resume checkpoint passed the early check but does not fit the run
         bar.close()
         raise UsageError(str(error)) from None
+    except FloatingPointError as error:  # diverged, or the model produced NaN: one line, no GLB
+        bar.close()
+        print(f"nfsd generate: error: {error}", file=sys.stderr)
+        return 1
     bar.close()
     print(f"previews:   {previews}")
     print(f"checkpoint: {result.checkpoint_path}")

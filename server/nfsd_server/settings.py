@@ -59,6 +59,7 @@ class GenerationSettings:
     texture_size: int
     prior: str
     model: str | None
+    dtype: str  # the UNet's precision; the server's dtype policy resolves "auto" per device
 
     def __post_init__(self) -> None:
         check_visible(self.prompt, "the prompt")
@@ -80,6 +81,8 @@ class GenerationSettings:
         check_texture_size(self.texture_size)
         if self.prior not in contract.PRIORS:
             raise ValueError(f"prior must be one of {contract.PRIORS}, got {self.prior!r}")
+        if self.dtype not in contract.DTYPES:
+            raise ValueError(f"dtype must be one of {contract.DTYPES}, got {self.dtype!r}")
 
     def metadata(self) -> dict[str, Any]:
         """What the GLB carries in its extras, so an artist can reproduce the asset."""
@@ -99,6 +102,7 @@ def resolve_settings(
     texture_size: int = contract.DEFAULT_TEXTURE_SIZE,
     prior: str | None = None,
     model: str | None = None,
+    dtype: str = contract.DEFAULT_DTYPE,
     default_prior: str = "analytic",
     default_model: str | None = None,
 ) -> GenerationSettings:
@@ -127,4 +131,5 @@ def resolve_settings(
         texture_size=texture_size,
         prior=prior,
         model=model if prior == "stable-diffusion" else None,
+        dtype=dtype,
     )

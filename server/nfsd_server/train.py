@@ -27,13 +27,15 @@ from nfsd_server.checkpoints import (
     write_checkpoint,
 )
 from nfsd_server.guidance.distillation import make_guidance
+from nfsd_server.guidance.nonfinite import NonFiniteWatch, nonfinite_hint
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
 from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
-from nfsd_server.scene.renderer import Renderer, RendererConfig, host_to_device, make_renderer
+from nfsd_server.devices import host_to_device
+from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
 from nfsd_server.scene.shading import sample_shading
 from nfsd_server.settings import GenerationSettings
 
@@ -132,9 +134,7 @@ class Trainer:
             torch.manual_seed(settings.seed)
             self.field = NeRFField(FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim)).to(self.device)
             self.background = BACKGROUNDS[config.background]().to(self.device)
-        self.renderer: Renderer = make_renderer(
-            RendererConfig(n_samples=self.preset.n_samples), self.device, bound=self.field.bound
-        )
+        self.renderer: Renderer = make_renderer(RendererConfig(n_samples=self.preset.n_samples), self.device)
         self.optimizer = torch.optim.Adam(
             [
                 {"params": self.field.encoding.parameters(), "lr": config.lr_encoding},
@@ -156,6 +156,8 @@ class Trainer:
         # (stages: render, encode, unet, backward, optimizer).
         self.stage_timer: Callable[[str], ContextManager[None]] = untimed
         self.progress_every = config.progress_every or (PROGRESS_EVERY_CUDA if self.device.type == "cuda" else 1)
+        # A persistent run of NaN/inf from the prior fails the job (checked where the loss is read anyway).
+        self.nonfinite = NonFiniteWatch(self.device, nonfinite_hint(getattr(prior, "unet_dtype", None)))
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self) -> Tensor:
@@ -183,6 +185,7 @@ class Trainer:
                 latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
                 direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
                 grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
+                self.nonfinite.observe(direction, self.step + 1)
         with self.stage_timer("backward"):
             loss = distillation_loss(latents, grad)
             self.optimizer.zero_grad(set_to_none=True)
@@ -211,6 +214,7 @@ class Trainer:
             last = self.step == self.total
             if self.step % self.progress_every == 0 or last:
                 loss_value = float(loss)
+                self.nonfinite.check()
                 if not np.isfinite(loss_value):
                     raise FloatingPointError(
                         f"loss became {loss_value} at step {self.step}; lower the guidance scale or learning rate"

@@ -136,6 +136,13 @@ def test_api_same_model_stays_warm_between_jobs(client, fake_loader):
     assert client.get("/v1/health").json()["models_loaded"] == ["stable-diffusion:tiny/sd"]  # …evicting the first
 
 
+def test_api_dtype_reaches_the_loader_and_a_new_dtype_is_a_new_load(client, fake_loader):
+    wait_state(client, submit(client, prior="stable-diffusion", model="tiny/sd"), ("done", "failed"))
+    wait_state(client, submit(client, prior="stable-diffusion", model="tiny/sd", dtype="fp32"), ("done", "failed"))
+    assert fake_loader.dtypes == ["auto", "fp32"]
+    assert client.post("/v1/jobs", json={"prompt": "a red ball", "dtype": "fp8"}).status_code == 422
+
+
 def test_api_non_finite_loss_is_reported_as_null(client, fake_pipeline):
     fake_pipeline.loss = float("nan")
     fake_pipeline.gate.clear()

@@ -184,7 +184,7 @@ def test_api_server_restart_lists_results_and_resumes_the_interrupted_job(server
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--device", "warp-drive"], "--device 'warp-drive'"), (["--port", "70000"], "--port must be in 0..65535"),
+    [(["--device", "warp-drive"], "unknown device 'warp-drive'"), (["--port", "70000"], "--port must be in 0..65535"),
      (["--host", "192.0.2.1", "--token", ""], "without a token"),
      (["--token", " "], "must be visible characters without spaces"),
      (["--token", "abc def"], "must be visible characters without spaces")],

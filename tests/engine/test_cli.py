@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def nfsd(*args, cwd=None, timeout=600):
@@ -22,6 +23,9 @@ def nfsd(*args, cwd=None, timeout=600):
         (["generate", "a red ball", "--guidance-scale", "0"], "--guidance-scale must be > 0"),
         (["generate", "a red ball", "--out", "/proc/nfsd-cannot-write-here"], "--out '/proc/nfsd-cannot-write-here'"),
         (["generate", "a red ball", "--model", "/no/such/model"], "model folder '/no/such/model' does not exist"),
+        pytest.param(["generate", "a red ball", "--device", "mps"], "device 'mps': Apple MPS is not available here",
+                     marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+        (["generate", "a red ball", "--device", "tpu"], "unknown device 'tpu'; expected one of cuda, mps, cpu"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(args, message, tmp_path):
@@ -89,8 +93,8 @@ def _checkpoint_of(out, prompt: str) -> None:
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("device-cuda", "--device 'cuda': this torch build sees no CUDA GPU"),
-        ("device-bogus", "--device 'bogus' is not a torch device"),
+        ("device-cuda", "device 'cuda': torch sees no CUDA GPU here"),
+        ("device-bogus", "unknown device 'bogus'; expected one of cuda, mps, cpu"),
         ("resume-corrupt", "is not an nfsd checkpoint"),
         ("resume-other-prompt", "was trained with prompt='a blue cube', not 'a red ball'"),
         ("model-is-a-file", "is a file, not a folder"),

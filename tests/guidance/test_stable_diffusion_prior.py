@@ -106,3 +106,59 @@ def test_unknown_hub_id_offline_says_how_to_fix():
 def test_unknown_prior_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="stable-diffusion"):
         load_prior("dalle", None, "cpu")
+
+
+def test_a_prompt_too_long_for_its_view_suffix_is_refused_with_its_token_count(tiny_sd_prior):
+    tokenizer = tiny_sd_prior.tokenizer
+    prompt = "a red ball " * 9
+    count = len(tokenizer(f"{prompt.strip()}, overhead view", truncation=False, verbose=False).input_ids)
+    assert count > 77  # the longest view text; before, it was truncated and lost "overhead view" silently
+    with pytest.raises(ValueError, match=rf"^the prompt is {count} tokens with its view suffix \('overhead view'\); "
+                                         rf"the text encoder reads 77, .* shorten the prompt by {count - 77} tokens$"):
+        tiny_sd_prior.prepare_prompts(prompt.strip(), "ugly")
+    fits = "a red ball " * 6
+    views = tiny_sd_prior.prepare_prompts(fits.strip(), "ugly").prompt_views
+    assert all(not torch.allclose(views[i], views[j]) for i in range(4) for j in range(i + 1, 4))
+
+
+def test_cli_refuses_a_long_prompt_in_one_line(tiny_sd_dir, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "nfsd_server", "generate", "a red ball " * 10, "--model", str(tiny_sd_dir),
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()][-1].startswith(
+        "nfsd generate: error: the prompt is "
+    ) and "tokens with its view suffix" in result.stderr
+
+
+def test_each_row_gets_its_own_cameras_view_embedding(tiny_sd_prior, monkeypatch):
+    from nfsd_server.guidance.prior import Conditions, PromptKind
+    from nfsd_server.scene.cameras import make_cameras
+
+    captured = []
+    original = tiny_sd_prior.unet.forward
+
+    def forward(sample, timestep, encoder_hidden_states=None, **kwargs):
+        captured.append(encoder_hidden_states.clone())
+        return original(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+    monkeypatch.setattr(tiny_sd_prior.unet, "forward", forward)
+    prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
+    # back, front, overhead, side, then the same four cameras as ∅ and negative rows
+    cams = make_cameras(torch.tensor([0.0, 0.0, 75.0, 10.0]), torch.tensor([180.0, 10.0, 0.0, 90.0]),
+                        torch.full((4,), 3.2), torch.full((4,), 45.0))
+    assert cams.view.tolist() == [2, 0, 3, 1]
+    from nfsd_server.scene.cameras import Cameras
+
+    rows = Cameras.cat([cams, cams, cams])
+    kinds = torch.tensor([PromptKind.PROMPT] * 4 + [PromptKind.NULL] * 4 + [PromptKind.NEGATIVE] * 4)
+    tiny_sd_prior.predict_noise(torch.randn(12, 4, 8, 8), torch.full((12,), 500), Conditions(kinds, rows, prompts))
+    (embeddings,) = captured
+    for row, view in enumerate(cams.view.tolist()):
+        assert torch.equal(embeddings[row], prompts.prompt_views[view]), row
+        assert torch.equal(embeddings[4 + row], prompts.null[0])
+        assert torch.equal(embeddings[8 + row], prompts.negative[0])

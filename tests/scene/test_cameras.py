@@ -56,3 +56,27 @@ def test_sampling_is_seeded():
     c = sample_orbit_cameras(4, torch.Generator().manual_seed(4))
     assert torch.equal(a.c2w, b.c2w) and torch.equal(a.light_dir, b.light_dir)
     assert not torch.equal(a.c2w, c.c2w)
+
+
+def test_every_view_suffix_gets_a_sensible_share_of_sampled_cameras():
+    views = sample_orbit_cameras(200_000, torch.Generator().manual_seed(0)).view
+    shares = torch.bincount(views, minlength=4).float() / views.numel()
+    # Elevation uniform in (-10°, 80°), overhead above 60°: 2/9; the rest split 1/4 front, 1/2 side, 1/4 back.
+    expected = {FRONT: 7 / 36, SIDE: 7 / 18, BACK: 7 / 36, OVERHEAD: 2 / 9}
+    for view, share in expected.items():
+        assert abs(float(shares[view]) - share) < 0.005, (view, shares.tolist())
+    assert float(shares.min()) > 0.15  # before: overhead 0 of 200,000
+
+
+def test_light_jitter_sets_how_far_the_light_strays_from_the_camera():
+    from nfsd_server.scene.cameras import OrbitConfig
+
+    def mean_angle(jitter: float) -> float:
+        cams = sample_orbit_cameras(5000, torch.Generator().manual_seed(1), OrbitConfig(light_jitter=jitter))
+        to_camera = cams.c2w[:, :3, 3] / cams.distance[:, None]
+        assert torch.allclose(cams.light_dir.norm(dim=-1), torch.ones(5000), atol=1e-5)
+        return math.degrees(float(torch.acos((cams.light_dir * to_camera).sum(-1).clamp(-1, 1)).mean()))
+
+    angles = [mean_angle(jitter) for jitter in (0.0, 0.25, 0.5, 1.0)]
+    assert angles[0] < 0.1  # no jitter: lit from the camera
+    assert angles == sorted(angles) and angles[-1] > 2 * angles[1]

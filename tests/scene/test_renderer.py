@@ -1,11 +1,16 @@
 import math
 
 import torch
-from torch import nn
-
 from nfsd_server.scene.cameras import camera_rays, make_cameras
 from nfsd_server.scene.field import SolidBackground
-from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer, make_renderer, ray_aabb
+from nfsd_server.scene.renderer import (
+    OccupancyGridRenderer,
+    RendererConfig,
+    StratifiedRenderer,
+    make_renderer,
+    ray_aabb,
+)
+from torch import nn
 
 
 class ConstantSphere(nn.Module):
@@ -77,5 +82,90 @@ def test_diffuse_shading_lights_the_side_facing_the_light():
     assert row[20] > row[11] + 0.2  # right of centre brighter than left of centre
 
 
-def test_cpu_gets_the_pure_torch_sampler():
-    assert isinstance(make_renderer(RendererConfig(), torch.device("cpu")), StratifiedRenderer)
+def test_every_device_gets_the_one_torch_occupancy_grid_sampler():
+    assert type(make_renderer(RendererConfig(), torch.device("cpu"))) is OccupancyGridRenderer
+
+
+class CountingField(nn.Module):
+    """Wraps a field and counts the points the renderer asks it about (forward only: training samples)."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field, self.bound, self.points_seen = field, field.bound, 0
+
+    def forward(self, points):
+        self.points_seen += points.shape[0]
+        return self.field(points)
+
+    def density(self, points):
+        return self.field.density(points)
+
+    def normals(self, points):
+        return self.field.normals(points)
+
+
+def orbit_rays(side=24):
+    cams = make_cameras(torch.tensor([20.0, -5.0]), torch.tensor([30.0, 200.0]), torch.full((2,), 3.0),
+                        torch.full((2,), 40.0))
+    return camera_rays(cams, side, side)
+
+
+def test_occupancy_grid_skips_empty_space_without_changing_the_image():
+    field = CountingField(ConstantSphere(radius=0.4))
+    origins, dirs = orbit_rays()
+    config = RendererConfig(n_samples=64)
+    occupancy = OccupancyGridRenderer(config)
+    occupancy.update(0, field)
+    assert 0.01 < occupancy.occupancy.float().mean() < 0.1  # the ball and one cell around it
+    background = SolidBackground((0.0, 0.0, 1.0))
+    pruned = occupancy(field, background, origins, dirs, generator=torch.Generator().manual_seed(0))
+    seen = field.points_seen
+    full = StratifiedRenderer(config)(field, background, origins, dirs, generator=torch.Generator().manual_seed(0))
+    assert seen < (field.points_seen - seen) / 5  # far fewer field evaluations than every sample…
+    assert torch.allclose(pruned.rgb, full.rgb, atol=1e-6)  # …for the same picture
+    assert torch.allclose(pruned.opacity, full.opacity, atol=1e-6)
+
+
+def test_an_empty_grid_renders_background_only_and_still_backpropagates():
+    from nfsd_server.scene.field import LearnedBackground
+
+    field = CountingField(ConstantSphere())
+    renderer = OccupancyGridRenderer(RendererConfig(n_samples=16))
+    renderer.occupancy.zero_()
+    background = LearnedBackground()
+    origins, dirs = orbit_rays(8)
+    out = renderer(field, background, origins, dirs, "diffuse", torch.tensor([[0.0, 0.0, 1.0]] * 2),
+                   torch.Generator().manual_seed(0))
+    assert field.points_seen == 0
+    assert torch.equal(out.opacity, torch.zeros_like(out.opacity))
+    out.rgb.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in background.parameters())
+
+
+def test_same_generator_seed_same_render_and_jitter_comes_only_from_it():
+    from nfsd_server.scene.encoding import HashGridConfig
+    from nfsd_server.scene.field import FieldConfig, NeRFField
+
+    torch.manual_seed(0)
+    field = NeRFField(FieldConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12, max_resolution=64), hidden_dim=16))
+    renderer = OccupancyGridRenderer(RendererConfig(n_samples=32))
+    renderer.update(0, field)
+    origins, dirs = orbit_rays(8)
+
+    def render(seed):
+        torch.manual_seed(1234 + seed)  # a global RNG must not matter
+        return renderer(field, SolidBackground(), origins, dirs, generator=torch.Generator().manual_seed(seed)).rgb
+
+    assert torch.equal(render(3), render(3))
+    assert not torch.equal(render(3), render(4))
+
+
+def test_dilation_grows_an_occupied_cell_to_its_26_neighbours():
+    from nfsd_server.scene.renderer import dilate
+
+    occupancy = torch.zeros(6, 6, 6, dtype=torch.bool)
+    occupancy[2, 3, 4] = True
+    occupancy[0, 0, 0] = True  # at the corner: no wrap-around
+    grown = dilate(occupancy)
+    assert grown.sum() == 27 + 8
+    assert grown[1:4, 2:5, 3:6].all() and grown[:2, :2, :2].all() and not grown[5, 5, 5]

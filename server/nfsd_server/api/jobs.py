@@ -33,7 +33,9 @@ from nfsd_server.api.schemas import (
 )
 from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
 from nfsd_server.files import write_atomic
-from nfsd_server.guidance.prior import Prior, default_device, load_prior
+from nfsd_server.guidance.nonfinite import NonFiniteOutputError
+from nfsd_server.devices import default_device
+from nfsd_server.guidance.prior import Prior, load_prior
 from nfsd_server.model_source import check_benchmark_allowed, check_model
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation
 from nfsd_server.settings import GenerationSettings, resolve_settings
@@ -59,12 +61,12 @@ class QueueFull(Exception):
     """``max_queued`` jobs are already waiting."""
 
 
-def load_checked_prior(name: str, model: str | None = None, device: str | None = None) -> Prior:
+def load_checked_prior(name: str, model: str | None = None, device: str | None = None, dtype: str = "auto") -> Prior:
     """``load_prior``, after the model's source is checked in milliseconds (a missing folder, an uncached hub id
     while offline): a job that cannot load fails at once instead of holding the worker through retries."""
     if name == "stable-diffusion" and model is not None:
         check_model(model)
-    return load_prior(name, model, device)
+    return load_prior(name, model, device, dtype=dtype)
 class Executor(Protocol):
     """Runs jobs somewhere other than this process (``nfsd_server.farm.ray_jobs.RayExecutor``): ``slots`` at
     once, each ``run`` blocking like the pipeline, reporting through the callbacks and owning its models."""
@@ -181,6 +183,8 @@ def describe_failure(error: BaseException, stage: str = "running") -> tuple[str,
     message = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         hint = "out of memory: pick the draft preset, fewer steps or a smaller texture, or free the GPU"
+    elif isinstance(error, NonFiniteOutputError):
+        hint = "the model produced NaN/inf: set dtype to fp32, or check the model"
     elif isinstance(error, FloatingPointError):
         hint = "training diverged: lower the guidance scale or try another seed"
     elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -243,7 +247,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
         self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
-        self._priors: OrderedDict[tuple[str, str | None, str], Prior] = OrderedDict()
+        self._priors: OrderedDict[tuple[str, str | None, str, str], Prior] = OrderedDict()
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._recover()
@@ -427,7 +431,7 @@ class JobManager:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _ in self._priors],
+                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _, _ in self._priors],
                 "queue_length": len(self._pending),
                 "running_job": self._running[0] if self._running else None,
             }
@@ -508,7 +512,7 @@ class JobManager:
                 stage = "running"  # the executor loads its own models and names its own failures
                 result = self._executor.run(settings, job.folder, callbacks, resume=resume)
             else:
-                prior = self._warm_prior(request.prior, request.model)
+                prior = self._warm_prior(settings.prior, settings.model, settings.dtype)
                 stage = "running"
                 if should_cancel():
                     raise GenerationCancelled("cancelled while loading the model")
@@ -539,8 +543,8 @@ class JobManager:
                         job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps
                     )
 
-    def _warm_prior(self, name: str, model: str | None) -> Prior:
-        key = (name, model, self.device)
+    def _warm_prior(self, name: str, model: str | None, dtype: str = "auto") -> Prior:
+        key = (name, model, self.device, dtype)
         with self._lock:
             if key in self._priors:
                 self._priors.move_to_end(key)
@@ -551,7 +555,7 @@ class JobManager:
             torch.cuda.empty_cache()
         # Loading can take a minute; outside the lock so status polls are never blocked by it.
         # Only this worker thread loads, so the same key is never loaded twice concurrently.
-        prior = self._load_prior_fn(name, model, self.device)
+        prior = self._load_prior_fn(name, model, self.device, dtype=dtype)
         with self._lock:
             self._priors[key] = prior
         return prior

@@ -20,6 +20,7 @@ Method = Literal[contract.METHODS]  # type: ignore[valid-type]
 PresetName = Literal[contract.PRESETS]  # type: ignore[valid-type]
 TextureSize = Literal[contract.TEXTURE_SIZES]  # type: ignore[valid-type]
 PriorName = Literal[contract.PRIORS]  # type: ignore[valid-type]
+Dtype = Literal[contract.DTYPES]  # type: ignore[valid-type]
 __all__ = ["FINISHED_STATES", "JobState", "JobRequest", "ResolvedJobRequest", "JobStatus"]
 # Documented in the schema so clients (and the fuzzer) know the rule; enforced by the validator below,
 # which gives a readable message instead of a regex dump.
@@ -66,6 +67,11 @@ class JobRequest(BaseModel):
         default=None, min_length=1, max_length=contract.MAX_MODEL_CHARS,
         description="Hub id or local diffusers folder on the server; null → the server's --default-model "
         "(ignored by the analytic prior).",
+    )
+    dtype: Dtype = Field(
+        default=contract.DEFAULT_DTYPE,
+        description="UNet precision: auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 (GPUs with native bf16 only), "
+        "fp32 (if the model produces NaN in half precision).",
     )
     init_mesh: None = Field(
         default=None,

@@ -140,7 +140,10 @@ def run(args: argparse.Namespace) -> int:
             f"refusing to serve on {args.host} without a token: set NFSD_TOKEN or pass --token "
             "(only loopback addresses may run without one)"
         )
-    device = check_device(args.device)
+    try:
+        device = str(check_device(args.device)) if args.device else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.max_queued < 1:
         raise UsageError(f"--max-queued must be at least 1, got {args.max_queued}")
     if not (args.keep_days >= 0 and math.isfinite(args.keep_days)) or args.keep_jobs < 0:

@@ -126,7 +126,7 @@ class LocalExecutor:
 
     def __init__(self, device: str | None):
         self.device = device
-        self._key: tuple[str, str | None] | None = None
+        self._key: tuple[str, str | None, str] | None = None
         self._prior = None
 
     def run(
@@ -134,10 +134,11 @@ class LocalExecutor:
     ) -> GenerationResult:
         from nfsd_server.guidance.prior import load_prior
 
-        if self._key != (settings.prior, settings.model):
+        key = (settings.prior, settings.model, settings.dtype)
+        if self._key != key:
             self._prior, self._key = None, None  # free the old model before loading the next
-            self._prior = load_prior(settings.prior, settings.model, self.device)
-            self._key = (settings.prior, settings.model)
+            self._prior = load_prior(settings.prior, settings.model, self.device, dtype=settings.dtype)
+            self._key = key
         return run_job(settings, self._prior, out_dir, callbacks, resume=resume)
 
     def close(self) -> None:

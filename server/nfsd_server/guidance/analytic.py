@@ -113,9 +113,13 @@ class AnalyticPrior(Prior):
 
 
 @register_prior("analytic")
-def load_analytic(model: str | None, device: torch.device, image_size: int = 32, sigma: float = 0.1) -> AnalyticPrior:
+def load_analytic(
+    model: str | None, device: torch.device, image_size: int = 32, sigma: float = 0.1, dtype: str = "auto"
+) -> AnalyticPrior:
     if model is not None:
         raise ValueError(
             f"the analytic prior takes no model (got {model!r}); drop --model, or use --prior stable-diffusion"
         )
+    if dtype not in ("auto", "fp32"):  # a closed form in fp32: nothing to trade for speed
+        raise ValueError(f"the analytic prior runs in fp32 only (got dtype {dtype!r}); use dtype auto or fp32")
     return AnalyticPrior(device, image_size=image_size, sigma=sigma)

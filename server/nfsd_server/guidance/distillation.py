@@ -15,7 +15,7 @@ from torch import Tensor
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.score import needs_negative, nfsd_direction, sds_direction
 from nfsd_server.scene.cameras import Cameras
-from nfsd_server.scene.renderer import host_to_device
+from nfsd_server.devices import host_to_device
 
 
 @dataclass

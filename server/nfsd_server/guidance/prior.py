@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from nfsd_server.devices import default_device
 from nfsd_server.scene.cameras import Cameras
 
 
@@ -103,10 +104,6 @@ def load_prior(name: str, model: str | None = None, device: torch.device | str |
         raise ValueError(f"unknown prior {name!r}; expected one of {sorted(_PRIORS)}")
     device = torch.device(device) if device is not None else default_device()
     return _PRIORS[name](model=model, device=device, **options)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _import_builtin_priors() -> None:

@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfsd_blender.contract import DEFAULT_MODEL
+from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes, text_encoder_device
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class ModelLoadError(ValueError):
@@ -37,18 +39,15 @@ class PromptEmbeddings:
     negative: Tensor
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class StableDiffusionPrior(Prior):
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtype: torch.dtype,
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtypes: ComponentDtypes,
                  encode_size: int | None = None):
-        self.device, self.dtype = device, dtype
-        for module in (unet, vae, text_encoder):
-            module.requires_grad_(False).eval().to(device)
+        self.device, self.dtypes = device, dtypes
+        self.text_device = text_encoder_device(device)
+        placements = ((unet, dtypes.unet, device), (vae, dtypes.vae, device),
+                      (text_encoder, dtypes.text_encoder, self.text_device))
+        for module, dtype, module_device in placements:
+            module.requires_grad_(False).eval().to(module_device)
             if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
                 module.to(dtype=dtype)
         if device.type == "cuda":  # faster convolutions for the tensor cores, on the UNet and the VAE encoder
@@ -56,6 +55,13 @@ class StableDiffusionPrior(Prior):
             vae.to(memory_format=torch.channels_last)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        # SD 2.x 768 and many fine-tunes predict v, not ε; the distillation maths needs ε (see predict_noise).
+        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ModelLoadError(
+                f"the model's scheduler has prediction_type={self.prediction_type!r}; only "
+                f"{' and '.join(map(repr, PREDICTION_TYPES))} models can guide a NeRF: pick another checkpoint"
+            )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_size = unet.config.sample_size * self.vae_scale_factor
         self.scaling_factor = vae.config.scaling_factor
@@ -71,19 +77,24 @@ class StableDiffusionPrior(Prior):
         self.encode_size = encode_size or self.image_size
         self._unet_compiled = False
 
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        return self.dtypes.unet
+
     @classmethod
     def from_pretrained(
-        cls, model: str, device: torch.device, dtype: torch.dtype | None = None, encode_size: int | None = None
+        cls, model: str, device: torch.device, dtypes: ComponentDtypes, encode_size: int | None = None
     ) -> "StableDiffusionPrior":
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        dtype = dtype or default_dtype(device)
         _check_local_folder(model)
         loaders = {
-            "unet": lambda: UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
-            "vae": lambda: AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype),
-            "text_encoder": lambda: CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype),
+            "unet": lambda: UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtypes.unet),
+            "vae": lambda: AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtypes.vae),
+            "text_encoder": lambda: CLIPTextModel.from_pretrained(
+                model, subfolder="text_encoder", torch_dtype=dtypes.text_encoder
+            ),
             "tokenizer": lambda: CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
             "scheduler": lambda: DDPMScheduler.from_pretrained(model, subfolder="scheduler"),
         }
@@ -93,8 +104,8 @@ class StableDiffusionPrior(Prior):
                 components[name] = load()
             except (OSError, ValueError, json.JSONDecodeError) as error:
                 raise ModelLoadError(_explain_load_failure(model, name, error)) from error
-        log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtype)
-        return cls(**components, device=device, dtype=dtype, encode_size=encode_size)
+        log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtypes)
+        return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size)
 
     def compile(self) -> None:
         # In place (nn.Module.compile), so every job sharing this warm prior gets the compiled UNet once.
@@ -107,18 +118,34 @@ class StableDiffusionPrior(Prior):
             texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
         with torch.no_grad():
-            return self.text_encoder(tokens.input_ids.to(self.device))[0]
+            # Encoded in fp32 once per job, stored in the UNet's dtype for every step's call.
+            embeddings = self.text_encoder(tokens.input_ids.to(self.text_device))[0]
+            return embeddings.to(device=self.device, dtype=self.dtypes.unet)
+
+    def _check_fits(self, texts: list[str]) -> None:
+        """The encoder truncates at model_max_length tokens: a long prompt would lose its view suffix silently."""
+        limit = self.tokenizer.model_max_length
+        counts = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False).input_ids]
+        longest = max(range(len(texts)), key=counts.__getitem__)
+        if counts[longest] > limit:
+            suffix = texts[longest].rsplit(", ", 1)[1]
+            raise ValueError(
+                f"the prompt is {counts[longest]} tokens with its view suffix ({suffix!r}); the text encoder reads "
+                f"{limit}, so the view suffix would be cut off: shorten the prompt by {counts[longest] - limit} tokens"
+            )
 
     def prepare_prompts(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the object to generate, e.g. 'a hamburger'")
-        views = self._embed([f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES])
+        texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
+        self._check_fits(texts)
+        views = self._embed(texts)
         null, negative = self._embed(["", negative_prompt]).split(1)
         return PromptEmbeddings(prompt_views=views, null=null, negative=negative)
 
     def encode(self, images: Tensor) -> Tensor:
         images = F.interpolate(images, size=(self.encode_size, self.encode_size), mode="bilinear", align_corners=False)
-        images = (images * 2.0 - 1.0).to(self.dtype)
+        images = (images * 2.0 - 1.0).to(self.dtypes.vae)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         # The mean, not a sample: the distillation noise is added later, explicitly and seeded.
@@ -130,7 +157,7 @@ class StableDiffusionPrior(Prior):
 
     def decode(self, latents: Tensor) -> Tensor:
         with torch.no_grad():
-            images = self.vae.decode((latents / self.scaling_factor).to(self.dtype)).sample
+            images = self.vae.decode((latents / self.scaling_factor).to(self.dtypes.vae)).sample
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     @torch.no_grad()
@@ -140,10 +167,15 @@ class StableDiffusionPrior(Prior):
         embeddings = prompts.prompt_views[conditions.cameras.view.to(prompts.prompt_views.device)]
         embeddings = torch.where((kinds == PromptKind.NULL)[:, None, None], prompts.null, embeddings)
         embeddings = torch.where((kinds == PromptKind.NEGATIVE)[:, None, None], prompts.negative, embeddings)
-        latents = latents_noisy.to(self.dtype)
+        latents = latents_noisy.to(self.dtypes.unet)
         if self.device.type == "cuda":
             latents = latents.contiguous(memory_format=torch.channels_last)
-        return self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
+        prediction = self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
+        if self.prediction_type == "v_prediction":
+            # v = √ᾱ·ε − √(1−ᾱ)·z0 and z_t = √ᾱ·z0 + √(1−ᾱ)·ε  ⇒  ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t.
+            alphas = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            prediction = alphas.sqrt() * prediction + (1.0 - alphas).sqrt() * latents_noisy.float()
+        return prediction
 
 
 def _looks_like_path(model: str) -> bool:
@@ -178,11 +210,13 @@ def _explain_load_failure(model: str, component: str, error: Exception) -> str:
 
 @register_prior("stable-diffusion")
 def load_stable_diffusion(
-    model: str | None, device: torch.device, dtype: torch.dtype | None = None, encode_size: int | None = None
+    model: str | None, device: torch.device, dtype: str = "auto", encode_size: int | None = None
 ) -> StableDiffusionPrior:
+    """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy."""
+    dtypes = resolve_dtypes(dtype, device)
     if model is not None and model.startswith("random:"):
         from nfsd_server.guidance.random_models import build_random_stable_diffusion
 
         return StableDiffusionPrior(**build_random_stable_diffusion(model.removeprefix("random:")), device=device,
-                                    dtype=dtype or default_dtype(device), encode_size=encode_size)
-    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtype, encode_size)
+                                    dtypes=dtypes, encode_size=encode_size)
+    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtypes, encode_size)

@@ -1,9 +1,10 @@
 """Volume rendering of a NeRFField: per-ray colour, opacity, depth and albedo.
 
-Two samplers, one output. ``StratifiedRenderer`` (pure torch sampling + nerfacc's batched
-``render_weight_from_density`` / ``accumulate_along_rays``) runs everywhere. ``OccupancyGridRenderer``
-skips empty space with nerfacc's ``OccGridEstimator`` and needs nerfacc's CUDA extension.
-``make_renderer`` picks the fast one when it can and logs the choice once.
+One sampling algorithm for every device, all pure torch: stratified samples per ray (jittered from the job's
+generator), pruned by an occupancy grid (``OccupancyGridRenderer``), composited with nerfacc's batched
+``render_weight_from_density`` / ``accumulate_along_rays``. No CUDA extension is built or loaded, so
+nothing compiles inside a job, and CPU tests run the path CUDA and MPS run. ``StratifiedRenderer`` (no
+pruning, no sync) stays for references and for tests that compare against it.
 
 Shading is deferred: one normal per ray, at the expected surface point, instead of one per sample.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from nerfacc.volrend import accumulate_along_rays, render_weight_from_density
 from torch import Tensor, nn
 
+from nfsd_server.devices import host_to_device
 from nfsd_server.scene.field import NeRFField
 from nfsd_server.scene.shading import shade
 
@@ -26,10 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RendererConfig:
-    n_samples: int = 64  # per ray, stratified sampler
-    render_step_size: float = 5e-3  # occupancy-grid sampler
-    occupancy_resolution: int = 64
-    occupancy_update_every: int = 16
+    n_samples: int = 64  # stratified samples per ray
+    occupancy_resolution: int = 64  # cells per side of the occupancy grid
+    occupancy_update_every: int = 16  # steps between grid refreshes
+    # A cell is occupied where the density at its centre exceeds this (before a one-cell dilation). Low on
+    # purpose: at ~0.02 scene units per sample it means an opacity of ~1e-3, so pruning never cuts a surface.
+    occupancy_threshold: float = 0.05
     chunk_rays: int = 16_384  # rays per pass when not training (bounds memory for previews)
 
 
@@ -42,16 +45,6 @@ class RenderOutput:
     opacity: Tensor
     depth: Tensor
     albedo: Tensor
-
-
-def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    """Copy a CPU-sampled tensor to ``device`` without blocking the host (pinned + non_blocking on CUDA).
-
-    A plain ``.to("cuda")`` of pageable memory waits for the GPU: one sync per call in the training loop.
-    """
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def ray_aabb(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor]:
@@ -127,11 +120,13 @@ class Renderer(nn.Module):
 
 
 class StratifiedRenderer(Renderer):
-    """n_samples stratified samples per ray inside the scene cube; runs on any device."""
+    """n_samples stratified samples per ray inside the scene cube; runs on any device, never syncs."""
 
-    def integrate(self, field, origins, directions, generator):
+    def sample_intervals(self, origins: Tensor, directions: Tensor, bound: float, generator: torch.Generator | None):
+        """(t_starts, t_ends, t_mid), each (R, S): S bins between the cube's entry and exit, jittered from
+        ``generator`` (CPU, the job's) or at bin centres when it is None."""
         n_samples = self.config.n_samples
-        near, far = ray_aabb(origins, directions, field.bound)
+        near, far = ray_aabb(origins, directions, bound)
         # Every ray is sampled; a miss gets a zero-length interval (zero weight). Masking hit rays instead
         # would need their count on the host: a device sync every step on CUDA.
         far = torch.maximum(far, near)[:, None]
@@ -143,75 +138,81 @@ class StratifiedRenderer(Renderer):
             jitter = torch.full_like(t_starts, 0.5)
         else:
             jitter = host_to_device(torch.rand(t_starts.shape, generator=generator), origins.device)
-        t_mid = t_starts + (t_ends - t_starts) * jitter
-        points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]
-        sigmas, sample_albedo = field(points.view(-1, 3))
-        weights, _, _ = render_weight_from_density(t_starts, t_ends, sigmas.view(t_starts.shape))
+        return t_starts, t_ends, t_starts + (t_ends - t_starts) * jitter
+
+    @staticmethod
+    def composite(t_starts: Tensor, t_ends: Tensor, t_mid: Tensor, sigmas: Tensor, sample_albedo: Tensor):
+        """nerfacc's batched (pure torch) volume rendering of (R, S) samples → (albedo, opacity, depth)."""
+        weights, _, _ = render_weight_from_density(t_starts, t_ends, sigmas)
         opacity = accumulate_along_rays(weights, None)
-        albedo = accumulate_along_rays(weights, sample_albedo.view(*t_starts.shape, 3))
+        albedo = accumulate_along_rays(weights, sample_albedo)
         # Expected depth, normalised by opacity so the surface point is on the surface, not pulled to 0.
         depth = accumulate_along_rays(weights, t_mid[..., None]) / opacity.clamp_min(1e-6)
         return albedo, opacity, depth
 
+    def integrate(self, field, origins, directions, generator):
+        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
+        points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]
+        sigmas, sample_albedo = field(points.view(-1, 3))
+        return self.composite(t_starts, t_ends, t_mid, sigmas.view(t_starts.shape), sample_albedo.view(*t_starts.shape, 3))
 
-class OccupancyGridRenderer(Renderer):
-    """nerfacc OccGridEstimator: marches only through occupied cells (CUDA extension required)."""
 
-    def __init__(self, config: RendererConfig = RendererConfig(), bound: float = 1.0):
+class OccupancyGridRenderer(StratifiedRenderer):
+    """Stratified samples, but the field is evaluated only where an occupancy grid says something may be.
+
+    Pure torch, so every device (CPU, CUDA, MPS) runs the same algorithm and CPU tests exercise it. The grid
+    (``occupancy_resolution``³ cells over the scene cube) is refreshed every ``occupancy_update_every`` steps
+    from the field's density at the cell centres, then dilated by one cell so a surface can grow into its
+    neighbours. Samples in empty cells get density 0 without touching the field: they would weigh ~0 anyway,
+    and at the standard preset most samples are empty space, so the hash grid + MLP activations (most of a
+    step's memory) shrink accordingly. Compacting the kept samples costs one device sync per step.
+    """
+
+    def __init__(self, config: RendererConfig = RendererConfig()):
         super().__init__(config)
-        from nerfacc import OccGridEstimator
+        side = config.occupancy_resolution
+        # Everything is occupied until the first update has looked at the field.
+        self.register_buffer("occupancy", torch.ones(side, side, side, dtype=torch.bool))
 
-        aabb = torch.tensor([-bound, -bound, -bound, bound, bound, bound], dtype=torch.float32)
-        self.estimator = OccGridEstimator(roi_aabb=aabb, resolution=config.occupancy_resolution, levels=1)
-
-    def update(self, step, field):
-        def occupancy(points: Tensor) -> Tensor:
-            return field.density(points) * self.config.render_step_size
-
-        self.estimator.update_every_n_steps(step, occupancy, occ_thre=0.01, n=self.config.occupancy_update_every)
+    @torch.no_grad()
+    def update(self, step: int, field: NeRFField) -> None:
+        if step % self.config.occupancy_update_every:
+            return
+        side, device = self.config.occupancy_resolution, self.occupancy.device
+        centres = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 * field.bound - field.bound
+        grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1).view(-1, 3)
+        density = torch.cat([field.density(chunk) for chunk in grid.split(self.config.chunk_rays * 4)])
+        self.occupancy = dilate(density.view(side, side, side) > self.config.occupancy_threshold)
 
     def integrate(self, field, origins, directions, generator):
-        from nerfacc.volrend import rendering
-
-        def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
-            t_mid = (t_starts + t_ends)[:, None] / 2
-            return field.density(origins[ray_indices] + directions[ray_indices] * t_mid)
-
-        def rgb_sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> tuple[Tensor, Tensor]:
-            t_mid = (t_starts + t_ends)[:, None] / 2
-            sigmas, sample_albedo = field(origins[ray_indices] + directions[ray_indices] * t_mid)
-            return sample_albedo, sigmas
-
-        ray_indices, t_starts, t_ends = self.estimator.sampling(
-            origins,
-            directions,
-            sigma_fn=sigma_fn,
-            render_step_size=self.config.render_step_size,
-            stratified=generator is not None,
-        )
-        albedo, opacity, depth, _ = rendering(
-            t_starts, t_ends, ray_indices, n_rays=origins.shape[0], rgb_sigma_fn=rgb_sigma_fn
-        )
-        # nerfacc's depth is Σ w·t; normalise like the stratified path.
-        return albedo, opacity, depth / opacity.clamp_min(1e-6)
+        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
+        points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]  # (R, S, 3)
+        side = self.config.occupancy_resolution
+        cells = ((points + field.bound) / (2 * field.bound) * side).long().clamp(0, side - 1)
+        keep = self.occupancy[cells[..., 0], cells[..., 1], cells[..., 2]] & (t_ends > t_starts)
+        kept = keep.nonzero(as_tuple=True)  # the one sync: how many samples the field sees
+        sigmas = points.new_zeros(t_starts.shape)
+        sample_albedo = points.new_zeros((*t_starts.shape, 3))
+        if kept[0].numel():  # empty-ray guard: nothing occupied on any ray → no field call, background only
+            kept_sigmas, kept_albedo = field(points[kept])
+            sigmas = sigmas.index_put(kept, kept_sigmas)
+            sample_albedo = sample_albedo.index_put(kept, kept_albedo)
+        return self.composite(t_starts, t_ends, t_mid, sigmas, sample_albedo)
 
 
-@lru_cache(maxsize=None)
-def nerfacc_cuda_available() -> bool:
-    """True when nerfacc's compiled CUDA extension loads (never tried without a GPU: it may JIT-compile)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        from nerfacc.cuda._backend import _C  # noqa: F401
-    except (ImportError, OSError, RuntimeError) as error:
-        log.warning("nerfacc CUDA extension unavailable (%s); using the pure-torch sampler", error)
-        return False
-    return _C is not None
+def dilate(occupancy: Tensor) -> Tensor:
+    """(D, H, W) bool grown by one cell in all 26 directions: three 1-D passes of slice ORs, which every
+    backend runs (no max_pool3d, whose MPS support varies)."""
+    for dim in range(3):
+        n = occupancy.shape[dim]
+        grown = occupancy.clone()
+        grown.narrow(dim, 1, n - 1).logical_or_(occupancy.narrow(dim, 0, n - 1))
+        grown.narrow(dim, 0, n - 1).logical_or_(occupancy.narrow(dim, 1, n - 1))
+        occupancy = grown
+    return occupancy
 
 
-def make_renderer(config: RendererConfig, device: torch.device, bound: float = 1.0) -> Renderer:
-    if device.type == "cuda" and nerfacc_cuda_available():
-        log.info("renderer: nerfacc occupancy grid (CUDA)")
-        return OccupancyGridRenderer(config, bound).to(device)
-    log.info("renderer: stratified sampling + nerfacc batched volume rendering (pure torch)")
-    return StratifiedRenderer(config).to(device)
+def make_renderer(config: RendererConfig, device: torch.device) -> Renderer:
+    """The one sampler every device runs: stratified samples pruned by a torch occupancy grid."""
+    log.info("renderer: torch occupancy grid + nerfacc batched volume rendering on %s", device)
+    return OccupancyGridRenderer(config).to(device)
