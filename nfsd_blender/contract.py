@@ -41,6 +41,13 @@ MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 1000
 MAX_MODEL_CHARS = 4096
 
+# An artist's own mesh to start from (issue 17): formats read, and the limits checked before anything is loaded.
+INIT_MESH_FORMATS = ("glb", "obj", "ply")
+MAX_INIT_MESH_FACES = 500_000
+MAX_INIT_MESH_BYTES = 50 * 1024 * 1024
+# How strongly the mesh holds the shape, 0 (only the prompt) .. 1 (the mesh's shape, detail from the prompt).
+DEFAULT_SHAPE_STRENGTH = 0.7
+
 JOB_STATES = ("queued", "running", "exporting", "done", "failed", "cancelled")
 FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 

@@ -1,0 +1,164 @@
+"""Starting from the artist's mesh (issue 17): checks on the file, occupancy of open meshes, and the proofs
+with the analytic prior (shape mode holds the mesh's shape at strength 1, the prompt's at 0; texture mode keeps
+the mesh's own vertices)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from nfsd_blender import contract
+from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf, evaluate_nerf, evaluate_shape
+from nfsd_server.scene.init_mesh import (
+    MeshError,
+    Normalization,
+    ShapeGuide,
+    load_mesh,
+    occupancy_grid,
+)
+from nfsd_server.settings import resolve_settings
+
+# A cube of side 2, off the origin: normalised into the box it is the cube of half-size 0.5 at the centre.
+CUBE_CENTRE = (3.0, -1.0, 2.0)
+NORMALISED_CUBE = Reference("the init cube", lambda points: box_sdf(points, 0.5), (0.85, 0.10, 0.10))
+
+
+def off_origin_cube() -> trimesh.Trimesh:
+    cube = trimesh.creation.box(extents=(2.0, 2.0, 2.0))
+    cube.apply_translation(CUBE_CENTRE)
+    return cube
+
+
+@pytest.fixture
+def cube_ply(tmp_path):
+    path = tmp_path / "cube.ply"
+    off_origin_cube().export(path)
+    return path
+
+
+def write(tmp_path, name: str, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_bad_meshes_are_refused_with_the_problem_named(tmp_path, monkeypatch):
+    cube = off_origin_cube()
+    nan_cube = cube.copy()
+    nan_cube.vertices[0] = (np.nan, 0.0, 0.0)
+    flat = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 1, 2]], process=False)
+    cases = {
+        write(tmp_path, "empty.obj", b""): "is an empty file",
+        write(tmp_path, "points.obj", b"v 0 0 0\nv 1 0 0\n"): "has no faces",
+        write(tmp_path, "garbage.glb", b"not a glb at all"): "is not a readable GLB file",
+        write(tmp_path, "nan.ply", nan_cube.export(file_type="ply")): "non-finite",
+        write(tmp_path, "flat.ply", flat.export(file_type="ply")): "degenerate: all 1 faces have zero area",
+        write(tmp_path, "cube.stl", cube.export(file_type="stl")): "must be one of ('glb', 'obj', 'ply')",
+    }
+    for path, message in cases.items():
+        with pytest.raises(MeshError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_mesh(path)
+    big = write(tmp_path, "big.ply", cube.export(file_type="ply"))
+    monkeypatch.setattr(contract, "MAX_INIT_MESH_FACES", 11)
+    with pytest.raises(MeshError, match="has 12 faces; the limit is 11"):
+        load_mesh(big)
+    monkeypatch.setattr(contract, "MAX_INIT_MESH_BYTES", 100)
+    with pytest.raises(MeshError, match=r"MiB; the limit is"):
+        load_mesh(big)
+
+
+def test_glb_is_read_y_up_and_turned_z_up(tmp_path):
+    tall = trimesh.creation.box(extents=(1.0, 1.0, 3.0))  # tall along Blender's Z
+    z_up_to_y_up = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    glb = write(tmp_path, "tall.glb", tall.copy().apply_transform(z_up_to_y_up).export(file_type="glb"))
+    np.testing.assert_allclose(np.ptp(load_mesh(glb).vertices, axis=0), (1.0, 1.0, 3.0), atol=1e-6)
+
+
+def test_normalisation_fits_the_box_and_inverts_exactly():
+    vertices = np.asarray(off_origin_cube().vertices)
+    normalization = Normalization.fit(vertices)
+    boxed = normalization.to_box(vertices)
+    np.testing.assert_allclose(np.abs(boxed).max(axis=0), 0.5)
+    np.testing.assert_allclose(normalization.from_box(boxed), vertices, atol=1e-12)
+
+
+def _volume_iou(occupancy: np.ndarray, sdf_fn, resolution: int) -> float:
+    axis = np.linspace(-1, 1, resolution)
+    points = torch.tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3), dtype=torch.float32)
+    reference = (sdf_fn(points) < 0).numpy().reshape(occupancy.shape)
+    return float((occupancy & reference).sum() / (occupancy | reference).sum())
+
+
+def test_open_and_non_manifold_meshes_still_have_an_inside():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    open_cube = trimesh.Trimesh(cube.vertices, cube.faces[2:], process=False)  # one square face missing: a crack
+    assert not open_cube.is_watertight
+    occupancy = occupancy_grid(np.asarray(open_cube.vertices), np.asarray(open_cube.faces), 64, 1.0)
+    assert _volume_iou(occupancy, lambda p: box_sdf(p, 0.5), 64) >= 0.9
+
+    # Two cubes sharing one edge: that edge has four faces (non-manifold); both insides are found.
+    pair = trimesh.util.concatenate([trimesh.creation.box((0.5, 0.5, 0.5)).apply_translation((-0.25, -0.25, 0)),
+                                     trimesh.creation.box((0.5, 0.5, 0.5)).apply_translation((0.25, 0.25, 0))])
+    occupancy = occupancy_grid(np.asarray(pair.vertices), np.asarray(pair.faces), 64, 1.0)
+    two_boxes = lambda p: torch.minimum(box_sdf(p - torch.tensor([-0.25, -0.25, 0]), 0.25),
+                                        box_sdf(p - torch.tensor([0.25, 0.25, 0]), 0.25))
+    assert _volume_iou(occupancy, two_boxes, 64) >= 0.85
+
+    # A single open sheet encloses nothing: it becomes a thin shell, not an error and not empty.
+    sheet = trimesh.creation.box(extents=(1.0, 1.0, 0.0001))
+    occupancy = occupancy_grid(np.asarray(sheet.vertices), np.asarray(sheet.faces), 64, 1.0)
+    assert 0 < occupancy.sum() < 0.05 * occupancy.size
+
+
+def test_field_starts_from_the_mesh_at_strength_one_and_from_the_blob_at_zero(cube_ply):
+    from nfsd_server.guidance.analytic import AnalyticPrior
+    from nfsd_server.train import Trainer
+
+    prior = AnalyticPrior()
+    start = {
+        strength: Trainer(resolve_settings("a red ball", preset="draft", seed=0, init_mesh=cube_ply,
+                                           shape_strength=strength), prior, None).field
+        for strength in (0.0, 1.0)
+    }
+    assert evaluate_shape(start[1.0], NORMALISED_CUBE, resolution=48)["volume_iou"] >= 0.95
+    assert evaluate_shape(start[0.0], NORMALISED_CUBE, resolution=48)["volume_iou"] < 0.5  # the small blob
+
+
+# Enough steps for the analytic prior to turn the blob into its ball (as in tests/guidance/test_analytic.py).
+PROOF_STEPS = 250
+
+
+@pytest.fixture(scope="module")
+def from_cube(tmp_path_factory):
+    from nfsd_server.guidance.analytic import AnalyticPrior
+    from nfsd_server.train import train
+
+    path = tmp_path_factory.mktemp("mesh") / "cube.ply"
+    off_origin_cube().export(path)
+    prior = AnalyticPrior()
+    return {
+        strength: train(resolve_settings("a red ball", preset="draft", steps=PROOF_STEPS, seed=0, init_mesh=path,
+                                         shape_strength=strength), prior).field
+        for strength in (0.0, 1.0)
+    }
+
+
+def is_red(colour) -> bool:
+    red, green, blue = colour
+    return red > 0.6 and red > 2 * green and red > 2 * blue
+
+
+def test_a_red_ball_from_a_cube_at_strength_one_is_a_red_cube(from_cube):
+    shape = evaluate_shape(from_cube[1.0], NORMALISED_CUBE, resolution=64)
+    colour = evaluate_nerf(from_cube[1.0], REFERENCES["a red ball"], size=32)["mean_color"]
+    assert shape["volume_iou"] >= 0.8, shape
+    assert is_red(colour), colour
+
+
+def test_a_red_ball_from_a_cube_at_strength_zero_is_the_ball(from_cube):
+    as_ball = evaluate_shape(from_cube[0.0], REFERENCES["a red ball"], resolution=64)
+    as_cube = evaluate_shape(from_cube[0.0], NORMALISED_CUBE, resolution=64)
+    assert as_ball["volume_iou"] >= 0.8, as_ball
+    assert as_cube["volume_iou"] < 0.8, as_cube
