@@ -162,3 +162,66 @@ def test_a_red_ball_from_a_cube_at_strength_zero_is_the_ball(from_cube):
     as_cube = evaluate_shape(from_cube[0.0], NORMALISED_CUBE, resolution=64)
     assert as_ball["volume_iou"] >= 0.8, as_ball
     assert as_cube["volume_iou"] < 0.8, as_cube
+
+
+def cube_with_uvs() -> trimesh.Trimesh:
+    import xatlas
+
+    cube = off_origin_cube()
+    vmapping, faces, uvs = xatlas.parametrize(cube.vertices, cube.faces)
+    return trimesh.Trimesh(cube.vertices[vmapping], faces, visual=trimesh.visual.TextureVisuals(uv=uvs), process=False)
+
+
+def read_glb(path) -> tuple[trimesh.Trimesh, np.ndarray]:
+    """(the GLB's one mesh with positions back in +Z up, and the texture's colour at each cube face's centre)."""
+    from nfsd_server.scene.init_mesh import Y_UP_TO_Z_UP
+
+    scene = trimesh.load(path, process=False)
+    (mesh,) = scene.geometry.values()
+    image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), dtype=np.float32) / 255
+    # A box's triangles meet on each square's diagonal, their longest edge; its midpoint is the square's centre.
+    corners = mesh.vertices[mesh.faces]
+    lengths = np.linalg.norm(corners - np.roll(corners, -1, axis=1), axis=2)
+    longest = lengths.argmax(axis=1)
+    rows = np.arange(len(mesh.faces))
+    uv = (mesh.visual.uv[mesh.faces[rows, longest]] + mesh.visual.uv[mesh.faces[rows, (longest + 1) % 3]]) / 2
+    size = image.shape[0]
+    texels = image[((1 - uv[:, 1]) * size).astype(int).clip(0, size - 1), (uv[:, 0] * size).astype(int).clip(0, size - 1)]
+    return trimesh.Trimesh(np.asarray(mesh.vertices) @ Y_UP_TO_Z_UP.T, mesh.faces, process=False), texels
+
+
+TEXTURE_STEPS = 250  # colour only; measured face centres (0.83, 0.36, 0.36) at 120 steps: pink, still turning red
+
+
+def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
+    from nfsd_server.export.onto_mesh import export_onto_mesh
+    from nfsd_server.guidance.analytic import AnalyticPrior
+    from nfsd_server.pipeline import run_generation
+
+    plain = tmp_path / "cube.ply"  # no UVs: xatlas unwraps it
+    off_origin_cube().export(plain)
+    settings = resolve_settings("a red ball", preset="draft", steps=TEXTURE_STEPS, seed=0, texture_size=512,
+                                init_mesh=plain, keep_geometry=True)
+    result = run_generation(settings, AnalyticPrior(), tmp_path / "out")
+    mesh, face_centres = read_glb(result.glb_path)
+    cube = off_origin_cube()
+    # Seams split vertices, but every position is one of the cube's, exactly where it was, on the same faces.
+    np.testing.assert_allclose(np.unique(mesh.vertices.round(9), axis=0), np.unique(cube.vertices, axis=0), atol=1e-6)
+    assert len(mesh.faces) == len(cube.faces)
+    # Where the analytic prior's ball shows through each face (its centre) the texture is red; the corners,
+    # outside the ball's silhouette, rightly take the white background.
+    assert all(is_red(colour) for colour in face_centres), face_centres
+
+    # With its own UVs the mesh comes back vertex for vertex.
+    with_uvs = tmp_path / "cube_uv.obj"
+    with_uvs.write_text(cube_with_uvs().export(file_type="obj"))
+    loaded = load_mesh(with_uvs)
+    from nfsd_server.train import load_checkpoint
+
+    trained, _ = load_checkpoint(result.checkpoint_path)
+    report = export_onto_mesh(trained, loaded, Normalization.fit(loaded.vertices), tmp_path / "uv.glb", 512)
+    mesh, face_centres = read_glb(report.path)
+    assert len(mesh.vertices) == len(loaded.vertices) == 24
+    np.testing.assert_allclose(mesh.vertices, loaded.vertices, atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, loaded.faces)
+    assert all(is_red(colour) for colour in face_centres), face_centres
