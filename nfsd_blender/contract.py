@@ -54,7 +54,7 @@ FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 # The body of POST /v1/jobs, in order; ``job_request`` is the only place a client builds one.
 REQUEST_FIELDS = (
     "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset",
-    "poly_budget", "texture_size", "prior", "model",
+    "poly_budget", "texture_size", "prior", "model", "init_mesh", "shape_strength", "keep_geometry",
 )
 
 
@@ -71,6 +71,9 @@ def job_request(
     texture_size: int = DEFAULT_TEXTURE_SIZE,
     prior: str | None = None,
     model: str | None = None,
+    init_mesh: str | None = None,
+    shape_strength: float | None = None,
+    keep_geometry: bool = False,
 ) -> dict:
     """The JSON body of ``POST /v1/jobs``. ``None`` (and 0 steps, an empty model) mean "the server's default".
 
@@ -89,4 +92,7 @@ def job_request(
         "texture_size": int(texture_size),
         "prior": prior or None,
         "model": model or None,
+        "init_mesh": init_mesh or None,  # an id from POST /v1/meshes
+        "shape_strength": None if shape_strength is None else float(shape_strength),
+        "keep_geometry": bool(keep_geometry),
     }

@@ -69,9 +69,11 @@ class FakePipeline:
         self.gate.set()
         self.started: list[str] = []  # prompts, in the order jobs started
         self.cancelled_at: dict[str, int] = {}
+        self.settings_seen: list = []  # every GenerationSettings a job ran with
 
     def __call__(self, settings, prior, out_dir: Path, callbacks) -> GenerationResult:
         self.started.append(settings.prompt)
+        self.settings_seen.append(settings)
         callbacks.on_stage("training")
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         total = settings.steps

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PRIOR
 
 from nfsd_server import __version__
-from nfsd_server.api import routes_health, routes_jobs
+from nfsd_server.api import routes_health, routes_jobs, routes_meshes
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import JobManager, LoadPriorFn, RunFn
 
@@ -63,4 +63,5 @@ def create_app(
     install_error_handlers(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_meshes.router)
     return app

@@ -30,6 +30,7 @@ from nfsd_server.api.schemas import (
     JobStatus,
     ResolvedJobRequest,
 )
+from nfsd_server.api.mesh_store import mesh_path
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior, default_device, load_prior
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation
@@ -259,7 +260,7 @@ class JobManager:
     def resolve(self, request: JobRequest) -> ResolvedJobRequest:
         """Fill in the defaults now, so the status echoes exactly what will run (and a seed to reuse)."""
         settings = resolve_settings(
-            **request.model_dump(exclude={"init_mesh"}),
+            **request.model_dump(exclude={"init_mesh"}), init_mesh=mesh_path(self.data_dir, request.init_mesh),
             default_prior=self.default_prior, default_model=self.default_model,
         )
         return ResolvedJobRequest.model_validate({**asdict(settings), "init_mesh": request.init_mesh})
@@ -383,9 +384,11 @@ class JobManager:
         )
         request = job.request
         # The resolved request is GenerationSettings' fields (validated once more: a record may be old),
-        # plus init_mesh, which nothing consumes yet.
-        settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
+        # with the init mesh's id standing for its uploaded file.
         try:
+            settings = GenerationSettings(
+                **request.model_dump(exclude={"init_mesh"}), init_mesh=mesh_path(self.data_dir, request.init_mesh)
+            )
             prior = self._warm_prior(request.prior, request.model)
             if should_cancel():
                 raise GenerationCancelled("cancelled while loading the model")
