@@ -44,9 +44,10 @@ def _busy() -> bool:
     return w is not None and w.is_alive()
 
 
-def start_job(context, request) -> None:
+def start_job(context, request, worker=None) -> None:
+    """Start ``worker`` (default: a plain JobWorker for ``request``) and the timer that reads its events."""
     props = context.scene.nfsd
-    worker = jobs.JobWorker(settings_from_prefs(context), request)
+    worker = worker or jobs.JobWorker(settings_from_prefs(context), request)
     STATE["worker"] = worker
     props.error = ""
     props.job_id = ""
@@ -110,7 +111,10 @@ def _handle(event) -> None:
         if item:
             item.state = "done"
             item.glb_path = payload["glb"]
-            import_item(bpy.context, item)
+            result = import_item(bpy.context, item)
+            placement = getattr(STATE["worker"], "on_imported", None)  # e.g. onto the selected object (selection.py)
+            if placement is not None:
+                placement(bpy.context, result)
     elif kind in ("failed", "cancelled"):
         props.job_state = kind
         if item:
