@@ -14,7 +14,6 @@ from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf, eval
 from nfsd_server.scene.init_mesh import (
     MeshError,
     Normalization,
-    ShapeGuide,
     load_mesh,
     occupancy_grid,
 )
@@ -225,3 +224,19 @@ def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
     np.testing.assert_allclose(mesh.vertices, loaded.vertices, atol=1e-6)
     np.testing.assert_array_equal(mesh.faces, loaded.faces)
     assert all(is_red(colour) for colour in face_centres), face_centres
+
+
+def test_init_mesh_settings_are_checked_in_one_place(cube_ply, tmp_path):
+    settings = resolve_settings("a red ball", init_mesh=cube_ply)
+    assert settings.init_mesh == str(cube_ply) and settings.shape_strength == contract.DEFAULT_SHAPE_STRENGTH
+    assert settings.metadata()["keep_geometry"] is False
+    cases = [
+        (dict(init_mesh=cube_ply, shape_strength=-0.1), "shape_strength must be in 0..1"),
+        (dict(keep_geometry=True), "keep_geometry needs an init_mesh"),
+        (dict(init_mesh=tmp_path / "cube.stl"), "must be one of ('glb', 'obj', 'ply')"),
+        (dict(init_mesh=tmp_path / "missing.obj"), "does not exist"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as error:
+            resolve_settings("a red ball", **kwargs)
+        assert message in str(error.value)

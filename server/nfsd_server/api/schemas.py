@@ -99,7 +99,7 @@ class ResolvedJobRequest(JobRequest):
     seed: int = Field(ge=0, le=MAX_SEED)  # type: ignore[assignment]
     steps: int = Field(ge=1, le=MAX_STEPS)  # type: ignore[assignment]
     prior: PriorName  # type: ignore[assignment]
-    shape_strength: float = Field(ge=0, le=1)  # type: ignore[assignment]
+    shape_strength: float = Field(default=contract.DEFAULT_SHAPE_STRENGTH, ge=0, le=1)  # type: ignore[assignment]
 
 
 class JobCreated(BaseModel):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 from scipy import ndimage
 from torch import Tensor
