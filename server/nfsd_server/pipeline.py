@@ -60,7 +60,7 @@ def export_from_init_mesh(settings: GenerationSettings, result: TrainResult, out
     from nfsd_server.scene.init_mesh import Normalization, load_mesh
 
     mesh = load_mesh(settings.init_mesh)
-    normalization = Normalization.fit(mesh.vertices)
+    normalization = Normalization.of_mesh(mesh)
     metadata = {**result.metadata, "mode": "texture" if settings.keep_geometry else "shape"}
     if settings.keep_geometry:
         return export_onto_mesh(result.field, mesh, normalization, out_path, settings.texture_size, metadata)

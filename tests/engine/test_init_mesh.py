@@ -97,6 +97,17 @@ def test_open_and_non_manifold_meshes_still_have_an_inside():
     occupancy = occupancy_grid(np.asarray(open_cube.vertices), np.asarray(open_cube.faces), 64, 1.0)
     assert _volume_iou(occupancy, lambda p: box_sdf(p, 0.5), 64) >= 0.9
 
+    # A sphere with its cap cut off, the cap's vertices left loose in the file: the loose vertices are not
+    # surface (they neither close the hole nor stretch the fit), and the winding number still finds the ball.
+    sphere = trimesh.creation.icosphere(subdivisions=4)
+    keep = sphere.triangles_center[:, 2] < 0.8
+    cut = trimesh.Trimesh(sphere.vertices, sphere.faces[keep], process=False)
+    boxed = Normalization.of_mesh(cut).to_box(np.asarray(cut.vertices))
+    assert boxed[np.unique(cut.faces)].max(axis=0)[2] == pytest.approx(0.5 * 0.8 / 0.9, abs=0.02)
+    occupancy = occupancy_grid(boxed, np.asarray(cut.faces), 64, 1.0)
+    centre = torch.tensor(Normalization.of_mesh(cut).to_box(np.zeros((1, 3)))[0], dtype=torch.float32)
+    assert _volume_iou(occupancy, lambda p: (p - centre).norm(dim=-1) - 0.5, 64) >= 0.85
+
     # Two cubes sharing one edge: that edge has four faces (non-manifold); both insides are found.
     pair = trimesh.util.concatenate([trimesh.creation.box((0.5, 0.5, 0.5)).apply_translation((-0.25, -0.25, 0)),
                                      trimesh.creation.box((0.5, 0.5, 0.5)).apply_translation((0.25, 0.25, 0))])
@@ -218,7 +229,7 @@ def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
     from nfsd_server.train import load_checkpoint
 
     trained, _ = load_checkpoint(result.checkpoint_path)
-    report = export_onto_mesh(trained, loaded, Normalization.fit(loaded.vertices), tmp_path / "uv.glb", 512)
+    report = export_onto_mesh(trained, loaded, Normalization.of_mesh(loaded), tmp_path / "uv.glb", 512)
     mesh, face_centres = read_glb(report.path)
     assert len(mesh.vertices) == len(loaded.vertices) == 24
     np.testing.assert_allclose(mesh.vertices, loaded.vertices, atol=1e-6)

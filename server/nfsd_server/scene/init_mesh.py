@@ -30,9 +30,9 @@ from nfsd_server.scene.field import FieldConfig, NeRFField
 NORMALISED_HALF_EXTENT = 0.5  # the mesh's longest half-extent in the box: the size of the starting blob
 SHAPE_RESOLUTION = 96  # occupancy / signed-distance grid over the box (pitch 2/95 ≈ 0.02 for bound 1)
 # Winding numbers (for meshes with holes) on a coarser grid of a decimated mesh: points × faces solid angles.
-WINDING_RESOLUTION = 48
-WINDING_FACES = 2000
-WINDING_CHUNK = 1024  # points at a time: (chunk, faces, 3, 3) float64 ≈ 55 MB
+WINDING_RESOLUTION = 32
+WINDING_FACES = 1000
+WINDING_CHUNK = 1024  # points at a time: (chunk, faces, 3, 3) float32 ≈ 37 MB
 SHAPE_LOSS_POINTS = 4096  # random points per step for the shape loss
 SHAPE_LOSS_SOFTNESS = 0.05  # world units: disagreement this close to the surface costs little (Latent-NeRF's σ_S)
 # At strength 1, per latent element: the distillation loss sums over the latent's elements, so the shape loss
@@ -129,6 +129,11 @@ class Normalization:
         low, high = vertices.min(axis=0), vertices.max(axis=0)
         return cls(tuple(float(v) for v in (low + high) / 2), half_extent / float((high - low).max() / 2))
 
+    @classmethod
+    def of_mesh(cls, mesh: trimesh.Trimesh) -> "Normalization":
+        """Fitted to the vertices the faces use: loose vertices do not shift or shrink the object."""
+        return cls.fit(np.asarray(mesh.vertices)[np.unique(np.asarray(mesh.faces))])
+
     def to_box(self, points: np.ndarray) -> np.ndarray:
         return (points - np.asarray(self.centre)) * self.scale
 
@@ -146,7 +151,8 @@ def occupancy_grid(vertices: np.ndarray, faces: np.ndarray, resolution: int, bou
     area = float(triangle_areas(vertices, faces).sum())
     count = int(min(4 * area / pitch**2 + 1000, 5_000_000))
     samples, _ = trimesh.sample.sample_surface(trimesh.Trimesh(vertices, faces, process=False), count, seed=0)
-    edge_points = [vertices, *((vertices[faces[:, i]] + vertices[faces[:, (i + 1) % 3]]) / 2 for i in range(3))]
+    # Corners and edge midpoints of the faces only: a loose vertex is not surface.
+    edge_points = [vertices[faces].reshape(-1, 3), *((vertices[faces[:, i]] + vertices[faces[:, (i + 1) % 3]]) / 2 for i in range(3))]
     points = np.concatenate([samples, *edge_points])
     index = np.clip(np.round((points + bound) / pitch).astype(np.int64), 0, resolution - 1)
     shell = np.zeros((resolution,) * 3, bool)
@@ -176,10 +182,10 @@ def winding_numbers(vertices: np.ndarray, faces: np.ndarray, resolution: int, bo
         vertices, faces = fast_simplification.simplify(
             vertices.astype(np.float32), faces.astype(np.int32), target_reduction=1.0 - WINDING_FACES / len(faces)
         )
-    triangles = torch.as_tensor(vertices, dtype=torch.float64)[torch.as_tensor(faces.astype(np.int64))]  # (F, 3, 3)
-    axis = torch.linspace(-bound, bound, resolution, dtype=torch.float64)
+    triangles = torch.as_tensor(vertices, dtype=torch.float32)[torch.as_tensor(faces.astype(np.int64))]  # (F, 3, 3)
+    axis = torch.linspace(-bound, bound, resolution)
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).view(-1, 3)
-    total = torch.zeros(len(points), dtype=torch.float64)
+    total = torch.zeros(len(points))
     for start in range(0, len(points), WINDING_CHUNK):
         relative = triangles[None] - points[start : start + WINDING_CHUNK, None, None]  # (P, F, 3, 3)
         a, b, c = relative.unbind(2)
@@ -217,7 +223,7 @@ class ShapeGuide:
 
     @classmethod
     def from_mesh(cls, mesh: trimesh.Trimesh, strength: float, keep_geometry: bool, bound: float = 1.0) -> "ShapeGuide":
-        normalization = Normalization.fit(np.asarray(mesh.vertices))
+        normalization = Normalization.of_mesh(mesh)
         box_vertices = normalization.to_box(np.asarray(mesh.vertices))
         occupancy = occupancy_grid(box_vertices, np.asarray(mesh.faces), SHAPE_RESOLUTION, bound)
         return cls(mesh, normalization, signed_distance_grid(occupancy, bound), strength, keep_geometry)
