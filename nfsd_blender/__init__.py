@@ -7,7 +7,7 @@ import without Blender: the backend shares the contract module with the add-on.
 import atexit
 import importlib
 
-_MODULE_NAMES = ("preferences", "properties", "operators", "panel")
+_MODULE_NAMES = ("preferences", "properties", "operators", "panel", "selection")
 
 
 def _modules():

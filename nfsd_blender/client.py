@@ -44,11 +44,11 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, body: Any = None) -> tuple[bytes, str]:
-        data = json.dumps(body).encode() if body is not None else None
+    def _request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[bytes, str]:
+        data = json.dumps(body).encode() if body is not None else raw
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -85,6 +85,14 @@ class Client:
 
     def health(self) -> dict:
         return self._json("GET", "/v1/health")
+
+    def upload_mesh(self, data: bytes, file_type: str) -> str:
+        """Send a mesh file (GLB, OBJ or PLY bytes); returns the id a job's ``init_mesh`` takes."""
+        raw, _ = self._request("POST", f"/v1/meshes?format={file_type}", raw=data)
+        try:
+            return json.loads(raw)["id"]
+        except (ValueError, KeyError, TypeError):
+            raise BackendError("The server sent a reply without a mesh id for /v1/meshes") from None
 
     def submit(self, request: dict) -> str:
         return self._json("POST", "/v1/jobs", request)["id"]

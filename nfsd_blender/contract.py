@@ -45,13 +45,20 @@ MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 1000
 MAX_MODEL_CHARS = 4096
 
+# An artist's own mesh to start from (issue 17): formats read, and the limits checked before anything is loaded.
+INIT_MESH_FORMATS = ("glb", "obj", "ply")
+MAX_INIT_MESH_FACES = 500_000
+MAX_INIT_MESH_BYTES = 50 * 1024 * 1024
+# How strongly the mesh holds the shape, 0 (only the prompt) .. 1 (the mesh's shape, detail from the prompt).
+DEFAULT_SHAPE_STRENGTH = 0.7
+
 JOB_STATES = ("queued", "running", "exporting", "done", "failed", "cancelled")
 FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 
 # The body of POST /v1/jobs, in order; ``job_request`` is the only place a client builds one.
 REQUEST_FIELDS = (
     "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset",
-    "poly_budget", "texture_size", "prior", "model", "dtype",
+    "poly_budget", "texture_size", "prior", "model", "dtype", "init_mesh", "shape_strength", "keep_geometry",
 )
 
 
@@ -69,6 +76,9 @@ def job_request(
     prior: str | None = None,
     model: str | None = None,
     dtype: str = DEFAULT_DTYPE,
+    init_mesh: str | None = None,
+    shape_strength: float | None = None,
+    keep_geometry: bool = False,
 ) -> dict:
     """The JSON body of ``POST /v1/jobs``. ``None`` (and 0 steps, an empty model) mean "the server's default".
 
@@ -88,4 +98,7 @@ def job_request(
         "prior": prior or None,
         "model": model or None,
         "dtype": dtype,
+        "init_mesh": init_mesh or None,  # an id from POST /v1/meshes
+        "shape_strength": None if shape_strength is None else float(shape_strength),
+        "keep_geometry": bool(keep_geometry),
     }

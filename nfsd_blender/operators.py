@@ -80,9 +80,10 @@ def _reset_job(props, state):
     props.job_download_gb = 0.0
 
 
-def start_job(context, requests, resume=None) -> None:
+def start_job(context, requests, resume=None, worker=None) -> None:
+    """Start ``worker`` (default: a JobWorker for ``requests``) and the timer that reads its events."""
     props = context.scene.nfsd
-    worker = jobs.JobWorker(settings_from_prefs(context), requests, resume=resume)
+    worker = worker or jobs.JobWorker(settings_from_prefs(context), requests, resume=resume)
     STATE["worker"] = worker
     if not resume:
         _reset_job(props, "starting")
@@ -188,7 +189,10 @@ def _on_done(props, item, payload):
         return
     item.glb_path = payload["glb"]
     try:
-        import_item(bpy.context, item)
+        result = import_item(bpy.context, item)
+        placement = getattr(STATE["worker"], "on_imported", None)  # e.g. onto the selected object (selection.py)
+        if placement is not None:
+            placement(bpy.context, result)
     except Exception as err:  # noqa: BLE001  (the importer's errors carry whole tracebacks)
         item.state = "failed"
         props.job_state = "failed"

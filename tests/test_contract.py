@@ -53,8 +53,7 @@ def test_the_add_ons_request_has_exactly_the_servers_fields(served):
     request = contract.job_request("a red ball")
     server_fields = set(spec["components"]["schemas"]["JobRequest"]["properties"])
     assert set(request) == set(contract.REQUEST_FIELDS)
-    # init_mesh is reserved on the server and never sent by the add-on yet.
-    assert set(request) == server_fields - {"init_mesh"}
+    assert set(request) == server_fields
 
 
 def test_enums_and_limits_match_the_served_schema(served):

@@ -42,6 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--texture-size", type=int, choices=contract.TEXTURE_SIZES, default=contract.DEFAULT_TEXTURE_SIZE
     )
+    parser.add_argument(
+        "--init-mesh", type=Path, default=None, metavar="FILE",
+        help="start from this mesh (" + ", ".join(contract.INIT_MESH_FORMATS) + "; +Z up, GLB +Y up): it guides the shape",
+    )
+    parser.add_argument(
+        "--shape-strength", type=float, default=None,
+        help=f"0..1, how closely the result keeps the init mesh's shape (default: {contract.DEFAULT_SHAPE_STRENGTH:g})",
+    )
+    parser.add_argument(
+        "--keep-geometry", action="store_true",
+        help="texture the init mesh itself: its vertices and faces are kept, only the colour is generated",
+    )
     parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: cuda when available)")
     parser.add_argument(
         "--dtype", choices=contract.DTYPES, default=contract.DEFAULT_DTYPE,
@@ -59,15 +71,27 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
             guidance_scale=args.guidance_scale, seed=args.seed, steps=args.steps, preset=args.preset,
             poly_budget=args.poly_budget, texture_size=args.texture_size, prior=args.prior, model=args.model,
             dtype=args.dtype,
+            init_mesh=args.init_mesh, shape_strength=args.shape_strength, keep_geometry=args.keep_geometry,
             default_prior="analytic", default_model=contract.DEFAULT_MODEL,
         )
     except ValueError as error:
         message = str(error)
-        for name in ("guidance_scale", "negative_prompt", "poly_budget", "texture_size", "steps", "seed"):
+        for name in ("guidance_scale", "negative_prompt", "poly_budget", "texture_size", "steps", "seed",
+                     "init_mesh", "shape_strength", "keep_geometry"):
             if message.startswith(name):
                 message = "--" + name.replace("_", "-") + message[len(name):]
                 break
         raise UsageError(message) from error
+
+
+def check_init_mesh_file(path: str) -> None:
+    """Read and check the mesh before any model loads, so a bad file costs a second, not a training run."""
+    from nfsd_server.scene.init_mesh import MeshError, load_mesh
+
+    try:
+        load_mesh(path)
+    except MeshError as error:
+        raise UsageError(f"--init-mesh: {error}") from error
 
 
 def writable_dir(path: Path) -> Path:
@@ -113,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             check_model(settings.model)  # a missing folder or an unreachable hub id, before the slow load
         except ValueError as error:
             raise UsageError(str(error)) from None
+    if settings.init_mesh:
+        check_init_mesh_file(settings.init_mesh)
     out_dir = writable_dir(args.out)
     if args.resume:
         check_resumable(out_dir, settings)

@@ -9,7 +9,7 @@ from typing import Any
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.presets import PRESETS
 from nfsd_server.settings import GenerationSettings
-from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, train
+from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, TrainResult, train
 
 __all__ = ["Callbacks", "GenerationCancelled", "GenerationResult", "run_generation"]
 
@@ -44,6 +44,24 @@ def run_generation(
         poly_budget=settings.poly_budget,
         texture_size=settings.texture_size,
     )
-    report = export_glb(result.field, out_dir / f"{slugify(settings.prompt)}.glb", export_settings, result.metadata)
+    out_path = out_dir / f"{slugify(settings.prompt)}.glb"
+    if settings.init_mesh:
+        report = export_from_init_mesh(settings, result, out_path, export_settings)
+    else:
+        report = export_glb(result.field, out_path, export_settings, result.metadata)
     metadata = {**result.metadata, "faces": report.n_faces, "vertices": report.n_vertices}
     return GenerationResult(glb_path=report.path, checkpoint_path=result.checkpoint_path, metadata=metadata)
+
+
+def export_from_init_mesh(settings: GenerationSettings, result: TrainResult, out_path: Path, export_settings):
+    """Texture mode: bake onto the artist's mesh. Shape mode: marching cubes, placed where the mesh was."""
+    from nfsd_server.export import export_glb
+    from nfsd_server.export.onto_mesh import export_onto_mesh
+    from nfsd_server.scene.init_mesh import Normalization, load_mesh
+
+    mesh = load_mesh(settings.init_mesh)
+    normalization = Normalization.of_mesh(mesh)
+    metadata = {**result.metadata, "mode": "texture" if settings.keep_geometry else "shape"}
+    if settings.keep_geometry:
+        return export_onto_mesh(result.field, mesh, normalization, out_path, settings.texture_size, metadata)
+    return export_glb(result.field, out_path, export_settings, metadata, to_world=normalization.from_box)

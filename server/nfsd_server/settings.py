@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import unicodedata
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from nfsd_blender import contract
@@ -44,6 +45,20 @@ def check_visible(value: str, name: str) -> None:
         raise ValueError(f'{name} is empty (no visible characters); describe the object, e.g. "a red ball"')
 
 
+def check_init_mesh(init_mesh: str | None, shape_strength: float, keep_geometry: bool) -> None:
+    if not 0.0 <= shape_strength <= 1.0:
+        raise ValueError(f"shape_strength must be in 0..1 (0: only the prompt, 1: the mesh's shape), got {shape_strength}")
+    if init_mesh is None:
+        if keep_geometry:
+            raise ValueError("keep_geometry needs an init_mesh: the geometry to keep and texture")
+        return
+    path = Path(init_mesh)
+    if path.suffix.lower().lstrip(".") not in contract.INIT_MESH_FORMATS:
+        raise ValueError(f"init_mesh {init_mesh!r} must be one of {contract.INIT_MESH_FORMATS} (by its extension)")
+    if not path.is_file():
+        raise ValueError(f"init_mesh {init_mesh!r} does not exist; pass a GLB, OBJ or PLY file")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """What the artist asked for, every default resolved: exactly what runs and what the GLB records."""
@@ -60,6 +75,11 @@ class GenerationSettings:
     prior: str
     model: str | None
     dtype: str  # the UNet's precision; the server's dtype policy resolves "auto" per device
+    # Start from the artist's mesh (issue 17): a GLB/OBJ/PLY file; its contents are checked by
+    # ``scene.init_mesh.load_mesh`` at the boundary (CLI, upload), which is too slow to repeat here.
+    init_mesh: str | None = None
+    shape_strength: float = contract.DEFAULT_SHAPE_STRENGTH
+    keep_geometry: bool = False  # texture mode: the mesh's own vertices and faces, only colour is generated
 
     def __post_init__(self) -> None:
         check_visible(self.prompt, "the prompt")
@@ -83,6 +103,7 @@ class GenerationSettings:
             raise ValueError(f"prior must be one of {contract.PRIORS}, got {self.prior!r}")
         if self.dtype not in contract.DTYPES:
             raise ValueError(f"dtype must be one of {contract.DTYPES}, got {self.dtype!r}")
+        check_init_mesh(self.init_mesh, self.shape_strength, self.keep_geometry)
 
     def metadata(self) -> dict[str, Any]:
         """What the GLB carries in its extras, so an artist can reproduce the asset."""
@@ -103,6 +124,9 @@ def resolve_settings(
     prior: str | None = None,
     model: str | None = None,
     dtype: str = contract.DEFAULT_DTYPE,
+    init_mesh: str | None = None,
+    shape_strength: float | None = None,
+    keep_geometry: bool = False,
     default_prior: str = "analytic",
     default_model: str | None = None,
 ) -> GenerationSettings:
@@ -132,4 +156,7 @@ def resolve_settings(
         prior=prior,
         model=model if prior == "stable-diffusion" else None,
         dtype=dtype,
+        init_mesh=None if init_mesh is None else str(init_mesh),
+        shape_strength=contract.DEFAULT_SHAPE_STRENGTH if shape_strength is None else float(shape_strength),
+        keep_geometry=bool(keep_geometry),
     )

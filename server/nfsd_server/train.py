@@ -35,6 +35,7 @@ from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_ca
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
+from nfsd_server.scene.init_mesh import shape_guide_for
 from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
 from nfsd_server.scene.shading import sample_shading
 from nfsd_server.settings import GenerationSettings
@@ -130,9 +131,16 @@ class Trainer:
         self.preset = PRESETS[settings.preset]
         self.metadata = settings.metadata()
         self.generator = torch.Generator().manual_seed(settings.seed)
+        # An init mesh (issue 17) shapes the field's density and adds a shape loss; see scene/init_mesh.py.
+        self.shape_guide = shape_guide_for(settings) if settings.init_mesh else None
+        field_config = FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim)
+        if self.shape_guide is not None:
+            field_config = self.shape_guide.field_config(field_config)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
             torch.manual_seed(settings.seed)
-            self.field = NeRFField(FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim)).to(self.device)
+            self.field = NeRFField(field_config).to(self.device)
+            if self.shape_guide is not None:
+                self.shape_guide.attach(self.field)
             self.background = BACKGROUNDS[config.background]().to(self.device)
         self.renderer: Renderer = make_renderer(RendererConfig(n_samples=self.preset.n_samples), self.device)
         self.optimizer = torch.optim.Adam(
@@ -188,6 +196,9 @@ class Trainer:
                 self.nonfinite.observe(direction, self.step + 1)
         with self.stage_timer("backward"):
             loss = distillation_loss(latents, grad)
+            shape_loss = None if self.shape_guide is None else self.shape_guide.loss(self.field, generator, latents[0].numel())
+            if shape_loss is not None:
+                loss = loss + shape_loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with self.stage_timer("optimizer"):

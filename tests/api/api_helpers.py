@@ -73,12 +73,14 @@ class FakePipeline:
         self.started: list[str] = []  # prompts, in the order jobs started
         self.started_from: dict[str, int] = {}  # prompt → the step it began at (>0 when resumed)
         self.cancelled_at: dict[str, int] = {}
+        self.settings_seen: list = []  # every GenerationSettings a job ran with
 
     def __call__(self, settings, prior, out_dir: Path, callbacks, resume: bool = False) -> GenerationResult:
         from nfsd_server.checkpoints import read_checkpoint_info, write_checkpoint
         from nfsd_server.train import CHECKPOINT_NAME
 
         self.started.append(settings.prompt)
+        self.settings_seen.append(settings)
         callbacks.on_stage("training")
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         total = settings.steps

@@ -30,7 +30,7 @@ def test_api_contract_routes_and_methods(spec):
         ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}", "delete"),
         ("/v1/jobs/{job_id}/preview.png", "get"),
         ("/v1/jobs/{job_id}/result.glb", "get"), ("/v1/jobs/{job_id}/result.json", "get"),
-        ("/v1/health", "get"), ("/v1/models", "get"),
+        ("/v1/health", "get"), ("/v1/models", "get"), ("/v1/meshes", "post"),
     }
     assert "202" in spec["paths"]["/v1/jobs"]["post"]["responses"]
     assert "image/png" in spec["paths"]["/v1/jobs/{job_id}/preview.png"]["get"]["responses"]["200"]["content"]
@@ -54,7 +54,7 @@ def test_api_contract_job_request(spec):
     fields = schema["properties"]
     assert set(fields) == {
         "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset", "poly_budget",
-        "texture_size", "prior", "model", "dtype", "init_mesh",
+        "texture_size", "prior", "model", "dtype", "init_mesh", "shape_strength", "keep_geometry",
     }
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
     assert (fields["prompt"]["minLength"], fields["prompt"]["maxLength"]) == (1, 1000)
@@ -70,8 +70,13 @@ def test_api_contract_job_request(spec):
     assert (seed["minimum"], seed["maximum"]) == (0, 2**31 - 1)
     steps = next(option for option in fields["steps"]["anyOf"] if option.get("type") == "integer")
     assert (steps["minimum"], steps["maximum"]) == (1, 100000)
-    assert fields["init_mesh"]["type"] == "null"  # reserved; only null accepted for now
-    for name in ("guidance_scale", "seed", "steps", "prior", "model"):  # optional, and null means "default"
+    mesh_id = next(option for option in fields["init_mesh"]["anyOf"] if option.get("type") == "string")
+    assert mesh_id["pattern"] == "^[0-9a-f]{32}$"  # an id from POST /v1/meshes
+    strength = next(option for option in fields["shape_strength"]["anyOf"] if option.get("type") == "number")
+    assert (strength["minimum"], strength["maximum"]) == (0, 1)
+    assert fields["keep_geometry"] == {"type": "boolean", "title": "Keep Geometry", "default": False,
+                                       "description": fields["keep_geometry"]["description"]}
+    for name in ("guidance_scale", "seed", "steps", "prior", "model", "init_mesh", "shape_strength"):  # optional, and null means "default"
         assert {"type": "null"} in fields[name]["anyOf"], name
 
 

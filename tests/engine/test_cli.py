@@ -125,3 +125,41 @@ def test_generate_mistakes_are_one_line_and_exit_2(tmp_path, case, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert len(lines[0]) < 400
+def test_bad_init_meshes_print_one_line_and_exit_2(tmp_path):
+    import numpy as np
+    import trimesh
+
+    (tmp_path / "empty.ply").write_bytes(b"")
+    nan_cube = trimesh.creation.box()
+    nan_cube.vertices[0] = (np.inf, 0, 0)
+    nan_cube.export(tmp_path / "nan.ply")
+    trimesh.creation.box().export(tmp_path / "cube.ply")
+    cases = [
+        (["--init-mesh", "nope.obj"], "--init-mesh 'nope.obj' does not exist"),
+        (["--init-mesh", "empty.ply"], "--init-mesh: init mesh 'empty.ply' is an empty file"),
+        (["--init-mesh", "nan.ply"], "non-finite (NaN or infinite) vertex positions"),
+        (["--init-mesh", "cube.ply", "--shape-strength", "1.5"], "--shape-strength must be in 0..1"),
+        (["--keep-geometry"], "--keep-geometry needs an init_mesh"),
+    ]
+    for args, message in cases:
+        result = nfsd("generate", "a red ball", *args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_generate_from_an_init_mesh_lands_where_the_mesh_was(tmp_path):
+    import numpy as np
+    import trimesh
+
+    cube = trimesh.creation.box(extents=(2.0, 2.0, 2.0)).apply_translation((3.0, -1.0, 2.0))
+    cube.export(tmp_path / "cube.ply")
+    result = nfsd("generate", "a red ball", "--init-mesh", "cube.ply", "--shape-strength", "1", "--steps", "20",
+                  "--poly-budget", "500", "--texture-size", "512", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scene = trimesh.load(tmp_path / "out" / "a-red-ball.glb")
+    (mesh,) = scene.geometry.values()
+    y_up_to_z_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    low, high = (np.asarray(mesh.bounds) @ y_up_to_z_up.T).min(axis=0), (np.asarray(mesh.bounds) @ y_up_to_z_up.T).max(axis=0)
+    np.testing.assert_allclose((low + high) / 2, (3.0, -1.0, 2.0), atol=0.1)  # the cube's centre, not the origin
+    np.testing.assert_allclose(high - low, (2.0, 2.0, 2.0), rtol=0.1)  # and its size

@@ -12,8 +12,7 @@ from fastapi import FastAPI
 from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PRIOR
 
 from nfsd_server import __version__
-from nfsd_server.api import routes_health, routes_jobs
-from nfsd_server.api import routes_models
+from nfsd_server.api import routes_health, routes_jobs, routes_meshes, routes_models
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import Executor, JobManager, LoadPriorFn, RunFn
 from nfsd_server.api.limits import GuardMiddleware
@@ -75,4 +74,5 @@ def create_app(
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_meshes.router)
     return app

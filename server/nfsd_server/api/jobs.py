@@ -31,6 +31,7 @@ from nfsd_server.api.schemas import (
     JobStatus,
     ResolvedJobRequest,
 )
+from nfsd_server.api.mesh_store import mesh_path
 from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
@@ -335,7 +336,7 @@ class JobManager:
         """Fill in the defaults now, so the status echoes exactly what will run (and a seed to reuse)."""
         check_benchmark_allowed(request.model, self.allow_benchmark_models)
         settings = resolve_settings(
-            **request.model_dump(exclude={"init_mesh"}),
+            **request.model_dump(exclude={"init_mesh"}), init_mesh=mesh_path(self.data_dir, request.init_mesh),
             default_prior=self.default_prior, default_model=self.default_model,
         )
         return ResolvedJobRequest.model_validate({**asdict(settings), "init_mesh": request.init_mesh})
@@ -503,10 +504,12 @@ class JobManager:
         )
         request = job.request
         # The resolved request is GenerationSettings' fields (validated once more: a record may be old),
-        # plus init_mesh, which nothing consumes yet.
-        settings = GenerationSettings(**request.model_dump(exclude={"init_mesh"}))
+        # with the init mesh's id standing for its uploaded file.
         stage = "loading"
         try:
+            settings = GenerationSettings(
+                **request.model_dump(exclude={"init_mesh"}), init_mesh=mesh_path(self.data_dir, request.init_mesh)
+            )
             resume = job.resumed_from_step is not None
             if self._executor is not None:
                 stage = "running"  # the executor loads its own models and names its own failures

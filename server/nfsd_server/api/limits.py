@@ -10,11 +10,13 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from nfsd_blender.contract import MAX_INIT_MESH_BYTES
 from nfsd_server.api.auth import token_problem
 
 # A job request is at most ~40 KB even with every string at its maximum and fully \u-escaped.
-# (There is no mesh upload route yet; when there is, it gets its own, larger cap here.)
 MAX_BODY_BYTES = 64 * 1024
+# Routes whose bodies are files, with their own caps (checked again by the route, which names the fix).
+BODY_CAPS = {"/v1/meshes": MAX_INIT_MESH_BYTES + 1}
 OPEN_PATHS = frozenset({"/v1/health"})  # the only /v1 route that needs no token
 
 
@@ -33,9 +35,10 @@ class GuardMiddleware:
                 body = {"detail": problem.detail, "hint": problem.hint}
                 await JSONResponse(body, 401, headers=problem.headers)(scope, receive, send)
                 return
+        cap = BODY_CAPS.get(scope["path"], self.max_body_bytes)
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(scope, receive, send)
+        if declared.isdigit() and int(declared) > cap:
+            await self._too_large(scope, receive, send, cap)
             return
         # No (or an honest-looking) length: read at most the cap, then hand the buffered body on.
         messages: list[Message] = []
@@ -46,8 +49,8 @@ class GuardMiddleware:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                await self._too_large(scope, receive, send)
+            if size > cap:
+                await self._too_large(scope, receive, send, cap)
                 return
             if not message.get("more_body", False):
                 break
@@ -57,9 +60,8 @@ class GuardMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = {
-            "detail": f"request body is larger than {self.max_body_bytes} bytes",
-            "hint": f"a job request is a small JSON object; keep bodies under {self.max_body_bytes // 1024} KiB",
-        }
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
+        hint = (f"a job request is a small JSON object; keep bodies under {cap // 1024} KiB" if cap == self.max_body_bytes
+                else f"this upload is capped at {cap // 2**20} MiB; decimate the mesh or apply fewer modifiers")
+        body = {"detail": f"request body is larger than {cap} bytes", "hint": hint}
         await JSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)

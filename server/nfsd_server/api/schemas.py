@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nfsd_blender import contract
 from nfsd_blender.contract import FINISHED_STATES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, NFSD_NEGATIVE_PROMPT
+from nfsd_server.api.mesh_store import MESH_ID_PATTERN
 from nfsd_server.settings import check_text, check_visible
 
 # Literal types built from the contract's tuples, so the OpenAPI enums are the add-on's enums.
@@ -73,9 +74,16 @@ class JobRequest(BaseModel):
         description="UNet precision: auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 (GPUs with native bf16 only), "
         "fp32 (if the model produces NaN in half precision).",
     )
-    init_mesh: None = Field(
-        default=None,
-        description="Reserved for 'use the selected object as the starting shape'; must be null for now.",
+    init_mesh: str | None = Field(
+        default=None, pattern=MESH_ID_PATTERN,
+        description="Start from this mesh: an id from POST /v1/meshes (the artist's selected object); null → none.",
+    )
+    shape_strength: float | None = Field(
+        default=None, ge=0, le=1, allow_inf_nan=False,
+        description=f"0..1, how closely the result keeps init_mesh's shape; null → {contract.DEFAULT_SHAPE_STRENGTH:g}.",
+    )
+    keep_geometry: bool = Field(
+        default=False, description="Texture init_mesh itself: its vertices and faces are kept, only colour is generated."
     )
 
     @field_validator("prompt", mode="before")
@@ -99,6 +107,7 @@ class ResolvedJobRequest(JobRequest):
     seed: int = Field(ge=0, le=MAX_SEED)  # type: ignore[assignment]
     steps: int = Field(ge=1, le=MAX_STEPS)  # type: ignore[assignment]
     prior: PriorName  # type: ignore[assignment]
+    shape_strength: float = Field(default=contract.DEFAULT_SHAPE_STRENGTH, ge=0, le=1)  # type: ignore[assignment]
 
 
 class JobCreated(BaseModel):

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import trimesh
@@ -66,7 +66,11 @@ class ExportReport:
 
 
 def export_glb(
-    field, out_path: Path, settings: ExportSettings = ExportSettings(), metadata: dict[str, Any] | None = None
+    field,
+    out_path: Path,
+    settings: ExportSettings = ExportSettings(),
+    metadata: dict[str, Any] | None = None,
+    to_world: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> ExportReport:
     """Extract the field's surface and write it as a textured GLB at ``out_path``.
 
@@ -76,6 +80,8 @@ def export_glb(
     placed with its base at z = 0 and its x/y centre at the origin, so the add-on's import at the 3D cursor
     stands it on the cursor. ``metadata`` (JSON-serialisable; other values are written as strings) becomes the
     glTF ``extras`` of the object's node, which Blender's importer turns into the object's custom properties.
+    ``to_world`` (V, 3) → (V, 3), +Z up: where the field's box goes instead (an init mesh's inverse
+    normalisation, so the result lands where that mesh was; ``height`` is then unused).
     Raises EmptyFieldError (no file written) when no density reaches the threshold.
     """
     out_path = Path(out_path)
@@ -108,19 +114,24 @@ def export_glb(
     lap("bake")
     image = texture.dilate(image, covered)
     lap("dilation")
-    mesh = _textured_mesh(vertices, normals, uv_faces, uvs, image, settings.height)
-    _write_atomically(mesh, out_path, _json_safe(metadata or {}))
+    placed = to_world(vertices) if to_world is not None else _stand_on_origin(vertices, settings.height)
+    mesh = textured_mesh(placed, normals, uv_faces, uvs, image)
+    write_glb(mesh, out_path, json_safe(metadata or {}))
     lap("glb_write")
     return ExportReport(path=out_path, n_vertices=len(mesh.vertices), n_faces=len(mesh.faces), timings=timings)
 
 
-def _textured_mesh(
-    vertices: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray, image: np.ndarray, height: float
-) -> trimesh.Trimesh:
-    """World (+Z up) mesh → glTF frame (+Y up), scaled to ``height``, base at 0, centred in x/y."""
+def _stand_on_origin(vertices: np.ndarray, height: float) -> np.ndarray:
+    """Scaled to ``height``, base at z = 0, centred in x/y."""
     low, high = vertices.min(axis=0), vertices.max(axis=0)
     origin = np.array([(low[0] + high[0]) / 2, (low[1] + high[1]) / 2, low[2]])
-    placed = (vertices - origin) * (height / (high[2] - low[2]))
+    return (vertices - origin) * (height / (high[2] - low[2]))
+
+
+def textured_mesh(
+    placed: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray, image: np.ndarray
+) -> trimesh.Trimesh:
+    """+Z up mesh with its baked albedo ((H, W, 3) in [0, 1]) → glTF frame (+Y up) with a PBR material."""
     # Blender's importer maps glTF (x, y, z) → Blender (x, -z, y); this is its inverse.
     z_up_to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
     material = trimesh.visual.material.PBRMaterial(
@@ -138,12 +149,12 @@ def _textured_mesh(
     )
 
 
-def _json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
+def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
     """A JSON round trip: glTF extras must be JSON, so paths and other objects are written as strings."""
     return json.loads(json.dumps(metadata, default=str))
 
 
-def _write_atomically(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str, Any]) -> None:
+def write_glb(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str, Any]) -> None:
     """Write the GLB to a temporary name in the same folder, then rename: readers never see a partial file."""
     name = out_path.stem or "object"
     scene = trimesh.Scene()

@@ -1,0 +1,141 @@
+"""Start from the selected object (issue 17): send its evaluated mesh in world space, and put the result on its
+transform, next to it, with the original hidden.
+
+Shape mode: the mesh guides the geometry (strength 0–1). Texture mode: the mesh's own vertices and faces are
+kept and only its texture is generated (on its UVs, or xatlas's when it has none).
+"""
+
+import bpy
+from mathutils import Matrix
+from bpy.props import EnumProperty, FloatProperty, PointerProperty
+
+from . import contract, jobs, operators
+from .client import BackendError
+from .preferences import get_prefs
+
+MODES = (
+    ("SHAPE", "Shape", "The selected mesh guides the shape; the prompt refines it and adds detail"),
+    ("TEXTURE", "Texture", "Keep the selected mesh exactly; generate only its texture"),
+)
+
+
+class NFSD_SelectionProps(bpy.types.PropertyGroup):
+    mode: EnumProperty(name="Mode", items=MODES, default="SHAPE")
+    strength: FloatProperty(
+        name="Strength", min=0.0, max=1.0, default=contract.DEFAULT_SHAPE_STRENGTH,
+        description="How closely the result keeps the selected mesh's shape (0: only the prompt)",
+    )
+
+
+def world_mesh_obj(context, obj) -> bytes:
+    """The object with its modifiers applied, in world coordinates (+Z up), as OBJ text with its active UVs."""
+    evaluated = obj.evaluated_get(context.evaluated_depsgraph_get())
+    mesh = evaluated.to_mesh()
+    try:
+        mesh.calc_loop_triangles()
+        matrix = obj.matrix_world
+        lines = ["# NFSD selection, world space"]
+        lines += ["v {:.9g} {:.9g} {:.9g}".format(*(matrix @ vertex.co)) for vertex in mesh.vertices]
+        uv_layer = mesh.uv_layers.active
+        if uv_layer is not None:
+            lines += ["vt {:.9g} {:.9g}".format(*uv_layer.data[i].uv) for i in range(len(mesh.loops))]
+            for triangle in mesh.loop_triangles:
+                corners = zip(triangle.vertices, triangle.loops)
+                lines.append("f " + " ".join(f"{v + 1}/{loop + 1}" for v, loop in corners))
+        else:
+            lines += ["f {} {} {}".format(*(v + 1 for v in triangle.vertices)) for triangle in mesh.loop_triangles]
+        return ("\n".join(lines) + "\n").encode("ascii")
+    finally:
+        evaluated.to_mesh_clear()
+
+
+class SelectionJobWorker(jobs.JobWorker):
+    """Uploads the mesh first, then runs the job as usual; places the imported result on the main thread."""
+
+    def __init__(self, settings, request, mesh_obj: bytes, source_name: str, mode: str):
+        super().__init__(settings, [request])
+        self.mesh_obj, self.source_name, self.mode = mesh_obj, source_name, mode
+
+    def run(self) -> None:
+        try:
+            client = jobs.make_client(self.settings, self.events)
+            self.requests[0]["init_mesh"] = client.upload_mesh(self.mesh_obj, "obj")
+        except BackendError as err:
+            self.events.put(("error", None, str(err)))
+            return
+        super().run()
+
+    def on_imported(self, context, result) -> None:
+        """Main thread: the result's geometry is in world space; give it the source's transform instead."""
+        source = bpy.data.objects.get(self.source_name)
+        result["nfsd_source_object"] = self.source_name
+        result["nfsd_mode"] = self.mode.lower()
+        if source is None:  # deleted while the job ran: leave the result where the world coordinates put it
+            result.matrix_world = Matrix.Identity(4)
+            return
+        result.matrix_world = Matrix.Identity(4)
+        result.data.transform(source.matrix_world.inverted())
+        result.matrix_world = source.matrix_world.copy()
+        source.hide_set(True)
+        source.hide_render = True
+
+
+class NFSD_OT_generate_from_selection(bpy.types.Operator):
+    bl_idname = "nfsd.generate_from_selection"
+    bl_label = "Generate from Selection"
+    bl_description = "Generate from the prompt, starting from the selected mesh (its shape, or its texture only)"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH" and not operators.busy()
+
+    def execute(self, context):
+        props, chosen = context.scene.nfsd, context.scene.nfsd_selection
+        if not props.prompt.strip():
+            props.error = "Type a prompt first"
+            self.report({"ERROR"}, props.error)
+            return {"CANCELLED"}
+        obj = context.active_object
+        data = world_mesh_obj(context, obj)
+        if len(data) > contract.MAX_INIT_MESH_BYTES:
+            props.error = f"{obj.name} is too large to send (over {contract.MAX_INIT_MESH_BYTES // 2**20} MiB); decimate it"
+            self.report({"ERROR"}, props.error)
+            return {"CANCELLED"}
+        request = operators.build_request(props, get_prefs(context))
+        request["shape_strength"] = chosen.strength
+        request["keep_geometry"] = chosen.mode == "TEXTURE"
+        worker = SelectionJobWorker(operators.settings_from_prefs(context), request, data, obj.name, chosen.mode)
+        operators.start_job(context, [request], worker=worker)
+        return {"FINISHED"}
+
+
+def draw(self, context):
+    """Appended to the main panel: shown when a mesh is the active object."""
+    obj = context.active_object
+    if obj is None or obj.type != "MESH":
+        return
+    chosen = context.scene.nfsd_selection
+    box = self.layout.box()
+    box.label(text=f"From selection: {obj.name}", icon="MESH_DATA")
+    box.row().prop(chosen, "mode", expand=True)
+    if chosen.mode == "SHAPE":
+        box.prop(chosen, "strength", slider=True)
+    box.operator(NFSD_OT_generate_from_selection.bl_idname, icon="PLAY")
+
+
+classes = (NFSD_SelectionProps, NFSD_OT_generate_from_selection)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.nfsd_selection = PointerProperty(type=NFSD_SelectionProps)
+    bpy.types.NFSD_PT_main.append(draw)
+
+
+def unregister():
+    bpy.types.NFSD_PT_main.remove(draw)
+    del bpy.types.Scene.nfsd_selection
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
