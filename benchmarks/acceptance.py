@@ -27,7 +27,8 @@ import torch
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
 from nfsd_server.guidance.prior import load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
-from nfsd_server.train import TrainConfig, Trainer
+from nfsd_server.settings import resolve_settings
+from nfsd_server.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import PeakRSS, StageTimer, latent_shape_of, unet_floor
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace, model: str, device: torch.device) -> list[str]
     prior = load_prior("stable-diffusion", model, device, dtype=args.dtype)
     print(f"model {model} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"dtypes {prior.dtypes}, preset {args.preset}, {args.steps} steps")
-    trainer = Trainer(TrainConfig("a hamburger", preset=args.preset, steps=args.steps, seed=0), prior, out_dir=None)
+    settings = resolve_settings("a hamburger", preset=args.preset, steps=args.steps, seed=0, dtype=args.dtype)
+    trainer = Trainer(settings, prior, out_dir=None)
     timer, latent_shape = StageTimer(device), latent_shape_of(prior)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -283,14 +283,14 @@ def nerf_activation_memory(preset_name: str, renderer_kind: str) -> tuple[int, i
     image gradient → backward. Returns (bytes saved for the backward, peak RSS above the start, fraction of
     samples the field evaluated). The prior's part (VAE encoder, UNet) is measured separately."""
     from nfsd_server.scene.cameras import camera_rays
-    from nfsd_server.scene.field import LearnedBackground, NeRFField
+    from nfsd_server.scene.field import FieldConfig, LearnedBackground, NeRFField
     from nfsd_server.scene.renderer import OccupancyGridRenderer, StratifiedRenderer
 
     preset = PRESETS[preset_name]
     side = max(s for _, s in preset.resolution_schedule)
-    config = TrainConfig("a hamburger", preset=preset_name)
     generator = torch.Generator().manual_seed(0)
-    field, background = NeRFField(config.field_config()), LearnedBackground()
+    field = NeRFField(FieldConfig(grid=preset.grid, hidden_dim=preset.hidden_dim))
+    background = LearnedBackground()
     renderer_config = RendererConfig(n_samples=preset.n_samples)
     renderer = OccupancyGridRenderer(renderer_config) if renderer_kind == "occupancy" else StratifiedRenderer(renderer_config)
     renderer.update(0, field)  # the starting blob's grid

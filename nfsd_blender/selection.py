@@ -9,7 +9,7 @@ import bpy
 from mathutils import Matrix
 from bpy.props import EnumProperty, FloatProperty, PointerProperty
 
-from . import contract, jobs, operators
+from . import contract, jobs, operators, panel
 from .client import BackendError
 from .preferences import get_prefs
 
@@ -110,32 +110,40 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def draw(self, context):
-    """Appended to the main panel: shown when a mesh is the active object."""
-    obj = context.active_object
-    if obj is None or obj.type != "MESH":
-        return
-    chosen = context.scene.nfsd_selection
-    box = self.layout.box()
-    box.label(text=f"From selection: {obj.name}", icon="MESH_DATA")
-    box.row().prop(chosen, "mode", expand=True)
-    if chosen.mode == "SHAPE":
-        box.prop(chosen, "strength", slider=True)
-    box.operator(NFSD_OT_generate_from_selection.bl_idname, icon="PLAY")
+class NFSD_PT_selection(panel.SidebarPanel, bpy.types.Panel):
+    """A sub-panel of the main one, shown while a mesh is the active object."""
+
+    bl_idname = "NFSD_PT_selection"
+    bl_label = "From Selection"
+    bl_parent_id = "NFSD_PT_main"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    def draw(self, context):
+        obj = context.active_object
+        chosen = context.scene.nfsd_selection
+        layout = self.layout
+        layout.enabled = not operators.busy()
+        layout.label(text=obj.name if obj is not None else "(no mesh selected)", icon="MESH_DATA")
+        layout.row().prop(chosen, "mode", expand=True)
+        if chosen.mode == "SHAPE":
+            layout.prop(chosen, "strength", slider=True)
+        layout.operator(NFSD_OT_generate_from_selection.bl_idname, icon="PLAY")
 
 
-classes = (NFSD_SelectionProps, NFSD_OT_generate_from_selection)
+classes = (NFSD_SelectionProps, NFSD_OT_generate_from_selection, NFSD_PT_selection)
 
 
 def register():
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.nfsd_selection = PointerProperty(type=NFSD_SelectionProps)
-    bpy.types.NFSD_PT_main.append(draw)
 
 
 def unregister():
-    bpy.types.NFSD_PT_main.remove(draw)
     del bpy.types.Scene.nfsd_selection
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -106,8 +106,17 @@ class GenerationSettings:
         check_init_mesh(self.init_mesh, self.shape_strength, self.keep_geometry)
 
     def metadata(self) -> dict[str, Any]:
-        """What the GLB carries in its extras, so an artist can reproduce the asset."""
-        return {**asdict(self), "software": f"nfsd_server {__version__}"}
+        """What the GLB carries in its extras, so an artist can reproduce the asset.
+
+        The init-mesh settings only when there was one, and then the file's name, not a path on the server.
+        """
+        values = asdict(self)
+        if self.init_mesh is None:
+            for key in ("init_mesh", "shape_strength", "keep_geometry"):
+                del values[key]
+        else:
+            values["init_mesh"] = Path(self.init_mesh).name
+        return {**values, "software": f"nfsd_server {__version__}"}
 
 
 def resolve_settings(

@@ -396,7 +396,7 @@ def test_variations_submit_one_job_per_seed(props, fake_server):
 def _server_glb(path, job_seed):
     """A small GLB written by the server's own exporter code, with the extras a real job writes."""
     import numpy as np
-    from nfsd_server.export.glb import _json_safe, _textured_mesh, _write_atomically
+    from nfsd_server.export.glb import json_safe, textured_mesh, write_glb
     from nfsd_server.settings import resolve_settings
 
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
@@ -405,8 +405,8 @@ def _server_glb(path, job_seed):
     image = np.full((8, 8, 3), 0.5)
     settings = resolve_settings("a red ball", prior="analytic", seed=job_seed, steps=30, preset="draft",
                                 poly_budget=1000, texture_size=512)
-    mesh = _textured_mesh(vertices, vertices.copy(), faces, uvs, image, 1.0)
-    _write_atomically(mesh, path, _json_safe(settings.metadata()))
+    mesh = textured_mesh(vertices, vertices.copy(), faces, uvs, image)
+    write_glb(mesh, path, json_safe(settings.metadata()))
 
 
 def test_8_one_set_of_properties_and_names_from_prompt_and_job(props, tmp_path):
@@ -424,8 +424,8 @@ def test_8_one_set_of_properties_and_names_from_prompt_and_job(props, tmp_path):
         names.append(ob.name)
         keys = set(ob.keys())
         assert keys == {"nfsd_" + k for k in ("prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps",
-                                               "preset", "poly_budget", "texture_size", "prior", "software",
-                                               "job_id")}, keys
+                                               "preset", "poly_budget", "texture_size", "prior", "dtype",
+                                               "software", "job_id")}, keys
         assert (ob["nfsd_method"], ob["nfsd_poly_budget"], ob["nfsd_texture_size"]) == ("nfsd", 1000, 512)
         assert (ob["nfsd_seed"], ob["nfsd_job_id"], ob["nfsd_prior"]) == (seed, job_id, "analytic")
         mat = ob.data.materials[0]
@@ -490,6 +490,7 @@ def test_every_draw_runs_in_every_state(props, prefs, state, busy, tmp_path):
         with Busy() if busy else _nothing():
             main = ui_recorder.draw(bpy.types.NFSD_PT_main)
             ui_recorder.draw(bpy.types.NFSD_PT_history)
+            ui_recorder.draw(bpy.types.NFSD_PT_selection)
             ui_recorder.draw(bpy.types.NFSD_MT_models)
             ui_recorder.draw(type(prefs), target=prefs)
             ui_recorder.draw_list_item(bpy.types.NFSD_UL_history, item, props)
