@@ -377,20 +377,23 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
     def execute(self, context):
         props = context.scene.nfsd
         if not props.prompt.strip():
-            props.error = "Type a prompt first"
-            self.report({"ERROR"}, props.error)
-            return {"CANCELLED"}
+            return refuse(self, props, "Type a prompt first")
         prefs = get_prefs(context)
         if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
-            props.error = "No backend found: pick its Python, or copy the install command"
             if prefs.python_path:
-                props.error = f"Backend Python not found: {prefs.python_path}; pick it again"
-            self.report({"ERROR"}, props.error)
-            return {"CANCELLED"}
+                return refuse(self, props, f"Backend Python not found: {prefs.python_path}; pick it again")
+            return refuse(self, props, "No backend found: pick its Python, or copy the install command")
         requests = [build_request(props, prefs, (props.seed + i) % (contract.MAX_SEED + 1))
                     for i in range(props.variations)]
         start_job(context, requests)
         return {"FINISHED"}
+
+
+def refuse(operator, props, message) -> set:
+    """An operator's early exit: the reason in the panel and the status bar."""
+    props.error = message
+    operator.report({"ERROR"}, message)
+    return {"CANCELLED"}
 
 
 class NFSD_OT_cancel(bpy.types.Operator):

@@ -93,15 +93,12 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
     def execute(self, context):
         props, chosen = context.scene.nfsd, context.scene.nfsd_selection
         if not props.prompt.strip():
-            props.error = "Type a prompt first"
-            self.report({"ERROR"}, props.error)
-            return {"CANCELLED"}
+            return operators.refuse(self, props, "Type a prompt first")
         obj = context.active_object
         data = world_mesh_obj(context, obj)
         if len(data) > contract.MAX_INIT_MESH_BYTES:
-            props.error = f"{obj.name} is too large to send (over {contract.MAX_INIT_MESH_BYTES // 2**20} MiB); decimate it"
-            self.report({"ERROR"}, props.error)
-            return {"CANCELLED"}
+            limit = contract.MAX_INIT_MESH_BYTES // 2**20
+            return operators.refuse(self, props, f"{obj.name} is too large to send (over {limit} MiB); decimate it")
         request = operators.build_request(props, get_prefs(context))
         request["shape_strength"] = chosen.strength
         request["keep_geometry"] = chosen.mode == "TEXTURE"

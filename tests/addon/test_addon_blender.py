@@ -1,34 +1,16 @@
 """The extension in headless bpy: build, validate, install, register, generate against a real local backend."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
 bpy = pytest.importorskip("bpy")
 psutil = pytest.importorskip("psutil")
 
-from addon_helpers import PKG, ROOT, addon_module, build_zip, pump
-
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+from addon_helpers import PKG, addon_module, install_for_tests, pump
 
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
-    zip_path = build_zip(tmp_path_factory.mktemp("dist"))
-    assert zip_path.name == "nfsd_blender-0.1.0.zip"
-    res = bpy.ops.extensions.package_install_files(
-        filepath=str(zip_path), repo="user_default", enable_on_install=True
-    )
-    assert res == {"FINISHED"}
-    assert PKG in bpy.context.preferences.addons
-    prefs = bpy.context.preferences.addons[PKG].preferences
-    prefs.python_path = PYTHON if Path(PYTHON).exists() else sys.executable
-    prefs.data_dir = str(tmp_path_factory.mktemp("nfsd_data"))
-    prefs.default_prior = "analytic"
-    yield prefs
-    if PKG in bpy.context.preferences.addons:
-        bpy.ops.preferences.addon_disable(module=PKG)
+    yield from install_for_tests(tmp_path_factory)
 
 
 def _reset(props):

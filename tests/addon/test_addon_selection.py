@@ -1,30 +1,16 @@
 """From selection in headless bpy: a rotated, scaled, off-origin cube → the result sits on the cube's transform,
 matches its world bounding box, and the cube is hidden (not deleted)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon_helpers import PKG, ROOT, build_zip, pump
-
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+from addon_helpers import install_for_tests, pump
 
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
-    zip_path = build_zip(tmp_path_factory.mktemp("dist"))
-    res = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
-    assert res == {"FINISHED"}
-    prefs = bpy.context.preferences.addons[PKG].preferences
-    prefs.python_path = PYTHON if Path(PYTHON).exists() else sys.executable
-    prefs.data_dir = str(tmp_path_factory.mktemp("nfsd_data"))
-    prefs.default_prior = "analytic"
-    yield prefs
-    if PKG in bpy.context.preferences.addons:
-        bpy.ops.preferences.addon_disable(module=PKG)
+    yield from install_for_tests(tmp_path_factory)
 
 
 def world_box(obj):
