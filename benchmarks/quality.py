@@ -20,7 +20,8 @@ import torch
 
 from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.distillation import NFSDGuidance, predict_rows
-from nfsd_server.guidance.references import REFERENCES, evaluate_nerf, evaluate_shape
+from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
+from nfsd_server.guidance.references import REFERENCES
 from nfsd_server.settings import resolve_settings
 from nfsd_server.train import Trainer
 

@@ -10,7 +10,8 @@ import torch
 import trimesh
 
 from nfsd_blender import contract
-from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf, evaluate_nerf, evaluate_shape
+from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
+from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf
 from nfsd_server.scene.init_mesh import (
     MeshError,
     Normalization,

@@ -12,7 +12,8 @@ from nfsd_server.guidance.analytic import (
     scaled_linear_alphas_cumprod,
 )
 from nfsd_server.guidance.prior import Conditions, PromptKind, load_prior
-from nfsd_server.guidance.references import REFERENCES, evaluate_nerf, render_reference
+from nfsd_server.evaluation import evaluate_nerf
+from nfsd_server.guidance.references import REFERENCES, render_reference
 from nfsd_server.scene.cameras import make_cameras
 
 
