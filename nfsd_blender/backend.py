@@ -19,7 +19,7 @@ _READY_TIMEOUT_S = 120.0
 DEFAULT_VENV = Path.home() / "nfsd-backend"
 INSTALL_COMMAND = (
     "python3.11 -m venv ~/nfsd-backend && ~/nfsd-backend/bin/pip install torch==2.13.0 "
-    "&& ~/nfsd-backend/bin/pip install nfsd-blender"
+    "&& ~/nfsd-backend/bin/pip install .  # in the nfsd-blender source folder (the backend is not on PyPI)"
 )
 
 

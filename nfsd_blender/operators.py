@@ -551,7 +551,7 @@ class NFSD_OT_copy_install_command(bpy.types.Operator):
 
     def execute(self, context):
         context.window_manager.clipboard = backend.INSTALL_COMMAND
-        self.report({"INFO"}, "Install command copied; run it in a terminal, then press Generate")
+        self.report({"INFO"}, "Install command copied; run it in the nfsd-blender source folder, then press Generate")
         return {"FINISHED"}
 
 
