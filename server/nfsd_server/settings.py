@@ -60,6 +60,7 @@ class GenerationSettings:
     prior: str
     model: str | None
     dtype: str  # the UNet's precision; the server's dtype policy resolves "auto" per device
+    encoder: str = contract.DEFAULT_ENCODER  # RGB-phase encoder: the model's VAE or TAESD
 
     def __post_init__(self) -> None:
         check_visible(self.prompt, "the prompt")
@@ -83,6 +84,12 @@ class GenerationSettings:
             raise ValueError(f"prior must be one of {contract.PRIORS}, got {self.prior!r}")
         if self.dtype not in contract.DTYPES:
             raise ValueError(f"dtype must be one of {contract.DTYPES}, got {self.dtype!r}")
+        if self.encoder not in contract.ENCODERS:
+            raise ValueError(f"encoder must be one of {contract.ENCODERS}, got {self.encoder!r}")
+        if self.prior == "analytic" and self.encoder != "vae":
+            raise ValueError(
+                f"the analytic prior has one fixed encoder, not {self.encoder!r}; use encoder vae (or a Stable Diffusion model)"
+            )
 
     def metadata(self) -> dict[str, Any]:
         """What the GLB carries in its extras, so an artist can reproduce the asset."""
@@ -103,6 +110,7 @@ def resolve_settings(
     prior: str | None = None,
     model: str | None = None,
     dtype: str = contract.DEFAULT_DTYPE,
+    encoder: str = contract.DEFAULT_ENCODER,
     default_prior: str = "analytic",
     default_model: str | None = None,
 ) -> GenerationSettings:
@@ -132,4 +140,5 @@ def resolve_settings(
         prior=prior,
         model=model if prior == "stable-diffusion" else None,
         dtype=dtype,
+        encoder=encoder,
     )

@@ -25,6 +25,8 @@ class FieldConfig:
     # Density the engine calls "surface" (the marching-cubes threshold). Measured on NeRFs trained against
     # the analytic prior: volume IoU with the reference shape peaks near 2 (0.96) and drops at 5 (0.71).
     surface_density: float = 2.0
+    # Channels of the prior's latent space the field can render straight into (latent-first schedule); 0 = none.
+    latent_channels: int = 0
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -42,6 +44,15 @@ class NeRFField(nn.Module):
         self.encoding = HashGridEncoding(config.grid)
         self.density_net = mlp(self.encoding.output_dim, config.hidden_dim, 1)
         self.albedo_net = mlp(self.encoding.output_dim, config.hidden_dim, 3)
+        if config.latent_channels:
+            # latent = A·albedo + b + residual(features). A, b are the prior's colour→latent map, fixed, so
+            # the latent phase trains the albedo head itself (previews and the RGB phase start from it);
+            # the residual head, zero at start, learns what no per-pixel colour map can say.
+            self.register_buffer("latent_weight", torch.zeros(config.latent_channels, 3))
+            self.register_buffer("latent_bias", torch.zeros(config.latent_channels))
+            self.latent_residual = nn.Linear(self.encoding.output_dim, config.latent_channels)
+            nn.init.zeros_(self.latent_residual.weight)
+            nn.init.zeros_(self.latent_residual.bias)
 
     def _features(self, points: Tensor) -> Tensor:
         return self.encoding((points / self.bound + 1.0) * 0.5)
@@ -55,6 +66,22 @@ class NeRFField(nn.Module):
         """(density (N,), albedo (N, 3)) sharing one encoding pass."""
         features = self._features(points)
         return self._density_from_features(points, features), torch.sigmoid(self.albedo_net(features))
+
+    def forward_latent(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """(density (N,), albedo | latent residual (N, 3 + C)): what the renderer composites in the latent phase."""
+        features = self._features(points)
+        albedo = torch.sigmoid(self.albedo_net(features))
+        return self._density_from_features(points, features), torch.cat([albedo, self.latent_residual(features)], -1)
+
+    def set_latent_map(self, weight: Tensor, bias: Tensor) -> None:
+        """The prior's colour→latent map (``Prior.latent_color_map``): weight (C, 3), bias (C,)."""
+        self.latent_weight.copy_(weight)
+        self.latent_bias.copy_(bias)
+
+    def latent_from(self, albedo: Tensor, residual: Tensor) -> Tensor:
+        """Composited albedo (…, 3) in [0, 1] and residual (…, C) → latent (…, C). Affine, so mapping the
+        composite equals compositing per-sample latents (the background's latent is its colour's)."""
+        return albedo @ self.latent_weight.T + self.latent_bias + residual
 
     def density(self, points: Tensor) -> Tensor:
         return self._density_from_features(points, self._features(points))
