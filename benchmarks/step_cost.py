@@ -197,6 +197,7 @@ def measure(
         # As a run has it: the occupancy grid built from the field (jumping mid-run skips the step-0 build).
         trainers[method].renderer.update(0, trainers[method].field)
     results = {(method, segment.label): Samples() for method in methods for segment in segments}
+    latent_shape = latent_shape_of(prior)
     for index in range(warmup + steps):
         measured = index >= warmup
         for segment in segments:
@@ -208,7 +209,7 @@ def measure(
                 reset_peak(device, timer)
                 seconds = timed_step(trainer, timer)
                 rows = trainer.guidance.last_rows_evaluated
-                floor = unet_floor(prior, trainer, rows, latent_shape_of(prior), timer)
+                floor = unet_floor(prior, trainer, rows, latent_shape, timer)
                 if verbose:
                     print(f"  {'step' if measured else 'warm-up'} {index}: {method} {segment.label}: "
                           f"{seconds:.2f} s, unet-only {floor:.2f} s", flush=True)
