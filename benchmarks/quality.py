@@ -4,8 +4,12 @@ For each reference prompt and each variant (same steps, same seeds) it trains a 
 and reports silhouette IoU and mean albedo error over held-out views, and volume IoU / Chamfer distance of the
 density's surface against the reference shape. Variants: NFSD s=7.5, SDS s=7.5, SDS s=100, and NFSD with
 the t < 200 switch disabled (the negative prompt used at every t), to see what the switch does.
+Each variant runs under each schedule: ``latent-first`` (the preset's ``latent_fraction``: the first part
+renders the analytic prior's latent channels directly) and ``rgb-only`` (latent_fraction 0: every step
+renders RGB and encodes), so the two can be compared row by row.
 
     .venv/bin/python benchmarks/quality.py [--steps 300] [--seeds 0] [--prompts "a red ball" ...]
+                                           [--variants "nfsd s=7.5"] [--schedules latent-first rgb-only]
 
 Last line: ``nfsd_iou=<mean silhouette IoU of NFSD s=7.5>``.
 """
@@ -13,6 +17,7 @@ Last line: ``nfsd_iou=<mean silhouette IoU of NFSD s=7.5>``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -42,10 +47,15 @@ VARIANTS = {
 }
 
 
-def run(prompt: str, variant: str, steps: int, seed: int, prior: AnalyticPrior) -> dict[str, float]:
+SCHEDULES = ("latent-first", "rgb-only")
+
+
+def run(prompt: str, variant: str, steps: int, seed: int, prior: AnalyticPrior, schedule: str) -> dict[str, float]:
     method, scale, guidance_class = VARIANTS[variant]
     settings = resolve_settings(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft")
     trainer = Trainer(settings, prior, None)
+    if schedule == "rgb-only":
+        trainer.preset = dataclasses.replace(trainer.preset, latent_fraction=0.0)
     if guidance_class is not None:
         trainer.guidance = guidance_class(scale)
     trainer.run()
@@ -59,31 +69,37 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--prompts", nargs="+", default=list(REFERENCES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
     args = parser.parse_args()
 
     prior = AnalyticPrior()
-    print(f"analytic prior, draft preset, {args.steps} steps, seeds {args.seeds}, CPU")
-    header = f"{'prompt':<15} {'variant':<22} {'sil_iou':>7} {'col_err':>7} {'vol_iou':>7} {'chamfer':>7}  mean albedo"
+    from nfsd_server.presets import PRESETS
+
+    print(f"analytic prior, draft preset (latent_fraction {PRESETS['draft'].latent_fraction}), {args.steps} steps, "
+          f"seeds {args.seeds}, CPU")
+    header = (f"{'prompt':<15} {'variant':<22} {'schedule':<13} {'sil_iou':>7} {'col_err':>7} {'vol_iou':>7} "
+              f"{'chamfer':>7}  mean albedo")
     print(header)
     print("-" * len(header))
-    sil_by_variant: dict[str, list[float]] = {v: [] for v in args.variants}
+    sil_by_variant: dict[str, list[float]] = {f"{v} {sch}": [] for v in args.variants for sch in args.schedules}
     started = time.perf_counter()
     for prompt in args.prompts:
         for variant in args.variants:
-            for seed in args.seeds:
-                s = run(prompt, variant, args.steps, seed, prior)
-                sil_by_variant[variant].append(s["silhouette_iou"])
-                albedo = ", ".join(f"{c:.2f}" for c in s["mean_color"])
-                print(
-                    f"{prompt:<15} {variant:<22} {s['silhouette_iou']:7.3f} {s['color_error']:7.3f} "
-                    f"{s['volume_iou']:7.3f} {s['chamfer']:7.3f}  ({albedo}) seed {seed}",
-                    flush=True,
-                )
+            for schedule in args.schedules:
+                for seed in args.seeds:
+                    s = run(prompt, variant, args.steps, seed, prior, schedule)
+                    sil_by_variant[f"{variant} {schedule}"].append(s["silhouette_iou"])
+                    albedo = ", ".join(f"{c:.2f}" for c in s["mean_color"])
+                    print(
+                        f"{prompt:<15} {variant:<22} {schedule:<13} {s['silhouette_iou']:7.3f} {s['color_error']:7.3f} "
+                        f"{s['volume_iou']:7.3f} {s['chamfer']:7.3f}  ({albedo}) seed {seed}",
+                        flush=True,
+                    )
     print("-" * len(header))
     for variant, values in sil_by_variant.items():
-        print(f"mean silhouette IoU {variant:<22} {statistics.mean(values):.3f}")
+        print(f"mean silhouette IoU {variant:<35} {statistics.mean(values):.3f}")
     print(f"total {time.perf_counter() - started:.0f} s")
-    print(f"nfsd_iou={statistics.mean(sil_by_variant.get('nfsd s=7.5', [float('nan')])):.3f}")
+    print(f"nfsd_iou={statistics.mean(sil_by_variant.get(f'nfsd s=7.5 {args.schedules[0]}', [float('nan')])):.3f}")
 
 
 if __name__ == "__main__":

@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, side, grid in variants():
             name = f"scaling-{label}"
             # A preset only this process knows about: the settings accept names from PRESETS.
-            PRESETS[name] = dataclasses.replace(draft, grid=grid, resolution_schedule=((0.0, side),))
+            PRESETS[name] = dataclasses.replace(draft, grid=grid, resolution_schedule=((0.0, side),),
+                                                latent_fraction=0.0)
             try:
-                samples = measure(prior, name, args.steps, warmup=1, resolution=None, methods=("nfsd",))["nfsd", side]
+                samples = measure(prior, name, args.steps, warmup=1, resolution=None, methods=("nfsd",))["nfsd", f"rgb {side}"]
             finally:
                 del PRESETS[name]
             params = grid.n_levels * 2**grid.log2_table_size * grid.features_per_level

@@ -5,12 +5,15 @@
     .venv/bin/python benchmarks/step_cost.py --model random:sd21-base --compile   # CUDA: torch.compile the UNet
 
 Each step is the engine's own ``Trainer.train_step``; ``Trainer.stage_timer`` times its stages:
-render (NeRF + background), encode (upsample to the prior's size + VAE encode), unet (the one batched
-prior call and the direction), backward (through the VAE encoder and the NeRF), optimizer (grad
-clean-up, clip, Adam). After every step the same prior is timed alone on a batch of the same rows
-(cond + uncond [+ negative]): the "UNet floor", the least a step can cost. NFSD and SDS steps are
-interleaved in one run, so machine noise hits both alike; figures are medians. On CUDA every stage
-timer synchronises the device (only here; training itself never does).
+render (NeRF + background; latent channels in the latent phase), encode (upsample to the prior's size + VAE or
+TAESD encode; RGB phase only), unet (the one batched prior call and the direction), backward (through the
+encoder and the NeRF), optimizer (grad clean-up, clip, Adam). After every step the same prior is timed alone on
+a batch of the same rows (cond + uncond [+ negative]): the "UNet floor", the least a step can cost.
+
+The preset's run is cut into segments where its phase (``Preset.latent_fraction``) or its render side changes;
+steps run round robin over segments and methods (NFSD, SDS), so machine noise hits all alike. Figures are
+medians (default 3 measured steps per segment on CPU at real scale, 20 on CUDA) with the min–max spread.
+On CUDA every stage timer synchronises the device (only here; training itself never does).
 
 NFSD is measured in its worst case: timesteps are drawn from [200, t_max), so its negative row is always
 evaluated (3 UNet rows against SDS's 2). In a real run the negative row is dropped whenever t < 200.
@@ -19,12 +22,11 @@ evaluated (3 UNet rows against SDS's 2). In a real run the negative row is dropp
 backward and the peak RSS, for the NeRF render at the standard and high presets (occupancy-pruned sampler
 as trained, and every sample as the worst case) and for SD 2.1-base's VAE encoder at 512 px in fp32.
 
-Output: a table per method and schedule phase (the preset's render resolutions), peak memory (RSS on CPU,
-``torch.cuda.max_memory_allocated`` on CUDA), the projected time of the preset's full run, then summary lines.
-The LAST line is machine-readable:
-  * default (tiny) run:                 ``nfsd_over_sds=<NFSD step ÷ SDS step>``
-  * a real-scale model (``--model``):   ``nfsd_over_sds=<…>`` on the line before, then
-                                        ``nfsd_step_over_unet_floor=<NFSD step ÷ its UNet-only time>``
+Output: a table per segment, peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA), the
+projected time of the preset's full run (each segment's share of the steps × its median step) and of its
+UNet-only time, then, as the last two lines:
+  ``nfsd_over_sds=<projected NFSD run ÷ projected SDS run>``
+  ``run_over_unet_floor=<projected NFSD run ÷ the sum of its steps' UNet-only times>``
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from nfsd_blender.contract import DEFAULT_ENCODER, ENCODERS
 from nfsd_server.devices import default_device
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
@@ -139,39 +142,77 @@ def reset_peak(device: torch.device, timer: StageTimer) -> None:
     timer.peak_rss = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch [start, end) of the run (fractions of its steps) with one phase and one render side."""
+
+    start: float
+    end: float
+    phase: str  # "latent" (render into the prior's latent space) or "rgb" (render, then encode)
+    side: int  # rendered side in px (the latent side in the latent phase)
+
+    @property
+    def label(self) -> str:
+        return f"{self.phase} {self.side}"
+
+
+def run_segments(preset: Preset, prior: Prior, resolution: int | None = None) -> list[Segment]:
+    """The preset's run cut where its phase (latent_fraction) or its render side (resolution_schedule) changes."""
+    has_latent = prior.latent_channels is not None and preset.latent_fraction > 0
+    schedule = ((0.0, resolution),) if resolution else preset.resolution_schedule
+    cuts = sorted({0.0, 1.0, *(f for f, _ in schedule), *((preset.latent_fraction,) if has_latent else ())})
+    segments: list[Segment] = []
+    for start, end in zip(cuts, cuts[1:]):
+        if end <= start:
+            continue
+        phase = "latent" if has_latent and start < preset.latent_fraction else "rgb"
+        side = prior.latent_side() if phase == "latent" else [s for f, s in schedule if f <= start][-1]
+        if segments and (segments[-1].phase, segments[-1].side) == (phase, side):
+            segments[-1] = dataclasses.replace(segments[-1], end=end)
+        else:
+            segments.append(Segment(start, end, phase, side))
+    return segments
+
+
 def measure(
     prior: Prior, preset_name: str, steps: int, warmup: int, resolution: int | None, seed: int = 0,
-    compile_unet: bool = False, methods: tuple[str, ...] = METHODS, first_phase_only: bool = False,
-) -> dict[tuple[str, int], Samples]:
-    """Interleaved NFSD/SDS steps per schedule phase → {(method, side): Samples}."""
+    compile_unet: bool = False, methods: tuple[str, ...] = METHODS, encoder: str = "vae", verbose: bool = False,
+) -> dict[tuple[str, str], Samples]:
+    """Steps interleaved over segments and methods (round robin) → {(method, segment label): Samples}."""
     device = prior.device
-    schedule = measured_schedule(PRESETS[preset_name], resolution, first_phase_only)
+    preset = PRESETS[preset_name]
+    if resolution:
+        preset = dataclasses.replace(preset, resolution_schedule=((0.0, resolution),))
+    segments = run_segments(preset, prior)
     timer = StageTimer(device)
     trainers = {}
     for method in methods:
         # t ≥ 200 throughout: NFSD's worst case (negative row always on); cost does not depend on t otherwise.
-        settings = resolve_settings("a hamburger", method=method, seed=seed, preset=preset_name)
+        settings = resolve_settings("a hamburger", method=method, seed=seed, preset=preset_name,
+                                    prior="stable-diffusion", model="benchmark", encoder=encoder)
         config = TrainConfig(t_min=0.2, t_max_end=0.5, compile_unet=compile_unet)
         trainers[method] = Trainer(settings, prior, out_dir=None, config=config)
+        trainers[method].preset = preset
         trainers[method].stage_timer = timer
+        # As a run has it: the occupancy grid built from the field (jumping mid-run skips the step-0 build).
+        trainers[method].renderer.update(0, trainers[method].field)
+    results = {(method, segment.label): Samples() for method in methods for segment in segments}
     latent_shape = latent_shape_of(prior)
-    results: dict[tuple[str, int], Samples] = {}
-    for phase, (fraction, side) in enumerate(schedule):
-        end = schedule[phase + 1][0] if phase + 1 < len(schedule) else 1.0
-        for method, trainer in trainers.items():
-            # Jump to the middle of the phase (its t range, lit shading, resolution); pin the side if asked.
-            trainer.step = int((fraction + end) / 2 * trainer.total)
-            if resolution:
-                trainer.preset = dataclasses.replace(trainer.preset, resolution_schedule=schedule)
-            results[method, side] = Samples()
-        for index in range(steps + (warmup if phase == 0 else 0)):
-            measured = index >= (warmup if phase == 0 else 0)
+    for index in range(warmup + steps):
+        measured = index >= warmup
+        for segment in segments:
             for method, trainer in trainers.items():
-                samples = results[method, side]
+                # Inside the segment (its phase, t range, lit shading, side), one step further each round.
+                trainer.step = int((segment.start + segment.end) / 2 * trainer.total) + index
+                assert trainer.phase() == segment.phase, (trainer.phase(), segment)
+                samples = results[method, segment.label]
                 reset_peak(device, timer)
                 seconds = timed_step(trainer, timer)
                 rows = trainer.guidance.last_rows_evaluated
                 floor = unet_floor(prior, trainer, rows, latent_shape, timer)
+                if verbose:
+                    print(f"  {'step' if measured else 'warm-up'} {index}: {method} {segment.label}: "
+                          f"{seconds:.2f} s, unet-only {floor:.2f} s", flush=True)
                 if measured:
                     samples.step.append(seconds)
                     samples.floor.append(floor)
@@ -182,34 +223,32 @@ def measure(
     return results
 
 
-def measured_schedule(preset: Preset, resolution: int | None, first_phase_only: bool) -> tuple[tuple[float, int], ...]:
-    if resolution:
-        return ((0.0, resolution),)
-    return preset.resolution_schedule[:1] if first_phase_only else preset.resolution_schedule
-
-
-def projected_seconds(results: dict[tuple[str, int], Samples], method: str, preset: Preset, steps_total: int) -> float:
-    """The preset's full run: each phase's share of steps × its median step (unmeasured phases: the last measured)."""
-    total, samples = 0.0, None
-    schedule = preset.resolution_schedule
-    for index, (fraction, side) in enumerate(schedule):
-        end = schedule[index + 1][0] if index + 1 < len(schedule) else 1.0
-        samples = results.get((method, side), samples) or next(s for (m, _), s in results.items() if m == method)
-        total += (end - fraction) * steps_total * samples.median(samples.step)
+def projected_seconds(results: dict[tuple[str, str], Samples], method: str, segments: list[Segment],
+                      steps_total: int, what: str = "step") -> float:
+    """The preset's full run: each segment's share of the steps × its median step (or UNet-only) time."""
+    total = 0.0
+    for segment in segments:
+        samples = results[method, segment.label]
+        total += (segment.end - segment.start) * steps_total * samples.median(getattr(samples, what))
     return total
 
 
-def report(results: dict[tuple[str, int], Samples], device: torch.device, preset_name: str,
-           steps_total: int, resolution_pinned: bool = False) -> tuple[float, float]:
-    """Print the tables; return (NFSD ÷ SDS, NFSD ÷ its UNet floor), both over all phases' medians."""
+def spread(values: list[float]) -> str:
+    return f"{1e3 * min(values):.0f}–{1e3 * max(values):.0f}" if values else "–"
+
+
+def report(results: dict[tuple[str, str], Samples], device: torch.device, preset_name: str, steps_total: int,
+           segments: list[Segment]) -> tuple[float, float]:
+    """Print the tables; return (projected NFSD run ÷ SDS run, projected NFSD run ÷ the sum of its UNet-only times)."""
     memory_name = "peak VRAM (max_memory_allocated)" if device.type == "cuda" else "peak RSS"
-    sides = sorted({side for _, side in results})
-    for side in sides:
-        print(f"\n-- render {side}×{side} px  (median ms over {len(results['nfsd', side].step)} steps) --")
+    for segment in segments:
+        n = len(results[METHODS[0], segment.label].step) if (METHODS[0], segment.label) in results else 0
+        print(f"\n-- {segment.phase} phase, render {segment.side}×{segment.side} px, steps "
+              f"{segment.start:.0%}–{segment.end:.0%} of the run  (median ms over {n} steps; step spread min–max) --")
         print(f"{'method':7}" + "".join(f"{s:>11}" for s in (*STAGES, "other", "step", "unet-only", "step/floor"))
-              + f"{'rows':>6}  {memory_name}")
+              + f"{'rows':>6}{'step spread':>14}  {memory_name}")
         for method in METHODS:
-            samples = results.get((method, side))
+            samples = results.get((method, segment.label))
             if samples is None:
                 continue
             stage_ms = {s: 1e3 * samples.median(samples.stages[s]) for s in STAGES}
@@ -217,20 +256,18 @@ def report(results: dict[tuple[str, int], Samples], device: torch.device, preset
             other_ms = step_ms - sum(stage_ms.values())
             cells = [*stage_ms.values(), other_ms, step_ms, 1e3 * samples.median(samples.floor)]
             print(f"{method:7}" + "".join(f"{v:11.1f}" for v in cells) + f"{samples.step_over_floor:11.3f}"
-                  + f"{statistics.median(samples.rows):6.0f}  {samples.peak_bytes / 2**30:.2f} GiB")
+                  + f"{statistics.median(samples.rows):6.0f}{spread(samples.step):>14}  {samples.peak_bytes / 2**30:.2f} GiB")
     print()
+    projected = {}
     for method in METHODS:
-        if any(m == method for m, _ in results):
-            seconds = projected_seconds(results, method, PRESETS[preset_name], steps_total)
+        if all((method, segment.label) in results for segment in segments):
+            projected[method] = projected_seconds(results, method, segments, steps_total)
+            floor = projected_seconds(results, method, segments, steps_total, what="floor")
             caveat = ", negative row every step" if method == "nfsd" else ""
-            if len(sides) < len(PRESETS[preset_name].resolution_schedule) and not resolution_pinned:
-                caveat += f", unmeasured phases at the {sides[-1]} px cost"
-            print(f"projected {method} run ({steps_total} steps, preset {preset_name}{caveat}): {seconds / 60:.1f} min")
-    nfsd_step = statistics.median(s for side in sides for s in results["nfsd", side].step)
-    sds_step = statistics.median(s for side in sides for s in results["sds", side].step)
-    nfsd_floor = statistics.median(r for side in sides for r in (
-        s / f for s, f in zip(results["nfsd", side].step, results["nfsd", side].floor)))
-    return nfsd_step / sds_step, nfsd_floor
+            print(f"projected {method} run ({steps_total} steps, preset {preset_name}{caveat}): "
+                  f"{projected[method] / 60:.1f} min; its UNet-only time {floor / 60:.1f} min")
+    nfsd_floor = projected_seconds(results, "nfsd", segments, steps_total, what="floor")
+    return projected["nfsd"] / projected.get("sds", float("nan")), projected["nfsd"] / nfsd_floor
 
 
 class SavedTensors:
@@ -363,10 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="unmeasured steps first (default: 2, 1 real scale on CPU)")
     parser.add_argument("--resolution", type=int, help="render side in px for every step, instead of the preset's schedule")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--all-phases", action="store_true", help="measure every render resolution of the preset's "
-                        "schedule (default except real scale on CPU, where only the first is measured)")
     parser.add_argument("--encode-size", type=int, help="opt-in trade: VAE-encode at this side (e.g. 256) and "
                         "upsample the latents, instead of encoding at the model's 512 px")
+    parser.add_argument("--encoder", choices=ENCODERS, default=DEFAULT_ENCODER,
+                        help="the RGB phase's encoder: vae (the model's) or taesd (a random AutoencoderTiny of "
+                        "TAESD's size for random:* models)")
+    parser.add_argument("--verbose", action="store_true", help="print every step's time as it is measured")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--activation-memory", action="store_true", help="only print the peak activation memory "
@@ -386,30 +425,35 @@ def main(argv: list[str] | None = None) -> int:
     real_scale = args.model is not None
     preset = args.preset or ("standard" if real_scale else "draft")
     cpu_real = real_scale and device.type == "cpu"
-    steps = args.steps or (1 if cpu_real else 20 if device.type == "cuda" else 10)
-    warmup = args.warmup if args.warmup is not None else (1 if cpu_real else 2)
+    # Medians need ≥ 3 steps per phase; warm-up steps run every segment once more.
+    steps = args.steps or (3 if cpu_real else 20 if device.type == "cuda" else 10)
+    warmup = args.warmup if args.warmup is not None else (0 if cpu_real else 2)
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nfsd-bench-") as scratch:
         model = args.model or str(save_random_stable_diffusion(Path(scratch) / "tiny-sd", name="tiny"))
-        prior = load_prior("stable-diffusion", model, device, encode_size=args.encode_size)
+        prior = load_prior("stable-diffusion", model, device, encode_size=args.encode_size, encoder=args.encoder)
         loaded = time.perf_counter() - started
         print(f"model {args.model or 'tiny (random, temp folder)'} on {device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
               f"{getattr(prior, 'dtypes', torch.float32)}, loaded in {loaded:.1f} s; preset {preset}; "
               f"{warmup} warm-up + {steps} measured steps per method and phase; renderer "
               f"{type(make_renderer(RendererConfig(), device)).__name__}"
-              + (f"; VAE encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
+              + f"; RGB-phase encoder {args.encoder}; latent_fraction {PRESETS[preset].latent_fraction}"
+              + (f"; encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
               + ("; UNet torch.compile'd" if args.compile else ""))
         results = measure(prior, preset, steps, warmup, args.resolution, compile_unet=args.compile,
-                          first_phase_only=cpu_real and not args.all_phases)
+                          encoder=args.encoder, verbose=args.verbose)
+        preset_used = PRESETS[preset]
+        if args.resolution:
+            preset_used = dataclasses.replace(preset_used, resolution_schedule=((0.0, args.resolution),))
+        segments = run_segments(preset_used, prior)
     steps_total = PRESETS[preset].steps
-    nfsd_over_sds, nfsd_over_floor = report(results, device, preset, steps_total, resolution_pinned=bool(args.resolution))
+    nfsd_over_sds, run_over_floor = report(results, device, preset, steps_total, segments)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; process peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (includes loading)")
     print(f"nfsd_over_sds={nfsd_over_sds:.3f}")
-    if real_scale:
-        print(f"nfsd_step_over_unet_floor={nfsd_over_floor:.3f}")
+    print(f"run_over_unet_floor={run_over_floor:.3f}")
     return 0
 
 

@@ -33,6 +33,11 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 DEFAULT_DTYPE = "auto"
 
+# What encodes RGB renders into the latent space in the RGB phase (the latent phase needs none): the model's
+# own VAE (exact, no extra download), or TAESD (diffusers AutoencoderTiny: ~100× cheaper, approximate latents).
+ENCODERS = ("vae", "taesd")
+DEFAULT_ENCODER = "vae"
+
 TEXTURE_SIZES = (512, 1024, 2048)
 DEFAULT_TEXTURE_SIZE = 1024
 
@@ -58,7 +63,8 @@ FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 # The body of POST /v1/jobs, in order; ``job_request`` is the only place a client builds one.
 REQUEST_FIELDS = (
     "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset",
-    "poly_budget", "texture_size", "prior", "model", "dtype", "init_mesh", "shape_strength", "keep_geometry",
+    "poly_budget", "texture_size", "prior", "model", "dtype", "encoder", "init_mesh", "shape_strength",
+    "keep_geometry",
 )
 
 
@@ -76,6 +82,7 @@ def job_request(
     prior: str | None = None,
     model: str | None = None,
     dtype: str = DEFAULT_DTYPE,
+    encoder: str = DEFAULT_ENCODER,
     init_mesh: str | None = None,
     shape_strength: float | None = None,
     keep_geometry: bool = False,
@@ -98,6 +105,7 @@ def job_request(
         "prior": prior or None,
         "model": model or None,
         "dtype": dtype,
+        "encoder": encoder,
         "init_mesh": init_mesh or None,  # an id from POST /v1/meshes
         "shape_strength": None if shape_strength is None else float(shape_strength),
         "keep_geometry": bool(keep_geometry),

@@ -63,6 +63,7 @@ def test_enums_and_limits_match_the_served_schema(served):
     assert _enum(spec, "texture_size") == contract.TEXTURE_SIZES
     assert _enum(spec, "prior") == contract.PRIORS
     assert _enum(spec, "dtype") == contract.DTYPES
+    assert _enum(spec, "encoder") == contract.ENCODERS
     assert _bounds(spec, "seed") == (0, contract.MAX_SEED)
     assert _bounds(spec, "steps") == (1, contract.MAX_STEPS)
     assert _bounds(spec, "poly_budget") == (contract.MIN_POLY_BUDGET, contract.MAX_POLY_BUDGET)
@@ -112,6 +113,7 @@ TYPED_TWICE = {
     "prior names": re.compile(r"\"stable-diffusion\",\s*\"analytic\""),
     "default model": re.compile(r"stabilityai/stable-diffusion-2-1-base\""),
     "dtype names": re.compile(r"\"auto\",\s*\"fp16\""),
+    "encoder names": re.compile(r"\"vae\",\s*\"taesd\""),
 }
 
 

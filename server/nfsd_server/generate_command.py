@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=contract.DTYPES, default=contract.DEFAULT_DTYPE,
         help="UNet precision (default auto: fp16 on CUDA, fp32 elsewhere; bf16 only on GPUs with native bf16)",
     )
+    parser.add_argument(
+        "--encoder", choices=contract.ENCODERS, default=contract.DEFAULT_ENCODER,
+        help="RGB-phase encoder: vae (the model's own, default) or taesd (madebyollin/taesd, much cheaper)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
@@ -70,7 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
             args.prompt, negative_prompt=args.negative_prompt, method=args.method,
             guidance_scale=args.guidance_scale, seed=args.seed, steps=args.steps, preset=args.preset,
             poly_budget=args.poly_budget, texture_size=args.texture_size, prior=args.prior, model=args.model,
-            dtype=args.dtype,
+            dtype=args.dtype, encoder=args.encoder,
             init_mesh=args.init_mesh, shape_strength=args.shape_strength, keep_geometry=args.keep_geometry,
             default_prior="analytic", default_model=contract.DEFAULT_MODEL,
         )
@@ -145,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     previews = out_dir / "previews"
     previews.mkdir(exist_ok=True)
     try:
-        prior = load_prior(settings.prior, settings.model, device, dtype=settings.dtype)
+        prior = load_prior(settings.prior, settings.model, device, dtype=settings.dtype, encoder=settings.encoder)
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)  # fail on a bad prompt before training
     except ValueError as error:
         raise UsageError(str(error)) from error

@@ -18,6 +18,13 @@ class Preset:
     n_samples: int
     export_grid_resolution: int
     preview_size: int
+    # Latent-first schedule: the first ``latent_fraction`` of the steps render the prior's latent channels at
+    # its latent side (no encoder in the step); the rest render RGB and encode. 0 = RGB throughout.
+    latent_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.latent_fraction <= 1.0:
+            raise ValueError(f"latent_fraction must be in [0, 1], got {self.latent_fraction}")
 
 
 PRESETS = {

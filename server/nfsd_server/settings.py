@@ -80,6 +80,7 @@ class GenerationSettings:
     init_mesh: str | None = None
     shape_strength: float = contract.DEFAULT_SHAPE_STRENGTH
     keep_geometry: bool = False  # texture mode: the mesh's own vertices and faces, only colour is generated
+    encoder: str = contract.DEFAULT_ENCODER  # RGB-phase encoder: the model's VAE or TAESD
 
     def __post_init__(self) -> None:
         check_visible(self.prompt, "the prompt")
@@ -104,6 +105,12 @@ class GenerationSettings:
         if self.dtype not in contract.DTYPES:
             raise ValueError(f"dtype must be one of {contract.DTYPES}, got {self.dtype!r}")
         check_init_mesh(self.init_mesh, self.shape_strength, self.keep_geometry)
+        if self.encoder not in contract.ENCODERS:
+            raise ValueError(f"encoder must be one of {contract.ENCODERS}, got {self.encoder!r}")
+        if self.prior == "analytic" and self.encoder != "vae":
+            raise ValueError(
+                f"the analytic prior has one fixed encoder, not {self.encoder!r}; use encoder vae (or a Stable Diffusion model)"
+            )
 
     def metadata(self) -> dict[str, Any]:
         """What the GLB carries in its extras, so an artist can reproduce the asset.
@@ -136,6 +143,7 @@ def resolve_settings(
     init_mesh: str | None = None,
     shape_strength: float | None = None,
     keep_geometry: bool = False,
+    encoder: str = contract.DEFAULT_ENCODER,
     default_prior: str = "analytic",
     default_model: str | None = None,
 ) -> GenerationSettings:
@@ -168,4 +176,5 @@ def resolve_settings(
         init_mesh=None if init_mesh is None else str(init_mesh),
         shape_strength=contract.DEFAULT_SHAPE_STRENGTH if shape_strength is None else float(shape_strength),
         keep_geometry=bool(keep_geometry),
+        encoder=encoder,
     )

@@ -111,6 +111,14 @@ def render_resolution(schedule: tuple[tuple[float, int], ...], step: int, total:
     return [side for fraction, side in schedule if fraction <= progress][-1]
 
 
+PHASES = ("latent", "rgb")
+
+
+def schedule_phase(latent_fraction: float, has_latent_space: bool, step: int, total: int) -> str:
+    """"latent" for the first ``latent_fraction`` of the steps when the prior has a latent space, else "rgb"."""
+    return "latent" if has_latent_space and step < round(latent_fraction * total) else "rgb"
+
+
 def timestep_range(config: TrainConfig, step: int, total: int, num_train_timesteps: int) -> tuple[int, int]:
     """[t_lo, t_hi) integer timesteps for this step; the upper end anneals toward t_max_end."""
     progress = step / max(total, 1)
@@ -133,7 +141,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         # An init mesh (issue 17) shapes the field's density and adds a shape loss; see scene/init_mesh.py.
         self.shape_guide = shape_guide_for(settings) if settings.init_mesh else None
-        field_config = FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim)
+        # The latent-first schedule (issue 14) renders into the prior's latent space: the field needs a latent head.
+        latent_channels = (prior.latent_channels or 0) if self.preset.latent_fraction > 0 else 0
+        field_config = FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim, latent_channels=latent_channels)
         if self.shape_guide is not None:
             field_config = self.shape_guide.field_config(field_config)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
@@ -143,12 +153,17 @@ class Trainer:
                 self.shape_guide.attach(self.field)
             self.background = BACKGROUNDS[config.background]().to(self.device)
         self.renderer: Renderer = make_renderer(RendererConfig(n_samples=self.preset.n_samples), self.device)
+        if self.field.config.latent_channels:
+            self.field.set_latent_map(*(tensor.to(self.device) for tensor in prior.latent_color_map()))
+        latent_group = [{"params": list(self.field.latent_residual.parameters()), "lr": config.lr_networks}
+                        ] if self.field.config.latent_channels else []
         self.optimizer = torch.optim.Adam(
             [
                 {"params": self.field.encoding.parameters(), "lr": config.lr_encoding},
                 {"params": [*self.field.density_net.parameters(), *self.field.albedo_net.parameters()],
                  "lr": config.lr_networks},
                 {"params": self.background.parameters(), "lr": config.lr_networks},
+                *latent_group,
             ],
             betas=(0.9, 0.99),
             eps=1e-15,
@@ -168,12 +183,22 @@ class Trainer:
         self.nonfinite = NonFiniteWatch(self.device, nonfinite_hint(getattr(prior, "unet_dtype", None)))
 
     # -- one step ---------------------------------------------------------------------------------
+    def phase(self, step: int | None = None) -> str:
+        """"latent" or "rgb" for ``step`` (default: the next one)."""
+        step = self.step if step is None else step
+        return schedule_phase(self.preset.latent_fraction, bool(self.field.config.latent_channels), step, self.total)
+
     def train_step(self) -> Tensor:
         config, generator = self.config, self.generator
+        latent_phase = self.phase() == "latent"
         side = render_resolution(self.preset.resolution_schedule, self.step, self.total)
+        if latent_phase:  # straight into the prior's latent space, at its latent side
+            side = self.prior.latent_side()
         cameras = sample_orbit_cameras(self.preset.batch_size, generator, config.orbit)
         albedo_only = not self.lighting or self.step < config.albedo_only_fraction * self.total
         shading = sample_shading(generator, albedo_only, config.shading_probabilities)
+        if latent_phase:  # a latent render is unlit: the latent head holds colour, not shading
+            shading = "albedo"
         t_lo, t_hi = timestep_range(config, self.step, self.total, self.prior.num_train_timesteps)
         t = torch.randint(t_lo, t_hi, (len(cameras),), generator=generator)
         # Host-sampled randomness goes to the device without blocking: no sync in the hot loop.
@@ -182,9 +207,13 @@ class Trainer:
         with self.stage_timer("render"):
             self.renderer.update(self.step, self.field)
             origins, directions = camera_rays(cameras, side, side)
-            render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir, generator)
-        with self.stage_timer("encode"):
-            latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
+            render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir,
+                                   generator, latent=latent_phase)
+        if latent_phase:
+            latents = render.latent.permute(0, 3, 1, 2)
+        else:
+            with self.stage_timer("encode"):
+                latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
         with self.stage_timer("unet"):
             noise = host_to_device(torch.randn(latents.shape, generator=generator), self.device)
             t_device = host_to_device(t, self.device)

@@ -425,7 +425,7 @@ def test_8_one_set_of_properties_and_names_from_prompt_and_job(props, tmp_path):
         keys = set(ob.keys())
         assert keys == {"nfsd_" + k for k in ("prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps",
                                                "preset", "poly_budget", "texture_size", "prior", "dtype",
-                                               "software", "job_id")}, keys
+                                               "encoder", "software", "job_id")}, keys
         assert (ob["nfsd_method"], ob["nfsd_poly_budget"], ob["nfsd_texture_size"]) == ("nfsd", 1000, 512)
         assert (ob["nfsd_seed"], ob["nfsd_job_id"], ob["nfsd_prior"]) == (seed, job_id, "analytic")
         mat = ob.data.materials[0]

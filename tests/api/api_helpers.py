@@ -52,10 +52,13 @@ class FakeLoader:
     def __init__(self):
         self.loads: list[tuple[str, str | None, str]] = []
         self.dtypes: list[str] = []
+        self.encoders: list[str] = []
 
-    def __call__(self, name: str, model: str | None = None, device: str | None = None, dtype: str = "auto") -> FakePrior:
+    def __call__(self, name: str, model: str | None = None, device: str | None = None, dtype: str = "auto",
+                 encoder: str = "vae") -> FakePrior:
         self.loads.append((name, model, device))
         self.dtypes.append(dtype)
+        self.encoders.append(encoder)
         if model is not None and model.startswith("/nonexistent"):
             raise OSError(f"no diffusers model at {model!r}")
         return FakePrior(name, model, device)

@@ -143,6 +143,12 @@ def test_api_dtype_reaches_the_loader_and_a_new_dtype_is_a_new_load(client, fake
     assert client.post("/v1/jobs", json={"prompt": "a red ball", "dtype": "fp8"}).status_code == 422
 
 
+def test_api_encoder_reaches_the_loader(client, fake_loader):
+    wait_state(client, submit(client, prior="stable-diffusion", model="tiny/sd", encoder="taesd"), ("done", "failed"))
+    assert fake_loader.encoders == ["taesd"]
+    assert client.post("/v1/jobs", json={"prompt": "a red ball", "encoder": "tiny"}).status_code == 422
+
+
 def test_api_non_finite_loss_is_reported_as_null(client, fake_pipeline):
     fake_pipeline.loss = float("nan")
     fake_pipeline.gate.clear()

@@ -26,6 +26,8 @@ def nfsd(*args, cwd=None, timeout=600):
         pytest.param(["generate", "a red ball", "--device", "mps"], "device 'mps': Apple MPS is not available here",
                      marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
         (["generate", "a red ball", "--device", "tpu"], "unknown device 'tpu'; expected one of cuda, mps, cpu"),
+        (["generate", "a red ball", "--encoder", "tiny"], "invalid choice: 'tiny'"),
+        (["generate", "a red ball", "--encoder", "taesd"], "the analytic prior has one fixed encoder, not 'taesd'"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(args, message, tmp_path):

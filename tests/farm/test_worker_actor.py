@@ -17,7 +17,7 @@ def worker(monkeypatch):
     priors_used: list[object] = []
     gate = threading.Event()
 
-    def load_prior(name, model, device, dtype="auto"):
+    def load_prior(name, model, device, dtype="auto", encoder="vae"):
         loads.append((name, model, device))
         return object()
 

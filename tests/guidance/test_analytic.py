@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from nfsd_server.guidance.analytic import (
+    LATENT_MAP,
     AnalyticPrior,
+    images_to_latents,
     gaussian_noise_posterior,
     mixture_noise_posterior,
     scaled_linear_alphas_cumprod,
 )
-from nfsd_server.guidance.prior import Conditions, PromptKind, load_prior
 from nfsd_server.evaluation import evaluate_nerf
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, load_prior
 from nfsd_server.guidance.references import REFERENCES, render_reference
 from nfsd_server.scene.cameras import make_cameras
 
@@ -72,13 +74,42 @@ def test_prior_rows_follow_their_kind():
     prompts = prior.prepare_prompts("A Red Ball.", "blurry")  # case and punctuation do not matter
     cams = make_cameras(torch.tensor([20.0] * 3), torch.tensor([30.0] * 3), torch.tensor([3.2] * 3), torch.tensor([45.0] * 3))
     ball, _ = render_reference(REFERENCES["a red ball"], cams, 32)
-    x_t = (ball * 2 - 1) * math.sqrt(float(prior.alphas_cumprod[100]))  # the noiseless ball at t = 100
+    x_t = images_to_latents(ball) * math.sqrt(float(prior.alphas_cumprod[100]))  # the noiseless ball at t = 100
     kinds = torch.tensor([PromptKind.PROMPT, PromptKind.NULL, PromptKind.NEGATIVE])
     eps = prior.predict_noise(x_t, torch.full((3,), 100), Conditions(kinds, cams, prompts))
-    assert eps.shape == (3, 3, 32, 32)
+    assert eps.shape == (3, 4, 32, 32)
     assert eps[0].abs().max() < 1e-5  # exactly the ball's mean: no noise left to predict
     assert eps[1].abs().max() < 1e-3  # ∅: the ball dominates the mixture's responsibilities
     assert eps[2].abs().mean() > 0.1  # the negative (dark, blurry) mixture sees noise in a clean image
+
+
+def test_latent_space_is_8x_pooling_then_the_fixed_orthonormal_map():
+    prior = AnalyticPrior()
+    assert (prior.latent_channels, prior.image_size, prior.latent_side()) == (4, 256, 32)
+    assert torch.allclose(LATENT_MAP.T @ LATENT_MAP, torch.eye(3))  # distances, hence posteriors, are the pixels'
+    images = torch.rand(2, 3, 256, 256)
+    pooled = torch.nn.functional.avg_pool2d(images, 8)
+    latents = prior.encode(images)
+    assert latents.shape == (2, 4, 32, 32)
+    assert torch.allclose(latents, torch.einsum("ck,bkhw->bchw", LATENT_MAP, pooled * 2 - 1), atol=1e-6)
+    assert torch.allclose(prior.decode(latents), pooled, atol=1e-6)  # decode inverts the map
+    small = torch.rand(1, 3, 32, 32)  # a render at the latent side is encoded pixel for pixel
+    assert torch.allclose(prior.encode(small), images_to_latents(small), atol=1e-5)
+
+
+def test_colour_map_is_exact_and_the_generic_fit_finds_it():
+    prior = AnalyticPrior()
+    weight, bias = prior.latent_color_map()
+    red = torch.tensor([1.0, 0.0, 0.0])
+    flat = red[None, :, None, None].expand(1, 3, 64, 64)
+    assert torch.allclose(prior.encode(flat)[0, :, 0, 0], weight @ red + bias, atol=1e-6)
+    fitted_weight, fitted_bias = Prior.latent_color_map(prior)  # the least-squares fit SD priors use
+    assert torch.allclose(fitted_weight, weight, atol=1e-4) and torch.allclose(fitted_bias, bias, atol=1e-4)
+
+
+def test_analytic_prior_has_no_taesd():
+    with pytest.raises(ValueError, match="one fixed encoder.*use encoder vae"):
+        load_prior("analytic", device="cpu", encoder="taesd")
 
 
 def test_unknown_prompt_lists_the_known_ones():

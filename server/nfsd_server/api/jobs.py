@@ -62,12 +62,14 @@ class QueueFull(Exception):
     """``max_queued`` jobs are already waiting."""
 
 
-def load_checked_prior(name: str, model: str | None = None, device: str | None = None, dtype: str = "auto") -> Prior:
+def load_checked_prior(
+    name: str, model: str | None = None, device: str | None = None, dtype: str = "auto", encoder: str = "vae"
+) -> Prior:
     """``load_prior``, after the model's source is checked in milliseconds (a missing folder, an uncached hub id
     while offline): a job that cannot load fails at once instead of holding the worker through retries."""
     if name == "stable-diffusion" and model is not None:
         check_model(model)
-    return load_prior(name, model, device, dtype=dtype)
+    return load_prior(name, model, device, dtype=dtype, encoder=encoder)
 class Executor(Protocol):
     """Runs jobs somewhere other than this process (``nfsd_server.farm.ray_jobs.RayExecutor``): ``slots`` at
     once, each ``run`` blocking like the pipeline, reporting through the callbacks and owning its models."""
@@ -515,7 +517,7 @@ class JobManager:
                 stage = "running"  # the executor loads its own models and names its own failures
                 result = self._executor.run(settings, job.folder, callbacks, resume=resume)
             else:
-                prior = self._warm_prior(settings.prior, settings.model, settings.dtype)
+                prior = self._warm_prior(settings.prior, settings.model, settings.dtype, settings.encoder)
                 stage = "running"
                 if should_cancel():
                     raise GenerationCancelled("cancelled while loading the model")
@@ -546,8 +548,8 @@ class JobManager:
                         job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps
                     )
 
-    def _warm_prior(self, name: str, model: str | None, dtype: str = "auto") -> Prior:
-        key = (name, model, self.device, dtype)
+    def _warm_prior(self, name: str, model: str | None, dtype: str = "auto", encoder: str = "vae") -> Prior:
+        key = (name, model, self.device, dtype, encoder)
         with self._lock:
             if key in self._priors:
                 self._priors.move_to_end(key)
@@ -558,7 +560,7 @@ class JobManager:
             torch.cuda.empty_cache()
         # Loading can take a minute; outside the lock so status polls are never blocked by it.
         # Only this worker thread loads, so the same key is never loaded twice concurrently.
-        prior = self._load_prior_fn(name, model, self.device, dtype=dtype)
+        prior = self._load_prior_fn(name, model, self.device, dtype=dtype, encoder=encoder)
         with self._lock:
             self._priors[key] = prior
         return prior

@@ -22,6 +22,7 @@ PresetName = Literal[contract.PRESETS]  # type: ignore[valid-type]
 TextureSize = Literal[contract.TEXTURE_SIZES]  # type: ignore[valid-type]
 PriorName = Literal[contract.PRIORS]  # type: ignore[valid-type]
 Dtype = Literal[contract.DTYPES]  # type: ignore[valid-type]
+Encoder = Literal[contract.ENCODERS]  # type: ignore[valid-type]
 __all__ = ["FINISHED_STATES", "JobState", "JobRequest", "ResolvedJobRequest", "JobStatus"]
 # Documented in the schema so clients (and the fuzzer) know the rule; enforced by the validator below,
 # which gives a readable message instead of a regex dump.
@@ -73,6 +74,11 @@ class JobRequest(BaseModel):
         default=contract.DEFAULT_DTYPE,
         description="UNet precision: auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 (GPUs with native bf16 only), "
         "fp32 (if the model produces NaN in half precision).",
+    )
+    encoder: Encoder = Field(
+        default=contract.DEFAULT_ENCODER,
+        description="What encodes RGB renders after the latent phase: vae (the model's own) or taesd "
+        "(madebyollin/taesd, much cheaper; must be in the server's model cache or the model folder's taesd/).",
     )
     init_mesh: str | None = Field(
         default=None, pattern=MESH_ID_PATTERN,

@@ -83,7 +83,7 @@ class GenerationWorker:
         callbacks = Callbacks(on_progress, on_preview, on_stage, mailbox.cancelled.is_set)
         try:
             on_stage("loading")
-            prior = self._warm_prior(settings.prior, settings.model, settings.dtype)
+            prior = self._warm_prior(settings.prior, settings.model, settings.dtype, settings.encoder)
             if mailbox.cancelled.is_set():
                 raise GenerationCancelled("cancelled while loading the model")
             result = run_job(settings, prior, folder, callbacks, resume=resume)
@@ -115,11 +115,11 @@ class GenerationWorker:
         with self._lock:
             return self._mailboxes.setdefault(job_key, _Mailbox())
 
-    def _warm_prior(self, name: str, model: str | None, dtype: str):
+    def _warm_prior(self, name: str, model: str | None, dtype: str, encoder: str = "vae"):
         from nfsd_server.guidance.prior import load_prior
 
-        key = (name, model, dtype)
+        key = (name, model, dtype, encoder)
         if key not in self._priors:
             self._priors.clear()  # one model per device: never two large models in memory together
-            self._priors[key] = load_prior(name, model, self.device, dtype=dtype)
+            self._priors[key] = load_prior(name, model, self.device, dtype=dtype, encoder=encoder)
         return self._priors[key]

@@ -134,10 +134,11 @@ class LocalExecutor:
     ) -> GenerationResult:
         from nfsd_server.guidance.prior import load_prior
 
-        key = (settings.prior, settings.model, settings.dtype)
+        key = (settings.prior, settings.model, settings.dtype, settings.encoder)
         if self._key != key:
             self._prior, self._key = None, None  # free the old model before loading the next
-            self._prior = load_prior(settings.prior, settings.model, self.device, dtype=settings.dtype)
+            self._prior = load_prior(settings.prior, settings.model, self.device, dtype=settings.dtype,
+                                     encoder=settings.encoder)
             self._key = key
         return run_job(settings, self._prior, out_dir, callbacks, resume=resume)
 

@@ -1,8 +1,13 @@
 r"""A closed-form prior: exact denoisers for a known image distribution, to judge optimisation without weights.
 
-Pixel space: a render is resized to ``image_size``² and mapped to [-1, 1]; that image *is* the latent.
-For a known prompt y at camera c the data are x0 ~ N(μ_y(c), σ²I), μ_y(c) an exact (sphere-traced) render of
-the prompt's reference object on white (``references.py``). With DDPM noising x_t = √ᾱ x0 + √(1−ᾱ) ε
+A fixed latent space, so the latent-first schedule runs on CPU too: ``encode`` resizes a render to
+``image_size``² (8 × ``latent_size``), average-pools it 8×, maps it to [-1, 1] and applies the fixed 3→4 map
+``LATENT_MAP`` (the first three columns of a 4×4 Hadamard matrix / 2). Its columns are orthonormal, so
+distances between encoded images, and hence every posterior below, are those of the pixels: the latent space
+changes the shapes a NeRF renders into, not what the prior prefers.
+For a known prompt y at camera c the data are x0 ~ N(μ_y(c), σ²I) in that latent space, μ_y(c) the latent of
+an exact (sphere-traced) render of the prompt's reference object on white (``references.py``) at the latent
+side. With DDPM noising x_t = √ᾱ x0 + √(1−ᾱ) ε
 (ᾱ = ᾱ_t, Stable Diffusion's scaled-linear schedule, T = 1000), x_t | y ~ N(√ᾱ μ_y, v I), v = ᾱσ² + 1 − ᾱ, so
 
     E[ε | x_t, y] = √(1−ᾱ) (x_t − √ᾱ μ_y) / v                                     (Gaussian)
@@ -58,6 +63,16 @@ def degrade(images: Tensor) -> Tensor:
     return F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False) * 0.5
 
 
+# Latent channel c = Σ_k LATENT_MAP[c, k] · (2·rgb_k − 1). Orthonormal columns: Wᵀ W = I₃, so decode = Wᵀ.
+LATENT_MAP = 0.5 * torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, -1.0], [1.0, -1.0, -1.0]])
+LATENT_SCALE = 8
+
+
+def images_to_latents(images: Tensor) -> Tensor:
+    """(B, 3, h, w) in [0, 1] at the latent side → (B, 4, h, w): the fixed per-pixel map, no pooling."""
+    return torch.einsum("ck,bkhw->bchw", LATENT_MAP.to(images.device, images.dtype), images * 2.0 - 1.0)
+
+
 @dataclass(frozen=True)
 class AnalyticPrompts:
     target: Reference
@@ -69,13 +84,17 @@ class AnalyticPrior(Prior):
 
     accepts_shading = False  # the references are unlit
 
-    def __init__(self, device: torch.device | str = "cpu", image_size: int = 32, sigma: float = 0.1):
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+    latent_channels = 4
+    latent_scale = LATENT_SCALE
+
+    def __init__(self, device: torch.device | str = "cpu", latent_size: int = 32, sigma: float = 0.1):
+        if latent_size < 8:
+            raise ValueError(f"latent_size must be at least 8 pixels, got {latent_size}")
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.device = torch.device(device)
-        self.image_size, self.sigma = image_size, sigma
+        self.latent_size, self.sigma = latent_size, sigma
+        self.image_size = latent_size * LATENT_SCALE
         self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
         self.references = list(REFERENCES.values())
 
@@ -83,16 +102,26 @@ class AnalyticPrior(Prior):
         return AnalyticPrompts(target=reference_for(prompt), negative_is_degraded=bool(negative_prompt.strip()))
 
     def encode(self, images: Tensor) -> Tensor:
-        resized = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        return resized * 2.0 - 1.0
+        """(B, 3, H, W) in [0, 1] → (B, 4, S, S): resize to image_size, 8× average pooling, the fixed map."""
+        side = self.image_size
+        if side % images.shape[-1] == 0 and images.shape[-1] == images.shape[-2]:
+            resized = F.interpolate(images, size=(side, side), mode="nearest")  # exact: pooling then undoes it
+        else:
+            resized = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        return images_to_latents(F.avg_pool2d(resized, LATENT_SCALE))
 
     def decode(self, latents: Tensor) -> Tensor:
-        return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+        pixels = torch.einsum("ck,bchw->bkhw", LATENT_MAP.to(latents.device, latents.dtype), latents)
+        return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def latent_color_map(self) -> tuple[Tensor, Tensor]:
+        """Exact: latent = W (2·rgb − 1) = 2W·rgb − W·1."""
+        return 2.0 * LATENT_MAP, -LATENT_MAP.sum(dim=1)
 
     def reference_latents(self, reference: Reference, conditions: Conditions) -> Tensor:
-        """μ for each row's camera, (N, 3, S, S) in [-1, 1]."""
-        images, _ = render_reference(reference, conditions.cameras, self.image_size)
-        return images * 2.0 - 1.0
+        """μ for each row's camera, (N, 4, S, S)."""
+        images, _ = render_reference(reference, conditions.cameras, self.latent_size)
+        return images_to_latents(images)
 
     @torch.no_grad()
     def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
@@ -106,7 +135,7 @@ class AnalyticPrior(Prior):
         eps = torch.where(kinds == PromptKind.PROMPT, eps_prompt, eps_null)
         is_negative = conditions.kinds == PromptKind.NEGATIVE
         if prompts.negative_is_degraded and bool(is_negative.any()):
-            degraded = degrade((clean.flatten(0, 1) + 1) / 2).view_as(clean) * 2 - 1
+            degraded = images_to_latents(degrade(self.decode(clean.flatten(0, 1)))).view_as(clean)
             eps_negative = mixture_noise_posterior(latents_noisy, degraded, alpha_bar, self.sigma)
             eps = torch.where(kinds == PromptKind.NEGATIVE, eps_negative, eps)
         return eps
@@ -114,7 +143,8 @@ class AnalyticPrior(Prior):
 
 @register_prior("analytic")
 def load_analytic(
-    model: str | None, device: torch.device, image_size: int = 32, sigma: float = 0.1, dtype: str = "auto"
+    model: str | None, device: torch.device, latent_size: int = 32, sigma: float = 0.1, dtype: str = "auto",
+    encoder: str = "vae",
 ) -> AnalyticPrior:
     if model is not None:
         raise ValueError(
@@ -122,4 +152,8 @@ def load_analytic(
         )
     if dtype not in ("auto", "fp32"):  # a closed form in fp32: nothing to trade for speed
         raise ValueError(f"the analytic prior runs in fp32 only (got dtype {dtype!r}); use dtype auto or fp32")
-    return AnalyticPrior(device, image_size=image_size, sigma=sigma)
+    if encoder != "vae":  # "vae" names the prior's own encoder, here the fixed map
+        raise ValueError(
+            f"the analytic prior has one fixed encoder (8× pooling + a 3→4 map), not {encoder!r}; use encoder vae"
+        )
+    return AnalyticPrior(device, latent_size=latent_size, sigma=sigma)

@@ -50,6 +50,11 @@ class Prior(abc.ABC):
     #: False for priors whose data is unlit (the analytic one): training then renders albedo only,
     #: because shading would make every render disagree with the data however good the NeRF is.
     accepts_shading: bool = True
+    #: Channels of the latent space ``predict_noise`` works in, when a NeRF can render straight into it
+    #: (the latent-first schedule); None for a prior without one (then every step renders RGB and encodes).
+    latent_channels: int | None = None
+    #: Image pixels per latent pixel along a side (8 for Stable Diffusion's VAE).
+    latent_scale: int = 8
 
     @property
     def num_train_timesteps(self) -> int:
@@ -69,6 +74,35 @@ class Prior(abc.ABC):
     @abc.abstractmethod
     def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
         """latents_noisy: (N, C, h, w); t: (N,) long → ε prediction (N, C, h, w) in float32, no grad."""
+
+    def latent_side(self, image_side: int | None = None) -> int:
+        """The latent side for an image side (default: the prior's ``image_size``), e.g. 512 → 64 for SD 2.1-base."""
+        return (image_side or self.image_size) // self.latent_scale
+
+    def latent_color_map(self) -> tuple[Tensor, Tensor]:
+        """(weight (C, 3), bias (C,)): the affine map from a colour in [0, 1] to the latent of a flat image of it.
+
+        Starts a NeRF's albedo→latent head where the encoder is, so colours learned in the latent phase carry
+        into the RGB phase. Default: a least-squares fit to ``encode`` of flat images (the 8 corners of the
+        RGB cube and mid grey), averaged over the latent's pixels; computed once per prior.
+        """
+        if getattr(self, "_latent_color_map", None) is not None:
+            return self._latent_color_map
+        if self.latent_channels is None:
+            raise ValueError(f"{type(self).__name__} has no latent space a NeRF can render into")
+        corners = torch.tensor([[r, g, b] for r in (0.0, 1.0) for g in (0.0, 1.0) for b in (0.0, 1.0)] + [[0.5] * 3])
+        side = self.latent_scale * 4
+        images = corners[:, :, None, None].expand(-1, 3, side, side).to(self.device)
+        with torch.no_grad():
+            latents = self.encode_flat(images).float().mean(dim=(2, 3)).cpu()  # (9, C)
+        design = torch.cat([corners, torch.ones(len(corners), 1)], dim=1)  # (9, 4)
+        solution = torch.linalg.lstsq(design, latents).solution  # (4, C)
+        self._latent_color_map = solution[:3].T.contiguous(), solution[3].contiguous()
+        return self._latent_color_map
+
+    def encode_flat(self, images: Tensor) -> Tensor:
+        """``encode`` for flat colour images (B, 3, H, W), which need no resizing (priors may skip it)."""
+        return self.encode(images)
 
     def compile(self) -> None:
         """torch.compile the network ``predict_noise`` runs, in place (idempotent); a no-op unless overridden."""

@@ -51,6 +51,13 @@ _SD21_BASE = {
     ),
 }
 CONFIGS = {"tiny": _TINY, "sd21-base": _SD21_BASE}
+# AutoencoderTiny (TAESD) per architecture: the same latent channels and downsampling as its VAE.
+# sd21-base: the published madebyollin/taesd config, which is AutoencoderTiny's default.
+TAESD_CONFIGS = {
+    "tiny": dict(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                 num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1)),
+    "sd21-base": {},
+}
 SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, steps_offset=1, prediction_type="epsilon",
@@ -106,12 +113,26 @@ def build_random_stable_diffusion(name: str, seed: int = 0) -> dict[str, Any]:
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=DDPMScheduler(**SCHEDULER))
 
 
-def save_random_stable_diffusion(folder: Path, name: str = "tiny", seed: int = 0) -> Path:
-    """Write a random SD as a diffusers folder (model_index.json + one subfolder per component)."""
+def build_random_taesd(name: str, seed: int = 0):
+    """A random AutoencoderTiny matching the named architecture's latents (4 channels, same downsampling)."""
+    from diffusers import AutoencoderTiny
+
+    if name not in TAESD_CONFIGS:
+        raise ValueError(f"unknown random model {name!r}; expected one of {sorted(TAESD_CONFIGS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderTiny(**TAESD_CONFIGS[name])
+
+
+def save_random_stable_diffusion(folder: Path, name: str = "tiny", seed: int = 0, taesd: bool = True) -> Path:
+    """Write a random SD as a diffusers folder (model_index.json + one subfolder per component), with a
+    random TAESD as taesd/ (what ``--encoder taesd`` loads from a model folder) unless ``taesd`` is False."""
     folder = Path(folder)
     components = build_random_stable_diffusion(name, seed)
     for component_name, component in components.items():
         component.save_pretrained(folder / component_name)
+    if taesd:
+        build_random_taesd(name, seed).save_pretrained(folder / "taesd")
     (folder / "model_index.json").write_text(
         json.dumps({
             "_class_name": "StableDiffusionPipeline",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfsd_blender.contract import DEFAULT_MODEL
+from nfsd_blender.contract import DEFAULT_MODEL, ENCODERS
 from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes, text_encoder_device
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
@@ -23,6 +23,9 @@ from nfsd_server.scene.cameras import VIEW_SUFFIXES
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# TAESD for SD 1.x/2.x latents (diffusers AutoencoderTiny). A model folder may carry its own as taesd/.
+TAESD_MODEL = "madebyollin/taesd"
+TAESD_SUBFOLDER = "taesd"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -41,7 +44,7 @@ class PromptEmbeddings:
 
 class StableDiffusionPrior(Prior):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtypes: ComponentDtypes,
-                 encode_size: int | None = None):
+                 encode_size: int | None = None, taesd=None):
         self.device, self.dtypes = device, dtypes
         self.text_device = text_encoder_device(device)
         placements = ((unet, dtypes.unet, device), (vae, dtypes.vae, device),
@@ -50,6 +53,9 @@ class StableDiffusionPrior(Prior):
             module.requires_grad_(False).eval().to(module_device)
             if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
                 module.to(dtype=dtype)
+        # The RGB phase's encoder: TAESD when given (fp32 like the VAE: its backward runs every step), else the VAE.
+        self.taesd = taesd.requires_grad_(False).eval().to(device=device, dtype=dtypes.vae) if taesd is not None else None
+        self.encoder_name = "taesd" if taesd is not None else "vae"
         if device.type == "cuda":  # faster convolutions for the tensor cores, on the UNet and the VAE encoder
             unet.to(memory_format=torch.channels_last)
             vae.to(memory_format=torch.channels_last)
@@ -63,6 +69,8 @@ class StableDiffusionPrior(Prior):
                 f"{' and '.join(map(repr, PREDICTION_TYPES))} models can guide a NeRF: pick another checkpoint"
             )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_channels = vae.config.latent_channels
+        self.latent_scale = self.vae_scale_factor
         self.image_size = unet.config.sample_size * self.vae_scale_factor
         self.scaling_factor = vae.config.scaling_factor
         # Opt-in speed/quality trade (benchmarks, experiments): encode at encode_size instead of image_size and
@@ -83,7 +91,8 @@ class StableDiffusionPrior(Prior):
 
     @classmethod
     def from_pretrained(
-        cls, model: str, device: torch.device, dtypes: ComponentDtypes, encode_size: int | None = None
+        cls, model: str, device: torch.device, dtypes: ComponentDtypes, encode_size: int | None = None,
+        encoder: str = "vae",
     ) -> "StableDiffusionPrior":
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -104,8 +113,9 @@ class StableDiffusionPrior(Prior):
                 components[name] = load()
             except (OSError, ValueError, json.JSONDecodeError) as error:
                 raise ModelLoadError(_explain_load_failure(model, name, error)) from error
-        log.info("loaded Stable Diffusion %r on %s (%s)", model, device, dtypes)
-        return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size)
+        taesd = load_taesd(model, dtypes) if encoder == "taesd" else None
+        log.info("loaded Stable Diffusion %r on %s (%s), RGB encoder %s", model, device, dtypes, encoder)
+        return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size, taesd=taesd)
 
     def compile(self) -> None:
         # In place (nn.Module.compile), so every job sharing this warm prior gets the compiled UNet once.
@@ -143,16 +153,29 @@ class StableDiffusionPrior(Prior):
         null, negative = self._embed(["", negative_prompt]).split(1)
         return PromptEmbeddings(prompt_views=views, null=null, negative=negative)
 
+    def encode_flat(self, images: Tensor) -> Tensor:
+        # A flat image's latent does not depend on its size: encode at 32 px, not 9 images at 512 px.
+        with torch.no_grad():
+            return self._encode_pixels(images)
+
     def encode(self, images: Tensor) -> Tensor:
         images = F.interpolate(images, size=(self.encode_size, self.encode_size), mode="bilinear", align_corners=False)
-        images = (images * 2.0 - 1.0).to(self.dtypes.vae)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        # The mean, not a sample: the distillation noise is added later, explicitly and seeded.
-        latents = self.vae.encode(images).latent_dist.mean.float() * self.scaling_factor
+        latents = self._encode_pixels(images)
         if self.encode_size != self.image_size:
             side = self.image_size // self.vae_scale_factor
             latents = F.interpolate(latents, size=(side, side), mode="bilinear", align_corners=False)
+        return latents
+
+    def _encode_pixels(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] → (B, C, H/8, W/8) scaled latents, with the RGB phase's encoder."""
+        images = (images * 2.0 - 1.0).to(self.dtypes.vae)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.taesd is not None:  # TAESD's latents are already on the UNet's (scaled) latent scale
+            latents = self.taesd.encode(images).latents.float()
+        else:
+            # The mean, not a sample: the distillation noise is added later, explicitly and seeded.
+            latents = self.vae.encode(images).latent_dist.mean.float() * self.scaling_factor
         return latents
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -208,15 +231,42 @@ def _explain_load_failure(model: str, component: str, error: Exception) -> str:
     )
 
 
+def load_taesd(model: str, dtypes: ComponentDtypes):
+    """AutoencoderTiny for ``model``: its folder's taesd/ if it has one, else TAESD_MODEL (hub or local cache).
+
+    ModelLoadError naming both places and the fix when neither loads; never falls back to the VAE silently.
+    """
+    from diffusers import AutoencoderTiny
+
+    local = Path(model).expanduser() / TAESD_SUBFOLDER if _looks_like_path(model) else None
+    source = str(local) if local is not None and local.is_dir() else TAESD_MODEL
+    try:
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.vae)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        where = f"{str(local)!r} nor " if local is not None else ""
+        raise ModelLoadError(
+            f"encoder taesd: could not load TAESD from {where}{TAESD_MODEL!r} (hub or local cache: {reason}). "
+            f"Download it once where there is internet (`huggingface-cli download {TAESD_MODEL}`), "
+            f"save an AutoencoderTiny as the model folder's {TAESD_SUBFOLDER}/, or use encoder vae"
+        ) from error
+
+
 @register_prior("stable-diffusion")
 def load_stable_diffusion(
-    model: str | None, device: torch.device, dtype: str = "auto", encode_size: int | None = None
+    model: str | None, device: torch.device, dtype: str = "auto", encode_size: int | None = None,
+    encoder: str = "vae",
 ) -> StableDiffusionPrior:
-    """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy."""
+    """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy; ``encoder``: one of ENCODERS."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; expected one of {', '.join(ENCODERS)}")
     dtypes = resolve_dtypes(dtype, device)
     if model is not None and model.startswith("random:"):
-        from nfsd_server.guidance.random_models import build_random_stable_diffusion
+        from nfsd_server.guidance.random_models import build_random_stable_diffusion, build_random_taesd
 
-        return StableDiffusionPrior(**build_random_stable_diffusion(model.removeprefix("random:")), device=device,
-                                    dtypes=dtypes, encode_size=encode_size)
-    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtypes, encode_size)
+        name = model.removeprefix("random:")
+        taesd = build_random_taesd(name) if encoder == "taesd" else None
+        return StableDiffusionPrior(**build_random_stable_diffusion(name), device=device,
+                                    dtypes=dtypes, encode_size=encode_size, taesd=taesd)
+    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtypes, encode_size, encoder)

@@ -1,0 +1,99 @@
+"""The latent-first schedule (which steps render latents, which encode RGB) and the RGB phase's encoder."""
+
+import shutil
+
+import pytest
+import torch
+
+from nfsd_server.guidance.analytic import AnalyticPrior
+from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.stable_diffusion import ModelLoadError
+from nfsd_server.presets import PRESETS, Preset
+from nfsd_server.settings import resolve_settings
+from nfsd_server.train import Trainer, schedule_phase
+
+
+def test_the_switch_point_is_a_fraction_of_the_run():
+    assert [schedule_phase(0.5, True, step, 6) for step in range(6)] == ["latent"] * 3 + ["rgb"] * 3
+    assert {schedule_phase(0.0, True, step, 6) for step in range(6)} == {"rgb"}
+    assert {schedule_phase(0.5, False, step, 6) for step in range(6)} == {"rgb"}  # no latent space: RGB only
+    assert all(0 < preset.latent_fraction < 1 for preset in PRESETS.values())
+    with pytest.raises(ValueError, match="latent_fraction must be in"):
+        Preset(**{**vars(PRESETS["draft"]), "latent_fraction": 1.5})
+
+
+class CountingEncode:
+    def __init__(self, encode):
+        self.encode, self.calls = encode, []
+
+    def __call__(self, images):
+        self.calls.append(tuple(images.shape))
+        return self.encode(images)
+
+
+def _trainer(denoiser, steps=6, **settings):
+    trainer = Trainer(resolve_settings("a red ball", preset="draft", steps=steps, seed=0, **settings), denoiser, None)
+    trainer.preset = PRESETS["draft"].__class__(**{**vars(trainer.preset), "latent_fraction": 0.5})
+    return trainer
+
+
+def test_latent_steps_render_at_the_latent_side_and_never_encode():
+    prior = AnalyticPrior(latent_size=16)
+    trainer = _trainer(prior)
+    prior.encode = counting = CountingEncode(prior.encode)
+    stages = []
+    trainer.stage_timer = lambda stage: stages.append(stage) or torch.autograd.profiler.record_function(stage)
+    phases = []
+    for _ in range(6):
+        phases.append(trainer.phase())
+        before = len(counting.calls)
+        loss = trainer.train_step()
+        assert torch.isfinite(loss)
+        assert (len(counting.calls) > before) == (phases[-1] == "rgb")
+    assert phases == ["latent"] * 3 + ["rgb"] * 3
+    assert stages.count("encode") == 3  # the encode stage only exists in RGB steps
+    assert counting.calls[0] == (1, 3, 32, 32)  # the draft preset's RGB side, then encoded
+    preview = trainer.preview()  # previews stay RGB (the albedo head the latent phase trained)
+    assert preview.shape == (64, 64, 3) and preview.dtype.name == "uint8"
+
+
+def test_rgb_phase_encodes_with_taesd_and_the_latent_phase_with_nothing(tiny_sd_dir):
+    prior = load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encoder="taesd")
+    assert prior.encoder_name == "taesd" and (prior.latent_channels, prior.latent_side()) == (4, 8)
+    trainer = _trainer(prior, steps=4, prior="stable-diffusion", model=str(tiny_sd_dir), encoder="taesd")
+    taesd = CountingEncode(prior.taesd.encode)
+    vae = CountingEncode(prior.vae.encode)
+    prior.taesd.encode, prior.vae.encode = taesd, vae
+    for expected in ([], [], [(1, 3, 16, 16)], [(1, 3, 16, 16)] * 2):
+        trainer.train_step()
+        assert taesd.calls == expected  # upsampled to the model's 16 px, TAESD only
+    assert vae.calls == []  # the VAE never encodes when TAESD is asked for
+
+
+def test_taesd_latents_have_the_vaes_shape_and_carry_gradients(tiny_sd_dir):
+    prior = load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encoder="taesd")
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    latents = prior.encode(images)
+    assert latents.shape == (2, 4, 8, 8)
+    latents.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_missing_taesd_is_an_error_that_says_how_to_fix_it(tiny_sd_dir, tmp_path):
+    folder = tmp_path / "no-taesd"
+    shutil.copytree(tiny_sd_dir, folder, ignore=shutil.ignore_patterns("taesd"))
+    with pytest.raises(ModelLoadError) as error:
+        load_prior("stable-diffusion", str(folder), "cpu", encoder="taesd")
+    message = str(error.value)
+    assert "huggingface-cli download madebyollin/taesd" in message and "taesd/" in message
+    assert "use encoder vae" in message
+    assert load_prior("stable-diffusion", str(folder), "cpu").encoder_name == "vae"  # vae needs no TAESD
+
+
+def test_encoder_is_a_validated_job_setting():
+    assert resolve_settings("a red ball").encoder == "vae"
+    assert resolve_settings("a red ball", model="x/y", encoder="taesd").encoder == "taesd"
+    with pytest.raises(ValueError, match=r"encoder must be one of \('vae', 'taesd'\), got 'tiny'"):
+        resolve_settings("a red ball", model="x/y", encoder="tiny")
+    with pytest.raises(ValueError, match="analytic prior has one fixed encoder"):
+        resolve_settings("a red ball", prior="analytic", encoder="taesd")
