@@ -54,8 +54,9 @@ def test_api_contract_job_request(spec):
     fields = schema["properties"]
     assert set(fields) == {
         "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset", "poly_budget",
-        "texture_size", "prior", "model", "dtype", "init_mesh", "shape_strength", "keep_geometry",
+        "texture_size", "prior", "model", "dtype", "encoder", "init_mesh", "shape_strength", "keep_geometry",
     }
+    assert fields["encoder"]["enum"] == ["vae", "taesd"] and fields["encoder"]["default"] == "vae"
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
     assert (fields["prompt"]["minLength"], fields["prompt"]["maxLength"]) == (1, 1000)
     assert fields["negative_prompt"]["default"] == NFSD_NEGATIVE_PROMPT
