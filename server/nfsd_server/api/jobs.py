@@ -250,7 +250,8 @@ class JobManager:
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
         self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
-        self._priors: OrderedDict[tuple[str, str | None, str, str], Prior] = OrderedDict()
+        # Warm priors keyed by (prior, model, device, dtype, encoder).
+        self._priors: OrderedDict[tuple[str, str | None, str, str, str], Prior] = OrderedDict()
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._recover()
@@ -434,7 +435,7 @@ class JobManager:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, _, _ in self._priors],
+                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, *_ in self._priors],
                 "queue_length": len(self._pending),
                 "running_job": self._running[0] if self._running else None,
             }
