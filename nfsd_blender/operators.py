@@ -44,14 +44,16 @@ def settings_from_prefs(context) -> jobs.Settings:
     return jobs.Settings(p.mode, python_path(p), output_dir(context), p.url, p.token, p.default_prior, p.model)
 
 
-def build_request(source, prefs, seed=None) -> dict:
-    """The POST /v1/jobs body from the form (or a history item: same field names), seed overridable."""
+def build_request(source, prefs, seed=None, **extra) -> dict:
+    """The POST /v1/jobs body from the form (or a history item: same field names); seed and any other
+    ``contract.job_request`` field (e.g. the init-mesh ones) overridable."""
     return contract.job_request(
         source.prompt, negative_prompt=source.negative_prompt, method=source.method,
         guidance_scale=source.guidance_scale, seed=source.seed if seed is None else seed, steps=source.steps,
         preset=source.preset, poly_budget=source.poly_budget,
         texture_size=int(source.texture_size or contract.DEFAULT_TEXTURE_SIZE),
         prior=source.prior or prefs.default_prior, model=source.model or prefs.model, dtype=prefs.dtype,
+        **extra,
     )
 
 

@@ -80,6 +80,12 @@ class SelectionJobWorker(jobs.JobWorker):
         source.hide_render = True
 
 
+def active_mesh(context):
+    """The active object if it is a mesh, else None."""
+    obj = context.active_object
+    return obj if obj is not None and obj.type == "MESH" else None
+
+
 class NFSD_OT_generate_from_selection(bpy.types.Operator):
     bl_idname = "nfsd.generate_from_selection"
     bl_label = "Generate from Selection"
@@ -87,8 +93,7 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH" and not operators.busy()
+        return active_mesh(context) is not None and not operators.busy()
 
     def execute(self, context):
         props, chosen = context.scene.nfsd, context.scene.nfsd_selection
@@ -99,9 +104,9 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
         if len(data) > contract.MAX_INIT_MESH_BYTES:
             limit = contract.MAX_INIT_MESH_BYTES // 2**20
             return operators.refuse(self, props, f"{obj.name} is too large to send (over {limit} MiB); decimate it")
-        request = operators.build_request(props, get_prefs(context))
-        request["shape_strength"] = chosen.strength
-        request["keep_geometry"] = chosen.mode == "TEXTURE"
+        request = operators.build_request(
+            props, get_prefs(context), shape_strength=chosen.strength, keep_geometry=chosen.mode == "TEXTURE"
+        )
         worker = SelectionJobWorker(operators.settings_from_prefs(context), request, data, obj.name, chosen.mode)
         operators.start_job(context, [request], worker=worker)
         return {"FINISHED"}
@@ -116,8 +121,7 @@ class NFSD_PT_selection(panel.SidebarPanel, bpy.types.Panel):
 
     @classmethod
     def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH"
+        return active_mesh(context) is not None
 
     def draw(self, context):
         obj = context.active_object
