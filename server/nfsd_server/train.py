@@ -155,15 +155,12 @@ class Trainer:
         self.renderer: Renderer = make_renderer(RendererConfig(n_samples=self.preset.n_samples), self.device)
         if self.field.config.latent_channels:
             self.field.set_latent_map(*(tensor.to(self.device) for tensor in prior.latent_color_map()))
-        latent_group = [{"params": list(self.field.latent_residual.parameters()), "lr": config.lr_networks}
-                        ] if self.field.config.latent_channels else []
         self.optimizer = torch.optim.Adam(
             [
                 {"params": self.field.encoding.parameters(), "lr": config.lr_encoding},
                 {"params": [*self.field.density_net.parameters(), *self.field.albedo_net.parameters()],
                  "lr": config.lr_networks},
                 {"params": self.background.parameters(), "lr": config.lr_networks},
-                *latent_group,
             ],
             betas=(0.9, 0.99),
             eps=1e-15,

@@ -32,25 +32,26 @@ def test_latent_render_is_the_colour_map_of_the_albedo_render_at_start(renderer_
     origins, directions = _rays()
     out = renderer(field, background, origins, directions, latent=True)
     assert out.latent.shape == (1, 12, 12, 4) and out.albedo.shape == (1, 12, 12, 3)
-    # The residual head starts at zero, so latent = the analytic prior's encoding of the albedo render,
-    # background's latent colour included (corner pixels miss the blob: pure background).
+    # latent = the analytic prior's encoding of the albedo render, background's latent colour included
+    # (corner pixels miss the blob: pure background).
     expected = images_to_latents(out.albedo.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     assert torch.allclose(out.latent, expected, atol=1e-5)
     corner = out.latent[0, 0, 0]
     assert out.opacity[0, 0, 0] < 1e-3
-    assert torch.allclose(corner, field.latent_from(torch.tensor([0.2, 0.4, 0.9]), torch.zeros(4)), atol=1e-3)
+    assert torch.allclose(corner, field.latent_from(torch.tensor([0.2, 0.4, 0.9])), atol=1e-3)
     plain = renderer(field, background, origins, directions)
     assert plain.latent is None and torch.allclose(plain.rgb, out.albedo, atol=1e-6)
 
 
-def test_latent_gradient_reaches_albedo_and_residual_heads():
+def test_latent_gradient_reaches_albedo_and_density():
     field = _field()
     origins, directions = _rays(8)
     out = StratifiedRenderer(RendererConfig(n_samples=16))(field, SolidBackground(), origins, directions, latent=True)
     out.latent.square().sum().backward()
     assert field.albedo_net[0].weight.grad.abs().sum() > 0  # the latent phase trains the colours previews show
-    assert field.latent_residual.weight.grad.abs().sum() > 0
+    assert field.density_net[0].weight.grad.abs().sum() > 0  # and the shape
     assert field.latent_weight.requires_grad is False  # the prior's map stays fixed
+    assert "latent_weight" not in dict(field.named_parameters())  # nothing free in latent space to cheat with
 
 
 def test_latent_render_is_unlit():
@@ -62,4 +63,4 @@ def test_latent_render_is_unlit():
 
 def test_field_without_latent_channels_has_no_latent_head():
     field = NeRFField(FieldConfig(grid=GRID, hidden_dim=16))
-    assert not hasattr(field, "latent_residual") and "latent_weight" not in field.state_dict()
+    assert "latent_weight" not in field.state_dict()

@@ -70,10 +70,8 @@ class Renderer(nn.Module):
 
     def integrate(
         self, field: NeRFField, origins: Tensor, directions: Tensor, generator: torch.Generator | None,
-        latent: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Rays (R, 3) → (premultiplied albedo (R, 3) — with ``latent``, albedo | latent residual (R, 3 + C) —,
-        opacity (R, 1), depth (R, 1))."""
+        """Rays (R, 3) → (premultiplied albedo (R, 3), opacity (R, 1), depth (R, 1))."""
         raise NotImplementedError
 
     def forward(
@@ -97,14 +95,13 @@ class Renderer(nn.Module):
         if latent and shading != "albedo":
             raise ValueError(f"latent renders are unlit; got shading {shading!r}")
         if torch.is_grad_enabled():
-            albedo, opacity, depth = self.integrate(field, flat_o, flat_d, generator, latent)
+            albedo, opacity, depth = self.integrate(field, flat_o, flat_d, generator)
         else:
             parts = [
-                self.integrate(field, o, d, generator, latent)
+                self.integrate(field, o, d, generator)
                 for o, d in zip(flat_o.split(self.config.chunk_rays), flat_d.split(self.config.chunk_rays))
             ]
             albedo, opacity, depth = (torch.cat(p) for p in zip(*parts))
-        albedo, residual = albedo[:, :3], albedo[:, 3:]
 
         if shading == "albedo":
             color = albedo
@@ -126,7 +123,7 @@ class Renderer(nn.Module):
             albedo=albedo + (1.0 - opacity) * bg,
         )
         if latent:
-            out.latent = field.latent_from(out.albedo, residual)
+            out.latent = field.latent_from(out.albedo)
         return RenderOutput(**{k: None if v is None else v.view(*batch_shape, -1) for k, v in vars(out).items()})
 
 
@@ -161,10 +158,10 @@ class StratifiedRenderer(Renderer):
         depth = accumulate_along_rays(weights, t_mid[..., None]) / opacity.clamp_min(1e-6)
         return albedo, opacity, depth
 
-    def integrate(self, field, origins, directions, generator, latent=False):
+    def integrate(self, field, origins, directions, generator):
         t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
         points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]
-        sigmas, sample_albedo = (field.forward_latent if latent else field)(points.view(-1, 3))
+        sigmas, sample_albedo = field(points.view(-1, 3))
         return self.composite(t_starts, t_ends, t_mid, sigmas.view(t_starts.shape), sample_albedo.view(*t_starts.shape, -1))
 
 
@@ -195,7 +192,7 @@ class OccupancyGridRenderer(StratifiedRenderer):
         density = torch.cat([field.density(chunk) for chunk in grid.split(self.config.chunk_rays * 4)])
         self.occupancy = dilate(density.view(side, side, side) > self.config.occupancy_threshold)
 
-    def integrate(self, field, origins, directions, generator, latent=False):
+    def integrate(self, field, origins, directions, generator):
         t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
         points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]  # (R, S, 3)
         side = self.config.occupancy_resolution
@@ -203,10 +200,9 @@ class OccupancyGridRenderer(StratifiedRenderer):
         keep = self.occupancy[cells[..., 0], cells[..., 1], cells[..., 2]] & (t_ends > t_starts)
         kept = keep.nonzero(as_tuple=True)  # the one sync: how many samples the field sees
         sigmas = points.new_zeros(t_starts.shape)
-        channels = 3 + (field.config.latent_channels if latent else 0)
-        sample_albedo = points.new_zeros((*t_starts.shape, channels))
+        sample_albedo = points.new_zeros((*t_starts.shape, 3))
         if kept[0].numel():  # empty-ray guard: nothing occupied on any ray → no field call, background only
-            kept_sigmas, kept_albedo = (field.forward_latent if latent else field)(points[kept])
+            kept_sigmas, kept_albedo = field(points[kept])
             sigmas = sigmas.index_put(kept, kept_sigmas)
             sample_albedo = sample_albedo.index_put(kept, kept_albedo)
         return self.composite(t_starts, t_ends, t_mid, sigmas, sample_albedo)
