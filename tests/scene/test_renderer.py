@@ -169,3 +169,37 @@ def test_dilation_grows_an_occupied_cell_to_its_26_neighbours():
     grown = dilate(occupancy)
     assert grown.sum() == 27 + 8
     assert grown[1:4, 2:5, 3:6].all() and grown[:2, :2, :2].all() and not grown[5, 5, 5]
+
+
+def test_many_samples_are_recomputed_in_the_backward_with_the_same_gradients():
+    """Over ``recompute_above`` evaluated samples the field's activations are not kept for the backward
+    (bounded memory for a space-filling density), and the render and every gradient are unchanged."""
+    from nfsd_server.scene.encoding import HashGridConfig
+    from nfsd_server.scene.field import FieldConfig, NeRFField
+
+    torch.manual_seed(0)
+    field = NeRFField(FieldConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12, base_resolution=8,
+                                                       max_resolution=64), hidden_dim=16))
+    cameras = make_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([3.2]), torch.tensor([45.0]))
+    origins, directions = camera_rays(cameras, 16, 16)  # 256 rays × 16 samples = 4096 samples
+    results = {}
+    for recompute_above in (1 << 20, 1000):  # never; in chunks of 1000
+        renderer = StratifiedRenderer(RendererConfig(n_samples=16, recompute_above=recompute_above))
+        field.zero_grad()
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = renderer(field, SolidBackground(), origins, directions, generator=torch.Generator().manual_seed(1))
+        out.rgb.square().sum().backward()
+        grads = [p.grad.clone() for p in field.parameters()]
+        results[recompute_above] = (out.rgb.detach(), grads, sum(saved))
+    (rgb_kept, grads_kept, bytes_kept), (rgb_recomputed, grads_recomputed, bytes_recomputed) = results.values()
+    assert torch.allclose(rgb_kept, rgb_recomputed, atol=1e-6)
+    for kept, recomputed in zip(grads_kept, grads_recomputed):
+        assert torch.allclose(kept, recomputed, atol=1e-5, rtol=1e-4)
+    # The hash grid + MLP activations (most of what the backward keeps) are gone: far fewer bytes saved.
+    assert bytes_recomputed < 0.5 * bytes_kept, (bytes_recomputed, bytes_kept)
