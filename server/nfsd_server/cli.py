@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.errors import UsageError
 
 SUBCOMMANDS = {
@@ -45,6 +46,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_host_memory()  # every command trains, exports or serves on this process's heap
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     try:

@@ -42,6 +42,9 @@ class GenerationWorker:
     def __init__(self, cpu_threads: int | None = None):
         import torch
 
+        from nfsd_server.devices import keep_freed_host_memory
+
+        keep_freed_host_memory()  # a worker process of its own: the CLI's call did not reach it
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu" and cpu_threads:
             torch.set_num_threads(cpu_threads)  # one CPU reserved → one thread, so workers do not fight
