@@ -164,6 +164,7 @@ class Trainer:
             ],
             betas=(0.9, 0.99),
             eps=1e-15,
+            fused=self.device.type == "cuda" or None,  # one kernel for every parameter instead of several each
         )
         self.guidance = make_guidance(settings.method, settings.guidance_scale)
         self.step = 0
