@@ -34,9 +34,10 @@ DTYPES = ("auto", "fp16", "bf16", "fp32")
 DEFAULT_DTYPE = "auto"
 
 # What encodes RGB renders into the latent space in the RGB phase (the latent phase needs none): the model's
-# own VAE (exact, no extra download), or TAESD (diffusers AutoencoderTiny: ~100× cheaper, approximate latents).
-ENCODERS = ("vae", "taesd")
-DEFAULT_ENCODER = "vae"
+# own VAE (exact, no extra download), or TAESD (diffusers AutoencoderTiny: ~100× cheaper, approximate latents,
+# a ~10 MB download). "auto" is the preset's choice: TAESD for draft and standard, the VAE for high.
+ENCODERS = ("auto", "vae", "taesd")
+DEFAULT_ENCODER = "auto"
 
 TEXTURE_SIZES = (512, 1024, 2048)
 DEFAULT_TEXTURE_SIZE = 1024

@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--encoder", choices=contract.ENCODERS, default=contract.DEFAULT_ENCODER,
-        help="RGB-phase encoder: vae (the model's own, default) or taesd (madebyollin/taesd, much cheaper)",
+        help="RGB-phase encoder: auto (the preset's: taesd for draft/standard, vae for high), vae (the model's "
+        "own, exact) or taesd (madebyollin/taesd, ~100× cheaper, approximate)",
     )
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")

@@ -16,7 +16,7 @@ from typing import Any
 
 from nfsd_blender import contract
 from nfsd_server import __version__
-from nfsd_server.presets import PRESETS
+from nfsd_server.presets import CONCRETE_ENCODERS, PRESETS
 
 
 def check_poly_budget(poly_budget: int) -> None:
@@ -80,7 +80,7 @@ class GenerationSettings:
     init_mesh: str | None = None
     shape_strength: float = contract.DEFAULT_SHAPE_STRENGTH
     keep_geometry: bool = False  # texture mode: the mesh's own vertices and faces, only colour is generated
-    encoder: str = contract.DEFAULT_ENCODER  # RGB-phase encoder: the model's VAE or TAESD
+    encoder: str = "vae"  # RGB-phase encoder, resolved: the model's VAE (the analytic prior's own) or TAESD
 
     def __post_init__(self) -> None:
         check_visible(self.prompt, "the prompt")
@@ -105,8 +105,8 @@ class GenerationSettings:
         if self.dtype not in contract.DTYPES:
             raise ValueError(f"dtype must be one of {contract.DTYPES}, got {self.dtype!r}")
         check_init_mesh(self.init_mesh, self.shape_strength, self.keep_geometry)
-        if self.encoder not in contract.ENCODERS:
-            raise ValueError(f"encoder must be one of {contract.ENCODERS}, got {self.encoder!r}")
+        if self.encoder not in CONCRETE_ENCODERS:  # "auto" is resolved by resolve_settings
+            raise ValueError(f"encoder must be one of {CONCRETE_ENCODERS}, got {self.encoder!r}")
         if self.prior == "analytic" and self.encoder != "vae":
             raise ValueError(
                 f"the analytic prior has one fixed encoder, not {self.encoder!r}; use encoder vae (or a Stable Diffusion model)"
@@ -151,6 +151,7 @@ def resolve_settings(
 
     prior None → ``default_prior``, or stable-diffusion when a model is named. model None → ``default_model``
     for stable-diffusion (the analytic prior takes none). seed None → a random one, recorded so it can be reused.
+    encoder "auto" → the preset's (``Preset.encoder``), or the analytic prior's one fixed encoder ("vae").
     Raises ValueError naming the bad setting.
     """
     prior = prior or ("stable-diffusion" if model else default_prior)
@@ -160,6 +161,10 @@ def resolve_settings(
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
     if method not in contract.DEFAULT_GUIDANCE_SCALE:
         raise ValueError(f"method must be one of {contract.METHODS}, got {method!r}")
+    if encoder not in contract.ENCODERS:
+        raise ValueError(f"encoder must be one of {contract.ENCODERS}, got {encoder!r}")
+    if encoder == "auto":
+        encoder = "vae" if prior == "analytic" else PRESETS[preset].encoder
     return GenerationSettings(
         prompt=prompt.strip(),
         negative_prompt=negative_prompt,

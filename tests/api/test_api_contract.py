@@ -56,7 +56,7 @@ def test_api_contract_job_request(spec):
         "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset", "poly_budget",
         "texture_size", "prior", "model", "dtype", "encoder", "init_mesh", "shape_strength", "keep_geometry",
     }
-    assert fields["encoder"]["enum"] == ["vae", "taesd"] and fields["encoder"]["default"] == "vae"
+    assert fields["encoder"]["enum"] == ["auto", "vae", "taesd"] and fields["encoder"]["default"] == "auto"
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
     assert (fields["prompt"]["minLength"], fields["prompt"]["maxLength"]) == (1, 1000)
     assert fields["negative_prompt"]["default"] == NFSD_NEGATIVE_PROMPT

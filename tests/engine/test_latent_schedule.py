@@ -91,9 +91,34 @@ def test_missing_taesd_is_an_error_that_says_how_to_fix_it(tiny_sd_dir, tmp_path
 
 
 def test_encoder_is_a_validated_job_setting():
-    assert resolve_settings("a red ball").encoder == "vae"
+    assert resolve_settings("a red ball").encoder == "vae"  # the analytic prior's one fixed encoder
     assert resolve_settings("a red ball", model="x/y", encoder="taesd").encoder == "taesd"
-    with pytest.raises(ValueError, match=r"encoder must be one of \('vae', 'taesd'\), got 'tiny'"):
+    assert resolve_settings("a red ball", model="x/y", preset="high", encoder="vae").encoder == "vae"
+    with pytest.raises(ValueError, match=r"encoder must be one of \('auto', 'vae', 'taesd'\), got 'tiny'"):
         resolve_settings("a red ball", model="x/y", encoder="tiny")
     with pytest.raises(ValueError, match="analytic prior has one fixed encoder"):
         resolve_settings("a red ball", prior="analytic", encoder="taesd")
+
+
+def test_auto_encoder_is_the_presets_choice():
+    # A documented choice (README): TAESD where a step's cost matters most, the exact VAE for the high preset.
+    chosen = {name: resolve_settings("a red ball", model="x/y", preset=name).encoder for name in PRESETS}
+    assert chosen == {"draft": "taesd", "standard": "taesd", "high": "vae"}
+    assert {resolve_settings("a red ball", preset=name).encoder for name in PRESETS} == {"vae"}  # analytic
+    assert resolve_settings("a red ball", model="x/y", preset="high", encoder="taesd").encoder == "taesd"
+    with pytest.raises(ValueError, match=r"encoder must be one of \('vae', 'taesd'\), got 'auto'"):
+        Preset(**{**vars(PRESETS["draft"]), "encoder": "auto"})
+
+
+def test_the_loader_takes_a_resolved_encoder_only(tiny_sd_dir):
+    with pytest.raises(ValueError, match="unknown encoder 'auto'; expected vae or taesd"):
+        load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encoder="auto")
+
+
+def test_an_auto_job_without_taesd_fails_saying_how_to_fix_it(tiny_sd_dir, tmp_path):
+    # Never a silent swap to the VAE: the standard preset's "auto" needs TAESD, and says where to get it.
+    folder = tmp_path / "no-taesd"
+    shutil.copytree(tiny_sd_dir, folder, ignore=shutil.ignore_patterns("taesd"))
+    settings = resolve_settings("a red ball", model=str(folder), preset="standard")
+    with pytest.raises(ModelLoadError, match="use encoder vae"):
+        load_prior(settings.prior, settings.model, "cpu", encoder=settings.encoder)

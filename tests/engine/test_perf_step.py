@@ -35,8 +35,10 @@ def test_stage_timer_sees_each_stage_of_every_step_in_order(tiny_sd_prior):
     trainer.stage_timer = Record
     for _ in range(4):
         trainer.train_step()
-    # The latent half of the run renders straight into the latent space: no encode stage.
-    assert seen == ["render", "unet", "backward", "optimizer"] * 2 + ["render", "encode", "unet", "backward", "optimizer"] * 2
+    # The latent part of the run (3 of 4 steps at the draft preset's 0.75) renders straight into the latent
+    # space: no encode stage.
+    assert trainer.preset.latent_fraction == 0.75
+    assert seen == ["render", "unet", "backward", "optimizer"] * 3 + ["render", "encode", "unet", "backward", "optimizer"]
 
 
 def test_timing_stages_does_not_change_the_result(tiny_sd_prior):

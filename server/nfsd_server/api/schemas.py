@@ -77,8 +77,9 @@ class JobRequest(BaseModel):
     )
     encoder: Encoder = Field(
         default=contract.DEFAULT_ENCODER,
-        description="What encodes RGB renders after the latent phase: vae (the model's own) or taesd "
-        "(madebyollin/taesd, much cheaper; must be in the server's model cache or the model folder's taesd/).",
+        description="What encodes RGB renders after the latent phase: auto (the preset's: taesd for draft and "
+        "standard, vae for high), vae (the model's own) or taesd (madebyollin/taesd, much cheaper; downloaded "
+        "once, or in the server's model cache, or the model folder's taesd/).",
     )
     init_mesh: str | None = Field(
         default=None, pattern=MESH_ID_PATTERN,

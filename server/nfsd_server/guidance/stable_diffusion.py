@@ -54,7 +54,11 @@ class StableDiffusionPrior(Prior):
             if module.dtype != dtype:  # from_pretrained already loaded in ``dtype``; random models did not
                 module.to(dtype=dtype)
         # The RGB phase's encoder: TAESD when given (fp32 like the VAE: its backward runs every step), else the VAE.
-        self.taesd = taesd.requires_grad_(False).eval().to(device=device, dtype=dtypes.vae) if taesd is not None else None
+        if taesd is not None:
+            taesd.requires_grad_(False).eval().to(device)
+            if taesd.dtype != dtypes.vae:  # (casting when it already matches makes diffusers warn)
+                taesd.to(dtype=dtypes.vae)
+        self.taesd = taesd
         self.encoder_name = "taesd" if taesd is not None else "vae"
         if device.type == "cuda":  # faster convolutions for the tensor cores, on the UNet and the VAE encoder
             unet.to(memory_format=torch.channels_last)
@@ -258,9 +262,10 @@ def load_stable_diffusion(
     model: str | None, device: torch.device, dtype: str = "auto", encode_size: int | None = None,
     encoder: str = "vae",
 ) -> StableDiffusionPrior:
-    """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy; ``encoder``: one of ENCODERS."""
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; expected one of {', '.join(ENCODERS)}")
+    """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy; ``encoder``: "vae" or "taesd"
+    (a job's "auto" is resolved to one of them by ``resolve_settings``)."""
+    if encoder == "auto" or encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; expected vae or taesd (resolve_settings resolves auto)")
     dtypes = resolve_dtypes(dtype, device)
     if model is not None and model.startswith("random:"):
         from nfsd_server.guidance.random_models import build_random_stable_diffusion, build_random_taesd
