@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
 from nfsd_server.guidance.prior import load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
+from nfsd_server.presets import PRESETS
 from nfsd_server.settings import resolve_settings
 from nfsd_server.train import Trainer
 
@@ -37,10 +39,13 @@ from step_cost import PeakRSS, StageTimer, latent_shape_of, unet_floor
 def run(args: argparse.Namespace, model: str, device: torch.device) -> list[str]:
     """Train and check; returns the failures (empty: pass)."""
     failures: list[str] = []
-    prior = load_prior("stable-diffusion", model, device, dtype=args.dtype)
+    # As a job runs it: the preset's schedule and RGB-phase encoder ("auto").
+    settings = resolve_settings("a hamburger", preset=args.preset, steps=args.steps, seed=0, dtype=args.dtype,
+                                prior="stable-diffusion", model=model)
+    prior = load_prior("stable-diffusion", model, device, dtype=args.dtype, encoder=settings.encoder)
     print(f"model {model} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"dtypes {prior.dtypes}, preset {args.preset}, {args.steps} steps")
-    settings = resolve_settings("a hamburger", preset=args.preset, steps=args.steps, seed=0, dtype=args.dtype)
+          f"dtypes {prior.dtypes}, preset {args.preset} (latent_fraction {PRESETS[args.preset].latent_fraction}, "
+          f"RGB-phase encoder {settings.encoder}), {args.steps} steps", flush=True)
     trainer = Trainer(settings, prior, out_dir=None)
     timer, latent_shape = StageTimer(device), latent_shape_of(prior)
     if device.type == "cuda":
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-every", type=int, default=25, help="steps between UNet-floor measurements")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never downloads: random weights only
+    keep_freed_host_memory()  # as the nfsd commands run (cli.main)
     args.preset = "draft" if args.smoke else "standard"
     args.steps = args.steps or (8 if args.smoke else 300)
     if args.smoke:

@@ -10,6 +10,7 @@ renders RGB and encodes), so the two can be compared row by row.
 
     .venv/bin/python benchmarks/quality.py [--steps 300] [--seeds 0] [--prompts "a red ball" ...]
                                            [--variants "nfsd s=7.5"] [--schedules latent-first rgb-only]
+                                           [--latent-fraction F]   # latent-first with F instead of the preset's
 
 Last line: ``nfsd_iou=<mean silhouette IoU of NFSD s=7.5>``.
 """
@@ -23,6 +24,7 @@ import time
 
 import torch
 
+from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.distillation import NFSDGuidance, predict_rows
 from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
@@ -50,12 +52,15 @@ VARIANTS = {
 SCHEDULES = ("latent-first", "rgb-only")
 
 
-def run(prompt: str, variant: str, steps: int, seed: int, prior: AnalyticPrior, schedule: str) -> dict[str, float]:
+def run(prompt: str, variant: str, steps: int, seed: int, prior: AnalyticPrior, schedule: str,
+        latent_fraction: float | None = None) -> dict[str, float]:
     method, scale, guidance_class = VARIANTS[variant]
     settings = resolve_settings(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft")
     trainer = Trainer(settings, prior, None)
     if schedule == "rgb-only":
         trainer.preset = dataclasses.replace(trainer.preset, latent_fraction=0.0)
+    elif latent_fraction is not None:
+        trainer.preset = dataclasses.replace(trainer.preset, latent_fraction=latent_fraction)
     if guidance_class is not None:
         trainer.guidance = guidance_class(scale)
     trainer.run()
@@ -70,12 +75,15 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="+", default=list(REFERENCES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
+    parser.add_argument("--latent-fraction", type=float, help="latent-first with this fraction (default: the preset's)")
     args = parser.parse_args()
 
+    keep_freed_host_memory()  # as the nfsd commands run (cli.main)
     prior = AnalyticPrior()
     from nfsd_server.presets import PRESETS
 
-    print(f"analytic prior, draft preset (latent_fraction {PRESETS['draft'].latent_fraction}), {args.steps} steps, "
+    fraction = PRESETS["draft"].latent_fraction if args.latent_fraction is None else args.latent_fraction
+    print(f"analytic prior, draft preset, latent-first = latent_fraction {fraction}, {args.steps} steps, "
           f"seeds {args.seeds}, CPU")
     header = (f"{'prompt':<15} {'variant':<22} {'schedule':<13} {'sil_iou':>7} {'col_err':>7} {'vol_iou':>7} "
               f"{'chamfer':>7}  mean albedo")
@@ -87,7 +95,7 @@ def main() -> None:
         for variant in args.variants:
             for schedule in args.schedules:
                 for seed in args.seeds:
-                    s = run(prompt, variant, args.steps, seed, prior, schedule)
+                    s = run(prompt, variant, args.steps, seed, prior, schedule, args.latent_fraction)
                     sil_by_variant[f"{variant} {schedule}"].append(s["silhouette_iou"])
                     albedo = ", ".join(f"{c:.2f}" for c in s["mean_color"])
                     print(

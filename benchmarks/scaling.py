@@ -57,14 +57,8 @@ def main(argv: list[str] | None = None) -> int:
               f"hidden {draft.hidden_dim}) with one knob changed; median ms over {args.steps} steps")
         print(f"{'variant':14}{'side':>6}{'levels':>8}{'log2 T':>8}{'params':>11}{'render':>10}{'backward':>10}{'step':>10}")
         for label, side, grid in variants():
-            name = f"scaling-{label}"
-            # A preset only this process knows about: the settings accept names from PRESETS.
-            PRESETS[name] = dataclasses.replace(draft, grid=grid, resolution_schedule=((0.0, side),),
-                                                latent_fraction=0.0)
-            try:
-                samples = measure(prior, name, args.steps, warmup=1, resolution=None, methods=("nfsd",))["nfsd", f"rgb {side}"]
-            finally:
-                del PRESETS[name]
+            preset = dataclasses.replace(draft, grid=grid, resolution_schedule=((0.0, side),), latent_fraction=0.0)
+            samples = measure(prior, "draft", preset, args.steps, warmup=1, variants=("nfsd",))["nfsd", f"rgb {side}"]
             params = grid.n_levels * 2**grid.log2_table_size * grid.features_per_level
             ms = {key: 1e3 * samples.median(samples.stages[key]) for key in ("render", "backward")}
             print(f"{label:14}{side:>6}{grid.n_levels:>8}{grid.log2_table_size:>8}{params:>11,}"

@@ -15,8 +15,11 @@ steps run round robin over segments and methods (NFSD, SDS), so machine noise hi
 medians (default 3 measured steps per segment on CPU at real scale, 20 on CUDA) with the min–max spread.
 On CUDA every stage timer synchronises the device (only here; training itself never does).
 
-NFSD is measured in its worst case: timesteps are drawn from [200, t_max), so its negative row is always
-evaluated (3 UNet rows against SDS's 2). In a real run the negative row is dropped whenever t < 200.
+NFSD evaluates its negative row only where t ≥ 200 (3 UNet rows, else 2), so it is measured both ways: "nfsd"
+draws t from [200, t_max) and "nfsd t<200" from [20, 200). The projected NFSD run weights the two, segment by
+segment, by the share of its steps whose t (as the default ``TrainConfig`` anneals it) is ≥ 200. SDS always
+evaluates 2 rows. The UNet floor of a row count is the median of every floor measured with that many rows
+(the prior's cost does not depend on the segment), so the ratio's denominator is not one noisy sample.
 
 ``--activation-memory`` instead prints, per step at real scale on CPU, the bytes autograd saves for the
 backward and the peak RSS, for the NeRF render at the standard and high presets (occupancy-pruned sampler
@@ -24,7 +27,9 @@ as trained, and every sample as the worst case) and for SD 2.1-base's VAE encode
 
 Output: a table per segment, peak memory (RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA), the
 projected time of the preset's full run (each segment's share of the steps × its median step) and of its
-UNet-only time, then, as the last two lines:
+UNet-only time, each with the range it would take were every step its segment's fastest or slowest measured
+one, then, as the last three lines:
+  ``minutes_per_asset=<projected NFSD run, in minutes>``
   ``nfsd_over_sds=<projected NFSD run ÷ projected SDS run>``
   ``run_over_unet_floor=<projected NFSD run ÷ the sum of its steps' UNet-only times>``
 """
@@ -47,17 +52,23 @@ import psutil
 import torch
 
 from nfsd_blender.contract import DEFAULT_ENCODER, ENCODERS
-from nfsd_server.devices import default_device
+from nfsd_server.guidance.score import NFSD_SMALL_T
+from nfsd_server.devices import default_device, keep_freed_host_memory
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
 from nfsd_server.scene.cameras import sample_orbit_cameras
 from nfsd_server.scene.renderer import RendererConfig, make_renderer
 from nfsd_server.presets import PRESETS, Preset
 from nfsd_server.settings import resolve_settings
-from nfsd_server.train import TrainConfig, Trainer
+from nfsd_server.train import TrainConfig, Trainer, timestep_range
 
 STAGES = ("render", "encode", "unet", "backward", "optimizer")
-METHODS = ("nfsd", "sds")
+# What is measured: (method, the TrainConfig timestep range that pins its UNet rows).
+VARIANTS = {
+    "nfsd": ("nfsd", dict(t_min=0.2, t_max_end=0.5)),  # t ≥ 200: cond + uncond + negative
+    "nfsd t<200": ("nfsd", dict(t_min=0.02, t_max_start=0.19, t_max_end=0.19)),  # cond + uncond
+    "sds": ("sds", dict(t_min=0.2, t_max_end=0.5)),
+}
 
 
 class StageTimer:
@@ -94,10 +105,6 @@ class Samples:
 
     def median(self, values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
-
-    @property
-    def step_over_floor(self) -> float:
-        return statistics.median(s / f for s, f in zip(self.step, self.floor))
 
 
 def timed_step(trainer: Trainer, timer: StageTimer) -> float:
@@ -175,43 +182,44 @@ def run_segments(preset: Preset, prior: Prior, resolution: int | None = None) ->
 
 
 def measure(
-    prior: Prior, preset_name: str, steps: int, warmup: int, resolution: int | None, seed: int = 0,
-    compile_unet: bool = False, methods: tuple[str, ...] = METHODS, encoder: str = "vae", verbose: bool = False,
+    prior: Prior, preset_name: str, preset: Preset, steps: int, warmup: int, seed: int = 0,
+    compile_unet: bool = False, variants: tuple[str, ...] = tuple(VARIANTS), encoder: str = "vae",
+    verbose: bool = False,
 ) -> dict[tuple[str, str], Samples]:
-    """Steps interleaved over segments and methods (round robin) → {(method, segment label): Samples}."""
+    """Steps interleaved over segments and variants (round robin) → {(variant, segment label): Samples}.
+
+    ``preset`` is the one whose run is measured (``PRESETS[preset_name]`` with any overrides applied)."""
     device = prior.device
-    preset = PRESETS[preset_name]
-    if resolution:
-        preset = dataclasses.replace(preset, resolution_schedule=((0.0, resolution),))
     segments = run_segments(preset, prior)
     timer = StageTimer(device)
     trainers = {}
-    for method in methods:
-        # t ≥ 200 throughout: NFSD's worst case (negative row always on); cost does not depend on t otherwise.
+    for variant in variants:
+        method, t_range = VARIANTS[variant]
+        # Cost does not depend on t except through the rows evaluated, which the t range pins.
         settings = resolve_settings("a hamburger", method=method, seed=seed, preset=preset_name,
                                     prior="stable-diffusion", model="benchmark", encoder=encoder)
-        config = TrainConfig(t_min=0.2, t_max_end=0.5, compile_unet=compile_unet)
-        trainers[method] = Trainer(settings, prior, out_dir=None, config=config)
-        trainers[method].preset = preset
-        trainers[method].stage_timer = timer
+        config = TrainConfig(**t_range, compile_unet=compile_unet)
+        trainers[variant] = Trainer(settings, prior, out_dir=None, config=config)
+        trainers[variant].preset = preset
+        trainers[variant].stage_timer = timer
         # As a run has it: the occupancy grid built from the field (jumping mid-run skips the step-0 build).
-        trainers[method].renderer.update(0, trainers[method].field)
-    results = {(method, segment.label): Samples() for method in methods for segment in segments}
+        trainers[variant].renderer.update(0, trainers[variant].field)
+    results = {(variant, segment.label): Samples() for variant in variants for segment in segments}
     latent_shape = latent_shape_of(prior)
     for index in range(warmup + steps):
         measured = index >= warmup
         for segment in segments:
-            for method, trainer in trainers.items():
+            for variant, trainer in trainers.items():
                 # Inside the segment (its phase, t range, lit shading, side), one step further each round.
                 trainer.step = int((segment.start + segment.end) / 2 * trainer.total) + index
                 assert trainer.phase() == segment.phase, (trainer.phase(), segment)
-                samples = results[method, segment.label]
+                samples = results[variant, segment.label]
                 reset_peak(device, timer)
                 seconds = timed_step(trainer, timer)
                 rows = trainer.guidance.last_rows_evaluated
                 floor = unet_floor(prior, trainer, rows, latent_shape, timer)
                 if verbose:
-                    print(f"  {'step' if measured else 'warm-up'} {index}: {method} {segment.label}: "
+                    print(f"  {'step' if measured else 'warm-up'} {index}: {variant} {segment.label}: "
                           f"{seconds:.2f} s, unet-only {floor:.2f} s", flush=True)
                 if measured:
                     samples.step.append(seconds)
@@ -223,14 +231,54 @@ def measure(
     return results
 
 
-def projected_seconds(results: dict[tuple[str, str], Samples], method: str, segments: list[Segment],
-                      steps_total: int, what: str = "step") -> float:
-    """The preset's full run: each segment's share of the steps × its median step (or UNet-only) time."""
-    total = 0.0
+def negative_row_share(segment: Segment, steps_total: int, num_train_timesteps: int) -> float:
+    """Share of the segment's steps whose t (drawn as the default TrainConfig anneals it) is ≥ NFSD_SMALL_T."""
+    config, shares = TrainConfig(), []
+    for step in range(int(segment.start * steps_total), max(int(segment.end * steps_total), int(segment.start * steps_total) + 1)):
+        t_lo, t_hi = timestep_range(config, step, steps_total, num_train_timesteps)
+        shares.append(min(max((t_hi - max(t_lo, NFSD_SMALL_T)) / (t_hi - t_lo), 0.0), 1.0))
+    return statistics.fmean(shares)
+
+
+def pooled_floors(results: dict[tuple[str, str], Samples]) -> dict[int, float]:
+    """{UNet rows: median UNet-only seconds over every measurement with that many rows}."""
+    by_rows: dict[int, list[float]] = {}
+    for samples in results.values():
+        for rows, floor in zip(samples.rows, samples.floor):
+            by_rows.setdefault(rows, []).append(floor)
+    return {rows: statistics.median(floors) for rows, floors in by_rows.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """A method's full run in seconds: median steps, and the fastest / slowest measured steps throughout."""
+
+    seconds: float
+    low: float
+    high: float
+    floor: float  # the sum of its steps' UNet-only times
+
+
+def project(results: dict[tuple[str, str], Samples], method: str, segments: list[Segment], steps_total: int,
+            num_train_timesteps: int) -> Projection:
+    """The preset's full run: each segment's share of the steps × its step time. NFSD's steps mix its two
+    variants by the segment's share of t ≥ 200 steps; the UNet-only time uses the pooled floors."""
+    floors = pooled_floors(results)
+    totals = {"seconds": 0.0, "low": 0.0, "high": 0.0, "floor": 0.0}
     for segment in segments:
-        samples = results[method, segment.label]
-        total += (segment.end - segment.start) * steps_total * samples.median(getattr(samples, what))
-    return total
+        steps = (segment.end - segment.start) * steps_total
+        if method == "nfsd":
+            with_negative = negative_row_share(segment, steps_total, num_train_timesteps)
+            mix = (("nfsd", with_negative), ("nfsd t<200", 1.0 - with_negative))
+        else:
+            mix = ((method, 1.0),)
+        for variant, weight in mix:
+            samples = results[variant, segment.label]
+            totals["seconds"] += weight * steps * samples.median(samples.step)
+            totals["low"] += weight * steps * min(samples.step)
+            totals["high"] += weight * steps * max(samples.step)
+            totals["floor"] += weight * steps * floors[int(statistics.median(samples.rows))]
+    return Projection(**totals)
 
 
 def spread(values: list[float]) -> str:
@@ -238,36 +286,38 @@ def spread(values: list[float]) -> str:
 
 
 def report(results: dict[tuple[str, str], Samples], device: torch.device, preset_name: str, steps_total: int,
-           segments: list[Segment]) -> tuple[float, float]:
-    """Print the tables; return (projected NFSD run ÷ SDS run, projected NFSD run ÷ the sum of its UNet-only times)."""
+           segments: list[Segment], num_train_timesteps: int) -> tuple[Projection, float, float]:
+    """Print the tables; return (the NFSD run's projection, NFSD run ÷ SDS run, NFSD run ÷ its UNet-only time)."""
     memory_name = "peak VRAM (max_memory_allocated)" if device.type == "cuda" else "peak RSS"
+    floors = pooled_floors(results)
     for segment in segments:
-        n = len(results[METHODS[0], segment.label].step) if (METHODS[0], segment.label) in results else 0
+        n = len(results["nfsd", segment.label].step)
+        share = negative_row_share(segment, steps_total, num_train_timesteps)
         print(f"\n-- {segment.phase} phase, render {segment.side}×{segment.side} px, steps "
-              f"{segment.start:.0%}–{segment.end:.0%} of the run  (median ms over {n} steps; step spread min–max) --")
-        print(f"{'method':7}" + "".join(f"{s:>11}" for s in (*STAGES, "other", "step", "unet-only", "step/floor"))
-              + f"{'rows':>6}{'step spread':>14}  {memory_name}")
-        for method in METHODS:
-            samples = results.get((method, segment.label))
-            if samples is None:
-                continue
+              f"{segment.start:.0%}–{segment.end:.0%} of the run, t ≥ {NFSD_SMALL_T} in {share:.0%} of them  "
+              f"(median ms over {n} steps; step spread min–max) --")
+        print(f"{'variant':11}" + "".join(f"{s:>11}" for s in (*STAGES, "other", "step", "unet-only", "step/floor"))
+              + f"{'rows':>5}{'step spread':>14}  {memory_name}")
+        for variant in VARIANTS:
+            samples = results[variant, segment.label]
             stage_ms = {s: 1e3 * samples.median(samples.stages[s]) for s in STAGES}
             step_ms = 1e3 * samples.median(samples.step)
             other_ms = step_ms - sum(stage_ms.values())
-            cells = [*stage_ms.values(), other_ms, step_ms, 1e3 * samples.median(samples.floor)]
-            print(f"{method:7}" + "".join(f"{v:11.1f}" for v in cells) + f"{samples.step_over_floor:11.3f}"
-                  + f"{statistics.median(samples.rows):6.0f}{spread(samples.step):>14}  {samples.peak_bytes / 2**30:.2f} GiB")
-    print()
-    projected = {}
-    for method in METHODS:
-        if all((method, segment.label) in results for segment in segments):
-            projected[method] = projected_seconds(results, method, segments, steps_total)
-            floor = projected_seconds(results, method, segments, steps_total, what="floor")
-            caveat = ", negative row every step" if method == "nfsd" else ""
-            print(f"projected {method} run ({steps_total} steps, preset {preset_name}{caveat}): "
-                  f"{projected[method] / 60:.1f} min; its UNet-only time {floor / 60:.1f} min")
-    nfsd_floor = projected_seconds(results, "nfsd", segments, steps_total, what="floor")
-    return projected["nfsd"] / projected.get("sds", float("nan")), projected["nfsd"] / nfsd_floor
+            floor_ms = 1e3 * floors[int(statistics.median(samples.rows))]
+            cells = [*stage_ms.values(), other_ms, step_ms, floor_ms]
+            print(f"{variant:11}" + "".join(f"{v:11.1f}" for v in cells) + f"{step_ms / floor_ms:11.3f}"
+                  + f"{statistics.median(samples.rows):5.0f}{spread(samples.step):>14}  {samples.peak_bytes / 2**30:.2f} GiB")
+    print("\nUNet floor by rows (median over all its measurements): "
+          + ", ".join(f"{rows} rows {1e3 * seconds:.1f} ms" for rows, seconds in sorted(floors.items())))
+    projections = {}
+    for method in ("nfsd", "sds"):
+        p = projections[method] = project(results, method, segments, steps_total, num_train_timesteps)
+        print(f"projected {method} run ({steps_total} steps, preset {preset_name}): {p.seconds / 60:.1f} min "
+              f"(range {p.low / 60:.1f}–{p.high / 60:.1f}); its UNet-only time {p.floor / 60:.1f} min; "
+              f"run ÷ UNet-only {p.seconds / p.floor:.3f} (range {p.low / p.floor:.3f}–{p.high / p.floor:.3f})")
+    nfsd, sds = projections["nfsd"], projections["sds"]
+    print(f"nfsd ÷ sds range {nfsd.low / sds.high:.3f}–{nfsd.high / sds.low:.3f}")
+    return nfsd, nfsd.seconds / sds.seconds, nfsd.seconds / nfsd.floor
 
 
 class SavedTensors:
@@ -396,15 +446,16 @@ def main(argv: list[str] | None = None) -> int:
                         "hub id; default: a tiny random SD saved to a temp folder")
     parser.add_argument("--preset", help="training preset (default: draft for the tiny model, standard otherwise)")
     parser.add_argument("--steps", type=int, help="measured steps per method and phase "
-                        "(default: 10 tiny, 1 real scale on CPU, 20 on CUDA)")
-    parser.add_argument("--warmup", type=int, help="unmeasured steps first (default: 2, 1 real scale on CPU)")
+                        "(default: 10 tiny, 3 real scale on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="unmeasured rounds first (default: 2, 0 real scale on CPU)")
     parser.add_argument("--resolution", type=int, help="render side in px for every step, instead of the preset's schedule")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--encode-size", type=int, help="opt-in trade: VAE-encode at this side (e.g. 256) and "
                         "upsample the latents, instead of encoding at the model's 512 px")
     parser.add_argument("--encoder", choices=ENCODERS, default=DEFAULT_ENCODER,
-                        help="the RGB phase's encoder: vae (the model's) or taesd (a random AutoencoderTiny of "
-                        "TAESD's size for random:* models)")
+                        help="the RGB phase's encoder: auto (the preset's), vae (the model's) or taesd (a random "
+                        "AutoencoderTiny of TAESD's size for random:* models)")
+    parser.add_argument("--latent-fraction", type=float, help="instead of the preset's latent_fraction (0..1)")
     parser.add_argument("--verbose", action="store_true", help="print every step's time as it is measured")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -419,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a benchmark never downloads
     logging.basicConfig(level=logging.WARNING)
+    keep_freed_host_memory()  # as the nfsd commands run (cli.main)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else default_device()
@@ -429,29 +481,36 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (3 if cpu_real else 20 if device.type == "cuda" else 10)
     warmup = args.warmup if args.warmup is not None else (0 if cpu_real else 2)
 
+    preset_used = PRESETS[preset]
+    if args.resolution:
+        preset_used = dataclasses.replace(preset_used, resolution_schedule=((0.0, args.resolution),))
+    if args.latent_fraction is not None:
+        preset_used = dataclasses.replace(preset_used, latent_fraction=args.latent_fraction)
+    encoder = preset_used.encoder if args.encoder == "auto" else args.encoder
+
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nfsd-bench-") as scratch:
         model = args.model or str(save_random_stable_diffusion(Path(scratch) / "tiny-sd", name="tiny"))
-        prior = load_prior("stable-diffusion", model, device, encode_size=args.encode_size, encoder=args.encoder)
+        prior = load_prior("stable-diffusion", model, device, encode_size=args.encode_size, encoder=encoder)
         loaded = time.perf_counter() - started
         print(f"model {args.model or 'tiny (random, temp folder)'} on {device} "
               f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
               f"{getattr(prior, 'dtypes', torch.float32)}, loaded in {loaded:.1f} s; preset {preset}; "
-              f"{warmup} warm-up + {steps} measured steps per method and phase; renderer "
+              f"{warmup} warm-up + {steps} measured rounds of every variant in every segment; renderer "
               f"{type(make_renderer(RendererConfig(), device)).__name__}"
-              + f"; RGB-phase encoder {args.encoder}; latent_fraction {PRESETS[preset].latent_fraction}"
+              + f"; RGB-phase encoder {encoder}{' (the preset' + chr(39) + 's)' if args.encoder == 'auto' else ''}"
+              + f"; latent_fraction {preset_used.latent_fraction}"
               + (f"; encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
-              + ("; UNet torch.compile'd" if args.compile else ""))
-        results = measure(prior, preset, steps, warmup, args.resolution, compile_unet=args.compile,
-                          encoder=args.encoder, verbose=args.verbose)
-        preset_used = PRESETS[preset]
-        if args.resolution:
-            preset_used = dataclasses.replace(preset_used, resolution_schedule=((0.0, args.resolution),))
+              + ("; UNet torch.compile'd" if args.compile else ""), flush=True)
+        results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile,
+                          encoder=encoder, verbose=args.verbose)
         segments = run_segments(preset_used, prior)
-    steps_total = PRESETS[preset].steps
-    nfsd_over_sds, run_over_floor = report(results, device, preset, steps_total, segments)
+    steps_total = preset_used.steps
+    nfsd, nfsd_over_sds, run_over_floor = report(results, device, preset, steps_total, segments,
+                                                 prior.num_train_timesteps)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; process peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (includes loading)")
+    print(f"minutes_per_asset={nfsd.seconds / 60:.1f}")
     print(f"nfsd_over_sds={nfsd_over_sds:.3f}")
     print(f"run_over_unet_floor={run_over_floor:.3f}")
     return 0
