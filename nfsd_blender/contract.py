@@ -35,9 +35,11 @@ DEFAULT_DTYPE = "auto"
 
 # What encodes RGB renders into the latent space in the RGB phase (the latent phase needs none): the model's
 # own VAE (exact, no extra download), or TAESD (diffusers AutoencoderTiny: ~100× cheaper, approximate latents,
-# a ~10 MB download). "auto" is the preset's choice: TAESD for draft and standard, the VAE for high.
+# a ~10 MB download). "auto" is the preset's choice: TAESD where a step's cost matters most, the VAE for high.
 ENCODERS = ("auto", "vae", "taesd")
 DEFAULT_ENCODER = "auto"
+PRESET_ENCODERS = {"draft": "taesd", "standard": "taesd", "high": "vae"}
+TAESD_DOWNLOAD_BYTES = 9_800_000  # madebyollin/taesd: AutoencoderTiny, 2.45M fp32 parameters (the add-on says so before a job)
 
 TEXTURE_SIZES = (512, 1024, 2048)
 DEFAULT_TEXTURE_SIZE = 1024

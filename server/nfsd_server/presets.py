@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nfsd_blender.contract import ENCODERS
+from nfsd_blender.contract import ENCODERS, PRESET_ENCODERS
 from nfsd_blender.contract import PRESETS as PRESET_NAMES
 from nfsd_server.scene.encoding import HashGridConfig
 
@@ -40,17 +40,17 @@ PRESETS = {
     "draft": Preset(
         steps=400, batch_size=1, resolution_schedule=((0.0, 32),),
         grid=HashGridConfig(n_levels=8, log2_table_size=14, base_resolution=16, max_resolution=256),
-        hidden_dim=32, n_samples=32, export_grid_resolution=128, preview_size=64, encoder="taesd",
+        hidden_dim=32, n_samples=32, export_grid_resolution=128, preview_size=64, encoder=PRESET_ENCODERS["draft"],
     ),
     "standard": Preset(
         steps=5000, batch_size=1, resolution_schedule=((0.0, 64), (0.5, 128)),
         grid=HashGridConfig(n_levels=16, log2_table_size=19, base_resolution=16, max_resolution=2048),
-        hidden_dim=64, n_samples=96, export_grid_resolution=256, preview_size=128, encoder="taesd",
+        hidden_dim=64, n_samples=96, export_grid_resolution=256, preview_size=128, encoder=PRESET_ENCODERS["standard"],
     ),
     "high": Preset(
         steps=10000, batch_size=1, resolution_schedule=((0.0, 64), (0.3, 128), (0.6, 256)),
         grid=HashGridConfig(n_levels=16, log2_table_size=19, base_resolution=16, max_resolution=4096),
-        hidden_dim=64, n_samples=128, export_grid_resolution=256, preview_size=256, encoder="vae",
+        hidden_dim=64, n_samples=128, export_grid_resolution=256, preview_size=256, encoder=PRESET_ENCODERS["high"],
         latent_fraction=0.5,  # quality first: half the run refines RGB renders through the exact VAE
     ),
 }
