@@ -16,6 +16,8 @@
 # PyPI's Linux wheels are CUDA builds), TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128 to choose
 # the CUDA version), STEPS (default 300), DTYPE (default auto), BENCH (default 0), SKIP_SETUP=1 to use the
 # current python as is (e.g. an already prepared machine).
+# A machine with no package index (as lent here): SKIP_SETUP=1 with PYTHONPATH=<deps>:server:. where <deps> holds the
+# backend's dependencies (e.g. `pip install --target <deps> --no-index <wheels downloaded elsewhere>`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
