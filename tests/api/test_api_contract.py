@@ -91,7 +91,7 @@ def test_api_contract_job_status_and_health(spec):
         "queued", "running", "exporting", "done", "failed", "cancelled",
     ]
     assert set(schemas["JobList"]["properties"]) == {"jobs", "total", "next_offset"}
-    assert set(schemas["PurgeResult"]["properties"]) == {"deleted"}
+    assert set(schemas["PurgeResult"]["properties"]) == {"deleted", "set_aside", "meshes"}  # added fields only
     paging = {p["name"]: p["schema"] for p in spec["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert paging["limit"]["default"] == 100 and paging["limit"]["maximum"] == 1000 and paging["offset"]["default"] == 0
     assert set(schemas["JobCreated"]["properties"]) == {"id"}

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import re
 import shutil
 import threading
 import time
@@ -24,14 +25,14 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-from nfsd_server.api.records import JobRecord, UnsafePath, inside
+from nfsd_server.api.records import JOB_ID_PATTERN, JobRecord, UnsafePath, inside
 from nfsd_server.api.schemas import (
     FINISHED_STATES,
     JobRequest,
     JobStatus,
     ResolvedJobRequest,
 )
-from nfsd_server.api.mesh_store import mesh_path
+from nfsd_server.api.mesh_store import mesh_path, purge_meshes
 from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
@@ -80,6 +81,30 @@ class Executor(Protocol):
     def run(
         self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False
     ) -> GenerationResult: ...
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What one purge deleted: finished jobs (ids, oldest first), job folders set aside at start-up for a bad
+    record (names) and uploaded meshes (ids)."""
+
+    jobs: list[str]
+    set_aside: list[str]
+    meshes: list[str]
+
+
+def remove_link_or_tree(path: Path) -> None:
+    """Delete ``path``: a symlink as a link (its target untouched), a folder with all it holds (links inside
+    are removed as links, never followed). Logged, not raised: the purge runs on the worker thread."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("cannot delete %s: %s", path, error)
+    else:
+        shutil.rmtree(path, ignore_errors=True)  # as much as it can; what is left is logged
+        if path.exists():
+            log.warning("cannot delete all of %s", path)
 
 
 class JobNotFound(KeyError):
@@ -213,8 +238,9 @@ class JobManager:
     ``max_warm_models`` priors stay loaded between jobs, keyed by (prior, model, device); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
     Limits: at most ``max_queued`` jobs wait (QueueFull beyond); finished jobs older than ``retention_days``
-    or beyond the newest ``max_finished`` are deleted with their folders (None: no limit); ``random:*``
-    benchmark models only with ``allow_benchmark_models``.
+    or beyond the newest ``max_finished`` are deleted with their folders (None: no limit), and so are uploaded
+    meshes no queued or running job names and job folders set aside for a bad record, once older than
+    ``retention_days`` too; ``random:*`` benchmark models only with ``allow_benchmark_models``.
     """
 
     def __init__(
@@ -250,6 +276,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._pending: deque[str] = deque()
         self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
+        self._set_aside: dict[str, Path] = {}  # job folders whose record failed to load, by name, until purged
         # Warm priors keyed by (prior, model, device, dtype, encoder).
         self._priors: OrderedDict[tuple[str, str | None, str, str, str], Prior] = OrderedDict()
         self._stopping = False
@@ -293,6 +320,8 @@ class JobManager:
             except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
                 reason = " ".join(str(error).split())[:300]
                 log.warning("setting aside %s: not a valid job record (%s)", path, reason)
+                if re.fullmatch(JOB_ID_PATTERN, path.parent.name):  # only folders named as this server names them
+                    self._set_aside[path.parent.name] = path.parent
                 continue
             records.append(job)
         with self._lock:
@@ -355,9 +384,11 @@ class JobManager:
             try:
                 if len(self._pending) >= self.max_queued:
                     raise QueueFull(len(self._pending))
+                # Again under the lock the purge holds: it may have deleted an old upload since resolve().
+                mesh_path(self.data_dir, resolved.init_mesh)
                 # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
                 self._write_record(job)
-            except (OSError, QueueFull):
+            except (OSError, QueueFull, ValueError):
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             self._jobs[job_id] = job
@@ -388,12 +419,14 @@ class JobManager:
             page = newest_first[offset:None if limit is None else offset + limit]
             return [self._status(job, positions.get(job.id)) for job in page], len(newest_first)
 
-    def purge(self, older_than_s: float | None = None) -> list[str]:
-        """Delete finished jobs (record, preview, result: the whole folder); return their ids, oldest first.
+    def purge(self, older_than_s: float | None = None) -> Purged:
+        """Delete finished jobs (record, preview, result: the whole folder), unused uploaded meshes and job
+        folders set aside at start-up; say what went.
 
-        With ``older_than_s``: those finished longer ago than that. Without: the retention policy, i.e. those
-        finished more than ``retention_days`` ago and all but the newest ``max_finished``.
-        Queued and running jobs are never deleted.
+        With ``older_than_s``: what is older than that. Without: the retention policy, i.e. what is older than
+        ``retention_days`` and all but the newest ``max_finished`` finished jobs. A job's age runs from when it
+        finished, a mesh's and a set-aside folder's from their mtime. Queued and running jobs are never
+        deleted, nor the meshes they name: they read them when they run, export and resume.
         """
         now = datetime.now(timezone.utc)
         with self._lock:
@@ -412,11 +445,33 @@ class JobManager:
                 doomed.update({job.id: job for job in finished[: max(0, len(finished) - self.max_finished)]})
             for job_id in doomed:
                 del self._jobs[job_id]
-        for job in doomed.values():
-            shutil.rmtree(job.folder, ignore_errors=True)
-        if doomed:
-            log.info("purged %d finished job(s)", len(doomed))
-        return [job.id for job in finished if job.id in doomed]
+            meshes: list[str] = []
+            set_aside: dict[str, Path] = {}
+            if age_limit_s is not None:
+                # Under the lock, as submit() checks its mesh: a job is listed before its mesh could go, or
+                # refused after; never queued on a deleted file.
+                in_use = {
+                    job.request.init_mesh for job in self._jobs.values()
+                    if job.state not in FINISHED_STATES and job.request.init_mesh is not None
+                }
+                meshes = purge_meshes(self.data_dir, age_limit_s, in_use, now.timestamp())
+                for name, folder in list(self._set_aside.items()):
+                    try:
+                        mtime = folder.lstat().st_mtime  # the link's own time for a link: never followed
+                    except OSError:  # gone already (a person cleaned up)
+                        del self._set_aside[name]
+                        continue
+                    if now.timestamp() - mtime > age_limit_s:
+                        set_aside[name] = self._set_aside.pop(name)
+        for folder in [job.folder for job in doomed.values()] + list(set_aside.values()):
+            remove_link_or_tree(folder)
+        if doomed or set_aside or meshes:
+            log.info(
+                "purged %d finished job(s), %d set-aside job folder(s), %d uploaded mesh(es)",
+                len(doomed), len(set_aside), len(meshes),
+            )
+        jobs = [job.id for job in finished if job.id in doomed]
+        return Purged(jobs=jobs, set_aside=sorted(set_aside), meshes=meshes)
 
     def preview_path(self, job_id: str) -> Path | None:
         with self._lock:

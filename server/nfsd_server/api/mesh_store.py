@@ -1,7 +1,13 @@
-"""Uploaded init meshes: ``<data_dir>/meshes/<id>.<format>``, checked once on upload, found again by id."""
+"""Uploaded init meshes: ``<data_dir>/meshes/<id>.<format>``, checked once on upload, found again by id.
+
+A job reads its mesh from here when it runs (and again when it exports, and after a restart), so a mesh is
+only ever purged while no queued or running job names it; see ``purge_meshes``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import uuid
 from pathlib import Path
@@ -12,6 +18,12 @@ from nfsd_server.scene.init_mesh import parse_mesh
 
 MESH_FOLDER = "meshes"
 MESH_ID_PATTERN = r"^[0-9a-f]{32}$"
+# A stored mesh, or what ``write_atomic`` left of one if the server died mid-upload (``.<name>.<hex>.tmp``).
+_STORED_NAME = re.compile(
+    rf"^(\.)?([0-9a-f]{{32}})\.({'|'.join(contract.INIT_MESH_FORMATS)})(\.[0-9a-f]{{32}}\.tmp)?$"
+)
+
+log = logging.getLogger(__name__)
 
 
 def save_mesh(data_dir: Path, data: bytes, file_type: str) -> tuple[str, int, int]:
@@ -34,3 +46,35 @@ def mesh_path(data_dir: Path, mesh_id: str | None) -> str | None:
             if path.is_file():
                 return str(path)
     raise ValueError(f"init_mesh {mesh_id!r} is not a mesh uploaded to this server; upload it with POST /v1/meshes")
+
+
+def purge_meshes(data_dir: Path, older_than_s: float, in_use: set[str], now_s: float) -> list[str]:
+    """Delete stored meshes last modified more than ``older_than_s`` before ``now_s`` (epoch seconds) whose id
+    is not in ``in_use``; return the ids deleted, sorted.
+
+    Only names this module writes are touched. A symlink is removed as a link (its target is never read or
+    deleted), and a meshes folder that is itself a link is left alone: nothing outside the data dir goes.
+    """
+    folder = Path(data_dir) / MESH_FOLDER
+    if folder.is_symlink() or not folder.is_dir():
+        if folder.is_symlink():
+            log.warning("not purging uploaded meshes: %s is a symlink", folder)
+        return []
+    deleted = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            match = _STORED_NAME.fullmatch(entry.name)
+            if match is None or match.group(2) in in_use or entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if now_s - entry.stat(follow_symlinks=False).st_mtime <= older_than_s:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as error:  # the purge runs on the worker thread: one stuck file must not stop it
+                log.warning("cannot delete the uploaded mesh %s: %s", entry.path, error)
+                continue
+            if not (match.group(1) or match.group(4)):
+                deleted.append(match.group(2))
+    return sorted(deleted)

@@ -14,6 +14,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from nfsd_server.api.schemas import JobState, ResolvedJobRequest
 
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"  # a job's id, and the name of its folder in the data dir
+
 
 class UnsafePath(ValueError):
     """A name from a record that would leave the job's folder."""
@@ -33,7 +35,7 @@ class JobRecord(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(pattern="^[0-9a-f]{32}$")
+    id: str = Field(pattern=JOB_ID_PATTERN)
     state: JobState
     request: ResolvedJobRequest
     step: int = Field(ge=0, strict=True)

@@ -98,12 +98,15 @@ def purge_jobs(
     jobs: JobManager = Depends(manager),
     older_than_s: float | None = Query(
         None, ge=0, le=1e10, allow_inf_nan=False,
-        description="Delete finished jobs that finished longer ago than this; omitted: apply the server's "
-        "retention policy (--keep-days, --keep-jobs).",
+        description="Delete finished jobs that finished longer ago than this, and unused uploaded meshes and "
+        "set-aside job folders older than this; omitted: apply the server's retention policy (--keep-days, "
+        "--keep-jobs).",
     ),
 ) -> PurgeResult:
-    """Delete finished jobs (done, failed, cancelled) and their files. Queued and running jobs are kept."""
-    return PurgeResult(deleted=jobs.purge(older_than_s))
+    """Delete finished jobs (done, failed, cancelled) and their files, uploaded meshes no queued or running job
+    names, and job folders set aside for a bad record. Queued and running jobs are kept."""
+    purged = jobs.purge(older_than_s)
+    return PurgeResult(deleted=purged.jobs, set_aside=purged.set_aside, meshes=purged.meshes)
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)

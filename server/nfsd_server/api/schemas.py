@@ -158,6 +158,8 @@ class JobList(BaseModel):
 
 class PurgeResult(BaseModel):
     deleted: list[str] = Field(description="Ids of the finished jobs deleted (with their files), oldest first.")
+    set_aside: list[str] = Field(description="Job folders deleted that were set aside at start-up (a bad job.json).")
+    meshes: list[str] = Field(description="Ids of uploaded meshes deleted (none that a queued or running job names).")
 
 
 class MemoryUsage(BaseModel):

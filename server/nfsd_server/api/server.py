@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--max-queued", type=int, default=100, help="queued jobs beyond this get 429 (default: 100)")
     parser.add_argument(
-        "--keep-days", type=float, default=30.0, help="delete finished jobs older than this; 0 = keep (default: 30)"
+        "--keep-days", type=float, default=30.0,
+        help="delete finished jobs, unused uploaded meshes and unreadable job folders older than this; 0 = keep "
+        "(default: 30)",
     )
     parser.add_argument(
         "--keep-jobs", type=int, default=1000, help="keep only the newest N finished jobs; 0 = all (default: 1000)"
