@@ -53,7 +53,8 @@ def test_worker_keeps_the_prior_warm_and_relays_only_the_latest_news(worker, tmp
     assert worker.run("job-2", settings, str(tmp_path), True)["metadata"]["resumed"] is True
     assert len(worker.loads) == 1 and worker.priors_used[0] is worker.priors_used[1]  # warm: loaded once
     worker.run("job-3", resolve_settings("a red ball", model="m", seed=0), str(tmp_path), False)
-    assert worker.loads[1] == ("stable-diffusion", "m", worker.device) and len(worker._priors) == 1
+    assert worker.loads[1] == ("stable-diffusion", "m", worker.device)
+    assert [key.label for key in worker._priors.warm_keys()] == ["stable-diffusion:m"]  # the first was evicted
 
 
 def test_worker_cancel_stops_the_running_job_and_a_missing_folder_is_a_clear_error(worker, tmp_path):

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ from nfsd_server.files import write_atomic
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
 from nfsd_server.devices import default_device
 from nfsd_server.guidance.prior import Prior, load_prior
+from nfsd_server.guidance.warm import LoadPriorFn, PriorKey, WarmPriors
 from nfsd_server.model_source import check_benchmark_allowed, check_model
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation
 from nfsd_server.settings import GenerationSettings, resolve_settings
@@ -56,7 +57,6 @@ JOB_FILE = "job.json"
 PREVIEW_FILE = "preview.png"
 
 RunFn = Callable[..., GenerationResult]  # (settings, prior, job folder, callbacks, *, resume: bool) → result
-LoadPriorFn = Callable[..., Prior]
 
 
 class QueueFull(Exception):
@@ -235,7 +235,7 @@ class JobManager:
     executor owns the models.
 
     ``run_fn`` and ``load_prior_fn`` default to the real pipeline; tests inject fakes.
-    ``max_warm_models`` priors stay loaded between jobs, keyed by (prior, model, device); loading another
+    ``max_warm_models`` priors stay loaded between jobs (``WarmPriors``, keyed by ``PriorKey``); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
     Limits: at most ``max_queued`` jobs wait (QueueFull beyond); finished jobs older than ``retention_days``
     or beyond the newest ``max_finished`` are deleted with their folders (None: no limit), and so are uploaded
@@ -268,8 +268,7 @@ class JobManager:
         if executor is not None:
             self.device = executor.device
         self._run_fn: RunFn = run_fn or run_generation
-        self._load_prior_fn: LoadPriorFn = load_prior_fn or load_checked_prior
-        self._max_warm_models = max(1, max_warm_models)
+        self._priors = WarmPriors(load_prior_fn or load_checked_prior, capacity=max(1, max_warm_models))
         self.max_queued, self.retention_days, self.max_finished = max_queued, retention_days, max_finished
         self.allow_benchmark_models = allow_benchmark_models
         self._lock = threading.Condition()
@@ -277,8 +276,6 @@ class JobManager:
         self._pending: deque[str] = deque()
         self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
         self._set_aside: dict[str, Path] = {}  # job folders whose record failed to load, by name, until purged
-        # Warm priors keyed by (prior, model, device, dtype, encoder).
-        self._priors: OrderedDict[tuple[str, str | None, str, str, str], Prior] = OrderedDict()
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._recover()
@@ -301,8 +298,7 @@ class JobManager:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("the running job did not stop within %.0f s; it resumes at the next start", timeout)
-        with self._lock:
-            self._priors.clear()
+        self._priors.clear()
 
     def _recover(self) -> None:
         """List the jobs a previous run left and queue again what it did not finish: queued jobs as they were,
@@ -490,7 +486,7 @@ class JobManager:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "models_loaded": [prior if model is None else f"{prior}:{model}" for prior, model, *_ in self._priors],
+                "models_loaded": [key.label for key in self._priors.warm_keys()],
                 "queue_length": len(self._pending),
                 "running_job": self._running[0] if self._running else None,
             }
@@ -573,7 +569,7 @@ class JobManager:
                 stage = "running"  # the executor loads its own models and names its own failures
                 result = self._executor.run(settings, job.folder, callbacks, resume=resume)
             else:
-                prior = self._warm_prior(settings.prior, settings.model, settings.dtype, settings.encoder)
+                prior = self._priors.get(PriorKey.for_settings(settings, self.device))
                 stage = "running"
                 if should_cancel():
                     raise GenerationCancelled("cancelled while loading the model")
@@ -603,23 +599,6 @@ class JobManager:
                     self._set_state(
                         job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps
                     )
-
-    def _warm_prior(self, name: str, model: str | None, dtype: str = "auto", encoder: str = "vae") -> Prior:
-        key = (name, model, self.device, dtype, encoder)
-        with self._lock:
-            if key in self._priors:
-                self._priors.move_to_end(key)
-                return self._priors[key]
-            while len(self._priors) >= self._max_warm_models:
-                self._priors.popitem(last=False)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        # Loading can take a minute; outside the lock so status polls are never blocked by it.
-        # Only this worker thread loads, so the same key is never loaded twice concurrently.
-        prior = self._load_prior_fn(name, model, self.device, dtype=dtype, encoder=encoder)
-        with self._lock:
-            self._priors[key] = prior
-        return prior
 
     def _keep_in_folder(self, job: Job, glb_path: Path) -> str:
         """The GLB's name inside the job folder (copied in if the run function wrote it elsewhere)."""

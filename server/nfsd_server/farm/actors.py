@@ -1,4 +1,4 @@
-"""The Ray actor that runs jobs: one per device, with the last prior kept warm between jobs.
+"""The Ray actor that runs jobs: one per device, with the last prior kept warm between jobs (``WarmPriors``).
 
 A threaded actor: ``run`` trains on one thread while the driver calls ``poll`` (progress, the latest preview,
 stage changes) and ``cancel`` on others, so progress, previews and cancel flow through Ray, not a file system.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from nfsd_server.farm.job import (
     GenerationSettings,
     run_job,
 )
+from nfsd_server.guidance.warm import PriorKey, WarmPriors
 
 
 @dataclass
@@ -43,6 +43,7 @@ class GenerationWorker:
         import torch
 
         from nfsd_server.devices import keep_freed_host_memory
+        from nfsd_server.guidance.prior import load_prior
 
         keep_freed_host_memory()  # a worker process of its own: the CLI's call did not reach it
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,7 +51,8 @@ class GenerationWorker:
             torch.set_num_threads(cpu_threads)  # one CPU reserved → one thread, so workers do not fight
         self._lock = threading.Lock()
         self._mailboxes: dict[str, _Mailbox] = {}
-        self._priors: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
+        # One model per device: never two large models in memory together.
+        self._priors = WarmPriors(load_prior, capacity=1)
 
     def identity(self) -> dict[str, Any]:
         """Who this worker is, so a lost one can be named."""
@@ -86,7 +88,7 @@ class GenerationWorker:
         callbacks = Callbacks(on_progress, on_preview, on_stage, mailbox.cancelled.is_set)
         try:
             on_stage("loading")
-            prior = self._warm_prior(settings.prior, settings.model, settings.dtype, settings.encoder)
+            prior = self._priors.get(PriorKey.for_settings(settings, self.device))
             if mailbox.cancelled.is_set():
                 raise GenerationCancelled("cancelled while loading the model")
             result = run_job(settings, prior, folder, callbacks, resume=resume)
@@ -117,12 +119,3 @@ class GenerationWorker:
     def _mailbox(self, job_key: str) -> _Mailbox:
         with self._lock:
             return self._mailboxes.setdefault(job_key, _Mailbox())
-
-    def _warm_prior(self, name: str, model: str | None, dtype: str, encoder: str = "vae"):
-        from nfsd_server.guidance.prior import load_prior
-
-        key = (name, model, dtype, encoder)
-        if key not in self._priors:
-            self._priors.clear()  # one model per device: never two large models in memory together
-            self._priors[key] = load_prior(name, model, self.device, dtype=dtype, encoder=encoder)
-        return self._priors[key]

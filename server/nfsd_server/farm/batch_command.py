@@ -29,6 +29,7 @@ from nfsd_server.farm.job import (
     settings_record,
     total_steps,
 )
+from nfsd_server.guidance.warm import LoadPriorFn, PriorKey, WarmPriors
 
 SUMMARY_FILE = "summary.json"
 # generate's options that batch replaces (prompt → the file, out, seed → --seed/--seeds) or cannot honour (resume).
@@ -119,31 +120,35 @@ def plan_jobs(args: argparse.Namespace, prompts: list[str]) -> list[BatchJob]:
     return jobs
 
 
+def local_device(name: str | None) -> str:
+    """``--device`` → the device jobs run on here (None: the default), checked before any work starts."""
+    from nfsd_server.devices import check_device
+
+    try:
+        return str(check_device(name))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 class LocalExecutor:
     """Without ``--ray``: one job at a time in this process, the last prior kept warm (as the server does)."""
 
     slots = 1
 
-    def __init__(self, device: str | None):
+    def __init__(self, device: str, load_prior_fn: LoadPriorFn | None = None):
+        from nfsd_server.guidance.prior import load_prior
+
         self.device = device
-        self._key: tuple[str, str | None, str] | None = None
-        self._prior = None
+        self._priors = WarmPriors(load_prior_fn or load_prior, capacity=1)  # one model: as the Ray worker
 
     def run(
         self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False
     ) -> GenerationResult:
-        from nfsd_server.guidance.prior import load_prior
-
-        key = (settings.prior, settings.model, settings.dtype, settings.encoder)
-        if self._key != key:
-            self._prior, self._key = None, None  # free the old model before loading the next
-            self._prior = load_prior(settings.prior, settings.model, self.device, dtype=settings.dtype,
-                                     encoder=settings.encoder)
-            self._key = key
-        return run_job(settings, self._prior, out_dir, callbacks, resume=resume)
+        prior = self._priors.get(PriorKey.for_settings(settings, self.device))
+        return run_job(settings, prior, out_dir, callbacks, resume=resume)
 
     def close(self) -> None:
-        self._prior = None
+        self._priors.clear()
 
 
 class BatchRunner:
@@ -232,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--device is for running here; Ray workers each use their own GPU (drop --device)")
     if args.workers is not None and not args.ray:
         raise UsageError("--workers needs --ray ADDRESS (without Ray, jobs run here one at a time)")
+    device = None if args.ray else local_device(args.device)
     prompts = read_prompts(args.prompts)
     out_dir = writable_dir(args.out)
     jobs = plan_jobs(args, prompts)
@@ -240,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
 
         executor = connect_executor(args.ray, args.workers)
     else:
-        executor = LocalExecutor(args.device)
+        executor = LocalExecutor(device)
     header = {"prompts_file": str(args.prompts), "ray": args.ray, "workers": executor.slots}
     print(f"{len(jobs)} jobs ({len(prompts)} prompts × {args.seeds} seeds) on {executor.slots} worker(s)", flush=True)
     runner = BatchRunner(jobs, executor, out_dir, header)
