@@ -168,6 +168,7 @@ class Trainer:
         )
         self.guidance = make_guidance(settings.method, settings.guidance_scale)
         self.step = 0
+        self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
         self.prompts = prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
@@ -247,6 +248,9 @@ class Trainer:
         loss_value = float("nan")
         while self.step < self.total:
             if callbacks.should_cancel and callbacks.should_cancel():
+                # Save first, so a resume continues from here instead of losing up to checkpoint_every steps.
+                if self.out_dir is not None and self.step > self.saved_step:
+                    self.save_checkpoint()
                 raise GenerationCancelled(f"cancelled at step {self.step} of {self.total}")
             loss = self.train_step()
             last = self.step == self.total
@@ -303,6 +307,7 @@ class Trainer:
             "metadata": self.metadata,
         }
         write_checkpoint(path, sections, info)
+        self.saved_step = self.step
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -314,7 +319,7 @@ class Trainer:
             self.renderer.load_state_dict(sections.get("renderer", {}))
             self.optimizer.load_state_dict(unflatten_optimizer(sections.get("optimizer", {}), info["optimizer"]))
             self.generator.set_state(sections["generator"][""])
-            self.step = int(info["step"])
+            self.step = self.saved_step = int(info["step"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {error}"[:500]) from None
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from nfsd_server.checkpoints import read_checkpoint_info
 from nfsd_server.settings import resolve_settings
 from nfsd_server.train import (
     CHECKPOINT_NAME,
@@ -51,9 +52,31 @@ def test_resume_after_cancel_continues_exactly(tiny_sd_prior, tmp_path):
     with pytest.raises(GenerationCancelled):
         train(config, tiny_sd_prior, tmp_path / "resumed", cancel_after_six, config=every_4)
     assert steps_seen == [1, 2, 3, 4, 5, 6]  # stopped within one step of the request
-    resumed = train(config, tiny_sd_prior, tmp_path / "resumed", resume=True, config=every_4)  # from step 4
+    resumed = train(config, tiny_sd_prior, tmp_path / "resumed", resume=True, config=every_4)  # from step 6
     assert resumed.steps_done == 10
     assert torch.equal(params_of(resumed), straight)
+
+
+def test_a_cancel_saves_its_step_so_resume_loses_nothing(tiny_sd_prior, tmp_path):
+    config = draft(steps=8, seed=5)  # checkpoint_every (200) is never reached: only the cancel saves
+    straight = params_of(train(config, tiny_sd_prior))
+
+    steps_seen = []
+    cancel_after_five = Callbacks(on_progress=lambda s, *_: steps_seen.append(s), should_cancel=lambda: len(steps_seen) >= 5)
+    with pytest.raises(GenerationCancelled, match="cancelled at step 5 of 8"):
+        train(config, tiny_sd_prior, tmp_path, cancel_after_five)
+    assert read_checkpoint_info(tmp_path / CHECKPOINT_NAME)["step"] == 5
+
+    resumed_steps = []
+    resumed = train(config, tiny_sd_prior, tmp_path, Callbacks(on_progress=lambda s, *_: resumed_steps.append(s)), resume=True)
+    assert resumed_steps == [6, 7, 8]  # continues at the cancel, not from step 0
+    assert torch.equal(params_of(resumed), straight)
+
+
+def test_a_cancel_before_any_step_writes_no_checkpoint(tiny_sd_prior, tmp_path):
+    with pytest.raises(GenerationCancelled, match="cancelled at step 0 of 4"):
+        train(draft(steps=4), tiny_sd_prior, tmp_path, Callbacks(should_cancel=lambda: True))
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
 def test_resume_with_other_settings_is_refused(tiny_sd_prior, tmp_path):
