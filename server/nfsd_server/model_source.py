@@ -11,6 +11,8 @@ import errno
 import os
 import re
 import socket
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -92,13 +94,42 @@ def is_cached(model: str) -> bool:
 
 
 def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """One TCP connect to the hub endpoint (HF_ENDPOINT), bounded by ``timeout_s``; False in offline mode."""
+    """The hub endpoint (HF_ENDPOINT) resolves and accepts a TCP connect, both within ``timeout_s`` together;
+    False in offline mode, on any failure, or when time runs out."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    deadline = time.monotonic() + timeout_s
+    for family, kind, proto, _, address in _resolve(endpoint.hostname or "huggingface.co", port, timeout_s):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(remaining)
+                sock.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _resolve(host: str, port: int, timeout_s: float) -> list[tuple]:
+    """getaddrinfo's answers for ``host``; [] if it fails or has not answered within ``timeout_s``.
+
+    getaddrinfo takes no timeout (socket timeouts do not cover it) and a broken resolver can block it for
+    minutes, so it runs in a daemon thread that is left behind, not waited for, when it is late.
+    """
+    answers: list[tuple] = []
+
+    def lookup() -> None:
+        try:
+            answers.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError):  # no such name, no resolver; UnicodeError: a name IDNA cannot encode
+            pass
+
+    thread = threading.Thread(target=lookup, name="nfsd-hub-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return [] if thread.is_alive() else answers

@@ -35,7 +35,7 @@ from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_ca
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
-from nfsd_server.scene.init_mesh import shape_guide_for
+from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
 from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
 from nfsd_server.scene.shading import sample_shading
 from nfsd_server.settings import GenerationSettings
@@ -141,6 +141,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         # An init mesh (issue 17) shapes the field's density and adds a shape loss; see scene/init_mesh.py.
         self.shape_guide = shape_guide_for(settings) if settings.init_mesh else None
+        self.init_mesh_sha256 = mesh_sha256(settings.init_mesh) if settings.init_mesh else None
         # The latent-first schedule (issue 14) renders into the prior's latent space: the field needs a latent head.
         latent_channels = (prior.latent_channels or 0) if self.preset.latent_fraction > 0 else 0
         field_config = FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim, latent_channels=latent_channels)
@@ -168,6 +169,7 @@ class Trainer:
         )
         self.guidance = make_guidance(settings.method, settings.guidance_scale)
         self.step = 0
+        self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
         self.prompts = prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
@@ -247,6 +249,9 @@ class Trainer:
         loss_value = float("nan")
         while self.step < self.total:
             if callbacks.should_cancel and callbacks.should_cancel():
+                # Save first, so a resume continues from here instead of losing up to checkpoint_every steps.
+                if self.out_dir is not None and self.step > self.saved_step:
+                    self.save_checkpoint()
                 raise GenerationCancelled(f"cancelled at step {self.step} of {self.total}")
             loss = self.train_step()
             last = self.step == self.total
@@ -296,6 +301,7 @@ class Trainer:
         info = {
             "step": self.step,
             "settings": asdict(self.settings),
+            "init_mesh_sha256": self.init_mesh_sha256,  # the mesh by content: its path may differ at resume
             "config": asdict(self.config),
             "field_config": asdict(self.field.config),
             "background_kind": self.config.background,
@@ -303,6 +309,7 @@ class Trainer:
             "metadata": self.metadata,
         }
         write_checkpoint(path, sections, info)
+        self.saved_step = self.step
         return path
 
     def load_checkpoint(self, path: Path) -> None:
@@ -314,7 +321,7 @@ class Trainer:
             self.renderer.load_state_dict(sections.get("renderer", {}))
             self.optimizer.load_state_dict(unflatten_optimizer(sections.get("optimizer", {}), info["optimizer"]))
             self.generator.set_state(sections["generator"][""])
-            self.step = int(info["step"])
+            self.step = self.saved_step = int(info["step"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {error}"[:500]) from None
 
@@ -340,18 +347,46 @@ def train(
     return trainer.run(callbacks)
 
 
+# The settings that decide what is built; a resume with any other value is refused. Free to differ: steps
+# (more steps train the NeRF further), encoder and dtype (a step's cost and precision, not what it aims at),
+# poly_budget and texture_size (only the export reads them).
+RESUME_MUST_MATCH = ("prompt", "negative_prompt", "method", "guidance_scale", "seed", "preset", "prior", "model")
+# These shape a run only through its init mesh (and checkpoints from before init meshes lack them).
+RESUME_MUST_MATCH_WITH_MESH = ("shape_strength", "keep_geometry")
+
+
 def check_checkpoint_matches(info: dict[str, Any], settings: GenerationSettings, path: Path) -> None:
     """CheckpointError unless the checkpoint was trained with the settings that shape the run."""
     saved = info.get("settings")
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no training settings; start a new run")
-    # steps may differ: resuming with more steps trains an existing NeRF further.
-    for key in ("prompt", "method", "seed", "preset", "guidance_scale", "negative_prompt"):
+
+    def refuse(key: str, saved_value: Any, value: Any) -> None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained with {key}={saved_value!r}, not {value!r}; "
+            "resume with the same settings or start a new run"
+        )
+
+    for key in RESUME_MUST_MATCH:
         if saved.get(key) != getattr(settings, key):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} was trained with {key}={saved.get(key)!r}, not {getattr(settings, key)!r}; "
-                "resume with the same settings or start a new run"
-            )
+            refuse(key, saved.get(key), getattr(settings, key))
+    # The mesh by content, not path (an upload, a copy). No hash: the checkpoint had no init mesh, or it is
+    # from before hashes were recorded and cannot be matched to one.
+    saved_mesh, saved_sha256 = saved.get("init_mesh"), info.get("init_mesh_sha256")
+    sha256 = mesh_sha256(settings.init_mesh) if settings.init_mesh else None
+    if (saved_mesh is None) != (settings.init_mesh is None) or saved_sha256 != sha256:
+        refuse("init_mesh", _describe_mesh(saved_mesh, saved_sha256), _describe_mesh(settings.init_mesh, sha256))
+    if settings.init_mesh is not None:
+        for key in RESUME_MUST_MATCH_WITH_MESH:
+            if saved.get(key) != getattr(settings, key):
+                refuse(key, saved.get(key), getattr(settings, key))
+
+
+def _describe_mesh(path: str | None, sha256: str | None) -> str | None:
+    """'cube.ply (sha256 0123456789ab)' for a message; None without an init mesh."""
+    if path is None:
+        return None
+    return f"{Path(path).name} ({f'sha256 {sha256[:12]}' if sha256 else 'content not recorded'})"
 
 
 def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from nfsd_server.checkpoints import read_checkpoint_info
 from nfsd_server.settings import resolve_settings
 from nfsd_server.train import (
     CHECKPOINT_NAME,
@@ -51,9 +52,31 @@ def test_resume_after_cancel_continues_exactly(tiny_sd_prior, tmp_path):
     with pytest.raises(GenerationCancelled):
         train(config, tiny_sd_prior, tmp_path / "resumed", cancel_after_six, config=every_4)
     assert steps_seen == [1, 2, 3, 4, 5, 6]  # stopped within one step of the request
-    resumed = train(config, tiny_sd_prior, tmp_path / "resumed", resume=True, config=every_4)  # from step 4
+    resumed = train(config, tiny_sd_prior, tmp_path / "resumed", resume=True, config=every_4)  # from step 6
     assert resumed.steps_done == 10
     assert torch.equal(params_of(resumed), straight)
+
+
+def test_a_cancel_saves_its_step_so_resume_loses_nothing(tiny_sd_prior, tmp_path):
+    config = draft(steps=8, seed=5)  # checkpoint_every (200) is never reached: only the cancel saves
+    straight = params_of(train(config, tiny_sd_prior))
+
+    steps_seen = []
+    cancel_after_five = Callbacks(on_progress=lambda s, *_: steps_seen.append(s), should_cancel=lambda: len(steps_seen) >= 5)
+    with pytest.raises(GenerationCancelled, match="cancelled at step 5 of 8"):
+        train(config, tiny_sd_prior, tmp_path, cancel_after_five)
+    assert read_checkpoint_info(tmp_path / CHECKPOINT_NAME)["step"] == 5
+
+    resumed_steps = []
+    resumed = train(config, tiny_sd_prior, tmp_path, Callbacks(on_progress=lambda s, *_: resumed_steps.append(s)), resume=True)
+    assert resumed_steps == [6, 7, 8]  # continues at the cancel, not from step 0
+    assert torch.equal(params_of(resumed), straight)
+
+
+def test_a_cancel_before_any_step_writes_no_checkpoint(tiny_sd_prior, tmp_path):
+    with pytest.raises(GenerationCancelled, match="cancelled at step 0 of 4"):
+        train(draft(steps=4), tiny_sd_prior, tmp_path, Callbacks(should_cancel=lambda: True))
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
 def test_resume_with_other_settings_is_refused(tiny_sd_prior, tmp_path):
@@ -124,3 +147,67 @@ def test_bad_optimiser_knobs_name_the_problem():
         TrainConfig(t_min=0.6, t_max_end=0.5)
     with pytest.raises(ValueError, match="unknown background 'plaid'"):
         TrainConfig(background="plaid")
+
+
+def test_resume_refuses_other_shape_settings_and_knows_the_init_mesh_by_content(tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    import trimesh
+
+    from nfsd_server.checkpoints import CheckpointError
+    from nfsd_server.guidance.analytic import AnalyticPrior
+    from nfsd_server.train import check_checkpoint_matches
+
+    mesh, tall = tmp_path / "cube.ply", tmp_path / "tall.ply"
+    trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)
+    trimesh.creation.box(extents=(1.0, 1.0, 3.0)).export(tall)
+    copy = tmp_path / "uploads" / "3f2a.ply"  # the same file by another path (as the server stores uploads)
+    copy.parent.mkdir()
+    shutil.copyfile(mesh, copy)
+    settings = resolve_settings("a red ball", preset="draft", steps=2, seed=0, init_mesh=mesh, shape_strength=0.5)
+    train(settings, AnalyticPrior(), tmp_path / "run")
+    path = tmp_path / "run" / CHECKPOINT_NAME
+    info = read_checkpoint_info(path)
+
+    refused = [
+        (dict(init_mesh=str(tall)), "init_mesh='cube.ply (sha256 "),
+        (dict(init_mesh=None), ", not None;"),
+        (dict(shape_strength=0.8), "was trained with shape_strength=0.5, not 0.8;"),
+        (dict(keep_geometry=True), "was trained with keep_geometry=False, not True;"),
+        (dict(prior="stable-diffusion", model="org/sd"), "was trained with prior='analytic', not 'stable-diffusion';"),
+    ]
+    for changes, message in refused:
+        with pytest.raises(CheckpointError) as error:
+            check_checkpoint_matches(info, replace(settings, **changes), path)
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    on_sd = {**info, "settings": {**info["settings"], "prior": "stable-diffusion", "model": "org/sd-a"}}
+    with pytest.raises(CheckpointError, match="was trained with model='org/sd-a', not 'org/sd-b'"):
+        check_checkpoint_matches(on_sd, replace(settings, prior="stable-diffusion", model="org/sd-b"), path)
+
+    # encoder and dtype change a step's cost, not the target; the same mesh content by any path is the same mesh.
+    check_checkpoint_matches(on_sd, replace(settings, prior="stable-diffusion", model="org/sd-a", encoder="taesd",
+                                            dtype="fp16", init_mesh=str(copy)), path)
+    steps = []
+    resumed = train(replace(settings, init_mesh=str(copy), steps=3), AnalyticPrior(), tmp_path / "run",
+                    Callbacks(on_progress=lambda s, *_: steps.append(s)), resume=True)
+    assert steps == [3] and resumed.steps_done == 3
+
+
+def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(tmp_path):
+    from dataclasses import asdict, replace
+
+    import trimesh
+
+    from nfsd_server.checkpoints import CheckpointError
+    from nfsd_server.train import check_checkpoint_matches
+
+    settings = resolve_settings("a red ball", preset="draft", steps=2, seed=0)
+    newer = ("init_mesh", "shape_strength", "keep_geometry", "encoder", "dtype")
+    old_info = {"step": 1, "settings": {key: value for key, value in asdict(settings).items() if key not in newer}}
+    check_checkpoint_matches(old_info, replace(settings, shape_strength=0.9), tmp_path)  # nothing to compare it with
+
+    mesh = tmp_path / "cube.ply"
+    trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)
+    with pytest.raises(CheckpointError, match=r"was trained with init_mesh=None, not 'cube.ply \(sha256 [0-9a-f]{12}\)'"):
+        check_checkpoint_matches(old_info, replace(settings, init_mesh=str(mesh)), tmp_path)

@@ -14,6 +14,7 @@ still guides the shape instead of being refused.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,6 +78,12 @@ def load_mesh(path: Path | str) -> trimesh.Trimesh:
         raise MeshError(f"init mesh {str(path)!r} does not exist; pass a GLB, OBJ or PLY file")
     check_mesh_bytes(path.stat().st_size, path.name)
     return parse_mesh(path.read_bytes(), file_type, path.name)
+
+
+def mesh_sha256(path: Path | str) -> str:
+    """The file's content hash: what a checkpoint records of its init mesh, since one file can have many paths."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def parse_mesh(data: bytes, file_type: str, name: str) -> trimesh.Trimesh:
