@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 
+from . import contract
 from .backend import BACKEND
 from .client import BackendError, Client
 
@@ -50,6 +51,26 @@ def find_model(models: list[dict], prior: str, model: str) -> dict | None:
         if prior != "stable-diffusion" or entry.get("model") == model or (not model and entry.get("default")):
             return entry
     return None
+
+
+def request_encoder(prior: str, choice: str) -> str:
+    """The request's ``encoder`` for the preference ``choice``, which picks Stable Diffusion's RGB encoder; the
+    analytic prior has one fixed encoder (the server refuses another), so it gets the default."""
+    return choice if prior == "stable-diffusion" else contract.DEFAULT_ENCODER
+
+
+def needs_taesd(request: dict, prior: str) -> bool:
+    """Whether the job encodes its RGB phase with TAESD ("auto" resolved as the server does: the preset's)."""
+    encoder = request.get("encoder") or contract.DEFAULT_ENCODER
+    if encoder == "auto":
+        encoder = contract.PRESET_ENCODERS[request.get("preset") or contract.DEFAULT_PRESET]
+    return prior == "stable-diffusion" and encoder == "taesd"
+
+
+def downloads_taesd(entry: dict | None, request: dict, prior: str) -> bool:
+    """True when the job fetches TAESD before it trains: it needs TAESD and the model's /v1/models ``entry`` says
+    the server has none (no entry, or an older server without ``taesd_cached``: unknown, so no claim)."""
+    return entry is not None and entry.get("taesd_cached") is False and needs_taesd(request, prior)
 
 
 class JobWorker(threading.Thread):
@@ -95,7 +116,8 @@ class JobWorker(threading.Thread):
             self.events.put(("error", self.job_id, f"Unexpected error: {err!r}"))
 
     def _announce_model(self, client: Client) -> None:
-        """Tell the panel whether the model must be downloaded first (an older server has no /v1/models)."""
+        """Tell the panel whether the model (and TAESD) must be downloaded first (an older server has no
+        /v1/models)."""
         request = self.requests[0]
         try:
             models = client.models()
@@ -106,6 +128,7 @@ class JobWorker(threading.Thread):
         entry = find_model(models, prior, request.get("model") or "")
         if entry is not None:
             self.events.put(("model", None, entry))
+            self.events.put(("taesd", None, downloads_taesd(entry, request, prior)))
 
     def _status(self, client: Client, job_id: str) -> dict | None:
         """``client.status`` retried with back-off while the failure is transient; None once stopped."""

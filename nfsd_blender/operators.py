@@ -47,13 +47,14 @@ def settings_from_prefs(context) -> jobs.Settings:
 def build_request(source, prefs, seed=None, **extra) -> dict:
     """The POST /v1/jobs body from the form (or a history item: same field names); seed and any other
     ``contract.job_request`` field (e.g. the init-mesh ones) overridable."""
+    prior = source.prior or prefs.default_prior
     return contract.job_request(
         source.prompt, negative_prompt=source.negative_prompt, method=source.method,
         guidance_scale=source.guidance_scale, seed=source.seed if seed is None else seed, steps=source.steps,
         preset=source.preset, poly_budget=source.poly_budget,
         texture_size=int(source.texture_size or contract.DEFAULT_TEXTURE_SIZE),
-        prior=source.prior or prefs.default_prior, model=source.model or prefs.model, dtype=prefs.dtype,
-        **extra,
+        prior=prior, model=source.model or prefs.model, dtype=prefs.dtype,
+        encoder=jobs.request_encoder(prior, prefs.encoder), **extra,
     )
 
 
@@ -80,6 +81,7 @@ def _reset_job(props, state):
     props.job_queue_position = -1
     props.job_eta = -1.0
     props.job_download_gb = 0.0
+    props.job_download_taesd = False
 
 
 def start_job(context, requests, resume=None, worker=None) -> None:
@@ -132,6 +134,10 @@ def _on_models(props, item, models):
 
 def _on_model(props, item, entry):
     props.job_download_gb = 0.0 if entry.get("cached", True) else (entry.get("download_bytes") or 0) / 1e9
+
+
+def _on_taesd(props, item, downloads):
+    props.job_download_taesd = bool(downloads)
 
 
 def _on_submitted(props, item, request, job_id=""):

@@ -6,7 +6,7 @@ import time
 import bpy
 import bpy.utils.previews
 
-from . import operators, progress
+from . import contract, jobs, operators, progress
 from .operators import PREVIEW_IMAGE, busy
 from .preferences import get_prefs
 
@@ -115,12 +115,22 @@ def draw_form(layout, props):
     col.prop(props, "texture_size")
 
 
+def taesd_notice(context, props) -> str:
+    """One line when the job the form would submit fetches TAESD first (the server said it has none), else ''."""
+    request = operators.build_request(props, get_prefs(context))
+    entry = jobs.find_model(operators.STATE["models"], request["prior"], request["model"] or "")
+    if not jobs.downloads_taesd(entry, request, request["prior"]):
+        return ""
+    return f"First job downloads TAESD ({progress.format_size(contract.TAESD_DOWNLOAD_BYTES)})"
+
+
 def progress_text(props):
     started = operators.STATE["export_started"]
     elapsed = time.monotonic() - started if started is not None and props.job_state == "exporting" else None
+    download = int(props.job_download_gb * 1e9) + (contract.TAESD_DOWNLOAD_BYTES if props.job_download_taesd else 0)
     return progress.phase(
         props.job_state, props.job_step, props.job_total, props.job_eta if props.job_eta >= 0 else None,
-        props.job_queue_position, props.job_phase, int(props.job_download_gb * 1e9), elapsed, props.job_reconnect,
+        props.job_queue_position, props.job_phase, download, elapsed, props.job_reconnect,
     )
 
 
@@ -135,11 +145,14 @@ def draw_progress(layout, props):
         layout.template_icon(icon_value=img.preview.icon_id, scale=8.0)
 
 
-def draw_actions(layout, props):
+def draw_actions(layout, context, props):
     if busy():
         draw_progress(layout, props)
         layout.operator("nfsd.cancel", icon="CANCEL")
         return
+    notice = taesd_notice(context, props)
+    if notice:
+        layout.label(text=notice, icon="IMPORT")
     label = "Generate" if props.variations == 1 else f"Generate {props.variations} Variations"
     layout.operator("nfsd.generate", text=label, icon="PLAY")
 
@@ -171,7 +184,7 @@ class NFSD_PT_main(SidebarPanel, bpy.types.Panel):
         props = context.scene.nfsd
         draw_backend(layout, context)
         draw_form(layout, props)
-        draw_actions(layout, props)
+        draw_actions(layout, context, props)
         draw_error(layout, props)
 
 

@@ -5,7 +5,7 @@ import os
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend, contract
+from . import backend, contract, progress
 
 
 def _default_data_dir() -> str:
@@ -20,6 +20,15 @@ DTYPE_LABELS = {
     "fp16": ("Half (fp16)", "Fastest on NVIDIA GPUs"),
     "bf16": ("bfloat16", "Only on GPUs with native bf16 (RTX 30xx / A100 and newer)"),
     "fp32": ("Full (fp32)", "Slowest; use it if a job fails with NaN"),
+}
+
+# The RGB phase's encoder (Stable Diffusion only: the analytic prior has one). Auto's tooltip lists the presets'.
+ENCODER_LABELS = {
+    "auto": ("Auto", "The preset's choice (" + ", ".join(
+        f"{preset}: {encoder.upper()}" for preset, encoder in contract.PRESET_ENCODERS.items()) + ")"),
+    "vae": ("VAE", "The model's own encoder: exact, no extra download, slower steps"),
+    "taesd": ("TAESD", "Fast, approximate latents; downloads "
+              f"{progress.format_size(contract.TAESD_DOWNLOAD_BYTES)} once"),
 }
 
 
@@ -51,6 +60,12 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         default=contract.DEFAULT_DTYPE,
         description="The diffusion model's precision on the backend's GPU",
     )
+    encoder: EnumProperty(
+        name="RGB Encoder",
+        items=[(name, ENCODER_LABELS[name][0], ENCODER_LABELS[name][1]) for name in contract.ENCODERS],
+        default=contract.DEFAULT_ENCODER,
+        description="What encodes Stable Diffusion renders after the latent phase: exact VAE or fast TAESD",
+    )
     status: StringProperty(name="Status")
 
     def draw(self, context):
@@ -71,6 +86,7 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         layout.prop(self, "default_prior")
         layout.prop(self, "model")
         layout.prop(self, "dtype")
+        layout.prop(self, "encoder")
         row = layout.row()
         row.operator("nfsd.check_health", icon="FILE_REFRESH")
         if self.status:

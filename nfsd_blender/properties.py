@@ -2,6 +2,7 @@
 
 import bpy
 from bpy.props import (
+    BoolProperty,
     CollectionProperty,
     EnumProperty,
     FloatProperty,
@@ -82,6 +83,7 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
     job_queue_position: IntProperty(default=-1)
     job_reconnect: IntProperty(description="Retry count while the server is unreachable; 0 = connected")
     job_download_gb: FloatProperty(description="Size of the model download the job waits for; 0 = cached")
+    job_download_taesd: BoolProperty(description="The job also downloads TAESD first (the server has no copy)")
     error: StringProperty()
     error_details: StringProperty(description="The full text behind the one-line error, for Copy Details")
     history: CollectionProperty(type=NFSD_HistoryItem)

@@ -94,6 +94,18 @@ def test_every_request_the_add_on_can_build_is_accepted(served, overrides):
     assert response.status_code == 202, response.json()
 
 
+@pytest.mark.parametrize("prior", contract.PRIORS)
+@pytest.mark.parametrize("choice", contract.ENCODERS)
+def test_every_rgb_encoder_choice_of_the_add_on_is_accepted(served, choice, prior):
+    from nfsd_blender.jobs import request_encoder  # what the add-on's build_request sends for its preference
+
+    client, _ = served
+    for preset in contract.PRESETS:
+        body = contract.job_request("a red ball", preset=preset, prior=prior, encoder=request_encoder(prior, choice))
+        response = client.post("/v1/jobs", json=body, headers={"Authorization": "Bearer t"})
+        assert response.status_code == 202, (body["encoder"], response.json())
+
+
 def test_the_contract_imports_without_blender():
     code = "import sys, nfsd_blender.contract; assert 'bpy' not in sys.modules, 'bpy imported'; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -56,6 +56,8 @@ def props(prefs):
     p.error = p.error_details = p.job_state = p.job_phase = p.job_id = ""
     p.prior = p.model = ""
     p.variations = 1
+    p.preset = addon_module("contract").DEFAULT_PRESET
+    prefs.encoder = addon_module("contract").DEFAULT_ENCODER
     p.history.clear()
     prefs.mode, prefs.python_path = "LOCAL", sys.executable
     addon_module("backend").BACKEND.stop()
@@ -102,7 +104,8 @@ class FakeServer:
                 if self.path == "/v1/models":
                     return self._send(200, {"models": [
                         {"id": "org/big", "label": "org/big", "prior": "stable-diffusion", "model": "org/big",
-                         "cached": False, "size_bytes": None, "download_bytes": 5_160_000_000, "default": True}]})
+                         "cached": False, "size_bytes": None, "download_bytes": 5_160_000_000, "default": True,
+                         "taesd_cached": False}]})
                 if job_id not in outer.states:
                     return self._send(404, {"detail": f"no job {job_id!r} on this server"})
                 self._send(200, {
@@ -364,12 +367,74 @@ def test_2_model_picker_shows_what_needs_a_download(props):
     assert ops.build_request(props, addon_module("preferences").get_prefs())["prior"] == "analytic"
 
 
+def _before_generate(log):
+    """The labels between the form and the Generate button."""
+    end = next(i for i, e in enumerate(log) if e[:2] == ("operator", "nfsd.generate"))
+    start = max(i for i, e in enumerate(log[:end]) if e[0] == "prop") + 1
+    return [e[1] for e in log[start:end] if e[0] == "label"]
+
+
+def test_2_rgb_encoder_choice_is_sent_and_a_taesd_download_is_announced(props, prefs):
+    ops, contract = addon_module("operators"), addon_module("contract")
+    items = prefs.bl_rna.properties["encoder"].enum_items
+    assert [item.identifier for item in items] == list(contract.ENCODERS)
+    assert [item.name for item in items] == ["Auto", "VAE", "TAESD"]
+    assert "9.8 MB" in items["taesd"].description and "no extra download" in items["vae"].description
+    assert ("prop", "encoder", True) in ui_recorder.draw(type(prefs), target=prefs)
+
+    ops.STATE["models"] = [
+        {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
+         "cached": True, "size_bytes": 0, "download_bytes": None, "taesd_cached": True},
+        {"id": "org/sd", "label": "org/sd", "prior": "stable-diffusion", "model": "org/sd", "cached": True,
+         "size_bytes": 2_000_000_000, "download_bytes": None, "taesd_cached": False},
+    ]
+    bpy.ops.nfsd.set_model(prior="stable-diffusion", model="org/sd")
+    notice = "First job downloads TAESD (9.8 MB)"
+    for choice, preset, shown in (("auto", "standard", True), ("auto", "draft", True), ("auto", "high", False),
+                                  ("vae", "draft", False), ("taesd", "high", True)):
+        prefs.encoder, props.preset = choice, preset
+        assert ops.build_request(props, prefs)["encoder"] == choice
+        assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == ([notice] if shown else []), choice
+    ops.STATE["models"][1]["taesd_cached"] = True
+    assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == []
+
+    # The analytic prior has one encoder: the preference does not apply (the server would refuse taesd).
+    bpy.ops.nfsd.set_model(prior="analytic", model="")
+    assert ops.build_request(props, prefs)["encoder"] == contract.DEFAULT_ENCODER
+    assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == []
+
+
+def test_7_progress_counts_a_taesd_download(props):
+    ops, events = addon_module("operators"), addon_module("jobs").EVENTS
+    status = {"state": "running", "step": 0, "total": 400, "eta_s": None, "queue_position": None,
+              "has_preview": False, "request": {"steps": 400, "seed": 1, "guidance_scale": 7.5}}
+    with Busy():
+        for event in (("model", None, {"cached": True}), ("taesd", None, True), ("status", "p1", status)):
+            events.put(event)
+        ops.poll_timer()
+        assert _progress_text() == "downloading model (9.8 MB), then loading…"
+        events.put(("model", None, {"cached": False, "download_bytes": 50_000_000}))
+        ops.poll_timer()
+        assert _progress_text() == "downloading model (59.8 MB), then loading…"
+        events.put(("model", None, {"cached": True}))
+        events.put(("taesd", None, False))
+        ops.poll_timer()
+        assert _progress_text() == "loading model…"
+        props.job_download_taesd = True
+    finished = threading.Thread(target=lambda: None)
+    finished.stop_event = threading.Event()
+    ops.start_job(bpy.context, [], worker=finished)
+    assert not props.job_download_taesd  # a new job starts knowing of no download
+
+
 def test_2_failed_job_with_a_missing_model_says_so(props, fake_server):
     props.prompt = "a red ball"
     bpy.ops.nfsd.set_model(prior="stable-diffusion", model="org/big")
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
     pump(lambda: props.job_state == "failed", 10, "the failure")
     assert round(props.job_download_gb, 2) == 5.16
+    assert props.job_download_taesd  # standard preset, encoder auto → TAESD, which the server has not got
+    assert fake_server.posted[0]["encoder"] == "auto"
     assert props.error == ("out of memory (try the draft preset) — the model is not downloaded; pick a downloaded "
                            "model or Analytic in Model")
     assert addon_module("operators").STATE["models"][0]["id"] == "org/big"

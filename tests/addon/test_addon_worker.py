@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from fake_http import JsonHandler, serve
 
-from nfsd_blender import backend, jobs, progress
+from nfsd_blender import backend, contract, jobs, progress
 from nfsd_blender.client import BackendError, Client
 
 
@@ -145,6 +145,45 @@ def test_phases_are_named():
     assert progress.phase("exporting", 5000, 5000, elapsed_s=12)[0] == "exporting mesh and texture · 0:12"
     assert progress.phase("running", 10, 50, reconnect_attempt=3)[0] == "reconnecting to the server (try 3)…"
     assert progress.phase("done", 5000, 5000, client_phase="importing") == ("importing…", 1.0)
+
+
+@pytest.mark.parametrize("choice, preset, prior, needs", [
+    ("auto", "draft", "stable-diffusion", True), ("auto", "standard", "stable-diffusion", True),
+    ("auto", "high", "stable-diffusion", False), ("taesd", "high", "stable-diffusion", True),
+    ("vae", "draft", "stable-diffusion", False), ("taesd", "draft", "analytic", False),
+])
+def test_which_jobs_fetch_taesd(choice, preset, prior, needs):
+    request = contract.job_request("a red ball", preset=preset, prior=prior,
+                                   encoder=jobs.request_encoder(prior, choice))
+    assert request["encoder"] == (choice if prior == "stable-diffusion" else contract.DEFAULT_ENCODER)
+    assert jobs.needs_taesd(request, prior) is needs
+    missing, cached, older = {"taesd_cached": False}, {"taesd_cached": True}, {}
+    assert jobs.downloads_taesd(missing, request, prior) is needs
+    assert not jobs.downloads_taesd(cached, request, prior)
+    assert not jobs.downloads_taesd(older, request, prior)  # an older server says nothing: claim nothing
+    assert not jobs.downloads_taesd(None, request, prior)
+
+
+class _ModelsOnly:
+    def __init__(self, models):
+        self._models = models
+
+    def models(self):
+        return self._models
+
+
+@pytest.mark.parametrize("taesd_cached, encoder, announced", [
+    (False, "auto", True), (True, "auto", False), (False, "vae", False),
+])
+def test_the_worker_says_when_taesd_is_downloaded_first(tmp_path, taesd_cached, encoder, announced):
+    entry = {"id": "org/sd", "prior": "stable-diffusion", "model": "org/sd", "cached": True, "default": True,
+             "taesd_cached": taesd_cached}
+    events: queue.Queue = queue.Queue()
+    request = contract.job_request("a red ball", preset="standard", prior="stable-diffusion", encoder=encoder)
+    settings = jobs.Settings("REMOTE", "", str(tmp_path), "", "", "stable-diffusion", "")
+    jobs.JobWorker(settings, [request], events)._announce_model(_ModelsOnly([entry]))
+    assert [events.get_nowait() for _ in range(events.qsize())] == [
+        ("models", None, [entry]), ("model", None, entry), ("taesd", None, announced)]
 
 
 def _executable(path: Path, text: str) -> Path:

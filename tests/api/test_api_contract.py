@@ -103,5 +103,6 @@ def test_api_contract_job_status_and_health(spec):
     assert set(schemas["ModelList"]["properties"]) == {"models", "cache_dir"}
     assert set(schemas["ModelInfo"]["properties"]) == {
         "id", "label", "prior", "model", "source", "cached", "size_bytes", "download_bytes", "default",
+        "taesd_cached",
     }
     assert set(schemas["ErrorBody"]["properties"]) == {"detail", "hint"}
