@@ -163,10 +163,10 @@ class Segment:
         return f"{self.phase} {self.side}"
 
 
-def run_segments(preset: Preset, prior: Prior, resolution: int | None = None) -> list[Segment]:
+def run_segments(preset: Preset, prior: Prior) -> list[Segment]:
     """The preset's run cut where its phase (latent_fraction) or its render side (resolution_schedule) changes."""
     has_latent = prior.latent_channels is not None and preset.latent_fraction > 0
-    schedule = ((0.0, resolution),) if resolution else preset.resolution_schedule
+    schedule = preset.resolution_schedule
     cuts = sorted({0.0, 1.0, *(f for f, _ in schedule), *((preset.latent_fraction,) if has_latent else ())})
     segments: list[Segment] = []
     for start, end in zip(cuts, cuts[1:]):

@@ -314,7 +314,7 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         sections, info = read_checkpoint(path)
-        check_checkpoint_matches(info, self.settings, path)
+        check_checkpoint_matches(info, self.settings, path, self.init_mesh_sha256)
         try:
             self.field.load_state_dict(sections.get("field", {}))
             self.background.load_state_dict(sections.get("background", {}))
@@ -355,8 +355,13 @@ RESUME_MUST_MATCH = ("prompt", "negative_prompt", "method", "guidance_scale", "s
 RESUME_MUST_MATCH_WITH_MESH = ("shape_strength", "keep_geometry")
 
 
-def check_checkpoint_matches(info: dict[str, Any], settings: GenerationSettings, path: Path) -> None:
-    """CheckpointError unless the checkpoint was trained with the settings that shape the run."""
+def check_checkpoint_matches(
+    info: dict[str, Any], settings: GenerationSettings, path: Path, init_mesh_sha256: str | None = None
+) -> None:
+    """CheckpointError unless the checkpoint was trained with the settings that shape the run.
+
+    ``init_mesh_sha256``: the settings' init mesh's hash when the caller has it already (the trainer does),
+    so the file is not read again; None → hashed here."""
     saved = info.get("settings")
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no training settings; start a new run")
@@ -373,7 +378,7 @@ def check_checkpoint_matches(info: dict[str, Any], settings: GenerationSettings,
     # The mesh by content, not path (an upload, a copy). No hash: the checkpoint had no init mesh, or it is
     # from before hashes were recorded and cannot be matched to one.
     saved_mesh, saved_sha256 = saved.get("init_mesh"), info.get("init_mesh_sha256")
-    sha256 = mesh_sha256(settings.init_mesh) if settings.init_mesh else None
+    sha256 = (init_mesh_sha256 or mesh_sha256(settings.init_mesh)) if settings.init_mesh else None
     if (saved_mesh is None) != (settings.init_mesh is None) or saved_sha256 != sha256:
         refuse("init_mesh", _describe_mesh(saved_mesh, saved_sha256), _describe_mesh(settings.init_mesh, sha256))
     if settings.init_mesh is not None:
