@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
 from nfsd_server.presets import PRESETS
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, model: str, device: torch.device) -> list[str]
     """Train and check; returns the failures (empty: pass)."""
     failures: list[str] = []
     # As a job runs it: the preset's schedule and RGB-phase encoder ("auto").
-    settings = resolve_settings("a hamburger", preset=args.preset, steps=args.steps, seed=0, dtype=args.dtype,
+    settings = resolve_spec("a hamburger", preset=args.preset, steps=args.steps, seed=0, dtype=args.dtype,
                                 prior="stable-diffusion", model=model)
     prior = load_prior("stable-diffusion", model, device, dtype=args.dtype, encoder=settings.encoder)
     print(f"model {model} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from nfsd_server.guidance.distillation import predict_rows
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
 from nfsd_server.guidance.score import distillation_loss, needs_negative, nfsd_direction, timestep_weight
 from nfsd_server.scene.cameras import sample_orbit_cameras

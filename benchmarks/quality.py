@@ -29,7 +29,7 @@ from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.distillation import NFSDGuidance, predict_rows
 from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
 from nfsd_server.guidance.references import REFERENCES
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.train import Trainer
 
 
@@ -55,7 +55,7 @@ SCHEDULES = ("latent-first", "rgb-only")
 def run(prompt: str, variant: str, steps: int, seed: int, prior: AnalyticPrior, schedule: str,
         latent_fraction: float | None = None) -> dict[str, float]:
     method, scale, guidance_class = VARIANTS[variant]
-    settings = resolve_settings(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft")
+    settings = resolve_spec(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft")
     trainer = Trainer(settings, prior, None)
     if schedule == "rgb-only":
         trainer.preset = dataclasses.replace(trainer.preset, latent_fraction=0.0)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import measure  # noqa: E402  (sibling script)
 
 from nfsd_server.devices import default_device  # noqa: E402
-from nfsd_server.guidance.prior import load_prior  # noqa: E402
+from nfsd_server.guidance.registry import load_prior  # noqa: E402
 from nfsd_server.guidance.random_models import save_random_stable_diffusion  # noqa: E402
 from nfsd_server.scene.encoding import HashGridConfig  # noqa: E402
 from nfsd_server.presets import PRESETS  # noqa: E402

@@ -51,15 +51,16 @@ from pathlib import Path
 import psutil
 import torch
 
-from nfsd_blender.contract import DEFAULT_ENCODER, ENCODERS
+from nfsd_contract import DEFAULT_ENCODER, ENCODERS
 from nfsd_server.guidance.score import NFSD_SMALL_T
 from nfsd_server.devices import default_device, keep_freed_host_memory
-from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, load_prior
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.random_models import save_random_stable_diffusion
 from nfsd_server.scene.cameras import sample_orbit_cameras
 from nfsd_server.scene.renderer import RendererConfig, make_renderer
 from nfsd_server.presets import PRESETS, Preset
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.train import TrainConfig, Trainer, timestep_range
 
 STAGES = ("render", "encode", "unet", "backward", "optimizer")
@@ -196,7 +197,7 @@ def measure(
     for variant in variants:
         method, t_range = VARIANTS[variant]
         # Cost does not depend on t except through the rows evaluated, which the t range pins.
-        settings = resolve_settings("a hamburger", method=method, seed=seed, preset=preset_name,
+        settings = resolve_spec("a hamburger", method=method, seed=seed, preset=preset_name,
                                     prior="stable-diffusion", model="benchmark", encoder=encoder)
         config = TrainConfig(**t_range, compile_unet=compile_unet)
         trainers[variant] = Trainer(settings, prior, out_dir=None, config=config)

@@ -3,7 +3,9 @@
     python scripts/build_addon.py [--output-dir dist]
 
 Stages blender_manifest.toml + the contents of nfsd_blender/ in a temp dir (the zip needs __init__.py next to
-the manifest), runs ``blender_ext.py build`` then ``validate`` on the zip, and prints the zip's path.
+the manifest), vendors the job contract (server/nfsd_contract/, standard library only) into it as
+``nfsd_blender/nfsd_contract/``, runs ``blender_ext.py build`` then ``validate`` on the zip, and prints the
+zip's path. The zip needs no checkout and no backend install to run.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def build(output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / "nfsd_blender"
-        shutil.copytree(ROOT / "nfsd_blender", stage, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(ROOT / "nfsd_blender", stage, ignore=skip)
+        shutil.copytree(ROOT / "server" / "nfsd_contract", stage / "nfsd_contract", ignore=skip)
         shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
         subprocess.run(
             [sys.executable, str(cli), "build", "--source-dir", str(stage), "--output-dir", str(output_dir)],

@@ -37,6 +37,6 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd_prior(tiny_sd_dir):
-    from nfsd_server.guidance.prior import load_prior
+    from nfsd_server.guidance.registry import load_prior
 
     return load_prior("stable-diffusion", str(tiny_sd_dir), "cpu")

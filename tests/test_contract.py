@@ -1,4 +1,5 @@
-"""One contract: the add-on and the server read every shared value from nfsd_blender/contract.py.
+"""One contract: the add-on and the server read every shared value and the job's field list from
+server/nfsd_contract/ (the add-on through nfsd_blender/contract.py, which loads the vendored or installed copy).
 
 The add-on's request is checked against the server's served OpenAPI schema, and a scan of the tree checks
 that no value of the contract is typed a second time anywhere else.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nfsd_blender import contract
+import nfsd_contract as contract
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def test_the_add_ons_request_has_exactly_the_servers_fields(served):
     _, spec = served
     request = contract.job_request("a red ball")
     server_fields = set(spec["components"]["schemas"]["JobRequest"]["properties"])
-    assert set(request) == set(contract.REQUEST_FIELDS)
+    assert tuple(request) == contract.FIELD_NAMES
     assert set(request) == server_fields
 
 
@@ -134,11 +135,70 @@ def test_no_contract_value_is_typed_twice():
     assert len(scanned) > 30
     found = []
     for path in scanned:
-        if path.name == "contract.py":
+        if path.name == "contract.py" or "nfsd_contract" in path.parts:
             continue
         text = path.read_text(encoding="utf-8")
         for what, pattern in TYPED_TWICE.items():
             for match in pattern.finditer(text):
                 line = text.count("\n", 0, match.start()) + 1
                 found.append(f"{path.relative_to(ROOT)}:{line}: {what} ({match.group(0)!r})")
-    assert not found, "use nfsd_blender.contract instead:\n" + "\n".join(found)
+    assert not found, "use nfsd_contract instead:\n" + "\n".join(found)
+
+
+def test_the_job_field_list_is_written_once():
+    """Every layer derives the job's fields from nfsd_contract.FIELDS: no other file lists them by hand.
+
+    A hand-written list shows up as several field names quoted close together (a tuple, a dict literal, a
+    loop over names); the contract's own definitions are the one place they may stand."""
+    scanned = [*ROOT.glob("nfsd_blender/**/*.py"), *ROOT.glob("server/nfsd_server/**/*.py"), *ROOT.glob("scripts/*.py")]
+    names = [name for name in contract.FIELD_NAMES if name not in ("prompt", "model", "prior", "seed", "steps")]
+    listing = re.compile("|".join(rf"[\"']{name}[\"']" for name in names))
+    found = []
+    for path in scanned:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if len(listing.findall(line)) >= 3:
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, "derive these from nfsd_contract.FIELDS:\n" + "\n".join(found)
+
+
+def test_a_spec_survives_its_record_and_refuses_a_damaged_one():
+    spec = contract.resolve_spec("a red ball", seed=3, method="sds", preset="draft")
+    assert contract.JobSpec.from_dict(spec.to_dict()) == spec
+    assert (spec.guidance_scale, spec.steps, spec.encoder, spec.model) == (100.0, 400, "vae", None)
+    with pytest.raises(ValueError, match=r"unknown job field\(s\) \['colour'\]"):
+        contract.JobSpec.from_dict(spec.to_dict() | {"colour": "red"})
+    with pytest.raises(ValueError, match="not a complete job"):
+        contract.JobSpec.from_dict({"prompt": "a red ball"})
+    with pytest.raises(ValueError, match="poly_budget must be in 100..500000, got 5"):
+        contract.JobSpec.from_dict(spec.to_dict() | {"poly_budget": 5})
+    with pytest.raises(ValueError, match="seed must be an integer, got True"):
+        contract.JobSpec.from_dict(spec.to_dict() | {"seed": True})
+
+
+def test_the_form_conventions_of_a_request():
+    body = contract.job_request("  a red ball ", method="SDS", texture_size="2048", guidance_scale=0.0, steps=0,
+                                seed=0, shape_strength=0.0, model="", prior="")
+    assert body["prompt"] == "a red ball" and body["method"] == "sds" and body["texture_size"] == 2048
+    # 0 is no guidance scale and no step count: "the default"; but seed 0 and strength 0 are real values.
+    assert (body["guidance_scale"], body["steps"], body["model"], body["prior"]) == (None, None, None, None)
+    assert (body["seed"], body["shape_strength"]) == (0, 0.0)
+    with pytest.raises(ValueError, match="unknown job field"):
+        contract.job_request("x", colour="red")
+
+
+def test_the_backend_install_holds_no_blender_modules_and_the_zip_carries_the_contract(tmp_path):
+    """pyproject's packages are the backend and the contract; the add-on zip vendors the contract."""
+    import tomllib
+    import zipfile
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert packages["include"] == ["nfsd_server*", "nfsd_contract"] and packages["where"] == ["server"]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import build_addon
+    finally:
+        sys.path.pop(0)
+    archive = build_addon.build(tmp_path)
+    names = zipfile.ZipFile(archive).namelist()
+    assert "nfsd_contract/spec.py" in names and "contract.py" in names
+    assert not any(name.startswith(("server/", "nfsd_server")) for name in names)

@@ -1,17 +1,25 @@
-"""One generation job end to end: settings + prior → trained NeRF → GLB. Shared by the CLI and the server."""
+"""One generation job end to end: spec + prior → trained NeRF → GLB.
+
+``run_job`` is what every runner calls — the CLI, the server's job runner, the Ray worker and ``nfsd batch``:
+it takes the job's prior from the runner's warm cache, honours a cancel that came during the load, trains and
+exports.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
+
+from nfsd_contract import JobSpec
 from nfsd_server.guidance.prior import Prior
+from nfsd_server.guidance.warm import PriorKey, WarmPriors
 from nfsd_server.presets import PRESETS
-from nfsd_server.settings import GenerationSettings
 from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, TrainResult, train
 
-__all__ = ["Callbacks", "GenerationCancelled", "GenerationResult", "run_generation"]
+__all__ = ["Callbacks", "GenerationCancelled", "GenerationResult", "preview_saver", "run_generation", "run_job"]
 
 
 @dataclass
@@ -21,47 +29,89 @@ class GenerationResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def run_job(
+    spec: JobSpec,
+    priors: WarmPriors,
+    folder: Path,
+    callbacks: Callbacks,
+    *,
+    device: str,
+    resume: bool = False,
+    init_mesh_path: Path | None = None,
+    generate: Callable[..., GenerationResult] | None = None,
+) -> GenerationResult:
+    """Load (or reuse) the job's prior on ``device``, then train and export into ``folder``.
+
+    Stages reported: "loading", then the trainer's "training" and "exporting". Raises GenerationCancelled when
+    ``callbacks.should_cancel`` says so, at the latest at the next step boundary. ``generate`` (default
+    ``run_generation``) is the train-and-export step; tests swap in a fake with its signature.
+    """
+    if callbacks.on_stage:
+        callbacks.on_stage("loading")
+    prior = priors.get(PriorKey.for_spec(spec, device))
+    if callbacks.should_cancel and callbacks.should_cancel():
+        raise GenerationCancelled("cancelled while loading the model")
+    generate = generate or run_generation
+    return generate(spec, prior, folder, callbacks, resume=resume, init_mesh_path=init_mesh_path)
+
+
 def run_generation(
-    settings: GenerationSettings,
+    spec: JobSpec,
     prior: Prior,
     out_dir: Path,
     callbacks: Callbacks | None = None,
     resume: bool = False,
     config: TrainConfig | None = None,
+    init_mesh_path: Path | None = None,
 ) -> GenerationResult:
-    """Train, then export ``out_dir/<slug>.glb``. Raises GenerationCancelled if cancelled before the export."""
+    """Train, then export ``out_dir/<slug>.glb``. Raises GenerationCancelled if cancelled before the export.
+
+    ``init_mesh_path``: the file ``spec.init_mesh`` names (None → ``spec.init_mesh`` is the path)."""
     from nfsd_server.export import ExportSettings, export_glb, slugify
 
     callbacks = callbacks or Callbacks()
     out_dir = Path(out_dir)
-    result = train(settings, prior, out_dir, callbacks, resume=resume, config=config)
+    result = train(spec, prior, out_dir, callbacks, resume=resume, config=config, init_mesh_path=init_mesh_path)
     if callbacks.should_cancel and callbacks.should_cancel():
         raise GenerationCancelled("cancelled before export")
     if callbacks.on_stage:
         callbacks.on_stage("exporting")
     export_settings = ExportSettings(
-        grid_resolution=PRESETS[settings.preset].export_grid_resolution,
-        poly_budget=settings.poly_budget,
-        texture_size=settings.texture_size,
+        grid_resolution=PRESETS[spec.preset].export_grid_resolution,
+        poly_budget=spec.poly_budget,
+        texture_size=spec.texture_size,
     )
-    out_path = out_dir / f"{slugify(settings.prompt)}.glb"
-    if settings.init_mesh:
-        report = export_from_init_mesh(settings, result, out_path, export_settings)
+    out_path = out_dir / f"{slugify(spec.prompt)}.glb"
+    if spec.init_mesh:
+        mesh_file = init_mesh_path or Path(spec.init_mesh)
+        report = export_from_init_mesh(spec, mesh_file, result, out_path, export_settings)
     else:
         report = export_glb(result.field, out_path, export_settings, result.metadata)
     metadata = {**result.metadata, "faces": report.n_faces, "vertices": report.n_vertices}
     return GenerationResult(glb_path=report.path, checkpoint_path=result.checkpoint_path, metadata=metadata)
 
 
-def export_from_init_mesh(settings: GenerationSettings, result: TrainResult, out_path: Path, export_settings):
+def export_from_init_mesh(spec: JobSpec, mesh_file: Path, result: TrainResult, out_path: Path, export_settings):
     """Texture mode: bake onto the artist's mesh. Shape mode: marching cubes, placed where the mesh was."""
     from nfsd_server.export import export_glb
     from nfsd_server.export.onto_mesh import export_onto_mesh
     from nfsd_server.scene.init_mesh import Normalization, load_mesh
 
-    mesh = load_mesh(settings.init_mesh)
+    mesh = load_mesh(mesh_file)
     normalization = Normalization.of_mesh(mesh)
-    metadata = {**result.metadata, "mode": "texture" if settings.keep_geometry else "shape"}
-    if settings.keep_geometry:
-        return export_onto_mesh(result.field, mesh, normalization, out_path, settings.texture_size, metadata)
+    metadata = {**result.metadata, "mode": "texture" if spec.keep_geometry else "shape"}
+    if spec.keep_geometry:
+        return export_onto_mesh(result.field, mesh, normalization, out_path, spec.texture_size, metadata)
     return export_glb(result.field, out_path, export_settings, metadata, to_world=normalization.from_box)
+
+
+def preview_saver(folder: Path) -> Callable[[int, np.ndarray], None]:
+    """An ``on_preview`` that keeps every preview as ``folder/step_NNNNNN.png`` (the CLI's and batch's)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(step: int, rgb: np.ndarray) -> None:
+        Image.fromarray(rgb).save(folder / f"step_{step:06d}.png")
+
+    return save

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nfsd_contract import JobSpec
+from nfsd_contract import info as field_info
+from nfsd_server import __version__
 from nfsd_server.checkpoints import (
     LEGACY_NAME,
     CheckpointError,
@@ -38,7 +41,6 @@ from nfsd_server.devices import host_to_device
 from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
 from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
 from nfsd_server.scene.shading import sample_shading
-from nfsd_server.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Callbacks:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimiser's knobs, below what an artist chooses (that is ``GenerationSettings``)."""
+    """The optimiser's knobs, below what an artist chooses (that is the ``JobSpec``)."""
 
     lr_encoding: float = 1e-2
     lr_networks: float = 1e-3
@@ -130,25 +132,29 @@ class Trainer:
     """Owns the NeRF, optimiser, RNG and schedules for one job; ``run`` drives it to the end."""
 
     def __init__(
-        self, settings: GenerationSettings, prior: Prior, out_dir: Path | None, config: TrainConfig | None = None
+        self, spec: JobSpec, prior: Prior, out_dir: Path | None, config: TrainConfig | None = None,
+        init_mesh_path: Path | None = None,
     ):
-        self.settings, self.prior, self.out_dir = settings, prior, out_dir
+        """``init_mesh_path``: the file ``spec.init_mesh`` names (a server resolves its mesh id to one); None →
+        ``spec.init_mesh`` is the path itself (the CLI's)."""
+        self.spec, self.prior, self.out_dir = spec, prior, out_dir
+        self.init_mesh_path = (init_mesh_path or Path(spec.init_mesh)) if spec.init_mesh else None
         self.config = config = config or TrainConfig()
         self.device = prior.device
-        self.total = settings.steps
-        self.preset = PRESETS[settings.preset]
-        self.metadata = settings.metadata()
-        self.generator = torch.Generator().manual_seed(settings.seed)
-        # An init mesh (issue 17) shapes the field's density and adds a shape loss; see scene/init_mesh.py.
-        self.shape_guide = shape_guide_for(settings) if settings.init_mesh else None
-        self.init_mesh_sha256 = mesh_sha256(settings.init_mesh) if settings.init_mesh else None
-        # The latent-first schedule (issue 14) renders into the prior's latent space: the field needs a latent head.
+        self.total = spec.steps
+        self.preset = PRESETS[spec.preset]
+        self.metadata = {**spec.metadata(), "software": f"nfsd_server {__version__}"}
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        # An init mesh shapes the field's density and adds a shape loss; see scene/init_mesh.py.
+        self.shape_guide = shape_guide_for(spec, self.init_mesh_path) if self.init_mesh_path else None
+        self.init_mesh_sha256 = mesh_sha256(self.init_mesh_path) if self.init_mesh_path else None
+        # The latent-first schedule renders into the prior's latent space: the field needs a latent head.
         latent_channels = (prior.latent_channels or 0) if self.preset.latent_fraction > 0 else 0
         field_config = FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim, latent_channels=latent_channels)
         if self.shape_guide is not None:
             field_config = self.shape_guide.field_config(field_config)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
-            torch.manual_seed(settings.seed)
+            torch.manual_seed(spec.seed)
             self.field = NeRFField(field_config).to(self.device)
             if self.shape_guide is not None:
                 self.shape_guide.attach(self.field)
@@ -167,10 +173,10 @@ class Trainer:
             eps=1e-15,
             fused=self.device.type == "cuda" or None,  # one kernel for every parameter instead of several each
         )
-        self.guidance = make_guidance(settings.method, settings.guidance_scale)
+        self.guidance = make_guidance(spec.method, spec.guidance_scale)
         self.step = 0
         self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
-        self.prompts = prior.prepare_prompts(settings.prompt, settings.negative_prompt)
+        self.prompts = prior.prepare_prompts(spec.prompt, spec.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
         if config.compile_unet:
@@ -300,7 +306,8 @@ class Trainer:
         }
         info = {
             "step": self.step,
-            "settings": asdict(self.settings),
+            "settings": self.spec.to_dict(),
+            "init_mesh_path": None if self.init_mesh_path is None else str(self.init_mesh_path),
             "init_mesh_sha256": self.init_mesh_sha256,  # the mesh by content: its path may differ at resume
             "config": asdict(self.config),
             "field_config": asdict(self.field.config),
@@ -314,7 +321,7 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         sections, info = read_checkpoint(path)
-        check_checkpoint_matches(info, self.settings, path, self.init_mesh_sha256)
+        check_checkpoint_matches(info, self.spec, path, self.init_mesh_path, self.init_mesh_sha256)
         try:
             self.field.load_state_dict(sections.get("field", {}))
             self.background.load_state_dict(sections.get("background", {}))
@@ -327,15 +334,16 @@ class Trainer:
 
 
 def train(
-    settings: GenerationSettings,
+    spec: JobSpec,
     prior: Prior,
     out_dir: Path | None = None,
     callbacks: Callbacks | None = None,
     resume: bool = False,
     config: TrainConfig | None = None,
+    init_mesh_path: Path | None = None,
 ) -> TrainResult:
-    """Train a NeRF for ``settings.prompt``; with ``resume`` continue from ``out_dir/CHECKPOINT_NAME`` if present."""
-    trainer = Trainer(settings, prior, out_dir, config)
+    """Train a NeRF for ``spec.prompt``; with ``resume`` continue from ``out_dir/CHECKPOINT_NAME`` if present."""
+    trainer = Trainer(spec, prior, out_dir, config, init_mesh_path)
     if resume and out_dir is not None and (out_dir / LEGACY_NAME).exists() and not (out_dir / CHECKPOINT_NAME).exists():
         raise CheckpointError(
             f"{str(out_dir / LEGACY_NAME)!r} is an old pickle checkpoint, which is not loaded (unpickling can run "
@@ -347,21 +355,15 @@ def train(
     return trainer.run(callbacks)
 
 
-# The settings that decide what is built; a resume with any other value is refused. Free to differ: steps
-# (more steps train the NeRF further), encoder and dtype (a step's cost and precision, not what it aims at),
-# poly_budget and texture_size (only the export reads them).
-RESUME_MUST_MATCH = ("prompt", "negative_prompt", "method", "guidance_scale", "seed", "preset", "prior", "model")
-# These shape a run only through its init mesh (and checkpoints from before init meshes lack them).
-RESUME_MUST_MATCH_WITH_MESH = ("shape_strength", "keep_geometry")
-
-
 def check_checkpoint_matches(
-    info: dict[str, Any], settings: GenerationSettings, path: Path, init_mesh_sha256: str | None = None
+    info: dict[str, Any], spec: JobSpec, path: Path, init_mesh_path: Path | None = None,
+    init_mesh_sha256: str | None = None,
 ) -> None:
-    """CheckpointError unless the checkpoint was trained with the settings that shape the run.
+    """CheckpointError unless the checkpoint was trained with the fields that decide the result
+    (``FieldInfo.decides_result``; steps, encoder, dtype and the export's settings may change).
 
-    ``init_mesh_sha256``: the settings' init mesh's hash when the caller has it already (the trainer does),
-    so the file is not read again; None → hashed here."""
+    The init mesh is compared by content, not path (an upload, a copy): ``init_mesh_path`` is its file (None →
+    ``spec.init_mesh``), ``init_mesh_sha256`` its hash when the caller has it already (the trainer does)."""
     saved = info.get("settings")
     if not isinstance(saved, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} has no training settings; start a new run")
@@ -372,19 +374,19 @@ def check_checkpoint_matches(
             "resume with the same settings or start a new run"
         )
 
-    for key in RESUME_MUST_MATCH:
-        if saved.get(key) != getattr(settings, key):
-            refuse(key, saved.get(key), getattr(settings, key))
-    # The mesh by content, not path (an upload, a copy). No hash: the checkpoint had no init mesh, or it is
-    # from before hashes were recorded and cannot be matched to one.
+    differences = spec.differences(saved)
+    for key, saved_value, value in differences:
+        if not field_info(key).init_mesh_only:
+            refuse(key, saved_value, value)
+    # No hash: the checkpoint had no init mesh, or it is from before hashes were recorded (then it cannot be
+    # matched to one).
+    mesh_file = (init_mesh_path or Path(spec.init_mesh)) if spec.init_mesh else None
     saved_mesh, saved_sha256 = saved.get("init_mesh"), info.get("init_mesh_sha256")
-    sha256 = (init_mesh_sha256 or mesh_sha256(settings.init_mesh)) if settings.init_mesh else None
-    if (saved_mesh is None) != (settings.init_mesh is None) or saved_sha256 != sha256:
-        refuse("init_mesh", _describe_mesh(saved_mesh, saved_sha256), _describe_mesh(settings.init_mesh, sha256))
-    if settings.init_mesh is not None:
-        for key in RESUME_MUST_MATCH_WITH_MESH:
-            if saved.get(key) != getattr(settings, key):
-                refuse(key, saved.get(key), getattr(settings, key))
+    sha256 = (init_mesh_sha256 or mesh_sha256(mesh_file)) if mesh_file else None
+    if (saved_mesh is None) != (spec.init_mesh is None) or saved_sha256 != sha256:
+        refuse("init_mesh", _describe_mesh(saved_mesh, saved_sha256), _describe_mesh(spec.init_mesh, sha256))
+    for key, saved_value, value in differences:  # what shapes a run only through its mesh
+        refuse(key, saved_value, value)
 
 
 def _describe_mesh(path: str | None, sha256: str | None) -> str | None:

@@ -462,13 +462,13 @@ def _server_glb(path, job_seed):
     """A small GLB written by the server's own exporter code, with the extras a real job writes."""
     import numpy as np
     from nfsd_server.export.glb import json_safe, textured_mesh, write_glb
-    from nfsd_server.settings import resolve_settings
+    from nfsd_contract import resolve_spec
 
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
     faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     uvs = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float64)
     image = np.full((8, 8, 3), 0.5)
-    settings = resolve_settings("a red ball", prior="analytic", seed=job_seed, steps=30, preset="draft",
+    settings = resolve_spec("a red ball", prior="analytic", seed=job_seed, steps=30, preset="draft",
                                 poly_budget=1000, texture_size=512)
     mesh = textured_mesh(vertices, vertices.copy(), faces, uvs, image)
     write_glb(mesh, path, json_safe(settings.metadata()))

@@ -76,14 +76,18 @@ class FakePipeline:
         self.started: list[str] = []  # prompts, in the order jobs started
         self.started_from: dict[str, int] = {}  # prompt → the step it began at (>0 when resumed)
         self.cancelled_at: dict[str, int] = {}
-        self.settings_seen: list = []  # every GenerationSettings a job ran with
+        self.specs_seen: list = []  # every JobSpec a job ran with
+        self.init_mesh_paths: list = []  # and the file its init mesh id named
 
-    def __call__(self, settings, prior, out_dir: Path, callbacks, resume: bool = False) -> GenerationResult:
+    def __call__(
+        self, settings, prior, out_dir: Path, callbacks, resume: bool = False, init_mesh_path: Path | None = None
+    ) -> GenerationResult:
         from nfsd_server.checkpoints import read_checkpoint_info, write_checkpoint
         from nfsd_server.train import CHECKPOINT_NAME
 
         self.started.append(settings.prompt)
-        self.settings_seen.append(settings)
+        self.specs_seen.append(settings)
+        self.init_mesh_paths.append(init_mesh_path)
         callbacks.on_stage("training")
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         total = settings.steps

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from nfsd_blender.contract import NFSD_NEGATIVE_PROMPT
+from nfsd_contract import NFSD_NEGATIVE_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,9 @@ def test_api_contract_job_request(spec):
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
     assert (fields["prompt"]["minLength"], fields["prompt"]["maxLength"]) == (1, 1000)
     assert fields["negative_prompt"]["default"] == NFSD_NEGATIVE_PROMPT
-    assert fields["method"] == {"enum": ["nfsd", "sds"], "type": "string", "title": "Method", "default": "nfsd"}
+    assert fields["method"] == {"enum": ["nfsd", "sds"], "type": "string", "title": "Method", "default": "nfsd",
+                                "description": fields["method"]["description"]}
+    assert all(field.get("description") for field in fields.values())  # every field says what it does
     assert fields["preset"]["enum"] == ["draft", "standard", "high"] and fields["preset"]["default"] == "standard"
     assert fields["texture_size"]["enum"] == [512, 1024, 2048] and fields["texture_size"]["default"] == 1024
     assert fields["poly_budget"]["default"] == 20000
@@ -83,6 +85,9 @@ def test_api_contract_job_request(spec):
 
 def test_api_contract_job_status_and_health(spec):
     schemas = spec["components"]["schemas"]
+    # The status echoes the resolved job: the request's fields, none of them left to a default.
+    assert set(schemas["JobSpec"]["properties"]) == set(schemas["JobRequest"]["properties"])
+    assert {"prompt", "guidance_scale", "seed", "steps", "prior", "encoder"} <= set(schemas["JobSpec"]["required"])
     assert set(schemas["JobStatus"]["properties"]) == {
         "id", "state", "step", "total", "loss", "eta_s", "queue_position", "error", "hint", "request",
         "created_at", "started_at", "finished_at", "has_preview", "preview_step", "resumed_from_step",

@@ -10,7 +10,7 @@ import trimesh
 from PIL import Image
 
 from api_helpers import TOKEN, wait_for, wait_state
-from nfsd_blender.contract import NFSD_NEGATIVE_PROMPT
+from nfsd_contract import NFSD_NEGATIVE_PROMPT
 
 RED_BALL = {"prompt": "a red ball", "steps": 12, "preset": "draft", "poly_budget": 1000, "texture_size": 512}
 

@@ -7,7 +7,7 @@ import pytest
 import trimesh
 
 from api_helpers import wait_for
-from nfsd_blender import contract
+import nfsd_contract as contract
 
 
 def cube_bytes(file_type: str = "ply") -> bytes:
@@ -73,8 +73,9 @@ def test_api_job_starts_from_an_uploaded_mesh(client, fake_pipeline):
     status = wait_for(lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["state"] == "done" and s, what="done")
     assert status["request"]["init_mesh"] == mesh_id  # the id, not the server's path
     assert status["request"]["shape_strength"] == 0.25 and status["request"]["keep_geometry"] is True
-    settings = fake_pipeline.settings_seen[-1]
-    assert settings.init_mesh.endswith(f"{mesh_id}.ply") and settings.keep_geometry
+    spec = fake_pipeline.specs_seen[-1]
+    assert spec.init_mesh == mesh_id and spec.keep_geometry  # the job carries the id it was given…
+    assert fake_pipeline.init_mesh_paths[-1].name == f"{mesh_id}.ply"  # …and runs on the file it names
 
 
 def test_api_job_with_an_unknown_mesh_id_is_422(client):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from nfsd_blender.contract import DEFAULT_MODEL
+from nfsd_contract import DEFAULT_MODEL
 from nfsd_server.guidance.stable_diffusion import TAESD_MODEL
 
 

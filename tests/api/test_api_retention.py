@@ -82,7 +82,7 @@ def test_api_an_interrupted_job_resumes_on_its_old_mesh_after_a_restart(make_cli
     after = make_client(data_dir=tmp_path / "jobs", retention_days=30)  # purges at start-up
     status = wait_state(after, job_id, ("done", "failed"))
     assert (status["state"], status["resumed_from_step"], status["error"]) == ("done", 5, None)
-    assert fake_pipeline.settings_seen[-1].init_mesh.endswith(f"{mesh_id}.ply")
+    assert fake_pipeline.init_mesh_paths[-1].name == f"{mesh_id}.ply"
 
 
 def test_a_mesh_purged_while_a_job_is_submitted_refuses_the_job_instead_of_queueing_it(tmp_path, fake_pipeline):

@@ -17,8 +17,8 @@ def nfsd(*args, cwd=None, timeout=600):
     "args, message",
     [
         (["generate", ""], "the prompt is empty"),
-        (["generate", "a red ball", "--steps", "0"], "--steps must be a positive integer ≤ 100000, got 0"),
-        (["generate", "a red ball", "--steps", "-5"], "--steps must be a positive integer ≤ 100000, got -5"),
+        (["generate", "a red ball", "--steps", "0"], "--steps must be in 1..100000, got 0"),
+        (["generate", "a red ball", "--steps", "-5"], "--steps must be in 1..100000, got -5"),
         (["generate", "a red ball", "--method", "vsd"], "invalid choice: 'vsd'"),
         (["generate", "a red ball", "--guidance-scale", "0"], "--guidance-scale must be > 0"),
         (["generate", "a red ball", "--out", "/proc/nfsd-cannot-write-here"], "--out '/proc/nfsd-cannot-write-here'"),
@@ -84,11 +84,11 @@ def _checkpoint_of(out, prompt: str) -> None:
     from dataclasses import asdict
 
     from nfsd_server.checkpoints import write_checkpoint
-    from nfsd_server.settings import resolve_settings
+    from nfsd_contract import resolve_spec
     from nfsd_server.train import CHECKPOINT_NAME
 
     out.mkdir()
-    settings = resolve_settings(prompt, preset="draft", steps=2, seed=0)
+    settings = resolve_spec(prompt, preset="draft", steps=2, seed=0)
     write_checkpoint(out / CHECKPOINT_NAME, {}, {"step": 1, "settings": asdict(settings)})
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import trimesh
 
-from nfsd_blender import contract
+import nfsd_contract as contract
 from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
 from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf
 from nfsd_server.scene.init_mesh import (
@@ -18,7 +18,7 @@ from nfsd_server.scene.init_mesh import (
     load_mesh,
     occupancy_grid,
 )
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 
 # A cube of side 2, off the origin: normalised into the box it is the cube of half-size 0.5 at the centre.
 CUBE_CENTRE = (3.0, -1.0, 2.0)
@@ -129,7 +129,7 @@ def test_field_starts_from_the_mesh_at_strength_one_and_from_the_blob_at_zero(cu
 
     prior = AnalyticPrior()
     start = {
-        strength: Trainer(resolve_settings("a red ball", preset="draft", seed=0, init_mesh=cube_ply,
+        strength: Trainer(resolve_spec("a red ball", preset="draft", seed=0, init_mesh=cube_ply,
                                            shape_strength=strength), prior, None).field
         for strength in (0.0, 1.0)
     }
@@ -150,7 +150,7 @@ def from_cube(tmp_path_factory):
     off_origin_cube().export(path)
     prior = AnalyticPrior()
     return {
-        strength: train(resolve_settings("a red ball", preset="draft", steps=PROOF_STEPS, seed=0, init_mesh=path,
+        strength: train(resolve_spec("a red ball", preset="draft", steps=PROOF_STEPS, seed=0, init_mesh=path,
                                          shape_strength=strength), prior).field
         for strength in (0.0, 1.0)
     }
@@ -211,7 +211,7 @@ def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
 
     plain = tmp_path / "cube.ply"  # no UVs: xatlas unwraps it
     off_origin_cube().export(plain)
-    settings = resolve_settings("a red ball", preset="draft", steps=TEXTURE_STEPS, seed=0, texture_size=512,
+    settings = resolve_spec("a red ball", preset="draft", steps=TEXTURE_STEPS, seed=0, texture_size=512,
                                 init_mesh=plain, keep_geometry=True)
     result = run_generation(settings, AnalyticPrior(), tmp_path / "out")
     mesh, face_centres = read_glb(result.glb_path)
@@ -239,7 +239,7 @@ def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
 
 
 def test_init_mesh_settings_are_checked_in_one_place(cube_ply, tmp_path):
-    settings = resolve_settings("a red ball", init_mesh=cube_ply)
+    settings = resolve_spec("a red ball", init_mesh=cube_ply)
     assert settings.init_mesh == str(cube_ply) and settings.shape_strength == contract.DEFAULT_SHAPE_STRENGTH
     assert settings.metadata()["keep_geometry"] is False
     cases = [
@@ -250,5 +250,5 @@ def test_init_mesh_settings_are_checked_in_one_place(cube_ply, tmp_path):
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError) as error:
-            resolve_settings("a red ball", **kwargs)
+            resolve_spec("a red ball", **kwargs)
         assert message in str(error.value)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from nfsd_server.guidance.analytic import AnalyticPrior
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError
 from nfsd_server.presets import PRESETS, Preset
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.train import Trainer, schedule_phase
 
 
@@ -32,7 +32,7 @@ class CountingEncode:
 
 
 def _trainer(denoiser, steps=6, **settings):
-    trainer = Trainer(resolve_settings("a red ball", preset="draft", steps=steps, seed=0, **settings), denoiser, None)
+    trainer = Trainer(resolve_spec("a red ball", preset="draft", steps=steps, seed=0, **settings), denoiser, None)
     trainer.preset = PRESETS["draft"].__class__(**{**vars(trainer.preset), "latent_fraction": 0.5})
     return trainer
 
@@ -91,21 +91,21 @@ def test_missing_taesd_is_an_error_that_says_how_to_fix_it(tiny_sd_dir, tmp_path
 
 
 def test_encoder_is_a_validated_job_setting():
-    assert resolve_settings("a red ball").encoder == "vae"  # the analytic prior's one fixed encoder
-    assert resolve_settings("a red ball", model="x/y", encoder="taesd").encoder == "taesd"
-    assert resolve_settings("a red ball", model="x/y", preset="high", encoder="vae").encoder == "vae"
+    assert resolve_spec("a red ball").encoder == "vae"  # the analytic prior's one fixed encoder
+    assert resolve_spec("a red ball", model="x/y", encoder="taesd").encoder == "taesd"
+    assert resolve_spec("a red ball", model="x/y", preset="high", encoder="vae").encoder == "vae"
     with pytest.raises(ValueError, match=r"encoder must be one of \('auto', 'vae', 'taesd'\), got 'tiny'"):
-        resolve_settings("a red ball", model="x/y", encoder="tiny")
+        resolve_spec("a red ball", model="x/y", encoder="tiny")
     with pytest.raises(ValueError, match="analytic prior has one fixed encoder"):
-        resolve_settings("a red ball", prior="analytic", encoder="taesd")
+        resolve_spec("a red ball", prior="analytic", encoder="taesd")
 
 
 def test_auto_encoder_is_the_presets_choice():
     # A documented choice (README): TAESD where a step's cost matters most, the exact VAE for the high preset.
-    chosen = {name: resolve_settings("a red ball", model="x/y", preset=name).encoder for name in PRESETS}
+    chosen = {name: resolve_spec("a red ball", model="x/y", preset=name).encoder for name in PRESETS}
     assert chosen == {"draft": "taesd", "standard": "taesd", "high": "vae"}
-    assert {resolve_settings("a red ball", preset=name).encoder for name in PRESETS} == {"vae"}  # analytic
-    assert resolve_settings("a red ball", model="x/y", preset="high", encoder="taesd").encoder == "taesd"
+    assert {resolve_spec("a red ball", preset=name).encoder for name in PRESETS} == {"vae"}  # analytic
+    assert resolve_spec("a red ball", model="x/y", preset="high", encoder="taesd").encoder == "taesd"
     with pytest.raises(ValueError, match=r"encoder must be one of \('vae', 'taesd'\), got 'auto'"):
         Preset(**{**vars(PRESETS["draft"]), "encoder": "auto"})
 
@@ -119,6 +119,6 @@ def test_an_auto_job_without_taesd_fails_saying_how_to_fix_it(tiny_sd_dir, tmp_p
     # Never a silent swap to the VAE: the standard preset's "auto" needs TAESD, and says where to get it.
     folder = tmp_path / "no-taesd"
     shutil.copytree(tiny_sd_dir, folder, ignore=shutil.ignore_patterns("taesd"))
-    settings = resolve_settings("a red ball", model=str(folder), preset="standard")
+    settings = resolve_spec("a red ball", model=str(folder), preset="standard")
     with pytest.raises(ModelLoadError, match="use encoder vae"):
         load_prior(settings.prior, settings.model, "cpu", encoder=settings.encoder)

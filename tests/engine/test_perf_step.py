@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from nfsd_server.guidance import random_models
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
 from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.train import Callbacks, TrainConfig, Trainer
 
 
 def draft(steps, seed=0):
-    return resolve_settings("a hamburger", preset="draft", steps=steps, seed=seed)
+    return resolve_spec("a hamburger", preset="draft", steps=steps, seed=seed)
 
 
 def test_stage_timer_sees_each_stage_of_every_step_in_order(tiny_sd_prior):

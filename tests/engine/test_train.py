@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nfsd_server.checkpoints import read_checkpoint_info
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.train import (
     CHECKPOINT_NAME,
     Callbacks,
@@ -17,7 +17,7 @@ from nfsd_server.train import (
 
 
 def draft(prompt="a hamburger", seed=0, **overrides):
-    return resolve_settings(prompt, preset="draft", seed=seed, **overrides)
+    return resolve_spec(prompt, preset="draft", seed=seed, **overrides)
 
 
 def params_of(result):
@@ -117,11 +117,11 @@ def test_schedules_anneal_t_and_grow_resolution():
         (dict(prompt="  "), "the prompt is empty"),
         (dict(prompt="\u200b\u200b"), "the prompt is empty"),  # zero-width spaces only
         (dict(prompt="x", method="vsd"), "method must be one of"),
-        (dict(prompt="x", steps=0), "steps must be a positive integer"),
-        (dict(prompt="x", steps=100_001), "steps must be a positive integer ≤ 100000"),
+        (dict(prompt="x", steps=0), "steps must be in 1..100000, got 0"),
+        (dict(prompt="x", steps=100_001), "steps must be in 1..100000, got 100001"),
         (dict(prompt="x", preset="ultra"), "preset must be one of"),
         (dict(prompt="x", guidance_scale=-1.0), "guidance_scale must be > 0"),
-        (dict(prompt="x", poly_budget=99), "poly_budget must be 100..500000"),
+        (dict(prompt="x", poly_budget=99), "poly_budget must be in 100..500000"),
         (dict(prompt="x", texture_size=777), "texture_size must be one of"),
         (dict(prompt="x", seed=-1), "seed must be in 0..2147483647"),
         (dict(prompt="a\nb"), "control character"),
@@ -129,17 +129,17 @@ def test_schedules_anneal_t_and_grow_resolution():
 )
 def test_bad_settings_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        resolve_settings(**kwargs)
+        resolve_spec(**kwargs)
 
 
 def test_settings_resolve_every_default_once():
-    settings = resolve_settings("  a red ball ", preset="standard", seed=None)
+    settings = resolve_spec("  a red ball ", preset="standard", seed=None)
     assert settings.prompt == "a red ball"
     assert settings.guidance_scale == 7.5 and settings.steps == 5000 and 0 <= settings.seed <= 2**31 - 1
-    assert resolve_settings("x", method="sds").guidance_scale == 100.0
-    assert resolve_settings("x", model="some/model").prior == "stable-diffusion"
-    assert resolve_settings("x", prior="analytic", model="ignored/by/analytic").model is None
-    assert resolve_settings("x", prior="stable-diffusion", default_model="d/m").model == "d/m"
+    assert resolve_spec("x", method="sds").guidance_scale == 100.0
+    assert resolve_spec("x", model="some/model").prior == "stable-diffusion"
+    assert resolve_spec("x", prior="analytic", model="ignored/by/analytic").model is None
+    assert resolve_spec("x", prior="stable-diffusion", default_model="d/m").model == "d/m"
 
 
 def test_bad_optimiser_knobs_name_the_problem():
@@ -165,7 +165,7 @@ def test_resume_refuses_other_shape_settings_and_knows_the_init_mesh_by_content(
     copy = tmp_path / "uploads" / "3f2a.ply"  # the same file by another path (as the server stores uploads)
     copy.parent.mkdir()
     shutil.copyfile(mesh, copy)
-    settings = resolve_settings("a red ball", preset="draft", steps=2, seed=0, init_mesh=mesh, shape_strength=0.5)
+    settings = resolve_spec("a red ball", preset="draft", steps=2, seed=0, init_mesh=mesh, shape_strength=0.5)
     train(settings, AnalyticPrior(), tmp_path / "run")
     path = tmp_path / "run" / CHECKPOINT_NAME
     info = read_checkpoint_info(path)
@@ -202,7 +202,7 @@ def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(
     from nfsd_server.checkpoints import CheckpointError
     from nfsd_server.train import check_checkpoint_matches
 
-    settings = resolve_settings("a red ball", preset="draft", steps=2, seed=0)
+    settings = resolve_spec("a red ball", preset="draft", steps=2, seed=0)
     newer = ("init_mesh", "shape_strength", "keep_geometry", "encoder", "dtype")
     old_info = {"step": 1, "settings": {key: value for key, value in asdict(settings).items() if key not in newer}}
     check_checkpoint_matches(old_info, replace(settings, shape_strength=0.9), tmp_path)  # nothing to compare it with

@@ -12,11 +12,11 @@ FAST = ["--grid-resolution", "40", "--texture-size", "512", "--poly-budget", "20
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_sd_prior, tmp_path_factory):
-    from nfsd_server.settings import resolve_settings
+    from nfsd_contract import resolve_spec
     from nfsd_server.train import Trainer
 
     out_dir = tmp_path_factory.mktemp("run")
-    return Trainer(resolve_settings("a hamburger", preset="draft", steps=1), tiny_sd_prior, out_dir).save_checkpoint()
+    return Trainer(resolve_spec("a hamburger", preset="draft", steps=1), tiny_sd_prior, out_dir).save_checkpoint()
 
 
 def test_export_writes_the_glb_and_prints_its_path(checkpoint, tmp_path, capsys):
@@ -30,7 +30,7 @@ def test_export_writes_the_glb_and_prints_its_path(checkpoint, tmp_path, capsys)
     ("arguments", "message"),
     [
         (["--texture-size", "100"], "texture_size must be one of (512, 1024, 2048), got 100"),
-        (["--poly-budget", "5"], "poly_budget must be 100..500000 faces, got 5"),
+        (["--poly-budget", "5"], "poly_budget must be in 100..500000, got 5"),
         (["--height", "-1"], "height -1.0"),
         (["--grid-resolution", "4096"], "grid_resolution 4096"),
     ],

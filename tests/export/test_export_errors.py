@@ -14,7 +14,7 @@ from nfsd_server.export import EmptyFieldError, ExportSettings, export_glb, slug
     ("overrides", "named"),
     [
         ({"texture_size": 768}, "texture_size must be one of .*, got 768"),
-        ({"poly_budget": 99}, "poly_budget must be 100..500000 faces, got 99"),
+        ({"poly_budget": 99}, "poly_budget must be in 100..500000, got 99"),
         ({"grid_resolution": 31}, "grid_resolution 31"),
         ({"grid_resolution": 1025}, "grid_resolution 1025"),
         ({"height": 0.0}, "height 0.0"),

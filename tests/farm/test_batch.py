@@ -31,7 +31,7 @@ def test_batch_reads_one_prompt_per_line_skipping_blanks_and_comments(tmp_path):
      ("a red ball\n", ["--seeds", "0"], "--seeds must be at least 1, got 0"),
      ("a red ball\n", ["--workers", "2"], "--workers needs --ray ADDRESS"),
      ("a red ball\n", ["--device", "tpu"], "unknown device 'tpu'; expected one of cuda, mps, cpu"),
-     ("a red ball\n", ["--steps", "0"], "--steps must be a positive integer ≤ 100000, got 0")],
+     ("a red ball\n", ["--steps", "0"], "--steps must be in 1..100000, got 0")],
 )
 def test_batch_bad_input_is_one_line_exit_2(tmp_path, capsys, text, args, message):
     (tmp_path / "p.txt").write_text(text, encoding="utf-8")
@@ -76,7 +76,7 @@ def test_batch_on_ray_runs_three_prompts_on_two_workers_concurrently(tmp_path, r
 
 def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tmp_path, monkeypatch):
     from nfsd_server.farm import batch_command
-    from nfsd_server.settings import resolve_settings
+    from nfsd_contract import resolve_spec
 
     loads, used = [], []
 
@@ -86,8 +86,8 @@ def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tm
 
     monkeypatch.setattr(batch_command, "run_job", lambda settings, prior, *args, **kwargs: used.append(prior))
     executor = batch_command.LocalExecutor("cpu", load_prior_fn=load_prior)
-    analytic = resolve_settings("a red ball", prior="analytic", seed=0)
-    tiny = resolve_settings("a red ball", model="tiny/sd", dtype="fp32", seed=0)
+    analytic = resolve_spec("a red ball", prior="analytic", seed=0)
+    tiny = resolve_spec("a red ball", model="tiny/sd", dtype="fp32", seed=0)
     for settings in (analytic, analytic, tiny):
         executor.run(settings, tmp_path, callbacks=None)
     assert used[0] is used[1] and used[2] is not used[0]

@@ -11,7 +11,7 @@ import pytest
 from farm_helpers import FAST_JOB, wait_until
 from nfsd_server.farm.cluster import FarmError
 from nfsd_server.farm.job import Callbacks
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 from nfsd_server.farm.ray_jobs import RayExecutor, WorkerLost
 
 
@@ -39,7 +39,7 @@ def test_ray_executor_fails_jobs_fast_when_a_lost_worker_cannot_be_replaced(tmp_
             raise FarmError("1 Ray worker(s) did not start within 0 s")
 
         monkeypatch.setattr(executor, "_new_workers", no_free_cpu)
-        settings = resolve_settings("a red ball", seed=0, **{**FAST_JOB, "steps": 5000})
+        settings = resolve_spec("a red ball", seed=0, **{**FAST_JOB, "steps": 5000})
         folder = tmp_path / "job"
         folder.mkdir()
         raised: list[BaseException] = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nfsd_server.farm import actors
 from nfsd_server.farm.job import GenerationCancelled, GenerationResult
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def worker(monkeypatch):
 
 
 def test_worker_keeps_the_prior_warm_and_relays_only_the_latest_news(worker, tmp_path):
-    settings = resolve_settings("a red ball", prior="analytic", seed=0)
+    settings = resolve_spec("a red ball", prior="analytic", seed=0)
     worker.gate.set()
     first = worker.run("job-1", settings, str(tmp_path), False)
     news = worker.poll("job-1")
@@ -52,13 +52,13 @@ def test_worker_keeps_the_prior_warm_and_relays_only_the_latest_news(worker, tmp
     assert worker.poll("job-1") == {"stages": [], "progress": None, "preview": None}
     assert worker.run("job-2", settings, str(tmp_path), True)["metadata"]["resumed"] is True
     assert len(worker.loads) == 1 and worker.priors_used[0] is worker.priors_used[1]  # warm: loaded once
-    worker.run("job-3", resolve_settings("a red ball", model="m", seed=0), str(tmp_path), False)
+    worker.run("job-3", resolve_spec("a red ball", model="m", seed=0), str(tmp_path), False)
     assert worker.loads[1] == ("stable-diffusion", "m", worker.device)
     assert [key.label for key in worker._priors.warm_keys()] == ["stable-diffusion:m"]  # the first was evicted
 
 
 def test_worker_cancel_stops_the_running_job_and_a_missing_folder_is_a_clear_error(worker, tmp_path):
-    settings = resolve_settings("a red ball", prior="analytic", seed=0)
+    settings = resolve_spec("a red ball", prior="analytic", seed=0)
     outcome: list[dict] = []
     thread = threading.Thread(target=lambda: outcome.append(worker.run("job", settings, str(tmp_path), False)))
     thread.start()

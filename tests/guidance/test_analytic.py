@@ -14,7 +14,8 @@ from nfsd_server.guidance.analytic import (
     scaled_linear_alphas_cumprod,
 )
 from nfsd_server.evaluation import evaluate_nerf
-from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, load_prior
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.references import REFERENCES, render_reference
 from nfsd_server.scene.cameras import make_cameras
 
@@ -129,19 +130,19 @@ CONVERGENCE_STEPS = 250
 
 @pytest.fixture(scope="module")
 def trained():
-    from nfsd_server.settings import resolve_settings
+    from nfsd_contract import resolve_spec
     from nfsd_server.train import train
 
     from nfsd_server.train import Trainer
 
     prior = AnalyticPrior()
     fields = {
-        prompt: train(resolve_settings(prompt, preset="draft", steps=CONVERGENCE_STEPS, seed=0), prior).field
+        prompt: train(resolve_spec(prompt, preset="draft", steps=CONVERGENCE_STEPS, seed=0), prior).field
         for prompt in ("a red ball", "a blue cube")
     }
     # The same seed's NeRF before any step: the centre blob alone is already ball-like (IoU ≈ 0.64), so a
     # fixed bar near it would pass without training. Training must beat it by a clear margin.
-    fields["untrained"] = Trainer(resolve_settings("a red ball", preset="draft", seed=0), prior, None).field
+    fields["untrained"] = Trainer(resolve_spec("a red ball", preset="draft", seed=0), prior, None).field
     return fields
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from nfsd_server.guidance.dtype_policy import DTYPE_NAMES, ComponentDtypes, resolve_dtypes
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 
 # Stated tolerances: relative L2 error of the image gradient vs fp32 on the tiny random SD
 # (measured 9e-3 for fp16 and 7e-2 for bf16 by benchmarks/dtype_error.py).

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 import torch
-from nfsd_server.guidance.prior import Conditions, PromptKind, load_prior
+from nfsd_server.guidance.prior import Conditions, PromptKind
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError
 from nfsd_server.scene.cameras import sample_orbit_cameras
 

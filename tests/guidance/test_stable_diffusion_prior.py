@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nfsd_server.guidance.distillation import NFSDGuidance, SDSGuidance
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES, sample_orbit_cameras
 

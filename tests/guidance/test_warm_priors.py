@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 from nfsd_server.guidance.warm import PriorKey, WarmPriors
-from nfsd_server.settings import resolve_settings
+from nfsd_contract import resolve_spec
 
 ANALYTIC = PriorKey("analytic", None, "cpu", "auto", "vae")
 TINY = PriorKey("stable-diffusion", "tiny/sd", "cpu", "auto", "vae")
@@ -209,7 +209,7 @@ def test_a_cache_needs_room_for_one_prior():
 
 
 def test_the_key_for_a_job_carries_its_settings_and_labels_itself_for_health():
-    settings = resolve_settings("a red ball", prior="stable-diffusion", model="tiny/sd", dtype="fp32", seed=0)
-    key = PriorKey.for_settings(settings, "cuda:1")
+    settings = resolve_spec("a red ball", prior="stable-diffusion", model="tiny/sd", dtype="fp32", seed=0)
+    key = PriorKey.for_spec(settings, "cuda:1")
     assert key == PriorKey("stable-diffusion", "tiny/sd", "cuda:1", "fp32", settings.encoder)
     assert key.label == "stable-diffusion:tiny/sd" and ANALYTIC.label == "analytic"

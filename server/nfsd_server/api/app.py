@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PRIOR
+from nfsd_contract import DEFAULT_MODEL, DEFAULT_PRIOR
 
 from nfsd_server import __version__
 from nfsd_server.api import routes_health, routes_jobs, routes_meshes, routes_models

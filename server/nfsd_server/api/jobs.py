@@ -1,48 +1,42 @@
-"""The job runner: one queue, one worker thread that owns the accelerator, warm priors, and the state machine.
+"""The job runner: a queue, worker threads that own the accelerator, warm priors, and the state machine.
 
-Every state change goes through ``JobManager._set_state`` (checked against ``TRANSITIONS`` and written to
-``<data_dir>/<id>/job.json`` atomically), so the file on disk always says what the API says.
-Cancellation is cooperative: ``DELETE`` sets a flag the training loop reads once per step.
+Without an executor one worker thread runs jobs in submission order; with one (a Ray cluster) there is a
+thread per executor slot. Every state change goes through ``JobManager._set_state`` (checked against
+``TRANSITIONS`` and written to the job's record atomically by the ``JobStore``), so the file on disk always
+says what the API says. Cancellation is cooperative: ``DELETE`` sets a flag the training loop reads once per
+step. A request is validated and resolved once, at ``submit``; the job carries the resulting ``JobSpec``.
 """
 
 from __future__ import annotations
 
 import errno
 import io
-import json
 import logging
 import math
-import re
 import shutil
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-from nfsd_server.api.records import JOB_ID_PATTERN, JobRecord, UnsafePath, inside
-from nfsd_server.api.schemas import (
-    FINISHED_STATES,
-    JobRequest,
-    JobStatus,
-    ResolvedJobRequest,
-)
-from nfsd_server.api.mesh_store import mesh_path, purge_meshes
-from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
+
+from nfsd_contract import FINISHED_STATES, JobSpec, resolve_spec
+from nfsd_server.api.job_store import PREVIEW_FILE, Job, JobStore, Purged, checkpoint_step
+from nfsd_server.api.mesh_store import mesh_path
+from nfsd_server.api.records import inside
+from nfsd_server.api.schemas import JobRequest, JobStatus
+from nfsd_server.devices import default_device
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.nonfinite import NonFiniteOutputError
-from nfsd_server.devices import default_device
-from nfsd_server.guidance.prior import Prior, load_prior
-from nfsd_server.guidance.warm import LoadPriorFn, PriorKey, WarmPriors
+from nfsd_server.guidance.registry import load_prior
+from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
 from nfsd_server.model_source import check_benchmark_allowed, check_model
-from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation
-from nfsd_server.settings import GenerationSettings, resolve_settings
-from nfsd_server.train import CHECKPOINT_NAME
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation, run_job
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +47,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "running": frozenset({"exporting", "done", "failed", "cancelled", "queued"}),
     "exporting": frozenset({"done", "failed", "cancelled", "queued"}),
 }
-JOB_FILE = "job.json"
-PREVIEW_FILE = "preview.png"
-
-RunFn = Callable[..., GenerationResult]  # (settings, prior, job folder, callbacks, *, resume: bool) → result
+# run_generation's signature: (spec, prior, job folder, callbacks, *, resume, init_mesh_path) → result.
+RunFn = Callable[..., GenerationResult]
 
 
 class QueueFull(Exception):
@@ -71,6 +63,8 @@ def load_checked_prior(
     if name == "stable-diffusion" and model is not None:
         check_model(model)
     return load_prior(name, model, device, dtype=dtype, encoder=encoder)
+
+
 class Executor(Protocol):
     """Runs jobs somewhere other than this process (``nfsd_server.farm.ray_jobs.RayExecutor``): ``slots`` at
     once, each ``run`` blocking like the pipeline, reporting through the callbacks and owning its models."""
@@ -79,32 +73,9 @@ class Executor(Protocol):
     device: str
 
     def run(
-        self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False
+        self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
+        init_mesh_path: Path | None = None,
     ) -> GenerationResult: ...
-
-
-@dataclass(frozen=True)
-class Purged:
-    """What one purge deleted: finished jobs (ids, oldest first), job folders set aside at start-up for a bad
-    record (names) and uploaded meshes (ids)."""
-
-    jobs: list[str]
-    set_aside: list[str]
-    meshes: list[str]
-
-
-def remove_link_or_tree(path: Path) -> None:
-    """Delete ``path``: a symlink as a link (its target untouched), a folder with all it holds (links inside
-    are removed as links, never followed). Logged, not raised: the purge runs on the worker thread."""
-    if path.is_symlink() or not path.is_dir():
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as error:
-            log.warning("cannot delete %s: %s", path, error)
-    else:
-        shutil.rmtree(path, ignore_errors=True)  # as much as it can; what is left is logged
-        if path.exists():
-            log.warning("cannot delete all of %s", path)
 
 
 class JobNotFound(KeyError):
@@ -117,79 +88,6 @@ class ResultNotReady(Exception):
     def __init__(self, state: str):
         super().__init__(state)
         self.state = state
-
-
-@dataclass
-class Job:
-    """One job's state as the worker and the routes share it (always read and written under the lock)."""
-
-    id: str
-    request: ResolvedJobRequest
-    folder: Path
-    created_at: datetime
-    state: str = "queued"
-    step: int = 0
-    loss: float | None = None
-    eta_s: float | None = None
-    error: str | None = None
-    hint: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    preview_step: int | None = None
-    glb_name: str | None = None
-    metadata: dict[str, Any] | None = None
-    resumed_from_step: int | None = None  # set when a restart interrupted the job: the step it continues from
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-
-    def record(self) -> dict[str, Any]:
-        """What job.json holds: enough to list the job again after a restart."""
-        return {
-            "id": self.id,
-            "state": self.state,
-            "request": self.request.model_dump(mode="json"),
-            "step": self.step,
-            "loss": self.loss,
-            "eta_s": self.eta_s,
-            "error": self.error,
-            "hint": self.hint,
-            "created_at": self.created_at.isoformat(),
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "preview_step": self.preview_step,
-            "glb_name": self.glb_name,
-            "metadata": self.metadata,
-            "resumed_from_step": self.resumed_from_step,
-        }
-
-    @classmethod
-    def from_record(cls, text: str, folder: Path) -> Job:
-        """A job from its job.json text; ValidationError/ValueError if the record breaks the schema."""
-        record = JobRecord.model_validate_json(text)
-        if record.id != folder.name:
-            raise ValueError(f"the record's id {record.id!r} is not its folder's name {folder.name!r}")
-        if record.glb_name is not None:
-            inside(folder, record.glb_name)
-        values = record.model_dump(exclude={"id"})
-        return cls(id=record.id, folder=folder, **values | {"request": record.request})
-
-
-def checkpoint_step(folder: Path) -> int:
-    """The step of the job's last checkpoint; 0 when there is none (or none this version can read).
-
-    An unreadable checkpoint (or an old pickle one) is renamed ``*.unreadable``, else the resumed run would
-    refuse to start on it.
-    """
-    path = folder / CHECKPOINT_NAME
-    if (folder / LEGACY_NAME).exists():
-        (folder / LEGACY_NAME).rename(folder / f"{LEGACY_NAME}.unreadable")
-    if not path.exists():
-        return 0
-    try:
-        return int(read_checkpoint_info(path)["step"])
-    except (CheckpointError, KeyError, TypeError, ValueError) as error:
-        log.warning("%s cannot be resumed from (%s); the job starts over", path, error)
-        path.rename(folder / f"{CHECKPOINT_NAME}.unreadable")
-        return 0
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -259,8 +157,8 @@ class JobManager:
         allow_benchmark_models: bool = False,
         executor: Executor | None = None,
     ):
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(data_dir, retention_days, max_finished)
+        self.data_dir = self.store.data_dir
         self.default_prior = default_prior
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
@@ -269,13 +167,12 @@ class JobManager:
             self.device = executor.device
         self._run_fn: RunFn = run_fn or run_generation
         self._priors = WarmPriors(load_prior_fn or load_checked_prior, capacity=max(1, max_warm_models))
-        self.max_queued, self.retention_days, self.max_finished = max_queued, retention_days, max_finished
+        self.max_queued = max_queued
         self.allow_benchmark_models = allow_benchmark_models
         self._lock = threading.Condition()
-        self._jobs: dict[str, Job] = {}  # insertion order = submission order
+        self._jobs = self.store.jobs  # insertion order = submission order
         self._pending: deque[str] = deque()
         self._running: list[str] = []  # ids, oldest first; more than one only with an executor's slots
-        self._set_aside: dict[str, Path] = {}  # job folders whose record failed to load, by name, until purged
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._recover()
@@ -303,25 +200,10 @@ class JobManager:
     def _recover(self) -> None:
         """List the jobs a previous run left and queue again what it did not finish: queued jobs as they were,
         an interrupted one (running or exporting) to resume from its last checkpoint, or from step 0 without one.
-
-        A record that breaks the schema is set aside (logged, not listed, left on disk for a person to read).
         """
-        records = []
-        root = self.data_dir.resolve()
-        for path in self.data_dir.glob(f"*/{JOB_FILE}"):
-            try:
-                if path.parent.resolve().parent != root:
-                    raise UnsafePath(f"the job folder {str(path.parent)!r} links outside {str(self.data_dir)!r}")
-                job = Job.from_record(path.read_text(encoding="utf-8"), path.parent)
-            except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
-                reason = " ".join(str(error).split())[:300]
-                log.warning("setting aside %s: not a valid job record (%s)", path, reason)
-                if re.fullmatch(JOB_ID_PATTERN, path.parent.name):  # only folders named as this server names them
-                    self._set_aside[path.parent.name] = path.parent
-                continue
-            records.append(job)
+        jobs = self.store.load()
         with self._lock:
-            for job in sorted(records, key=lambda job: job.created_at):
+            for job in jobs:
                 self._jobs[job.id] = job
                 if job.state in ("running", "exporting"):
                     step = checkpoint_step(job.folder)
@@ -345,45 +227,31 @@ class JobManager:
             job.eta_s = None
         for name, value in changes.items():
             setattr(job, name, value)
-        self._persist(job)
+        self.store.persist(job)
         log.info("job %s: %s%s", job.id, state, f" ({job.error})" if job.error else "")
 
-    def _persist(self, job: Job) -> None:
-        # Memory is the truth while the server runs; the file is for the next start. A full or vanished
-        # disk must not stop the state machine (or the worker) halfway through a transition.
-        try:
-            self._write_record(job)
-        except OSError as error:
-            log.error("job %s: cannot write %s: %s", job.id, job.folder / JOB_FILE, error)
-
-    def _write_record(self, job: Job) -> None:
-        write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
-
     # -- what the routes call ---------------------------------------------------------------------
-    def resolve(self, request: JobRequest) -> ResolvedJobRequest:
-        """Fill in the defaults now, so the status echoes exactly what will run (and a seed to reuse)."""
+    def resolve(self, request: JobRequest) -> JobSpec:
+        """The one validation and resolution of a request: every default filled in now, so the status echoes
+        exactly what will run (and a seed to reuse). ValueError naming the field."""
         check_benchmark_allowed(request.model, self.allow_benchmark_models)
-        settings = resolve_settings(
-            **request.model_dump(exclude={"init_mesh"}), init_mesh=mesh_path(self.data_dir, request.init_mesh),
-            default_prior=self.default_prior, default_model=self.default_model,
-        )
-        return ResolvedJobRequest.model_validate({**asdict(settings), "init_mesh": request.init_mesh})
+        mesh_path(self.data_dir, request.init_mesh)  # an id whose upload is gone: refused now, not at run time
+        return resolve_spec(**request.model_dump(), default_prior=self.default_prior, default_model=self.default_model)
 
     def submit(self, request: JobRequest) -> Job:
-        resolved = self.resolve(request)  # before the folder exists: a rejected request leaves nothing behind
+        spec = self.resolve(request)  # before the folder exists: a rejected request leaves nothing behind
         job_id = uuid.uuid4().hex
-        folder = self.data_dir / job_id
-        folder.mkdir(parents=True)
+        folder = self.store.new_folder(job_id)
         with self._lock:
             # Stamped under the lock, so created_at order is queue order.
-            job = Job(id=job_id, request=resolved, folder=folder, created_at=datetime.now(timezone.utc))
+            job = Job(id=job_id, spec=spec, folder=folder, created_at=datetime.now(timezone.utc))
             try:
                 if len(self._pending) >= self.max_queued:
                     raise QueueFull(len(self._pending))
                 # Again under the lock the purge holds: it may have deleted an old upload since resolve().
-                mesh_path(self.data_dir, resolved.init_mesh)
+                mesh_path(self.data_dir, spec.init_mesh)
                 # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
-                self._write_record(job)
+                self.store.write(job)
             except (OSError, QueueFull, ValueError):
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
@@ -417,57 +285,11 @@ class JobManager:
 
     def purge(self, older_than_s: float | None = None) -> Purged:
         """Delete finished jobs (record, preview, result: the whole folder), unused uploaded meshes and job
-        folders set aside at start-up; say what went.
-
-        With ``older_than_s``: what is older than that. Without: the retention policy, i.e. what is older than
-        ``retention_days`` and all but the newest ``max_finished`` finished jobs. A job's age runs from when it
-        finished, a mesh's and a set-aside folder's from their mtime. Queued and running jobs are never
-        deleted, nor the meshes they name: they read them when they run, export and resume.
-        """
-        now = datetime.now(timezone.utc)
+        folders set aside at start-up, by ``older_than_s`` or else the store's retention policy; say what went."""
         with self._lock:
-            finished = sorted(
-                (job for job in self._jobs.values() if job.state in FINISHED_STATES),
-                key=lambda job: job.finished_at or job.created_at,
-            )
-            age_limit_s = older_than_s if older_than_s is not None else (
-                None if self.retention_days is None else self.retention_days * 86400
-            )
-            doomed = {
-                job.id: job for job in finished
-                if age_limit_s is not None and (now - (job.finished_at or job.created_at)).total_seconds() > age_limit_s
-            }
-            if older_than_s is None and self.max_finished is not None:
-                doomed.update({job.id: job for job in finished[: max(0, len(finished) - self.max_finished)]})
-            for job_id in doomed:
-                del self._jobs[job_id]
-            meshes: list[str] = []
-            set_aside: dict[str, Path] = {}
-            if age_limit_s is not None:
-                # Under the lock, as submit() checks its mesh: a job is listed before its mesh could go, or
-                # refused after; never queued on a deleted file.
-                in_use = {
-                    job.request.init_mesh for job in self._jobs.values()
-                    if job.state not in FINISHED_STATES and job.request.init_mesh is not None
-                }
-                meshes = purge_meshes(self.data_dir, age_limit_s, in_use, now.timestamp())
-                for name, folder in list(self._set_aside.items()):
-                    try:
-                        mtime = folder.lstat().st_mtime  # the link's own time for a link: never followed
-                    except OSError:  # gone already (a person cleaned up)
-                        del self._set_aside[name]
-                        continue
-                    if now.timestamp() - mtime > age_limit_s:
-                        set_aside[name] = self._set_aside.pop(name)
-        for folder in [job.folder for job in doomed.values()] + list(set_aside.values()):
-            remove_link_or_tree(folder)
-        if doomed or set_aside or meshes:
-            log.info(
-                "purged %d finished job(s), %d set-aside job folder(s), %d uploaded mesh(es)",
-                len(doomed), len(set_aside), len(meshes),
-            )
-        jobs = [job.id for job in finished if job.id in doomed]
-        return Purged(jobs=jobs, set_aside=sorted(set_aside), meshes=meshes)
+            folders, purged = self.store.take_purgeable(older_than_s, datetime.now(timezone.utc))
+        self.store.delete_folders(folders, purged)
+        return purged
 
     def preview_path(self, job_id: str) -> Path | None:
         with self._lock:
@@ -504,14 +326,14 @@ class JobManager:
             id=job.id,
             state=job.state,  # type: ignore[arg-type]
             step=job.step,
-            total=job.request.steps,
+            total=job.spec.steps,
             loss=job.loss,
             eta_s=job.eta_s,
             queue_position=queue_position,
             resumed_from_step=job.resumed_from_step,
             error=job.error,
             hint=job.hint,
-            request=job.request,
+            request=job.spec,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -547,40 +369,39 @@ class JobManager:
                 self.purge()
 
     def _run(self, job: Job) -> None:
+        stage = "loading"
+
         def should_cancel() -> bool:
             return job.cancel_requested.is_set() or self._stopping
+
+        def on_stage(name: str) -> None:
+            nonlocal stage
+            stage = name
+            self._on_stage(job, name)
 
         callbacks = Callbacks(
             on_progress=lambda step, total, loss, eta_s: self._on_progress(job, step, loss, eta_s),
             on_preview=lambda step, rgb: self._on_preview(job, step, rgb),
-            on_stage=lambda stage: self._on_stage(job, stage),
+            on_stage=on_stage,
             should_cancel=should_cancel,
         )
-        request = job.request
-        # The resolved request is GenerationSettings' fields (validated once more: a record may be old),
-        # with the init mesh's id standing for its uploaded file.
-        stage = "loading"
         try:
-            settings = GenerationSettings(
-                **request.model_dump(exclude={"init_mesh"}), init_mesh=mesh_path(self.data_dir, request.init_mesh)
-            )
+            init_mesh_path = mesh_path(self.data_dir, job.spec.init_mesh)
             resume = job.resumed_from_step is not None
             if self._executor is not None:
-                stage = "running"  # the executor loads its own models and names its own failures
-                result = self._executor.run(settings, job.folder, callbacks, resume=resume)
+                result = self._executor.run(job.spec, job.folder, callbacks, resume=resume, init_mesh_path=init_mesh_path)
             else:
-                prior = self._priors.get(PriorKey.for_settings(settings, self.device))
-                stage = "running"
-                if should_cancel():
-                    raise GenerationCancelled("cancelled while loading the model")
-                result = self._run_fn(settings, prior, job.folder, callbacks, resume=resume)
+                result = run_job(
+                    job.spec, self._priors, job.folder, callbacks, device=self.device, resume=resume,
+                    init_mesh_path=init_mesh_path, generate=self._run_fn,
+                )
             glb_name = self._keep_in_folder(job, Path(result.glb_path))
         except GenerationCancelled:
             with self._lock:
                 if job.cancel_requested.is_set():
                     self._set_state(job, "cancelled")
                 else:  # the server is stopping: the record keeps "running", and the next start resumes it
-                    self._persist(job)
+                    self.store.persist(job)
         # Whatever one job raises (bad model, NaNs, OOM, a bug) is that job's failure; the worker
         # must live on to run the next one, so this catches broadly and logs the traceback.
         except Exception as error:  # noqa: BLE001
@@ -597,7 +418,7 @@ class JobManager:
                     self._set_state(job, "cancelled")
                 else:
                     self._set_state(
-                        job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.request.steps
+                        job, "done", glb_name=glb_name, metadata=dict(result.metadata), step=job.spec.steps
                     )
 
     def _keep_in_folder(self, job: Job, glb_path: Path) -> str:
@@ -616,7 +437,7 @@ class JobManager:
         write_atomic(job.folder / PREVIEW_FILE, encode_png(rgb))
         with self._lock:
             job.preview_step = int(step)
-            self._persist(job)
+            self.store.persist(job)
 
     def _on_stage(self, job: Job, stage: str) -> None:
         with self._lock:

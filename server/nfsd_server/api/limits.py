@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nfsd_blender.contract import MAX_INIT_MESH_BYTES
+from nfsd_contract import MAX_INIT_MESH_BYTES
 from nfsd_server.api.auth import token_problem
 
 # A job request is at most ~40 KB even with every string at its maximum and fully \u-escaped.

@@ -12,7 +12,7 @@ import re
 import uuid
 from pathlib import Path
 
-from nfsd_blender import contract
+import nfsd_contract as contract
 from nfsd_server.files import write_atomic
 from nfsd_server.scene.init_mesh import parse_mesh
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from nfsd_server.api.schemas import JobState, ResolvedJobRequest
+from nfsd_server.api.schemas import JobSpec, JobState
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"  # a job's id, and the name of its folder in the data dir
 
@@ -37,7 +37,7 @@ class JobRecord(BaseModel):
 
     id: str = Field(pattern=JOB_ID_PATTERN)
     state: JobState
-    request: ResolvedJobRequest
+    request: JobSpec
     step: int = Field(ge=0, strict=True)
     loss: float | None = Field(allow_inf_nan=False)
     eta_s: float | None = Field(allow_inf_nan=False)

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from nfsd_blender import contract
+import nfsd_contract as contract
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
 from nfsd_server.api.mesh_store import save_mesh

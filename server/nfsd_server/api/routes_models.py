@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from nfsd_blender.contract import DEFAULT_MODEL
+from nfsd_contract import DEFAULT_MODEL
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.schemas import ErrorBody
 from nfsd_server.guidance.stable_diffusion import TAESD_MODEL, TAESD_SUBFOLDER

@@ -8,97 +8,58 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from nfsd_blender import contract
-from nfsd_blender.contract import FINISHED_STATES, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, NFSD_NEGATIVE_PROMPT
+import nfsd_contract as contract
+from nfsd_contract import FIELDS, FINISHED_STATES, JobSpec, check_text, check_visible, info, request_default, value_type
 from nfsd_server.api.mesh_store import MESH_ID_PATTERN
-from nfsd_server.settings import check_text, check_visible
 
-# Literal types built from the contract's tuples, so the OpenAPI enums are the add-on's enums.
 JobState = Literal[contract.JOB_STATES]  # type: ignore[valid-type]
-Method = Literal[contract.METHODS]  # type: ignore[valid-type]
-PresetName = Literal[contract.PRESETS]  # type: ignore[valid-type]
-TextureSize = Literal[contract.TEXTURE_SIZES]  # type: ignore[valid-type]
-PriorName = Literal[contract.PRIORS]  # type: ignore[valid-type]
-Dtype = Literal[contract.DTYPES]  # type: ignore[valid-type]
-Encoder = Literal[contract.ENCODERS]  # type: ignore[valid-type]
-__all__ = ["FINISHED_STATES", "JobState", "JobRequest", "ResolvedJobRequest", "JobStatus"]
+__all__ = ["FINISHED_STATES", "JobState", "JobRequest", "JobSpec", "JobStatus"]
 # Documented in the schema so clients (and the fuzzer) know the rule; enforced by the validator below,
 # which gives a readable message instead of a regex dump.
 _NO_CONTROL_CHARS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+# What only HTTP adds to a field: a mesh is named by the id POST /v1/meshes returned, not by a path.
+_HTTP_ONLY = {"init_mesh": {"pattern": MESH_ID_PATTERN, "description": "Start from this mesh: an id from "
+              "POST /v1/meshes (the artist's selected object); null → none."}}
 
 
-class JobRequest(BaseModel):
-    """``POST /v1/jobs``: what to generate. ``null`` means "the server's / method's / preset's default"."""
+def _request_field(spec_field) -> tuple[Any, Any]:
+    """(annotation, pydantic Field) of one job field in the request: its type, enum, limits and default."""
+    field_info, kind = info(spec_field), value_type(spec_field)
+    annotation: Any = Literal[field_info.choices] if field_info.choices else kind  # type: ignore[valid-type]
+    if field_info.nullable:
+        annotation = annotation | None
+    limits: dict[str, Any] = {}
+    if field_info.minimum is not None:
+        limits["gt" if field_info.exclusive_minimum else "ge"] = field_info.minimum
+    if field_info.maximum is not None:
+        limits["le"] = field_info.maximum
+    if kind is float:
+        limits["allow_inf_nan"] = False
+    if field_info.min_length is not None:
+        limits["min_length"] = field_info.min_length
+    if field_info.max_length is not None:
+        limits["max_length"] = field_info.max_length
+    if spec_field.name in ("prompt", "negative_prompt"):
+        limits["json_schema_extra"] = {"pattern": _NO_CONTROL_CHARS}
+    description = field_info.help[:1].upper() + field_info.help[1:] + "."
+    limits |= {"description": description} | _HTTP_ONLY.get(spec_field.name, {})
+    if spec_field.name == "prompt":
+        return annotation, Field(**limits)
+    return annotation, Field(default=request_default(spec_field), **limits)
 
+
+class _RequestBase(BaseModel):
     # strict: a string "5" for an int or true for a number is a client bug; say so instead of guessing.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(
-        min_length=1, max_length=MAX_PROMPT_CHARS,
-        description="What to make, e.g. 'a red ball'. Surrounding whitespace is stripped; 1–1000 characters, "
-        "no control characters.",
-        json_schema_extra={"pattern": _NO_CONTROL_CHARS},
-    )
-    negative_prompt: str = Field(
-        default=NFSD_NEGATIVE_PROMPT, max_length=MAX_PROMPT_CHARS,
-        description="NFSD's negative prompt (p_neg); may be empty.",
-        json_schema_extra={"pattern": _NO_CONTROL_CHARS},
-    )
-    method: Method = "nfsd"
-    guidance_scale: float | None = Field(
-        default=None, gt=0, le=contract.MAX_GUIDANCE_SCALE, allow_inf_nan=False,
-        description="Classifier-free guidance scale; null → "
-        + ", ".join(f"{scale:g} for {method}" for method, scale in contract.DEFAULT_GUIDANCE_SCALE.items()) + ".",
-    )
-    seed: int | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="null → a random seed, chosen at submit and echoed back."
-    )
-    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description="Training steps; null → the preset's.")
-    preset: PresetName = contract.DEFAULT_PRESET
-    poly_budget: int = Field(
-        default=contract.DEFAULT_POLY_BUDGET, ge=contract.MIN_POLY_BUDGET, le=contract.MAX_POLY_BUDGET,
-        description="Maximum faces of the exported mesh.",
-    )
-    texture_size: TextureSize = contract.DEFAULT_TEXTURE_SIZE
-    prior: PriorName | None = Field(
-        default=None, description="null → the server's --default-prior. 'analytic' is the offline test prior."
-    )
-    model: str | None = Field(
-        default=None, min_length=1, max_length=contract.MAX_MODEL_CHARS,
-        description="Hub id or local diffusers folder on the server; null → the server's --default-model "
-        "(ignored by the analytic prior).",
-    )
-    dtype: Dtype = Field(
-        default=contract.DEFAULT_DTYPE,
-        description="UNet precision: auto (fp16 on CUDA, fp32 elsewhere), fp16, bf16 (GPUs with native bf16 only), "
-        "fp32 (if the model produces NaN in half precision).",
-    )
-    encoder: Encoder = Field(
-        default=contract.DEFAULT_ENCODER,
-        description="What encodes RGB renders after the latent phase: auto (the preset's: taesd for draft and "
-        "standard, vae for high), vae (the model's own) or taesd (madebyollin/taesd, much cheaper; downloaded "
-        "once, or in the server's model cache, or the model folder's taesd/).",
-    )
-    init_mesh: str | None = Field(
-        default=None, pattern=MESH_ID_PATTERN,
-        description="Start from this mesh: an id from POST /v1/meshes (the artist's selected object); null → none.",
-    )
-    shape_strength: float | None = Field(
-        default=None, ge=0, le=1, allow_inf_nan=False,
-        description=f"0..1, how closely the result keeps init_mesh's shape; null → {contract.DEFAULT_SHAPE_STRENGTH:g}.",
-    )
-    keep_geometry: bool = Field(
-        default=False, description="Texture init_mesh itself: its vertices and faces are kept, only colour is generated."
-    )
-
-    @field_validator("prompt", mode="before")
+    @field_validator("prompt", mode="before", check_fields=False)
     @classmethod
     def _strip_prompt(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("prompt", "negative_prompt", check_fields=False)
     @classmethod
     def _plain_text(cls, value: str, info) -> str:
         if info.field_name == "prompt":
@@ -107,14 +68,12 @@ class JobRequest(BaseModel):
         return value
 
 
-class ResolvedJobRequest(JobRequest):
-    """The request as the job runs it: seed, guidance scale, steps and prior filled in at submit."""
-
-    guidance_scale: float = Field(gt=0, le=contract.MAX_GUIDANCE_SCALE)  # type: ignore[assignment]
-    seed: int = Field(ge=0, le=MAX_SEED)  # type: ignore[assignment]
-    steps: int = Field(ge=1, le=MAX_STEPS)  # type: ignore[assignment]
-    prior: PriorName  # type: ignore[assignment]
-    shape_strength: float = Field(default=contract.DEFAULT_SHAPE_STRENGTH, ge=0, le=1)  # type: ignore[assignment]
+JobRequest = create_model(
+    "JobRequest",
+    __base__=_RequestBase,
+    __doc__="``POST /v1/jobs``: what to generate. ``null`` means \"the server's / method's / preset's default\".",
+    **{spec_field.name: _request_field(spec_field) for spec_field in FIELDS},
+)
 
 
 class JobCreated(BaseModel):
@@ -133,7 +92,7 @@ class JobStatus(BaseModel):
     queue_position: int | None = Field(description="0 = runs next; null unless queued.")
     error: str | None = Field(description="Why the job failed, in one line; null unless failed.")
     hint: str | None = Field(description="What to try next after a failure; null when there is nothing to add.")
-    request: ResolvedJobRequest
+    request: JobSpec = Field(description="The job as it runs: every default resolved (the seed to reuse).")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from nfsd_blender.contract import DEFAULT_MODEL, DEFAULT_PORT, DEFAULT_PRIOR, PRIORS, TOKEN_ENV
+from nfsd_contract import DEFAULT_MODEL, DEFAULT_PORT, DEFAULT_PRIOR, PRIORS, TOKEN_ENV
 from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
 

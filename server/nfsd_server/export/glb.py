@@ -12,11 +12,10 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from nfsd_blender.contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE
+from nfsd_contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE, check_value
 from nfsd_server.export import grid, surface, texture
 from nfsd_server.files import write_atomic
 from nfsd_server.scene.field import FieldConfig
-from nfsd_server.settings import check_poly_budget, check_texture_size
 
 # Surface density used when neither the settings nor the field give one: the engine NeRF's measured value, read
 # from its config so the two cannot drift apart.
@@ -45,8 +44,8 @@ class ExportSettings:
             raise ValueError(
                 f"grid_resolution {self.grid_resolution} is out of range; expected 32..1024 (256 is a good default)"
             )
-        check_texture_size(self.texture_size)
-        check_poly_budget(self.poly_budget)
+        check_value("texture_size", self.texture_size)
+        check_value("poly_budget", self.poly_budget)
         if not self.height > 0:
             raise ValueError(f"height {self.height} must be positive (Blender units), e.g. 1.0")
         if self.threshold is not None and not self.threshold > 0:

@@ -17,13 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from nfsd_server.farm.job import (
-    Callbacks,
-    GenerationCancelled,
-    GenerationSettings,
-    run_job,
-)
-from nfsd_server.guidance.warm import PriorKey, WarmPriors
+from nfsd_contract import JobSpec
+from nfsd_server.guidance.warm import WarmPriors
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, run_job
 
 
 @dataclass
@@ -43,7 +39,7 @@ class GenerationWorker:
         import torch
 
         from nfsd_server.devices import keep_freed_host_memory
-        from nfsd_server.guidance.prior import load_prior
+        from nfsd_server.guidance.registry import load_prior
 
         keep_freed_host_memory()  # a worker process of its own: the CLI's call did not reach it
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,8 +59,12 @@ class GenerationWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
         }
 
-    def run(self, job_key: str, settings: GenerationSettings, out_dir: str, resume: bool) -> dict[str, Any]:
-        """Train and export; ``{"state": "done", ...}`` or ``{"state": "cancelled"}``. Errors propagate."""
+    def run(
+        self, job_key: str, spec: JobSpec, out_dir: str, resume: bool, init_mesh_path: str | None = None
+    ) -> dict[str, Any]:
+        """Train and export; ``{"state": "done", ...}`` or ``{"state": "cancelled"}``. Errors propagate.
+
+        ``init_mesh_path`` (like ``out_dir``) must be a path this worker can read."""
         mailbox = self._mailbox(job_key)
         folder = Path(out_dir)
         if not folder.is_dir():
@@ -87,11 +87,10 @@ class GenerationWorker:
 
         callbacks = Callbacks(on_progress, on_preview, on_stage, mailbox.cancelled.is_set)
         try:
-            on_stage("loading")
-            prior = self._priors.get(PriorKey.for_settings(settings, self.device))
-            if mailbox.cancelled.is_set():
-                raise GenerationCancelled("cancelled while loading the model")
-            result = run_job(settings, prior, folder, callbacks, resume=resume)
+            result = run_job(
+                spec, self._priors, folder, callbacks, device=self.device, resume=resume,
+                init_mesh_path=None if init_mesh_path is None else Path(init_mesh_path),
+            )
         except GenerationCancelled:
             return {"state": "cancelled"}
         return {

@@ -19,17 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from nfsd_server.cli import UsageError
-from nfsd_server.farm.job import (
-    Callbacks,
-    GenerationCancelled,
-    GenerationResult,
-    GenerationSettings,
-    run_job,
-    settings_for,
-    settings_record,
-    total_steps,
-)
-from nfsd_server.guidance.warm import LoadPriorFn, PriorKey, WarmPriors
+from nfsd_contract import JobSpec
+from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, preview_saver, run_job
 
 SUMMARY_FILE = "summary.json"
 # generate's options that batch replaces (prompt → the file, out, seed → --seed/--seeds) or cannot honour (resume).
@@ -78,7 +70,7 @@ class BatchJob:
     prompt: str
     seed: int
     folder: Path
-    settings: GenerationSettings
+    spec: JobSpec
     state: str = "queued"
     error: str | None = None
     started_at: float | None = None
@@ -100,7 +92,7 @@ class BatchJob:
             "seconds": round(self.finished_at - self.started_at, 3) if self.finished_at and self.started_at else None,
             "previews": len(list(previews.glob("*.png"))) if previews.is_dir() else 0,
             "worker": metadata.get("farm", {}).get("worker"), "attempts": metadata.get("farm", {}).get("attempts"),
-            "settings": settings_record(self.settings),
+            "settings": self.spec.to_dict(),
         }
 
 
@@ -116,8 +108,15 @@ def plan_jobs(args: argparse.Namespace, prompts: list[str]) -> list[BatchJob]:
             while name in names:  # the same prompt twice: keep both runs
                 name, suffix = f"{base}-{suffix}", suffix + 1
             names.add(name)
-            jobs.append(BatchJob(prompt, seed, args.out / name, settings_for(args, prompt, seed)))
+            jobs.append(BatchJob(prompt, seed, args.out / name, spec_for(args, prompt, seed)))
     return jobs
+
+
+def spec_for(args: argparse.Namespace, prompt: str, seed: int) -> JobSpec:
+    """``nfsd generate``'s validation and defaults, for one (prompt, seed) of a batch."""
+    from nfsd_server.generate_command import spec_from_args
+
+    return spec_from_args(argparse.Namespace(**{**vars(args), "prompt": prompt, "seed": seed}))
 
 
 def local_device(name: str | None) -> str:
@@ -136,16 +135,18 @@ class LocalExecutor:
     slots = 1
 
     def __init__(self, device: str, load_prior_fn: LoadPriorFn | None = None):
-        from nfsd_server.guidance.prior import load_prior
+        from nfsd_server.guidance.registry import load_prior
 
         self.device = device
         self._priors = WarmPriors(load_prior_fn or load_prior, capacity=1)  # one model: as the Ray worker
 
     def run(
-        self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False
+        self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
+        init_mesh_path: Path | None = None,
     ) -> GenerationResult:
-        prior = self._priors.get(PriorKey.for_settings(settings, self.device))
-        return run_job(settings, prior, out_dir, callbacks, resume=resume)
+        return run_job(
+            spec, self._priors, out_dir, callbacks, device=self.device, resume=resume, init_mesh_path=init_mesh_path
+        )
 
     def close(self) -> None:
         self._priors.clear()
@@ -160,7 +161,7 @@ class BatchRunner:
         self.jobs, self.executor, self.out_dir, self.header = jobs, executor, out_dir, header
         self.stop = threading.Event()
         self._lock = threading.Lock()
-        self._bar = tqdm(total=sum(total_steps(job.settings) for job in jobs), desc="batch", unit="step")
+        self._bar = tqdm(total=sum(job.spec.steps for job in jobs), desc="batch", unit="step")
         self._started = time.time()
 
     def run(self) -> None:
@@ -180,10 +181,6 @@ class BatchRunner:
         if self.stop.is_set():
             job.state = "cancelled"
             return
-        from PIL import Image
-
-        previews = job.folder / "previews"
-        previews.mkdir(parents=True, exist_ok=True)
         counted = 0
 
         def on_progress(step: int, total: int, loss: float, eta_s: float | None) -> None:
@@ -192,13 +189,10 @@ class BatchRunner:
                 self._bar.update(max(0, step - counted))
                 counted = max(counted, step)
 
-        def on_preview(step: int, rgb) -> None:
-            Image.fromarray(rgb).save(previews / f"step_{step:06d}.png")
-
         job.state, job.started_at = "running", time.time()
         try:
-            callbacks = Callbacks(on_progress, on_preview, None, self.stop.is_set)
-            result = self.executor.run(job.settings, job.folder, callbacks)
+            callbacks = Callbacks(on_progress, preview_saver(job.folder / "previews"), None, self.stop.is_set)
+            result = self.executor.run(job.spec, job.folder, callbacks)
         except GenerationCancelled:
             job.state = "cancelled"
         # One job's failure (unknown prompt, bad model, OOM, a lost worker) must not stop the batch.
@@ -211,7 +205,7 @@ class BatchRunner:
         finally:
             job.finished_at = time.time()
             with self._lock:
-                self._bar.update(total_steps(job.settings) - counted)
+                self._bar.update(job.spec.steps - counted)
             self.write_summary()
 
     def write_summary(self) -> None:

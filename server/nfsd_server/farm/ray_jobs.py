@@ -1,6 +1,6 @@
 """Jobs on a Ray cluster: the executor ``nfsd batch --ray`` and ``nfsd serve --ray`` hand jobs to.
 
-``RayExecutor.run(settings, out_dir, callbacks)`` has the in-process pipeline's contract: it blocks until the
+``RayExecutor.run(spec, out_dir, callbacks)`` has the in-process pipeline's contract: it blocks until the
 job ends, calls the callbacks on the caller's thread (progress, previews, stages), honours
 ``callbacks.should_cancel`` by cancelling the remote task, and returns a ``GenerationResult`` or raises
 (``GenerationCancelled``, the job's own error, or ``WorkerLost``). A worker that dies mid-job (SIGKILL, OOM
@@ -23,12 +23,8 @@ from nfsd_server.farm.cluster import (
     worker_count,
     worker_options,
 )
-from nfsd_server.farm.job import (
-    Callbacks,
-    GenerationCancelled,
-    GenerationResult,
-    GenerationSettings,
-)
+from nfsd_contract import JobSpec
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +111,8 @@ class RayExecutor:
             return dict(self._running)
 
     def run(
-        self, settings: GenerationSettings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False
+        self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
+        init_mesh_path: Path | None = None,
     ) -> GenerationResult:
         ray = self._ray
         job_key = str(Path(out_dir).resolve())
@@ -126,7 +123,9 @@ class RayExecutor:
                 identity = self._identity[actor]
                 self._running[job_key] = identity
             try:
-                outcome = self._drive(actor, job_key, settings, out_dir, callbacks, resume=resume or attempt > 0)
+                outcome = self._drive(
+                    actor, job_key, spec, out_dir, callbacks, resume=resume or attempt > 0, init_mesh_path=init_mesh_path
+                )
             except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as error:
                 lost.append(describe_worker(identity))
                 log.warning("job %s: %s was lost (%s)", job_key, lost[-1], type(error).__name__)
@@ -152,10 +151,14 @@ class RayExecutor:
             "node lost or killed (often out of memory)"
         )
 
-    def _drive(self, actor, job_key: str, settings, out_dir: Path, callbacks: Callbacks, resume: bool) -> dict:
+    def _drive(
+        self, actor, job_key: str, spec: JobSpec, out_dir: Path, callbacks: Callbacks, resume: bool,
+        init_mesh_path: Path | None,
+    ) -> dict:
         """Start the job on ``actor`` and relay its news until it ends; raises what the job raised."""
         ray = self._ray
-        task = actor.run.remote(job_key, settings, str(out_dir), resume)
+        mesh = None if init_mesh_path is None else str(init_mesh_path)
+        task = actor.run.remote(job_key, spec, str(out_dir), resume, mesh)
         cancel_sent = False
         try:
             while True:

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
+from nfsd_server.guidance.registry import register_prior
 from nfsd_server.guidance.references import REFERENCES, Reference, reference_for, render_reference
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nfsd_blender.contract import DTYPES as DTYPE_NAMES  # the names --dtype and the API's dtype accept
+from nfsd_contract import DTYPES as DTYPE_NAMES  # the names --dtype and the API's dtype accept
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from nfsd_server.devices import default_device
 from nfsd_server.scene.cameras import Cameras
 
 
@@ -110,36 +109,3 @@ class Prior(abc.ABC):
     def decode(self, latents: Tensor) -> Tensor:
         """latents → images (B, 3, H, W) in [0, 1]; used for previews and debugging only."""
         raise NotImplementedError(f"{type(self).__name__} cannot decode latents")
-
-
-# name → factory(model: str | None, device: torch.device, **options) -> Prior
-_PRIORS: dict[str, Callable[..., Prior]] = {}
-
-
-def register_prior(name: str) -> Callable[[Callable[..., Prior]], Callable[..., Prior]]:
-    def decorator(factory: Callable[..., Prior]) -> Callable[..., Prior]:
-        if name in _PRIORS:
-            raise ValueError(f"prior {name!r} is registered twice")
-        _PRIORS[name] = factory
-        return factory
-
-    return decorator
-
-
-def prior_names() -> list[str]:
-    _import_builtin_priors()
-    return sorted(_PRIORS)
-
-
-def load_prior(name: str, model: str | None = None, device: torch.device | str | None = None, **options: Any) -> Prior:
-    """Build the prior registered as ``name`` (e.g. "stable-diffusion" with a hub id or folder, "analytic")."""
-    _import_builtin_priors()
-    if name not in _PRIORS:
-        raise ValueError(f"unknown prior {name!r}; expected one of {sorted(_PRIORS)}")
-    device = torch.device(device) if device is not None else default_device()
-    return _PRIORS[name](model=model, device=device, **options)
-
-
-def _import_builtin_priors() -> None:
-    # Imported lazily so `import nfsd_server` stays cheap (no diffusers at import time).
-    from nfsd_server.guidance import analytic, stable_diffusion  # noqa: F401

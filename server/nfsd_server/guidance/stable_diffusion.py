@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfsd_blender.contract import DEFAULT_MODEL, ENCODERS
+from nfsd_contract import DEFAULT_MODEL, ENCODERS
 from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes, text_encoder_device
-from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, register_prior
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
+from nfsd_server.guidance.registry import register_prior
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -263,9 +264,9 @@ def load_stable_diffusion(
     encoder: str = "vae",
 ) -> StableDiffusionPrior:
     """``dtype``: one of DTYPE_NAMES, resolved for ``device`` by the dtype policy; ``encoder``: "vae" or "taesd"
-    (a job's "auto" is resolved to one of them by ``resolve_settings``)."""
+    (a job's "auto" is resolved to one of them by ``resolve_spec``)."""
     if encoder == "auto" or encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; expected vae or taesd (resolve_settings resolves auto)")
+        raise ValueError(f"unknown encoder {encoder!r}; expected vae or taesd (resolve_spec resolves auto)")
     dtypes = resolve_dtypes(dtype, device)
     if model is not None and model.startswith("random:"):
         from nfsd_server.guidance.random_models import build_random_stable_diffusion, build_random_taesd

@@ -30,9 +30,9 @@ class PriorKey:
     encoder: str
 
     @classmethod
-    def for_settings(cls, settings: Any, device: str) -> PriorKey:
-        """The key a job's ``GenerationSettings`` needs on ``device``."""
-        return cls(settings.prior, settings.model, str(device), settings.dtype, settings.encoder)
+    def for_spec(cls, spec: Any, device: str) -> PriorKey:
+        """The key a job (a ``JobSpec``) needs on ``device``."""
+        return cls(spec.prior, spec.model, str(device), spec.dtype, spec.encoder)
 
     @property
     def label(self) -> str:

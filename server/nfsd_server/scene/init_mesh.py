@@ -25,7 +25,7 @@ import trimesh
 from scipy import ndimage
 from torch import Tensor
 
-from nfsd_blender import contract
+import nfsd_contract as contract
 from nfsd_server.scene.field import FieldConfig, NeRFField
 
 NORMALISED_HALF_EXTENT = 0.5  # the mesh's longest half-extent in the box: the size of the starting blob
@@ -264,6 +264,6 @@ class ShapeGuide:
         return SHAPE_LOSS_WEIGHT * latent_elements * self.strength * (softening * cross_entropy).mean()
 
 
-def shape_guide_for(settings, bound: float = 1.0) -> ShapeGuide:
-    """The guide for ``settings.init_mesh`` (a ``GenerationSettings``); MeshError for a bad file."""
-    return ShapeGuide.from_mesh(load_mesh(settings.init_mesh), settings.shape_strength, settings.keep_geometry, bound)
+def shape_guide_for(spec, mesh_path: Path | str, bound: float = 1.0) -> ShapeGuide:
+    """The guide for a job (a ``JobSpec``) whose init mesh is the file ``mesh_path``; MeshError for a bad file."""
+    return ShapeGuide.from_mesh(load_mesh(mesh_path), spec.shape_strength, spec.keep_geometry, bound)
