@@ -312,12 +312,12 @@ def test_api_health_reports_server_settings_and_withholds_details_without_the_to
 
 
 def test_api_unwritable_data_dir_is_507_and_the_server_goes_on(client, tmp_path):
-    manager = client.app.state.manager
-    good_dir, manager.data_dir = manager.data_dir, tmp_path / "a-file"
-    manager.data_dir.write_text("not a folder")
+    store = client.app.state.manager.store
+    good_dir, store.data_dir = store.data_dir, tmp_path / "a-file"
+    store.data_dir.write_text("not a folder")
     response = client.post("/v1/jobs", json=RED_BALL)
     assert response.status_code == 507 and "job folder" in response.json()["detail"]
-    manager.data_dir = good_dir
+    store.data_dir = good_dir
     wait_state(client, submit(client), "done")
 
 
@@ -442,7 +442,7 @@ def test_api_bodies_over_the_cap_are_413(client):
 def test_api_a_job_that_cannot_be_recorded_is_refused_507_and_leaves_nothing(client, tmp_path, monkeypatch):
     import errno
 
-    import nfsd_server.api.jobs as jobs_module
+    import nfsd_server.api.job_store as jobs_module  # where job records are written
 
     real_write = jobs_module.write_atomic
 
@@ -463,7 +463,7 @@ def test_api_a_job_that_cannot_be_recorded_is_refused_507_and_leaves_nothing(cli
 def test_api_only_model_loading_errors_get_the_model_hint(client, monkeypatch):
     import errno
 
-    def disk_full_while_training(settings, prior, out_dir, callbacks, resume=False):
+    def disk_full_while_training(spec, prior, out_dir, callbacks, resume=False, init_mesh_path=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(client.app.state.manager, "_run_fn", disk_full_while_training)

@@ -121,7 +121,7 @@ def test_api_set_aside_job_folders_go_after_the_retention_age_and_are_counted(ma
     for folder in (old, foreign):
         age(folder, 40)
     age(later, 20)
-    with caplog.at_level(logging.INFO, logger="nfsd_server.api.jobs"):
+    with caplog.at_level(logging.INFO, logger="nfsd_server.api.job_store"):
         client = make_client(data_dir=data_dir, retention_days=30)
     assert not old.exists() and recent.exists() and later.exists() and foreign.exists()
     assert any("1 set-aside job folder(s)" in message for message in caplog.messages)

@@ -239,16 +239,24 @@ def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
 
 
 def test_init_mesh_settings_are_checked_in_one_place(cube_ply, tmp_path):
-    settings = resolve_spec("a red ball", init_mesh=cube_ply)
-    assert settings.init_mesh == str(cube_ply) and settings.shape_strength == contract.DEFAULT_SHAPE_STRENGTH
-    assert settings.metadata()["keep_geometry"] is False
+    from nfsd_server.errors import UsageError
+    from nfsd_server.generate_command import check_init_mesh_file
+
+    spec = resolve_spec("a red ball", init_mesh=cube_ply)
+    assert spec.init_mesh == str(cube_ply) and spec.shape_strength == contract.DEFAULT_SHAPE_STRENGTH
+    assert spec.metadata()["keep_geometry"] is False and spec.metadata()["init_mesh"] == "cube.ply"
     cases = [
         (dict(init_mesh=cube_ply, shape_strength=-0.1), "shape_strength must be in 0..1"),
         (dict(keep_geometry=True), "keep_geometry needs an init_mesh"),
-        (dict(init_mesh=tmp_path / "cube.stl"), "must be one of ('glb', 'obj', 'ply')"),
-        (dict(init_mesh=tmp_path / "missing.obj"), "does not exist"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError) as error:
             resolve_spec("a red ball", **kwargs)
         assert message in str(error.value)
+    # The file itself is the boundary's to check (a server names its mesh by an upload id instead).
+    (tmp_path / "cube.stl").write_bytes(cube_ply.read_bytes())
+    for path, message in ((tmp_path / "cube.stl", "must be one of ('glb', 'obj', 'ply')"),
+                          (tmp_path / "missing.obj", "missing.obj")):
+        with pytest.raises(UsageError) as error:
+            check_init_mesh_file(str(path))
+        assert str(error.value).startswith("--init-mesh: ") and message in str(error.value), str(error.value)

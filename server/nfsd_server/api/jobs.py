@@ -158,7 +158,6 @@ class JobManager:
         executor: Executor | None = None,
     ):
         self.store = JobStore(data_dir, retention_days, max_finished)
-        self.data_dir = self.store.data_dir
         self.default_prior = default_prior
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
@@ -176,6 +175,10 @@ class JobManager:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._recover()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.store.data_dir
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:

@@ -36,7 +36,7 @@ def save_mesh(data_dir: Path, data: bytes, file_type: str) -> tuple[str, int, in
     return mesh_id, len(mesh.vertices), len(mesh.faces)
 
 
-def mesh_path(data_dir: Path, mesh_id: str | None) -> str | None:
+def mesh_path(data_dir: Path, mesh_id: str | None) -> Path | None:
     """The stored file of an uploaded mesh id (None for None); ValueError naming the id if there is none."""
     if mesh_id is None:
         return None
@@ -44,7 +44,7 @@ def mesh_path(data_dir: Path, mesh_id: str | None) -> str | None:
         for file_type in contract.INIT_MESH_FORMATS:
             path = Path(data_dir) / MESH_FOLDER / f"{mesh_id}.{file_type}"
             if path.is_file():
-                return str(path)
+                return path
     raise ValueError(f"init_mesh {mesh_id!r} is not a mesh uploaded to this server; upload it with POST /v1/meshes")
 
 

@@ -1,4 +1,4 @@
-"""Field → textured GLB for Blender (issue 4): ``export_glb(field, path, ExportSettings(...), metadata)``."""
+"""Field → textured GLB for Blender: ``export_glb(field, path, ExportSettings(...), metadata)``."""
 
 from nfsd_server.export.glb import ExportReport, ExportSettings, export_glb
 from nfsd_server.export.grid import EmptyFieldError

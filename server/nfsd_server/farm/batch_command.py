@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nfsd_server.cli import UsageError
+from nfsd_server.errors import UsageError
 from nfsd_contract import JobSpec
 from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, preview_saver, run_job

@@ -194,7 +194,7 @@ class RayExecutor:
 
 def connect_executor(address: str, workers: int | None = None) -> RayExecutor:
     """For the command line: join ``address`` and start the workers; a problem is one UsageError line."""
-    from nfsd_server.cli import UsageError
+    from nfsd_server.errors import UsageError
 
     if workers is not None and workers < 1:
         raise UsageError(f"the number of Ray workers must be at least 1, got {workers}")

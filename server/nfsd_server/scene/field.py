@@ -26,7 +26,7 @@ class FieldConfig:
     # Density the engine calls "surface" (the marching-cubes threshold). Measured on NeRFs trained against
     # the analytic prior: volume IoU with the reference shape peaks near 2 (0.96) and drops at 5 (0.71).
     surface_density: float = 2.0
-    # An artist's mesh as the start (issue 17): its signed distance on a shape_resolution³ grid over the box
+    # An artist's mesh as the start: its signed distance on a shape_resolution³ grid over the box
     # (0: no mesh). Its density bias has the blob's slope and replaces the blob in proportion to shape_weight;
     # frozen_shape makes the density the mesh's alone (texture mode: only colour trains).
     shape_resolution: int = 0

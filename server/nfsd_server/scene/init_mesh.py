@@ -1,5 +1,5 @@
 """An artist's mesh as the start of a generation: load and check it, fit it into the NeRF's box, and turn it into
-the occupancy, signed distance and shape loss that guide training (issue 17).
+the occupancy, signed distance and shape loss that guide training.
 
 Frames: OBJ and PLY are read as they are (+Z up, Blender's world); GLB is glTF's +Y up and is turned to +Z up on
 load. ``Normalization`` maps those coordinates into the box (longest half-extent ``NORMALISED_HALF_EXTENT``,
