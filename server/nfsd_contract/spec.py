@@ -166,9 +166,7 @@ class JobSpec:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobSpec:
         """A spec from ``to_dict``'s output (a record, a checkpoint); ValueError naming what is wrong."""
-        unknown = sorted(set(values) - set(FIELD_NAMES))
-        if unknown:
-            raise ValueError(f"unknown job field(s) {unknown}; expected only {list(FIELD_NAMES)}")
+        check_known(values)
         try:
             return cls(**values)
         except TypeError as error:  # a missing field
@@ -205,6 +203,13 @@ class JobSpec:
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(JobSpec)
 FIELD_NAMES: tuple[str, ...] = tuple(spec_field.name for spec_field in FIELDS)
+
+
+def check_known(names: Any) -> None:
+    """ValueError naming every name in ``names`` that is not a job field."""
+    unknown = sorted(set(names) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"unknown job field(s) {unknown}; expected only {list(FIELD_NAMES)}")
 
 
 def field_named(name: str) -> dataclasses.Field:
@@ -293,9 +298,7 @@ def resolve_spec(
     reused. steps None → the preset's. encoder "auto" → the preset's, or the analytic prior's one encoder.
     Raises ValueError naming the bad field.
     """
-    unknown = sorted(set(request) - set(FIELD_NAMES))
-    if unknown:
-        raise ValueError(f"unknown job field(s) {unknown}; expected only {list(FIELD_NAMES)}")
+    check_known(request)
     values = {spec_field.name: request_default(spec_field) for spec_field in FIELDS}
     values.update(request, prompt=prompt.strip() if isinstance(prompt, str) else prompt)
     for name in ("method", "preset", "encoder"):  # needed to look up the defaults below
@@ -325,9 +328,7 @@ def job_request(prompt: str, **fields: Any) -> dict[str, Any]:
     field does not allow (guidance 0, steps 0) means "the default" (None). Values are not range-checked: the
     server answers 422 naming the field, which the add-on shows as it is.
     """
-    unknown = sorted(set(fields) - set(FIELD_NAMES))
-    if unknown:
-        raise ValueError(f"unknown job field(s) {unknown}; expected only {list(FIELD_NAMES)}")
+    check_known(fields)
     body = {spec_field.name: request_default(spec_field) for spec_field in FIELDS}
     for spec_field in FIELDS:
         if spec_field.name in fields:

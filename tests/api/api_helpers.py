@@ -21,6 +21,14 @@ from nfsd_server.pipeline import GenerationCancelled, GenerationResult
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KNOWN_PROMPTS = ("a red ball", "a blue cube", "a green torus")
+RED_BALL = {"prompt": "a red ball", "steps": 12, "preset": "draft", "poly_budget": 1000, "texture_size": 512}
+
+
+def submit(client, **overrides) -> str:
+    """POST a RED_BALL job with ``overrides``; its id (asserting the 202)."""
+    response = client.post("/v1/jobs", json={**RED_BALL, **overrides})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -12,10 +12,9 @@ import uuid
 import pytest
 import trimesh
 
-from api_helpers import wait_for, wait_state
+from api_helpers import RED_BALL, submit, wait_for, wait_state
 
 DAY_S = 86400
-RED_BALL = {"prompt": "a red ball", "steps": 12, "preset": "draft", "poly_budget": 1000, "texture_size": 512}
 NOTHING = {"deleted": [], "set_aside": [], "meshes": []}
 
 
@@ -30,12 +29,6 @@ def age(path, days: float) -> None:
     """Set ``path``'s mtime (a link's own, not its target's) ``days`` into the past."""
     then = time.time() - days * DAY_S
     os.utime(path, (then, then), follow_symlinks=False)
-
-
-def submit(client, **overrides) -> str:
-    response = client.post("/v1/jobs", json={**RED_BALL, **overrides})
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
 
 
 def test_api_an_old_unused_mesh_is_purged_and_one_a_queued_job_names_survives_until_it_ran(make_client, tmp_path):

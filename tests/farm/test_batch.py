@@ -75,8 +75,9 @@ def test_batch_on_ray_runs_three_prompts_on_two_workers_concurrently(tmp_path, r
 
 
 def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tmp_path, monkeypatch):
-    from nfsd_server.farm import batch_command
     from nfsd_contract import resolve_spec
+    from nfsd_server.farm import batch_command
+    from nfsd_server.pipeline import Callbacks
 
     loads, used = [], []
 
@@ -84,12 +85,12 @@ def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tm
         loads.append((name, model, device, dtype, encoder))
         return object()
 
-    monkeypatch.setattr(batch_command, "run_job", lambda settings, prior, *args, **kwargs: used.append(prior))
+    monkeypatch.setattr("nfsd_server.pipeline.run_generation", lambda spec, prior, *args, **kwargs: used.append(prior))
     executor = batch_command.LocalExecutor("cpu", load_prior_fn=load_prior)
     analytic = resolve_spec("a red ball", prior="analytic", seed=0)
     tiny = resolve_spec("a red ball", model="tiny/sd", dtype="fp32", seed=0)
     for settings in (analytic, analytic, tiny):
-        executor.run(settings, tmp_path, callbacks=None)
+        executor.run(settings, tmp_path, callbacks=Callbacks())
     assert used[0] is used[1] and used[2] is not used[0]
     assert loads == [("analytic", None, "cpu", "auto", "vae"),
                      ("stable-diffusion", "tiny/sd", "cpu", "fp32", tiny.encoder)]

@@ -10,7 +10,7 @@ import threading
 import pytest
 from farm_helpers import FAST_JOB, wait_until
 from nfsd_server.farm.cluster import FarmError
-from nfsd_server.farm.job import Callbacks
+from nfsd_server.pipeline import Callbacks
 from nfsd_contract import resolve_spec
 from nfsd_server.farm.ray_jobs import RayExecutor, WorkerLost
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 from nfsd_server.farm import actors
-from nfsd_server.farm.job import GenerationCancelled, GenerationResult
+from nfsd_server.pipeline import GenerationCancelled, GenerationResult
 from nfsd_contract import resolve_spec
 
 
@@ -21,7 +21,7 @@ def worker(monkeypatch):
         loads.append((name, model, device))
         return object()
 
-    def run_job(settings, prior, out_dir, callbacks, resume=False):
+    def run_generation(spec, prior, out_dir, callbacks, resume=False, init_mesh_path=None):
         priors_used.append(prior)
         callbacks.on_stage("training")
         for step in (1, 2):
@@ -33,8 +33,8 @@ def worker(monkeypatch):
         callbacks.on_stage("exporting")
         return GenerationResult(out_dir / "x.glb", out_dir / "checkpoint.pt", {"faces": 7, "resumed": resume})
 
-    monkeypatch.setattr("nfsd_server.guidance.prior.load_prior", load_prior)
-    monkeypatch.setattr(actors, "run_job", run_job)
+    monkeypatch.setattr("nfsd_server.guidance.registry.load_prior", load_prior)
+    monkeypatch.setattr("nfsd_server.pipeline.run_generation", run_generation)  # run_job's train-and-export step
     instance = actors.GenerationWorker(cpu_threads=None)
     instance.loads, instance.priors_used, instance.gate = loads, priors_used, gate
     return instance

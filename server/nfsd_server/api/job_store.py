@@ -109,20 +109,6 @@ def remove_link_or_tree(path: Path) -> None:
             log.warning("cannot delete all of %s", path)
 
 
-def remove_link_or_tree(path: Path) -> None:
-    """Delete ``path``: a symlink as a link (its target untouched), a folder with all it holds (links inside
-    are removed as links, never followed). Logged, not raised: the purge runs on the worker thread."""
-    if path.is_symlink() or not path.is_dir():
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as error:
-            log.warning("cannot delete %s: %s", path, error)
-    else:
-        shutil.rmtree(path, ignore_errors=True)  # as much as it can; what is left is logged
-        if path.exists():
-            log.warning("cannot delete all of %s", path)
-
-
 def checkpoint_step(folder: Path) -> int:
     """The step of the job's last checkpoint; 0 when there is none (or none this version can read).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +12,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from nfsd_contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE, check_value
+from nfsd_contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE, FIELD_NAMES, check_value
 from nfsd_server.export import grid, surface, texture
 from nfsd_server.files import write_atomic
 from nfsd_server.scene.field import FieldConfig
@@ -44,8 +44,9 @@ class ExportSettings:
             raise ValueError(
                 f"grid_resolution {self.grid_resolution} is out of range; expected 32..1024 (256 is a good default)"
             )
-        check_value("texture_size", self.texture_size)
-        check_value("poly_budget", self.poly_budget)
+        for setting in dataclass_fields(self):  # the job's own fields (poly budget, texture size): the job's limits
+            if setting.name in FIELD_NAMES:
+                check_value(setting.name, getattr(self, setting.name))
         if not self.height > 0:
             raise ValueError(f"height {self.height} must be positive (Blender units), e.g. 1.0")
         if self.threshold is not None and not self.threshold > 0:
