@@ -47,10 +47,10 @@ def addon_module(name: str = ""):
 
 def pump(until, timeout: float, what: str):
     """Headless bpy runs no timers: call the add-on's timer function ourselves until ``until()``."""
-    ops = addon_module("operators")
+    session = addon_module("session")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ops.poll_timer()
+        session.poll_timer()
         if until():
             return
         time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""The add-on as an artist meets it (issue 15), in headless bpy from the built zip: one test per dead end,
+"""The add-on as an artist meets it, in headless bpy from the built zip: one test per dead end,
 in the order an artist hits them, and every draw() in every state."""
 
 import json
@@ -41,15 +41,15 @@ def prefs(zip_path, tmp_path_factory):
 
 @pytest.fixture
 def props(prefs):
-    ops = addon_module("operators")
+    current = addon_module("session").current
     p = bpy.context.scene.nfsd
     yield p
-    worker = ops.STATE["worker"]
+    worker = current.worker
     if worker is not None:
         worker.stop_event.set()
         worker.join(10)
-    ops.STATE["worker"] = None
-    ops.STATE["models"] = []
+    current.worker = None
+    current.models = []
     while not addon_module("jobs").EVENTS.empty():
         addon_module("jobs").EVENTS.get()
     p = bpy.context.scene.nfsd
@@ -80,20 +80,29 @@ class Busy:
 
     def __enter__(self):
         self.thread.start()
-        addon_module("operators").STATE["worker"] = self.thread
+        addon_module("session").current.worker = self.thread
         return self
 
     def __exit__(self, *exc):
         self.event.set()
         self.thread.join()
-        addon_module("operators").STATE["worker"] = None
+        addon_module("session").current.worker = None
+
+
+def resolved(**request):
+    """A status's ``request`` as the server echoes it: the job with every default resolved (a red ball, by default
+    analytic, seed 1, 30 steps)."""
+    from nfsd_contract import resolve_spec
+
+    return resolve_spec(**{"prompt": "a red ball", "prior": "analytic", "seed": 1, "steps": 30, **request}).to_dict()
 
 
 class FakeServer:
-    """/v1 with canned answers: POST records the body; GET a job answers ``states[id]`` (404 when absent)."""
+    """/v1 with canned answers: POST records the body; GET a job answers ``states[id]`` (404 when absent), with
+    the posted job (or a red ball) resolved as its ``request``."""
 
     def __init__(self):
-        self.posted, self.states = [], {}
+        self.posted, self.states, self.jobs = [], {}, {}
         outer = self
 
         class Handler(JsonHandler):
@@ -111,8 +120,7 @@ class FakeServer:
                 self._send(200, {
                     "id": job_id, "state": outer.states[job_id], "step": 0, "total": 30, "eta_s": None,
                     "queue_position": None, "error": "out of memory", "hint": "try the draft preset",
-                    "has_preview": False, "request": {"steps": 30, "seed": 1, "guidance_scale": 7.5,
-                                                      "prior": "analytic"},
+                    "has_preview": False, "request": outer.jobs.get(job_id) or resolved(),
                 })
 
             def do_POST(self):
@@ -120,6 +128,7 @@ class FakeServer:
                 outer.posted.append(body)
                 job_id = f"j{len(outer.posted)}"
                 outer.states[job_id] = "failed"
+                outer.jobs[job_id] = resolved(**body)
                 self._send(202, {"id": job_id})
 
         self.server, self.url = serve(Handler)
@@ -139,15 +148,16 @@ def fake_server(prefs):
 # --- 1. first run from the zip ----------------------------------------------------------------------------
 
 FIRST_RUN = textwrap.dedent("""
-    import json, sys, importlib.util, time
-    # No source checkout: drop the venv's editable finder that maps nfsd_blender to a checkout.
+    import json, os, sys, importlib.util, time
+    # No source checkout: drop the venv's editable install (a finder, or a path entry holding the contract).
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-    assert importlib.util.find_spec("nfsd_blender") is None and importlib.util.find_spec("nfsd_server") is None
+    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "nfsd_contract"))]
+    assert all(importlib.util.find_spec(name) is None for name in ("nfsd_blender", "nfsd_server", "nfsd_contract"))
     import bpy
     assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
                                                     enable_on_install=True) == {"FINISHED"}
     pkg = "bl_ext.user_default.nfsd_blender"
-    ops = sys.modules[pkg + ".operators"]
+    session, preferences = sys.modules[pkg + ".session"], sys.modules[pkg + ".preferences"]
     prefs = bpy.context.preferences.addons[pkg].preferences
     prefs.data_dir = sys.argv[2]
     props = bpy.context.scene.nfsd
@@ -156,17 +166,17 @@ FIRST_RUN = textwrap.dedent("""
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
     seen, deadline = [], time.monotonic() + 240
     while time.monotonic() < deadline and not (props.job_state == "running" and props.job_step > 0):
-        ops.poll_timer()
+        session.poll_timer()
         seen.append(props.job_phase or props.job_state)
         if props.job_state in ("error", "failed"):
             break
         time.sleep(0.1)
     bpy.ops.nfsd.cancel()
-    while time.monotonic() < deadline and ops.busy():
-        ops.poll_timer()
+    while time.monotonic() < deadline and session.busy():
+        session.poll_timer()
         time.sleep(0.1)
-    ops.poll_timer()
-    print(json.dumps({"python": ops.python_path(prefs), "seen": sorted(set(seen)), "state": props.job_state,
+    session.poll_timer()
+    print(json.dumps({"python": preferences.python_path(prefs), "seen": sorted(set(seen)), "state": props.job_state,
                       "error": props.error, "history": [h.state for h in props.history]}))
     bpy.ops.preferences.addon_disable(module=pkg)
 """)
@@ -257,8 +267,8 @@ def test_5_import_failure_is_one_line_failed_in_history_and_nothing_left(props, 
     item = props.history.add()
     item.job_id, item.prompt, item.state = "f00", "a red ball", "running"
     objects = len(bpy.data.objects)
-    addon_module("jobs").EVENTS.put(("done", "f00", {"glb": str(bad), "status": {}}))
-    addon_module("operators").poll_timer()
+    addon_module("jobs").EVENTS.put(addon_module("events").Done("f00", str(bad), {}))
+    addon_module("session").poll_timer()
     assert props.job_state == "failed" and item.state == "failed"
     assert props.error.startswith("Import failed: ") and "\n" not in props.error
     assert "Traceback" in props.error_details and props.error_details.count("\n") > 3
@@ -272,13 +282,13 @@ def test_5_import_failure_is_one_line_failed_in_history_and_nothing_left(props, 
 
 
 def test_6_check_server_timer_stops(props, prefs):
-    ops = addon_module("operators")
+    session = addon_module("session")
     for _ in range(20):  # the race needed the worker to answer before the flag was set: try it many times
         assert bpy.ops.nfsd.check_health() == {"FINISHED"}
         for _ in range(100):
-            if ops.poll_timer() is None:
+            if session.poll_timer() is None:
                 break
-            ops.STATE["info"].join(1)
+            session.current.info.join(1)
         else:
             raise AssertionError("the timer kept running after Check Server answered")
     assert prefs.status == "Backend: stopped (starts on Generate)"
@@ -292,36 +302,67 @@ def _progress_text():
 
 
 def test_7_progress_names_each_phase(props):
-    ops, events = addon_module("operators"), addon_module("jobs").EVENTS
+    session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
     request = addon_module("contract").job_request("a red ball", seed=1, prior="analytic")
     status = {"step": 0, "total": 400, "eta_s": None, "queue_position": None, "has_preview": False,
-              "request": {"steps": 400, "seed": 1, "guidance_scale": 7.5, "prior": "analytic"}}
+              "request": resolved(steps=400)}
     steps = [
-        (("phase", None, "starting backend"), "starting backend…"),
-        (("submitted", "p1", request), "queued"),
-        (("status", "p1", {**status, "state": "queued", "queue_position": 2}), "queued (2 ahead)"),
-        (("model", None, {"cached": False, "download_bytes": 5_160_000_000}), None),
-        (("status", "p1", {**status, "state": "running"}), "downloading model (5.2 GB), then loading…"),
-        (("status", "p1", {**status, "state": "running", "step": 100, "eta_s": 1858.2}), "training 100/400 · ETA 30:58"),
-        (("reconnecting", "p1", {"attempt": 2, "error": "refused"}), "reconnecting to the server (try 2)…"),
-        (("status", "p1", {**status, "state": "exporting", "step": 400}), "exporting mesh and texture · 0:00"),
-        (("phase", "p1", "downloading result"), "downloading result…"),
+        (events.Phase("starting backend"), "starting backend…"),
+        (events.Submitted("p1", request), "queued"),
+        (events.Status("p1", {**status, "state": "queued", "queue_position": 2}), "queued (2 ahead)"),
+        (events.Model({"cached": False, "download_bytes": 5_160_000_000}), None),
+        (events.Status("p1", {**status, "state": "running"}), "downloading model (5.2 GB), then loading…"),
+        (events.Status("p1", {**status, "state": "running", "step": 100, "eta_s": 1858.2}),
+         "training 100/400 · ETA 30:58"),
+        (events.Reconnecting("p1", 2, "refused"), "reconnecting to the server (try 2)…"),
+        (events.Status("p1", {**status, "state": "exporting", "step": 400}), "exporting mesh and texture · 0:00"),
+        (events.Phase("downloading result"), "downloading result…"),
     ]
     with Busy():
         props.job_state = "starting"
         for event, text in steps:
-            events.put(event)
-            ops.poll_timer()
+            queued.put(event)
+            session.poll_timer()
             if text is not None:
                 assert _progress_text() == text
     assert props.history[0].state == "exporting"
+
+
+def _job_fields(item) -> dict:
+    """A history entry's job fields (its float32 floats rounded back to what was stored)."""
+    values = {name: getattr(item, name) for name in addon_module("contract").FIELD_NAMES}
+    return {name: round(value, 6) if isinstance(value, float) else value for name, value in values.items()}
+
+
+def test_7_history_holds_the_job_as_the_server_runs_it_and_reruns_it(props, prefs, fake_server):
+    session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
+    contract = addon_module("contract")
+    request = contract.job_request("a red ball", seed=5, prior="analytic", method="sds")
+    queued.put(events.Submitted("h1", request))
+    session.poll_timer()
+    item = props.history[0]
+    # the defaults the server resolves are not known yet: zero, as the form writes "the default"
+    assert _job_fields(item) == {**request, "guidance_scale": 0.0, "steps": 0, "model": "", "init_mesh": "",
+                                 "shape_strength": 0.0}
+    echo = resolved(seed=5, method="sds", steps=None)
+    queued.put(events.Status("h1", {"state": "done", "step": 0, "total": echo["steps"], "request": echo}))
+    session.poll_timer()
+    assert (item.guidance_scale, item.steps, item.encoder) == (100.0, contract.PRESET_STEPS["standard"], "vae")
+    assert _job_fields(item) == {**echo, "model": "", "init_mesh": ""}
+    # Re-run: the job as it ran, the preferences' precision and encoder, and never the mesh of a selection job
+    item.init_mesh, item.keep_geometry = "mesh-1", True
+    props.history_index = 0
+    assert bpy.ops.nfsd.history_rerun() == {"FINISHED"}
+    pump(lambda: not session.busy(), 20, "the re-run")
+    assert fake_server.posted == [{**echo, "dtype": prefs.dtype, "encoder": contract.DEFAULT_ENCODER,
+                                   "shape_strength": None}]
 
 
 # --- 4. one backend per session ----------------------------------------------------------------------------
 
 
 def test_4_generate_while_start_backend_boots_spawns_one_backend(props, prefs, tmp_path):
-    ops, backend = addon_module("operators"), addon_module("backend").BACKEND
+    session, backend = addon_module("session"), addon_module("backend").BACKEND
     spawns = tmp_path / "spawns"
     prefs.python_path = str(_executable(tmp_path / "python", f"""#!/bin/sh
 echo $$ >> {spawns}
@@ -332,7 +373,7 @@ cat > /dev/null
     props.prompt = "a red ball"
     assert bpy.ops.nfsd.start_backend() == {"FINISHED"}
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
-    pump(lambda: not ops.busy() and not ops._info_busy(), 30, "start and generate to finish")
+    pump(lambda: not session.busy() and not session.current.info.is_alive(), 30, "start and generate to finish")
     pids = [int(line) for line in spawns.read_text().split()]
     assert len(pids) == 1 and backend.running
     assert props.job_state == "error" and "Cannot reach the server at http://127.0.0.1:1" in props.error
@@ -344,8 +385,8 @@ cat > /dev/null
 
 
 def test_2_model_picker_shows_what_needs_a_download(props):
-    ops = addon_module("operators")
-    ops.STATE["models"] = [
+    build_request = addon_module("properties").build_request
+    addon_module("session").current.models = [
         {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
          "cached": True, "size_bytes": 0, "download_bytes": None},
         {"id": "org/big", "label": "org/big", "prior": "stable-diffusion", "model": "org/big", "cached": False,
@@ -361,10 +402,10 @@ def test_2_model_picker_shows_what_needs_a_download(props):
     assert bpy.ops.nfsd.set_model(prior="stable-diffusion", model="org/big") == {"FINISHED"}
     texts = ui_recorder.texts(ui_recorder.draw(bpy.types.NFSD_PT_main))
     assert "First use downloads 5.2 GB (needs internet)" in texts
-    request = ops.build_request(props, addon_module("preferences").get_prefs())
+    request = build_request(props, addon_module("preferences").get_prefs())
     assert (request["prior"], request["model"]) == ("stable-diffusion", "org/big")
     bpy.ops.nfsd.set_model(prior="analytic", model="")
-    assert ops.build_request(props, addon_module("preferences").get_prefs())["prior"] == "analytic"
+    assert build_request(props, addon_module("preferences").get_prefs())["prior"] == "analytic"
 
 
 def _before_generate(log):
@@ -375,14 +416,15 @@ def _before_generate(log):
 
 
 def test_2_rgb_encoder_choice_is_sent_and_a_taesd_download_is_announced(props, prefs):
-    ops, contract = addon_module("operators"), addon_module("contract")
+    build_request, contract = addon_module("properties").build_request, addon_module("contract")
+    current = addon_module("session").current
     items = prefs.bl_rna.properties["encoder"].enum_items
     assert [item.identifier for item in items] == list(contract.ENCODERS)
     assert [item.name for item in items] == ["Auto", "VAE", "TAESD"]
     assert "9.8 MB" in items["taesd"].description and "no extra download" in items["vae"].description
     assert ("prop", "encoder", True) in ui_recorder.draw(type(prefs), target=prefs)
 
-    ops.STATE["models"] = [
+    current.models = [
         {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
          "cached": True, "size_bytes": 0, "download_bytes": None, "taesd_cached": True},
         {"id": "org/sd", "label": "org/sd", "prior": "stable-diffusion", "model": "org/sd", "cached": True,
@@ -393,37 +435,37 @@ def test_2_rgb_encoder_choice_is_sent_and_a_taesd_download_is_announced(props, p
     for choice, preset, shown in (("auto", "standard", True), ("auto", "draft", True), ("auto", "high", False),
                                   ("vae", "draft", False), ("taesd", "high", True)):
         prefs.encoder, props.preset = choice, preset
-        assert ops.build_request(props, prefs)["encoder"] == choice
+        assert build_request(props, prefs)["encoder"] == choice
         assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == ([notice] if shown else []), choice
-    ops.STATE["models"][1]["taesd_cached"] = True
+    current.models[1]["taesd_cached"] = True
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == []
 
     # The analytic prior has one encoder: the preference does not apply (the server would refuse taesd).
     bpy.ops.nfsd.set_model(prior="analytic", model="")
-    assert ops.build_request(props, prefs)["encoder"] == contract.DEFAULT_ENCODER
+    assert build_request(props, prefs)["encoder"] == contract.DEFAULT_ENCODER
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == []
 
 
 def test_7_progress_counts_a_taesd_download(props):
-    ops, events = addon_module("operators"), addon_module("jobs").EVENTS
+    session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
     status = {"state": "running", "step": 0, "total": 400, "eta_s": None, "queue_position": None,
-              "has_preview": False, "request": {"steps": 400, "seed": 1, "guidance_scale": 7.5}}
+              "has_preview": False, "request": resolved(steps=400)}
     with Busy():
-        for event in (("model", None, {"cached": True}), ("taesd", None, True), ("status", "p1", status)):
-            events.put(event)
-        ops.poll_timer()
+        for event in (events.Model({"cached": True}), events.Taesd(True), events.Status("p1", status)):
+            queued.put(event)
+        session.poll_timer()
         assert _progress_text() == "downloading model (9.8 MB), then loading…"
-        events.put(("model", None, {"cached": False, "download_bytes": 50_000_000}))
-        ops.poll_timer()
+        queued.put(events.Model({"cached": False, "download_bytes": 50_000_000}))
+        session.poll_timer()
         assert _progress_text() == "downloading model (59.8 MB), then loading…"
-        events.put(("model", None, {"cached": True}))
-        events.put(("taesd", None, False))
-        ops.poll_timer()
+        queued.put(events.Model({"cached": True}))
+        queued.put(events.Taesd(False))
+        session.poll_timer()
         assert _progress_text() == "loading model…"
         props.job_download_taesd = True
     finished = threading.Thread(target=lambda: None)
     finished.stop_event = threading.Event()
-    ops.start_job(bpy.context, [], worker=finished)
+    session.start_job(bpy.context, [], worker=finished)
     assert not props.job_download_taesd  # a new job starts knowing of no download
 
 
@@ -437,7 +479,7 @@ def test_2_failed_job_with_a_missing_model_says_so(props, fake_server):
     assert fake_server.posted[0]["encoder"] == "auto"
     assert props.error == ("out of memory (try the draft preset) — the model is not downloaded; pick a downloaded "
                            "model or Analytic in Model")
-    assert addon_module("operators").STATE["models"][0]["id"] == "org/big"
+    assert addon_module("session").current.models[0]["id"] == "org/big"
 
 
 # --- variations: N seeds queued on the server -------------------------------------------------------------------
@@ -448,8 +490,8 @@ def test_variations_submit_one_job_per_seed(props, fake_server):
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert ("operator", "nfsd.generate", "Generate 3 Variations", True) in log
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
-    ops = addon_module("operators")
-    pump(lambda: not ops.busy() and len(props.history) == 3 and props.history[-1].state == "failed", 20,
+    session = addon_module("session")
+    pump(lambda: not session.busy() and len(props.history) == 3 and props.history[-1].state == "failed", 20,
          "three failed variations")
     assert [body["seed"] for body in fake_server.posted] == [41, 42, 43]
     assert [item.job_id for item in props.history] == ["j1", "j2", "j3"]
@@ -471,19 +513,19 @@ def _server_glb(path, job_seed):
     settings = resolve_spec("a red ball", prior="analytic", seed=job_seed, steps=30, preset="draft",
                                 poly_budget=1000, texture_size=512)
     mesh = textured_mesh(vertices, vertices.copy(), faces, uvs, image)
-    write_glb(mesh, path, json_safe(settings.metadata()))
+    write_glb(mesh, path, json_safe({**settings.metadata(), "software": "nfsd_server test"}))  # as train.py does
 
 
 def test_8_one_set_of_properties_and_names_from_prompt_and_job(props, tmp_path):
-    ops = addon_module("operators")
+    session, events = addon_module("session"), addon_module("events")
     names = []
     for job_id, seed in (("aaa111", 3), ("bbb222", 4)):
         glb = tmp_path / f"{job_id}.glb"
         _server_glb(glb, seed)
         item = props.history.add()
-        item.job_id, item.prompt, item.seed, item.method, item.texture_size = job_id, "a red ball", seed, "NFSD", "512"
-        addon_module("jobs").EVENTS.put(("done", job_id, {"glb": str(glb), "status": {}}))
-        ops.poll_timer()
+        item.job_id, item.prompt, item.seed, item.method, item.texture_size = job_id, "a red ball", seed, "nfsd", 512
+        addon_module("jobs").EVENTS.put(events.Done(job_id, str(glb), {}))
+        session.poll_timer()
         assert props.job_state == "done", props.error_details
         ob = bpy.context.view_layer.objects.active
         names.append(ob.name)
@@ -533,7 +575,6 @@ STATES = ["", "starting", "queued", "running", "exporting", "done", "failed", "c
 @pytest.mark.parametrize("busy", [False, True])
 @pytest.mark.parametrize("state", STATES)
 def test_every_draw_runs_in_every_state(props, prefs, state, busy, tmp_path):
-    ops = addon_module("operators")
     props.job_state, props.job_step, props.job_total, props.job_eta = state, 3, 30, 65.0
     props.job_phase = "importing" if state == "done" else ""
     props.job_reconnect = 1 if state == "running" else 0
@@ -547,7 +588,7 @@ def test_every_draw_runs_in_every_state(props, prefs, state, busy, tmp_path):
     image.filepath_raw, image.file_format = str(preview), "PNG"
     image.save()
     item.preview_path = str(preview) if state == "running" else ""
-    ops.STATE["models"] = [] if state == "" else [
+    addon_module("session").current.models = [] if state == "" else [
         {"id": "org/big", "label": "org/big", "prior": "stable-diffusion", "model": "org/big", "cached": False,
          "download_bytes": 5_160_000_000}]
     for mode in ("LOCAL", "REMOTE"):
@@ -575,9 +616,8 @@ class _nothing:
 
 
 def test_status_line_says_where_the_backend_runs(props, prefs, fake_server):
-    ops = addon_module("operators")
-    addon_module("jobs").EVENTS.put(("backend", None, {"version": "9.9", "device": "cuda:0"}))
-    ops.poll_timer()
+    addon_module("jobs").EVENTS.put(addon_module("events").Backend({"version": "9.9", "device": "cuda:0"}))
+    addon_module("session").poll_timer()
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert ("label", f"Backend (remote {fake_server.url}): ready on CUDA:0, nfsd 9.9", "NETWORK_DRIVE", True) in log
     assert any(e[:2] == ("operator", "nfsd.open_output") for e in log)
@@ -586,7 +626,7 @@ def test_status_line_says_where_the_backend_runs(props, prefs, fake_server):
 
 
 def test_history_thumbnail_delete_and_clear(props, tmp_path):
-    ops = addon_module("operators")
+    session = addon_module("session")
     png = tmp_path / "h1_preview.png"
     image = bpy.data.images.new("h1 preview", 8, 8)
     image.filepath_raw, image.file_format = str(png), "PNG"
@@ -594,13 +634,13 @@ def test_history_thumbnail_delete_and_clear(props, tmp_path):
     for job_id in ("h1", "h2", "h3"):
         item = props.history.add()
         item.job_id, item.prompt, item.state = job_id, f"prompt {job_id}", "done"
-    addon_module("jobs").EVENTS.put(("preview", "h1", str(png)))
-    ops.poll_timer()
+    addon_module("jobs").EVENTS.put(addon_module("events").Preview("h1", str(png)))
+    session.poll_timer()
     first = ui_recorder.draw_list_item(bpy.types.NFSD_UL_history, props.history[0], props)
     assert first[0][:2] == ("label", "prompt h1")
     assert props.history[0].preview_path == str(png)
     # drawing loaded the thumbnail (headless Blender has no icons, so its icon_id is 0 and a mesh icon shows)
-    assert tuple(ops.STATE["thumbs"][str(png)].image_size) == (8, 8)
+    assert tuple(session.current.thumbs[str(png)].image_size) == (8, 8)
     props.history_index = 1
     assert bpy.ops.nfsd.history_delete() == {"FINISHED"}
     assert [item.job_id for item in props.history] == ["h1", "h3"]
