@@ -107,6 +107,8 @@ class Failed(JobEvent):
 
 @dataclass(frozen=True)
 class Cancelled(JobEvent):
+    """The server says the job was cancelled (Cancel, or a variation queued behind it)."""
+
     status: dict
 
 

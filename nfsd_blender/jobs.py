@@ -23,7 +23,7 @@ EVENTS: queue.Queue = queue.Queue()
 POLL_S = 0.5
 # Back-off between retries of a status call that failed transiently (~30 s in all, then the job is lost).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-FINISHED = {"failed": Failed, "cancelled": Cancelled}  # the end states besides done, as the server names them
+END_EVENTS = {"failed": Failed, "cancelled": Cancelled}  # the end states besides done, as the server names them
 
 
 class BackendGone(BackendError):
@@ -201,8 +201,8 @@ class JobWorker(threading.Thread):
                 _write(path, client.result_glb(job_id))
                 self.events.put(Done(job_id, path, status))
                 return True
-            if state in FINISHED:
-                self.events.put(FINISHED[state](job_id, status))
+            if state in END_EVENTS:
+                self.events.put(END_EVENTS[state](job_id, status))
                 return True  # after a cancel the other variations report 'cancelled' quickly
             time.sleep(POLL_S)
         return False

@@ -11,7 +11,7 @@ from bpy.props import BoolProperty, StringProperty
 from . import backend, contract, session
 from .backend import BACKEND
 from .preferences import get_prefs, output_dir, python_path
-from .properties import WITHOUT_INIT_MESH, build_request
+from .properties import NO_INIT_MESH, build_request
 
 BUSY_MESSAGE = "Wait for the running generation, or cancel it"
 
@@ -243,7 +243,7 @@ class NFSD_OT_history_rerun(WhenIdle, bpy.types.Operator):
         if item is None:
             return {"CANCELLED"}
         seed = random.randint(0, contract.MAX_SEED) if self.new_seed else None
-        session.start_job(context, [build_request(item, get_prefs(context), seed, **WITHOUT_INIT_MESH)])
+        session.start_job(context, [build_request(item, get_prefs(context), seed, **NO_INIT_MESH)])
         return {"FINISHED"}
 
 

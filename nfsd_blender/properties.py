@@ -17,9 +17,10 @@ from . import contract, jobs
 METHOD_LABELS = {"nfsd": ("NFSD", "Noise-Free Score Distillation"), "sds": ("SDS", "Score Distillation Sampling")}
 PROPERTY_TYPES = {str: StringProperty, int: IntProperty, float: FloatProperty, bool: BoolProperty}
 
-# Re-running a history entry repeats its text job: the uploaded mesh may be gone from the server, and the
-# result would not be placed on the object the mesh came from.
-WITHOUT_INIT_MESH = {
+# The fields that mean something only with an init mesh, at their request defaults (no mesh): left out of an
+# entry's metadata when it had none, and what Re-run sends. Re-run repeats the text job: the uploaded mesh may
+# be gone from the server, and the result would not be placed on the object the mesh came from.
+NO_INIT_MESH = {
     spec_field.name: contract.request_default(spec_field)
     for spec_field in contract.FIELDS
     if spec_field.name == "init_mesh" or contract.info(spec_field).init_mesh_only
@@ -63,7 +64,7 @@ def item_metadata(item) -> dict:
     GLB's own metadata, the init-mesh fields only when there was a mesh)."""
     values = {name: getattr(item, name) for name in contract.FIELD_NAMES}
     if not item.init_mesh:
-        for name in WITHOUT_INIT_MESH:
+        for name in NO_INIT_MESH:
             del values[name]
     return values | {"job_id": item.job_id}
 

@@ -10,8 +10,8 @@ from mathutils import Matrix
 from bpy.props import EnumProperty, FloatProperty, PointerProperty
 
 from . import contract, jobs, operators, panel, session
-from .events import Error
 from .client import BackendError
+from .events import Error
 from .preferences import get_prefs, settings_from_prefs
 from .properties import build_request
 

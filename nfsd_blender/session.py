@@ -1,6 +1,10 @@
 """The add-on's main-thread state machine: the running worker, what the server last said, and the timer that
-applies the workers' ``events`` to the scene. Applying an event (one handler per event class, in ``HANDLERS``)
-is where the running job's properties change; operators and panels ask this module, never a thread."""
+applies the workers' ``events`` to the scene (one handler per event class, in ``HANDLERS``).
+
+The running job's properties change only in this module: when an event is applied, or when a job starts, is
+cancelled or is found in a reopened file. Operators call these functions and the panel reads ``current`` and
+``busy()``; no thread touches bpy.
+"""
 
 from __future__ import annotations
 

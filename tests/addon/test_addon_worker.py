@@ -3,7 +3,6 @@ progress text, backend detection from an installed zip, and one backend per sess
 
 import os
 import queue
-import stat
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from addon_helpers import executable
 from fake_http import JsonHandler, serve
 
 from nfsd_blender import backend, contract, events, jobs, progress
@@ -182,23 +182,57 @@ def test_the_worker_says_when_taesd_is_downloaded_first(tmp_path, taesd_cached, 
         events.Models([entry]), events.Model(entry), events.Taesd(announced)]
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return path
+class InfoServer:
+    """/v1/health answers; /v1/models answers ``models``, or 500 when it is None."""
+
+    def __init__(self, models):
+        class Handler(JsonHandler):
+            def do_GET(self):
+                if self.path == "/v1/health":
+                    return self._send(200, {"version": "fake", "device": "cpu"})
+                if models is None:
+                    return self._send(500, {"detail": "the model cache is unreadable"})
+                self._send(200, {"models": models})
+
+        self.server, self.url = serve(Handler)
+
+
+@pytest.mark.parametrize("models", [[{"id": "analytic", "prior": "analytic"}], None])
+def test_check_server_reports_health_and_models_or_why_not(tmp_path, models):
+    server = InfoServer(models)
+    queued: queue.Queue = queue.Queue()
+    try:
+        jobs.server_info(jobs.Settings("REMOTE", "", str(tmp_path), server.url, "tok", "analytic", ""), False, queued)
+    finally:
+        server.server.shutdown()
+    info = queued.get_nowait()
+    assert queued.empty()
+    if models is not None:
+        assert info == events.Info({"version": "fake", "device": "cpu"}, models)
+    else:  # a failing /v1/models is said, not taken for "no models"
+        assert info.health is None and info.models is None and "the model cache is unreadable" in info.error
+
+
+def test_check_server_does_not_start_a_stopped_local_backend(tmp_path):
+    queued: queue.Queue = queue.Queue()
+    assert not jobs.BACKEND.running
+    jobs.server_info(jobs.Settings("LOCAL", "/nonexistent/python", str(tmp_path), "", "", "analytic", ""), False,
+                     queued)
+    assert queued.get_nowait() == events.Info(None, None, "not running (starts on Generate)")
+    assert not jobs.BACKEND.running
 
 
 def test_detects_the_nfsd_command_on_path(tmp_path, monkeypatch):
     (tmp_path / "venv" / "bin").mkdir(parents=True)
-    python = _executable(tmp_path / "venv" / "bin" / "python", "#!/bin/sh\n")
+    python = executable(tmp_path / "venv" / "bin" / "python", "#!/bin/sh\n")
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    _executable(bindir / "nfsd", f"#!{python}\nimport sys\n")
+    executable(bindir / "nfsd", f"#!{python}\nimport sys\n")
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.setattr(backend, "DEFAULT_VENV", tmp_path / "nowhere")
     assert backend.detect_python() == str(python)
     # pip's form for interpreter paths too long for a shebang
-    _executable(bindir / "nfsd", f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\n")
+    executable(bindir / "nfsd", f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\n")
     assert backend.detect_python() == str(python)
 
 
@@ -208,14 +242,14 @@ def test_detects_the_documented_venv_and_says_nothing_when_there_is_none(tmp_pat
     monkeypatch.setattr(backend, "__file__", str(tmp_path / "ext" / "nfsd_blender" / "backend.py"))
     assert backend.detect_python() == ""
     (tmp_path / "nfsd-backend" / "bin").mkdir(parents=True)
-    python = _executable(tmp_path / "nfsd-backend" / "bin" / "python", "#!/bin/sh\n")
+    python = executable(tmp_path / "nfsd-backend" / "bin" / "python", "#!/bin/sh\n")
     assert backend.detect_python() == str(python)
 
 
 def _fake_server_python(tmp_path: Path) -> Path:
     """A 'python' that boots slowly like the real backend (prints its port line after 1 s, exits when its stdin
     closes) and counts how often it was started."""
-    return _executable(tmp_path / "python", f"""#!/bin/sh
+    return executable(tmp_path / "python", f"""#!/bin/sh
 echo started >> {tmp_path}/spawns
 sleep 1
 echo '{{"port": 1, "version": "fake"}}'
