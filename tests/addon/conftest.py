@@ -31,15 +31,22 @@ def prefs(zip_path, tmp_path_factory):
 
 @pytest.fixture
 def props(prefs):
+    """The scene's NFSD properties, with no job, worker, history or server answers before and after the test
+    (a module before may have left a reopened file's history)."""
+    import bpy
+
+    _reset(prefs)
+    yield bpy.context.scene.nfsd
+    _reset(prefs)
+
+
+def _reset(prefs):
     import bpy
 
     current = addon_module("session").current
-    p = bpy.context.scene.nfsd
-    yield p
-    worker = current.worker
-    if worker is not None:
-        worker.stop_event.set()
-        worker.join(10)
+    if current.worker is not None:
+        current.worker.stop_event.set()
+        current.worker.join(10)
     current.worker = None
     current.models = []
     while not addon_module("jobs").EVENTS.empty():
