@@ -88,4 +88,4 @@ def _normalise_metadata(ob, metadata) -> None:
     for key, value in merged.items():
         if value is None or value == "" or value == "None":
             continue
-        ob[PREFIX + key] = value.lower() if key == "method" and isinstance(value, str) else value
+        ob[PREFIX + key] = value

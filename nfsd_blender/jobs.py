@@ -1,7 +1,7 @@
 """The worker thread behind a generation (no bpy): start backend, submit, poll, download.
 
-It only puts events on a thread-safe queue; the bpy timer in ``operators`` reads them on the main thread.
-Events are ``(kind, job_id, payload)``; the kinds are the names of ``operators._on_<kind>``.
+It only puts ``events`` records on a thread-safe queue; the bpy timer in ``session`` applies them on the main
+thread.
 """
 
 from __future__ import annotations
@@ -14,11 +14,16 @@ import time
 from . import contract
 from .backend import BACKEND
 from .client import BackendError, Client
+from .events import (
+    Backend, Cancelled, Done, Error, Failed, Info, Interrupted, Model, Models, Phase, Preview, Reconnecting, Status,
+    Submitted, Taesd,
+)
 
 EVENTS: queue.Queue = queue.Queue()
 POLL_S = 0.5
 # Back-off between retries of a status call that failed transiently (~30 s in all, then the job is lost).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+END_EVENTS = {"failed": Failed, "cancelled": Cancelled}  # the end states besides done, as the server names them
 
 
 class BackendGone(BackendError):
@@ -37,7 +42,7 @@ def make_client(settings: Settings, events: queue.Queue | None = None) -> Client
     if settings.mode == "LOCAL":
         if not BACKEND.running:
             if events is not None:
-                events.put(("phase", None, "starting backend"))
+                events.put(Phase("starting backend"))
             BACKEND.start(settings.python_path, settings.data_dir, settings.prior, settings.model)
         return Client(BACKEND.url, BACKEND.token)
     return Client(settings.url, settings.token)
@@ -69,8 +74,20 @@ def needs_taesd(request: dict, prior: str) -> bool:
 
 def downloads_taesd(entry: dict | None, request: dict, prior: str) -> bool:
     """True when the job fetches TAESD before it trains: it needs TAESD and the model's /v1/models ``entry`` says
-    the server has none (no entry, or an older server without ``taesd_cached``: unknown, so no claim)."""
+    the server has none (no entry, or one that does not say: unknown, so no claim)."""
     return entry is not None and entry.get("taesd_cached") is False and needs_taesd(request, prior)
+
+
+def server_info(settings: Settings, start: bool, events: queue.Queue = EVENTS) -> None:
+    """Thread body: the server's health and models (starting the local one if ``start``), as one ``Info``."""
+    if settings.mode == "LOCAL" and not BACKEND.running and not start:
+        events.put(Info(None, None, "not running (starts on Generate)"))
+        return
+    try:
+        client = make_client(settings)
+        events.put(Info(client.health(), client.models()))
+    except BackendError as err:
+        events.put(Info(None, None, str(err)))
 
 
 class JobWorker(threading.Thread):
@@ -94,7 +111,7 @@ class JobWorker(threading.Thread):
         try:
             client = make_client(self.settings, self.events)
             try:
-                self.events.put(("backend", None, client.health()))  # for the panel's "ready on CUDA" line
+                self.events.put(Backend(client.health()))  # for the panel's "ready on CUDA" line
             except BackendError:
                 pass
             if self.requests:
@@ -104,31 +121,31 @@ class JobWorker(threading.Thread):
                     break
                 self.job_id = client.submit(request)
                 self.job_ids.append(self.job_id)
-                self.events.put(("submitted", self.job_id, request))
+                self.events.put(Submitted(self.job_id, request))
             self.job_ids += self.resume
             for job_id in list(self.job_ids):
                 self.job_id = job_id
                 if not self._poll(client, job_id) or self.stop_event.is_set():
                     break
         except BackendError as err:
-            self.events.put(("error", self.job_id, str(err)))
+            self.events.put(Error(self.job_id, str(err)))
         except Exception as err:  # noqa: BLE001  (a bug must not leave the panel spinning)
-            self.events.put(("error", self.job_id, f"Unexpected error: {err!r}"))
+            self.events.put(Error(self.job_id, f"Unexpected error: {err!r}"))
 
     def _announce_model(self, client: Client) -> None:
-        """Tell the panel whether the model (and TAESD) must be downloaded first (an older server has no
-        /v1/models)."""
+        """Tell the panel whether the model (and TAESD) must be downloaded first; a server that cannot say
+        delays nothing: the job runs and its status tells the rest."""
         request = self.requests[0]
         try:
             models = client.models()
         except BackendError:
             return
-        self.events.put(("models", None, models))
+        self.events.put(Models(models))
         prior = request.get("prior") or self.settings.prior
         entry = find_model(models, prior, request.get("model") or "")
         if entry is not None:
-            self.events.put(("model", None, entry))
-            self.events.put(("taesd", None, downloads_taesd(entry, request, prior)))
+            self.events.put(Model(entry))
+            self.events.put(Taesd(downloads_taesd(entry, request, prior)))
 
     def _status(self, client: Client, job_id: str) -> dict | None:
         """``client.status`` retried with back-off while the failure is transient; None once stopped."""
@@ -142,7 +159,7 @@ class JobWorker(threading.Thread):
                     if err.transient:
                         raise BackendError(f"Lost contact with the server: {err.args[0]}", err.hint) from None
                     raise
-                self.events.put(("reconnecting", job_id, {"attempt": attempt, "error": err.args[0]}))
+                self.events.put(Reconnecting(job_id, attempt, err.args[0]))
                 if self.stop_event.wait(delay):
                     return None
         return None
@@ -159,33 +176,33 @@ class JobWorker(threading.Thread):
             try:
                 status = self._status(client, job_id)
             except BackendGone as err:
-                self.events.put(("interrupted", job_id, str(err)))
+                self.events.put(Interrupted(job_id, str(err)))
                 return False
             except BackendError as err:
                 if err.status == 404:
-                    self.events.put(("interrupted", job_id, "The server no longer has this job"))
+                    self.events.put(Interrupted(job_id, "The server no longer has this job"))
                     return True
                 raise
             if status is None:
                 return False
-            self.events.put(("status", job_id, status))
+            self.events.put(Status(job_id, status))
             if status.get("has_preview") and status.get("preview_step") != preview_step:
                 try:
                     path = os.path.join(out_dir, f"{job_id}_preview.png")
                     _write(path, client.preview(job_id))
                     preview_step = status.get("preview_step")
-                    self.events.put(("preview", job_id, path))
+                    self.events.put(Preview(job_id, path))
                 except BackendError:
                     pass  # a preview is a nicety
             state = status.get("state")
             if state == "done":
-                self.events.put(("phase", job_id, "downloading result"))
+                self.events.put(Phase("downloading result"))
                 path = os.path.join(out_dir, f"{job_id}.glb")
                 _write(path, client.result_glb(job_id))
-                self.events.put(("done", job_id, {"status": status, "glb": path}))
+                self.events.put(Done(job_id, path, status))
                 return True
-            if state in ("failed", "cancelled"):
-                self.events.put((state, job_id, status))
+            if state in END_EVENTS:
+                self.events.put(END_EVENTS[state](job_id, status))
                 return True  # after a cancel the other variations report 'cancelled' quickly
             time.sleep(POLL_S)
         return False

@@ -4,11 +4,12 @@ import os
 import time
 
 import bpy
-import bpy.utils.previews
 
-from . import contract, jobs, operators, progress
-from .operators import PREVIEW_IMAGE, busy
-from .preferences import get_prefs
+from . import contract, jobs, progress, session
+from .backend import BACKEND
+from .preferences import get_prefs, python_path
+from .properties import build_request
+from .session import PREVIEW_IMAGE, busy
 
 ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
             "cached": True}
@@ -25,7 +26,7 @@ def current_model(props):
     """The /v1/models entry the form points at, or None for 'the preferences' default'."""
     if not props.prior and not props.model:
         return None
-    for entry in operators.STATE["models"] or [ANALYTIC]:
+    for entry in session.current.models or [ANALYTIC]:
         if entry.get("prior") == props.prior and (entry.get("model") or "") == props.model:
             return entry
     return {"label": props.model or props.prior, "prior": props.prior, "model": props.model, "cached": True}
@@ -39,7 +40,7 @@ class NFSD_MT_models(bpy.types.Menu):
         layout = self.layout
         op = layout.operator("nfsd.set_model", text="Preferences' default")
         op.prior, op.model = "", ""
-        for entry in operators.STATE["models"] or [ANALYTIC]:
+        for entry in session.current.models or [ANALYTIC]:
             op = layout.operator("nfsd.set_model", text=model_label(entry),
                                  icon="CHECKMARK" if entry.get("cached") else "IMPORT")
             op.prior, op.model = entry.get("prior") or "", entry.get("model") or ""
@@ -61,7 +62,7 @@ class NFSD_UL_history(bpy.types.UIList):
 
 def _thumbnail(path) -> int:
     """The icon id of a history entry's last preview (0 when there is none)."""
-    pcoll = operators.STATE["thumbs"]
+    pcoll = session.current.thumbs
     if pcoll is None or not path:
         return 0
     path = bpy.path.abspath(path)
@@ -76,10 +77,10 @@ def draw_backend(layout, context):
     """Status line (booting / ready on CUDA / stopped / remote), the output folder, and the first-run help."""
     prefs = get_prefs(context)
     row = layout.row(align=True)
-    row.label(text=operators.server_status_text(), icon="NETWORK_DRIVE" if prefs.mode == "REMOTE" else "CONSOLE")
+    row.label(text=session.server_status_text(), icon="NETWORK_DRIVE" if prefs.mode == "REMOTE" else "CONSOLE")
     row.operator("nfsd.check_health", text="", icon="FILE_REFRESH")
     row.operator("nfsd.open_output", text="", icon="FILE_FOLDER")
-    if prefs.mode == "LOCAL" and not operators.BACKEND.running and not operators.python_path(prefs):
+    if prefs.mode == "LOCAL" and not BACKEND.running and not python_path(prefs):
         box = layout.box()
         box.label(text="No nfsd backend found on this computer", icon="INFO")
         row = box.row(align=True)
@@ -117,15 +118,15 @@ def draw_form(layout, props):
 
 def taesd_notice(context, props) -> str:
     """One line when the job the form would submit fetches TAESD first (the server said it has none), else ''."""
-    request = operators.build_request(props, get_prefs(context))
-    entry = jobs.find_model(operators.STATE["models"], request["prior"], request["model"] or "")
+    request = build_request(props, get_prefs(context))
+    entry = jobs.find_model(session.current.models, request["prior"], request["model"] or "")
     if not jobs.downloads_taesd(entry, request, request["prior"]):
         return ""
     return f"First job downloads TAESD ({progress.format_size(contract.TAESD_DOWNLOAD_BYTES)})"
 
 
 def progress_text(props):
-    started = operators.STATE["export_started"]
+    started = session.current.export_started
     elapsed = time.monotonic() - started if started is not None and props.job_state == "exporting" else None
     download = int(props.job_download_gb * 1e9) + (contract.TAESD_DOWNLOAD_BYTES if props.job_download_taesd else 0)
     return progress.phase(
@@ -228,7 +229,6 @@ classes = (NFSD_MT_models, NFSD_UL_history, NFSD_PT_main, NFSD_PT_history)
 
 
 def register():
-    operators.STATE["thumbs"] = bpy.utils.previews.new()
     for cls in classes:
         bpy.utils.register_class(cls)
 
@@ -236,6 +236,3 @@ def register():
 def unregister():
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
-    if operators.STATE["thumbs"] is not None:
-        bpy.utils.previews.remove(operators.STATE["thumbs"])
-        operators.STATE["thumbs"] = None

@@ -1,11 +1,11 @@
-"""Add-on preferences: where the backend runs."""
+"""Add-on preferences: where the backend runs, and what a job takes from them."""
 
 import os
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend, contract, progress
+from . import backend, contract, jobs, progress
 
 
 def _default_data_dir() -> str:
@@ -96,6 +96,22 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
 def get_prefs(context=None):
     context = context or bpy.context
     return context.preferences.addons[__package__].preferences
+
+
+def python_path(prefs) -> str:
+    """The backend Python: the preference, else whatever is installed where the README says (found each time)."""
+    return bpy.path.abspath(prefs.python_path) if prefs.python_path else backend.detect_python()
+
+
+def output_dir(context=None) -> str:
+    prefs = get_prefs(context)
+    return bpy.path.abspath(prefs.data_dir) if prefs.data_dir else _default_data_dir()
+
+
+def settings_from_prefs(context=None) -> jobs.Settings:
+    """The preferences a worker thread needs, read here on the main thread (threads never touch bpy)."""
+    p = get_prefs(context)
+    return jobs.Settings(p.mode, python_path(p), output_dir(context), p.url, p.token, p.default_prior, p.model)
 
 
 def register():

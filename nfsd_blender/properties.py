@@ -1,4 +1,5 @@
-"""Scene properties: the generation form, the running job, and the history."""
+"""Scene properties: the generation form, the running job and the history; and how a job's fields move between
+them and a request. The history's job fields and every copy of them come from ``contract.FIELDS``."""
 
 import bpy
 from bpy.props import (
@@ -11,32 +12,75 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import contract
+from . import contract, jobs
 
 METHOD_LABELS = {"nfsd": ("NFSD", "Noise-Free Score Distillation"), "sds": ("SDS", "Score Distillation Sampling")}
+PROPERTY_TYPES = {str: StringProperty, int: IntProperty, float: FloatProperty, bool: BoolProperty}
+
+# The fields that mean something only with an init mesh, at their request defaults (no mesh): left out of an
+# entry's metadata when it had none, and what Re-run sends. Re-run repeats the text job: the uploaded mesh may
+# be gone from the server, and the result would not be placed on the object the mesh came from.
+NO_INIT_MESH = {
+    spec_field.name: contract.request_default(spec_field)
+    for spec_field in contract.FIELDS
+    if spec_field.name == "init_mesh" or contract.info(spec_field).init_mesh_only
+}
 
 
 def _method_update(self, _context):
     self.guidance_scale = contract.DEFAULT_GUIDANCE_SCALE[self.method.lower()]
 
 
-class NFSD_HistoryItem(bpy.types.PropertyGroup):
-    job_id: StringProperty()
-    prompt: StringProperty()
-    negative_prompt: StringProperty()
-    method: StringProperty()
-    guidance_scale: FloatProperty()
-    seed: IntProperty()
-    steps: IntProperty()
-    preset: StringProperty()
-    poly_budget: IntProperty()
-    texture_size: StringProperty()
-    prior: StringProperty()
-    model: StringProperty()
-    state: StringProperty()
-    error: StringProperty()
-    glb_path: StringProperty(subtype="FILE_PATH")
-    preview_path: StringProperty(subtype="FILE_PATH")
+def _job_property(spec_field):
+    """A history item's property for one job field: its value type, label and help from the contract."""
+    field_info = contract.info(spec_field)
+    return PROPERTY_TYPES[contract.value_type(spec_field)](name=field_info.label, description=field_info.help)
+
+
+# Built with type() so that the annotations bpy registers can be computed from the field list.
+NFSD_HistoryItem = type("NFSD_HistoryItem", (bpy.types.PropertyGroup,), {
+    "__doc__": "One generation: its job's fields (as the server runs them, once it has said) and its outcome.",
+    "__annotations__": {
+        **{spec_field.name: _job_property(spec_field) for spec_field in contract.FIELDS},
+        "job_id": StringProperty(),
+        "state": StringProperty(),
+        "error": StringProperty(),
+        "glb_path": StringProperty(subtype="FILE_PATH"),
+        "preview_path": StringProperty(subtype="FILE_PATH"),
+    },
+})
+
+
+def fill_item(item, values: dict) -> None:
+    """Copy every job field of ``values`` (a request, or a status's resolved ``request``) onto a history item;
+    None (a default the server resolves) becomes the property's zero value."""
+    for spec_field in contract.FIELDS:
+        value = values[spec_field.name]
+        setattr(item, spec_field.name, contract.value_type(spec_field)() if value is None else value)
+
+
+def item_metadata(item) -> dict:
+    """The job's fields as a history item holds them, plus its job id: the imported object's properties (like the
+    GLB's own metadata, the init-mesh fields only when there was a mesh)."""
+    values = {name: getattr(item, name) for name in contract.FIELD_NAMES}
+    if not item.init_mesh:
+        for name in NO_INIT_MESH:
+            del values[name]
+    return values | {"job_id": item.job_id}
+
+
+def build_request(source, prefs, seed=None, **extra) -> dict:
+    """The POST /v1/jobs body from the form or a history item: every job field ``source`` has (the others at
+    their defaults), the prior and model from the preferences where ``source`` names none, precision and RGB
+    encoder from the preferences; ``seed`` and any other field (``extra``) overridable."""
+    fields = {name: getattr(source, name) for name in contract.FIELD_NAMES if hasattr(source, name)}
+    prompt = fields.pop("prompt")
+    prior = fields.get("prior") or prefs.default_prior
+    fields.update(prior=prior, model=fields.get("model") or prefs.model, dtype=prefs.dtype,
+                  encoder=jobs.request_encoder(prior, prefs.encoder))
+    if seed is not None:
+        fields["seed"] = seed
+    return contract.job_request(prompt, **fields | extra)
 
 
 class NFSD_SceneProps(bpy.types.PropertyGroup):

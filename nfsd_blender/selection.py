@@ -1,4 +1,4 @@
-"""Start from the selected object (issue 17): send its evaluated mesh in world space, and put the result on its
+"""Start from the selected object: send its evaluated mesh in world space, and put the result on its
 transform, next to it, with the original hidden.
 
 Shape mode: the mesh guides the geometry (strength 0–1). Texture mode: the mesh's own vertices and faces are
@@ -9,9 +9,11 @@ import bpy
 from mathutils import Matrix
 from bpy.props import EnumProperty, FloatProperty, PointerProperty
 
-from . import contract, jobs, operators, panel
+from . import contract, jobs, operators, panel, session
 from .client import BackendError
-from .preferences import get_prefs
+from .events import Error
+from .preferences import get_prefs, settings_from_prefs
+from .properties import build_request
 
 MODES = (
     ("SHAPE", "Shape", "The selected mesh guides the shape; the prompt refines it and adds detail"),
@@ -61,7 +63,7 @@ class SelectionJobWorker(jobs.JobWorker):
             client = jobs.make_client(self.settings, self.events)
             self.requests[0]["init_mesh"] = client.upload_mesh(self.mesh_obj, "obj")
         except BackendError as err:
-            self.events.put(("error", None, str(err)))
+            self.events.put(Error(None, str(err)))
             return
         super().run()
 
@@ -93,7 +95,7 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return active_mesh(context) is not None and not operators.busy()
+        return active_mesh(context) is not None and not session.busy()
 
     def execute(self, context):
         props, chosen = context.scene.nfsd, context.scene.nfsd_selection
@@ -104,11 +106,11 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
         if len(data) > contract.MAX_INIT_MESH_BYTES:
             limit = contract.MAX_INIT_MESH_BYTES // 2**20
             return operators.refuse(self, props, f"{obj.name} is too large to send (over {limit} MiB); decimate it")
-        request = operators.build_request(
+        request = build_request(
             props, get_prefs(context), shape_strength=chosen.strength, keep_geometry=chosen.mode == "TEXTURE"
         )
-        worker = SelectionJobWorker(operators.settings_from_prefs(context), request, data, obj.name, chosen.mode)
-        operators.start_job(context, [request], worker=worker)
+        worker = SelectionJobWorker(settings_from_prefs(context), request, data, obj.name, chosen.mode)
+        session.start_job(context, [request], worker=worker)
         return {"FINISHED"}
 
 
@@ -127,7 +129,7 @@ class NFSD_PT_selection(panel.SidebarPanel, bpy.types.Panel):
         obj = context.active_object
         chosen = context.scene.nfsd_selection
         layout = self.layout
-        layout.enabled = not operators.busy()
+        layout.enabled = not session.busy()
         layout.label(text=obj.name if obj is not None else "(no mesh selected)", icon="MESH_DATA")
         layout.row().prop(chosen, "mode", expand=True)
         if chosen.mode == "SHAPE":

@@ -1,11 +1,17 @@
-"""Helpers for the add-on tests: build the zip, install it into headless bpy, pump the timer."""
+"""Helpers for the add-on tests: build the zip, install it into headless bpy, pump the timer, hold the add-on
+busy, and a fake server that answers like the real one."""
 
 from __future__ import annotations
 
+import json
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from fake_http import JsonHandler, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = "bl_ext.user_default.nfsd_blender"
@@ -47,11 +53,86 @@ def addon_module(name: str = ""):
 
 def pump(until, timeout: float, what: str):
     """Headless bpy runs no timers: call the add-on's timer function ourselves until ``until()``."""
-    ops = addon_module("operators")
+    session = addon_module("session")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ops.poll_timer()
+        session.poll_timer()
         if until():
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def executable(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` as an executable script (a fake Python or ``nfsd`` command)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+class Busy:
+    """Holds the add-on 'busy' (a live worker) for draw and poll checks."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.thread = threading.Thread(target=self.event.wait, daemon=True)
+        self.thread.cancel_event = self.thread.stop_event = threading.Event()
+
+    def __enter__(self):
+        self.thread.start()
+        addon_module("session").current.worker = self.thread
+        return self
+
+    def __exit__(self, *exc):
+        self.event.set()
+        self.thread.join()
+        addon_module("session").current.worker = None
+
+
+def resolved(**request):
+    """A status's ``request`` as the server echoes it: the job with every default resolved (a red ball, by default
+    analytic, seed 1, 30 steps)."""
+    from nfsd_contract import resolve_spec
+
+    return resolve_spec(**{"prompt": "a red ball", "prior": "analytic", "seed": 1, "steps": 30, **request}).to_dict()
+
+
+class FakeServer:
+    """/v1 with canned answers: POST records the body; GET a job answers ``states[id]`` (404 when absent), with
+    the posted job (or a red ball) resolved as its ``request``."""
+
+    def __init__(self):
+        self.posted, self.states, self.jobs = [], {}, {}
+        outer = self
+
+        class Handler(JsonHandler):
+            def do_GET(self):
+                job_id = self.path.rsplit("/", 1)[-1]
+                if self.path == "/v1/health":
+                    return self._send(200, {"version": "9.9", "device": "cpu"})
+                if self.path == "/v1/models":
+                    return self._send(200, {"models": [
+                        {"id": "org/big", "label": "org/big", "prior": "stable-diffusion", "model": "org/big",
+                         "cached": False, "size_bytes": None, "download_bytes": 5_160_000_000, "default": True,
+                         "taesd_cached": False}]})
+                if job_id not in outer.states:
+                    return self._send(404, {"detail": f"no job {job_id!r} on this server"})
+                self._send(200, {
+                    "id": job_id, "state": outer.states[job_id], "step": 0, "total": 30, "eta_s": None,
+                    "queue_position": None, "error": "out of memory", "hint": "try the draft preset",
+                    "has_preview": False, "request": outer.jobs.get(job_id) or resolved(),
+                })
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.posted.append(body)
+                job_id = f"j{len(outer.posted)}"
+                outer.states[job_id] = "failed"
+                outer.jobs[job_id] = resolved(**body)
+                self._send(202, {"id": job_id})
+
+        self.server, self.url = serve(Handler)
+
+    def close(self):
+        self.server.shutdown()

@@ -3,7 +3,6 @@ progress text, backend detection from an installed zip, and one backend per sess
 
 import os
 import queue
-import stat
 import sys
 import threading
 import time
@@ -14,9 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from addon_helpers import executable
 from fake_http import JsonHandler, serve
 
-from nfsd_blender import backend, contract, jobs, progress
+from nfsd_blender import backend, contract, events, jobs, progress
 from nfsd_blender.client import BackendError, Client
 
 
@@ -57,9 +57,10 @@ class FlakyServer:
 
 
 def _follow(server, tmp_path, cancel_after=None):
-    events: queue.Queue = queue.Queue()
+    """Follow job j1 on ``server`` with a JobWorker; the events it put on its queue, in order."""
+    queued: queue.Queue = queue.Queue()
     settings = jobs.Settings("REMOTE", "", str(tmp_path), server.url, "tok", "analytic", "")
-    worker = jobs.JobWorker(settings, [], events, resume=["j1"])
+    worker = jobs.JobWorker(settings, [], queued, resume=["j1"])
     worker.retry_delays = (0.01, 0.02, 0.04)
     worker.start()
     if cancel_after is not None:
@@ -69,56 +70,51 @@ def _follow(server, tmp_path, cancel_after=None):
         worker.cancel_event.set()
     worker.join(20)
     assert not worker.is_alive()
-    out = []
-    while not events.empty():
-        out.append(events.get())
-    return out
+    return [queued.get_nowait() for _ in range(queued.qsize())]
 
 
 def test_poll_survives_transient_errors_and_says_reconnecting(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "POLL_S", 0.01)
     server = FlakyServer(failures=2, fail_status=503)
     try:
-        events = _follow(server, tmp_path, cancel_after=4)
+        seen = _follow(server, tmp_path, cancel_after=4)
     finally:
         server.close()
-    kinds = [kind for kind, _, _ in events]
-    assert [p["attempt"] for k, _, p in events if k == "reconnecting"] == [1, 2]
-    assert kinds[-1] == "cancelled", events  # the loop lived on, and Cancel still worked
-    assert "error" not in kinds
+    assert [e.attempt for e in seen if isinstance(e, events.Reconnecting)] == [1, 2]
+    assert isinstance(seen[-1], events.Cancelled), seen  # the loop lived on, and Cancel still worked
+    assert not any(isinstance(e, events.Error) for e in seen)
 
 
 def test_cancel_is_retried_when_the_server_blips(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "POLL_S", 0.01)
     server = FlakyServer(cancel_failures=2)
     try:
-        events = _follow(server, tmp_path, cancel_after=2)
+        seen = _follow(server, tmp_path, cancel_after=2)
     finally:
         server.close()
     assert server.cancel_calls == 3
-    assert events[-1][0] == "cancelled"
+    assert isinstance(seen[-1], events.Cancelled) and seen[-1].job_id == "j1"
 
 
 def test_poll_gives_up_with_one_line_after_the_backoff(tmp_path):
     server = FlakyServer(failures=99, fail_status=503)
     try:
-        events = _follow(server, tmp_path)
+        seen = _follow(server, tmp_path)
     finally:
         server.close()
     assert server.status_calls == 4  # the first try + 3 retries
-    kind, job_id, message = events[-1]
-    assert (kind, job_id) == ("error", "j1")
-    assert message.startswith("Lost contact with the server: restarting")
+    assert isinstance(seen[-1], events.Error) and seen[-1].job_id == "j1"
+    assert seen[-1].message.startswith("Lost contact with the server: restarting")
 
 
 def test_a_job_the_server_forgot_is_interrupted_not_an_error(tmp_path):
     server = FlakyServer(missing=True)
     try:
-        events = _follow(server, tmp_path)
+        seen = _follow(server, tmp_path)
     finally:
         server.close()
-    assert events == [("backend", None, {"version": "fake", "device": "cpu"}),
-                      ("interrupted", "j1", "The server no longer has this job")]
+    assert seen == [events.Backend({"version": "fake", "device": "cpu"}),
+                    events.Interrupted("j1", "The server no longer has this job")]
 
 
 def test_client_errors_are_not_retried():
@@ -157,10 +153,10 @@ def test_which_jobs_fetch_taesd(choice, preset, prior, needs):
                                    encoder=jobs.request_encoder(prior, choice))
     assert request["encoder"] == (choice if prior == "stable-diffusion" else contract.DEFAULT_ENCODER)
     assert jobs.needs_taesd(request, prior) is needs
-    missing, cached, older = {"taesd_cached": False}, {"taesd_cached": True}, {}
+    missing, cached, silent = {"taesd_cached": False}, {"taesd_cached": True}, {}
     assert jobs.downloads_taesd(missing, request, prior) is needs
     assert not jobs.downloads_taesd(cached, request, prior)
-    assert not jobs.downloads_taesd(older, request, prior)  # an older server says nothing: claim nothing
+    assert not jobs.downloads_taesd(silent, request, prior)  # an entry that does not say: claim nothing
     assert not jobs.downloads_taesd(None, request, prior)
 
 
@@ -178,31 +174,65 @@ class _ModelsOnly:
 def test_the_worker_says_when_taesd_is_downloaded_first(tmp_path, taesd_cached, encoder, announced):
     entry = {"id": "org/sd", "prior": "stable-diffusion", "model": "org/sd", "cached": True, "default": True,
              "taesd_cached": taesd_cached}
-    events: queue.Queue = queue.Queue()
+    queued: queue.Queue = queue.Queue()
     request = contract.job_request("a red ball", preset="standard", prior="stable-diffusion", encoder=encoder)
     settings = jobs.Settings("REMOTE", "", str(tmp_path), "", "", "stable-diffusion", "")
-    jobs.JobWorker(settings, [request], events)._announce_model(_ModelsOnly([entry]))
-    assert [events.get_nowait() for _ in range(events.qsize())] == [
-        ("models", None, [entry]), ("model", None, entry), ("taesd", None, announced)]
+    jobs.JobWorker(settings, [request], queued)._announce_model(_ModelsOnly([entry]))
+    assert [queued.get_nowait() for _ in range(queued.qsize())] == [
+        events.Models([entry]), events.Model(entry), events.Taesd(announced)]
 
 
-def _executable(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return path
+class InfoServer:
+    """/v1/health answers; /v1/models answers ``models``, or 500 when it is None."""
+
+    def __init__(self, models):
+        class Handler(JsonHandler):
+            def do_GET(self):
+                if self.path == "/v1/health":
+                    return self._send(200, {"version": "fake", "device": "cpu"})
+                if models is None:
+                    return self._send(500, {"detail": "the model cache is unreadable"})
+                self._send(200, {"models": models})
+
+        self.server, self.url = serve(Handler)
+
+
+@pytest.mark.parametrize("models", [[{"id": "analytic", "prior": "analytic"}], None])
+def test_check_server_reports_health_and_models_or_why_not(tmp_path, models):
+    server = InfoServer(models)
+    queued: queue.Queue = queue.Queue()
+    try:
+        jobs.server_info(jobs.Settings("REMOTE", "", str(tmp_path), server.url, "tok", "analytic", ""), False, queued)
+    finally:
+        server.server.shutdown()
+    info = queued.get_nowait()
+    assert queued.empty()
+    if models is not None:
+        assert info == events.Info({"version": "fake", "device": "cpu"}, models)
+    else:  # a failing /v1/models is said, not taken for "no models"
+        assert info.health is None and info.models is None and "the model cache is unreadable" in info.error
+
+
+def test_check_server_does_not_start_a_stopped_local_backend(tmp_path):
+    queued: queue.Queue = queue.Queue()
+    assert not jobs.BACKEND.running
+    jobs.server_info(jobs.Settings("LOCAL", "/nonexistent/python", str(tmp_path), "", "", "analytic", ""), False,
+                     queued)
+    assert queued.get_nowait() == events.Info(None, None, "not running (starts on Generate)")
+    assert not jobs.BACKEND.running
 
 
 def test_detects_the_nfsd_command_on_path(tmp_path, monkeypatch):
     (tmp_path / "venv" / "bin").mkdir(parents=True)
-    python = _executable(tmp_path / "venv" / "bin" / "python", "#!/bin/sh\n")
+    python = executable(tmp_path / "venv" / "bin" / "python", "#!/bin/sh\n")
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    _executable(bindir / "nfsd", f"#!{python}\nimport sys\n")
+    executable(bindir / "nfsd", f"#!{python}\nimport sys\n")
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.setattr(backend, "DEFAULT_VENV", tmp_path / "nowhere")
     assert backend.detect_python() == str(python)
     # pip's form for interpreter paths too long for a shebang
-    _executable(bindir / "nfsd", f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\n")
+    executable(bindir / "nfsd", f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\n")
     assert backend.detect_python() == str(python)
 
 
@@ -212,14 +242,14 @@ def test_detects_the_documented_venv_and_says_nothing_when_there_is_none(tmp_pat
     monkeypatch.setattr(backend, "__file__", str(tmp_path / "ext" / "nfsd_blender" / "backend.py"))
     assert backend.detect_python() == ""
     (tmp_path / "nfsd-backend" / "bin").mkdir(parents=True)
-    python = _executable(tmp_path / "nfsd-backend" / "bin" / "python", "#!/bin/sh\n")
+    python = executable(tmp_path / "nfsd-backend" / "bin" / "python", "#!/bin/sh\n")
     assert backend.detect_python() == str(python)
 
 
 def _fake_server_python(tmp_path: Path) -> Path:
     """A 'python' that boots slowly like the real backend (prints its port line after 1 s, exits when its stdin
     closes) and counts how often it was started."""
-    return _executable(tmp_path / "python", f"""#!/bin/sh
+    return executable(tmp_path / "python", f"""#!/bin/sh
 echo started >> {tmp_path}/spawns
 sleep 1
 echo '{{"port": 1, "version": "fake"}}'
@@ -276,14 +306,14 @@ def test_stop_while_booting_leaves_no_backend(tmp_path):
 
 def test_a_stopped_local_backend_is_not_retried(tmp_path, monkeypatch):
     server = FlakyServer(failures=99, fail_status=503)
-    events: queue.Queue = queue.Queue()
+    queued: queue.Queue = queue.Queue()
     monkeypatch.setattr(jobs, "make_client", lambda settings, events=None: Client(server.url, "tok"))
     assert not jobs.BACKEND.running  # as after Stop Backend
-    worker = jobs.JobWorker(jobs.Settings("LOCAL", "", str(tmp_path), "", "", "analytic", ""), [], events,
+    worker = jobs.JobWorker(jobs.Settings("LOCAL", "", str(tmp_path), "", "", "analytic", ""), [], queued,
                             resume=["j1"])
     worker.start()
     worker.join(20)
     server.close()
     assert server.status_calls == 1
-    assert events.get_nowait()[0] == "backend"
-    assert events.get_nowait() == ("interrupted", "j1", "The backend was stopped while the job ran")
+    assert isinstance(queued.get_nowait(), events.Backend)
+    assert queued.get_nowait() == events.Interrupted("j1", "The backend was stopped while the job ran")

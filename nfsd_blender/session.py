@@ -1,0 +1,375 @@
+"""The add-on's main-thread state machine: the running worker, what the server last said, and the timer that
+applies the workers' ``events`` to the scene (one handler per event class, in ``HANDLERS``).
+
+The running job's properties change only in this module: when an event is applied, or when a job starts, is
+cancelled or is found in a reopened file. Operators call these functions and the panel reads ``current`` and
+``busy()``; no thread touches bpy.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import bpy
+import bpy.utils.previews
+from bpy.app.handlers import persistent
+
+from . import events, importer, jobs
+from .backend import BACKEND
+from .preferences import get_prefs, settings_from_prefs
+from .properties import fill_item, item_metadata
+
+PREVIEW_IMAGE = "NFSD Preview"
+TIMER_S = 0.25
+ACTIVE = ("starting", "queued", "running", "exporting")
+
+
+@dataclass
+class Session:
+    """What the add-on knows between timer ticks (the scene holds the rest, so it is saved with the file)."""
+
+    worker: threading.Thread | None = None  # the running JobWorker
+    info: threading.Thread | None = None  # the thread asking the server for health and models
+    models: list = field(default_factory=list)  # the server's last /v1/models answer
+    server: dict = field(default_factory=dict)  # its last /v1/health answer
+    server_error: str = ""
+    export_started: float | None = None  # the server gives no ETA for export: the panel shows the time it takes
+    thumbs: object = None  # the history's bpy.utils.previews collection
+
+
+current = Session()
+
+
+def busy() -> bool:
+    """A generation is running (its worker thread is alive)."""
+    return current.worker is not None and current.worker.is_alive()
+
+
+def _info_busy() -> bool:
+    return current.info is not None and current.info.is_alive()
+
+
+def _ensure_timer():
+    if not bpy.app.timers.is_registered(poll_timer):
+        bpy.app.timers.register(poll_timer, first_interval=TIMER_S)
+
+
+def start_job(context, requests, resume=None, worker=None) -> None:
+    """Start ``worker`` (default: a JobWorker for ``requests``) and the timer that applies its events."""
+    props = context.scene.nfsd
+    worker = worker or jobs.JobWorker(settings_from_prefs(context), requests, resume=resume)
+    current.worker = worker
+    if not resume:
+        _reset_job(props, "starting")
+    worker.start()
+    _ensure_timer()
+
+
+def cancel(props) -> None:
+    """Ask the running worker to cancel its jobs; the server's answer arrives as events."""
+    current.worker.cancel_event.set()
+    props.job_phase = "cancelling"
+
+
+def start_info(context, start: bool) -> None:
+    """Ask the server for its health and models on a thread (starting the local backend if ``start``)."""
+    if _info_busy():
+        return
+    thread = threading.Thread(target=jobs.server_info, args=(settings_from_prefs(context), start), daemon=True)
+    current.info = thread  # before start(): the timer must see it busy even if it answers at once
+    thread.start()
+    _ensure_timer()
+
+
+def stop_backend() -> None:
+    """Stop the local backend (cancelling the running generation) and forget what it said."""
+    if busy():
+        current.worker.cancel_event.set()
+    BACKEND.stop()
+    current.server = {}
+
+
+def set_error(props, message, details=""):
+    """One readable line in the panel; the full text (a traceback, a server log) behind Copy Details."""
+    props.error = last_line(message) or "Unknown error"
+    props.error_details = details or str(message)
+
+
+def import_failed(props, err: Exception) -> None:
+    """The panel's line for an import that raised: the error's last line, the traceback behind Copy Details."""
+    set_error(props, f"Import failed: {last_line(err) or type(err).__name__}", traceback.format_exc())
+
+
+def last_line(message) -> str:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _reset_job(props, state):
+    props.error = props.error_details = props.job_phase = ""
+    props.job_id = ""
+    props.job_state = state
+    props.job_step = props.job_total = props.job_reconnect = 0
+    props.job_queue_position = -1
+    props.job_eta = -1.0
+    props.job_download_gb = 0.0
+    props.job_download_taesd = False
+
+
+def _history_item(props, job_id):
+    return next((item for item in props.history if item.job_id == job_id), None)
+
+
+# --- the handlers: (scene props, the job's history item or None, the event) -----------------------------------
+
+
+def _phase(props, item, event: events.Phase):
+    props.job_phase = event.text
+
+
+def _backend(props, item, event: events.Backend):
+    current.server, current.server_error = event.health, ""
+
+
+def _models(props, item, event: events.Models):
+    current.models = event.models
+
+
+def _model(props, item, event: events.Model):
+    entry = event.entry
+    props.job_download_gb = 0.0 if entry.get("cached", True) else (entry.get("download_bytes") or 0) / 1e9
+
+
+def _taesd(props, item, event: events.Taesd):
+    props.job_download_taesd = event.downloads
+
+
+def _info(props, item, event: events.Info):
+    current.server, current.server_error = event.health or {}, event.error
+    if event.models is not None:
+        current.models = event.models
+    get_prefs().status = server_status_text()
+
+
+def _submitted(props, item, event: events.Submitted):
+    props.job_id = event.job_id
+    props.job_phase = ""
+    if props.job_state == "starting":
+        props.job_state = "queued"
+    item = props.history.add()
+    item.job_id, item.state = event.job_id, "queued"
+    fill_item(item, event.request)
+    props.history_index = len(props.history) - 1
+
+
+def _status(props, item, event: events.Status):
+    status = event.status
+    props.job_id = event.job_id
+    props.job_reconnect = 0
+    if status["state"] == "exporting" and props.job_state != "exporting":
+        current.export_started = time.monotonic()
+    props.job_state = status["state"]
+    props.job_step, props.job_total = status.get("step", 0), status.get("total", 0)
+    eta = status.get("eta_s")
+    props.job_eta = -1.0 if eta is None else float(eta)
+    qpos = status.get("queue_position")
+    props.job_queue_position = -1 if qpos is None else int(qpos)
+    if item:
+        item.state = status["state"]
+        fill_item(item, status["request"])  # what the server runs: the seed, steps and model it chose
+
+
+def _reconnecting(props, item, event: events.Reconnecting):
+    props.job_reconnect = event.attempt
+
+
+def _preview(props, item, event: events.Preview):
+    load_preview(event.path)
+    if item:
+        item.preview_path = event.path
+    if current.thumbs is not None and event.path in current.thumbs:
+        current.thumbs[event.path].reload()  # the history thumbnail shows the latest preview, not the first
+
+
+def _done(props, item, event: events.Done):
+    props.job_phase = "importing"
+    if item is None:
+        props.job_phase = ""
+        return
+    item.glb_path = event.glb
+    try:
+        result = import_item(bpy.context, item)
+        placement = getattr(current.worker, "on_imported", None)  # e.g. onto the selected object (selection.py)
+        if placement is not None:
+            placement(bpy.context, result)
+    except Exception as err:  # noqa: BLE001  (the importer's errors carry whole tracebacks)
+        item.state = props.job_state = "failed"
+        import_failed(props, err)
+        item.error = props.error
+    else:
+        item.state = props.job_state = "done"
+    props.job_phase = ""
+
+
+def _failed(props, item, event: events.Failed):
+    props.job_state = "failed"
+    props.job_phase = ""
+    err = event.status.get("error") or "The job failed"
+    message = f"{err} ({event.status['hint']})" if event.status.get("hint") else err
+    if props.job_download_gb:
+        message += " — the model is not downloaded; pick a downloaded model or Analytic in Model"
+    set_error(props, message, message)
+    if item:
+        item.state, item.error = "failed", props.error
+
+
+def _cancelled(props, item, event: events.Cancelled):
+    props.job_state = "cancelled"
+    props.job_phase = ""
+    if item:
+        item.state = "cancelled"
+
+
+def _interrupted(props, item, event: events.Interrupted):
+    props.job_state = "interrupted"
+    props.job_phase = ""
+    set_error(props, f"{event.message}; press Generate to start again")
+    if item:
+        item.state = "interrupted"
+
+
+def _error(props, item, event: events.Error):
+    props.job_state = "error"
+    props.job_phase = ""
+    props.job_reconnect = 0
+    set_error(props, event.message)
+    if item:
+        item.state, item.error = "error", props.error
+
+
+HANDLERS = {
+    events.Phase: _phase, events.Backend: _backend, events.Models: _models, events.Model: _model,
+    events.Taesd: _taesd, events.Info: _info, events.Submitted: _submitted, events.Status: _status,
+    events.Reconnecting: _reconnecting, events.Preview: _preview, events.Done: _done, events.Failed: _failed,
+    events.Cancelled: _cancelled, events.Interrupted: _interrupted, events.Error: _error,
+}
+
+
+def apply(props, event) -> None:
+    """Apply one event to ``props`` (a scene's NFSD properties) with the handler for its class."""
+    job_id = event.job_id if isinstance(event, events.JobEvent) else None
+    item = _history_item(props, job_id) if job_id else None
+    HANDLERS[type(event)](props, item, event)
+
+
+def poll_timer():
+    """Main thread: drain the workers' events into bpy. Returns the next interval, or None when idle."""
+    while True:
+        try:
+            event = jobs.EVENTS.get_nowait()
+        except queue.Empty:
+            break
+        try:
+            apply(bpy.context.scene.nfsd, event)
+        except Exception as err:  # noqa: BLE001  (keep Blender working, show the problem)
+            print(f"NFSD: applying {type(event).__name__} failed: {err!r}")
+            if hasattr(bpy.context.scene, "nfsd"):
+                set_error(bpy.context.scene.nfsd, f"{type(err).__name__}: {err}", traceback.format_exc())
+    _redraw()
+    if busy() or _info_busy() or not jobs.EVENTS.empty():
+        return TIMER_S
+    return None
+
+
+def _redraw():
+    wm = getattr(bpy.context, "window_manager", None)
+    for win in getattr(wm, "windows", []):
+        for area in win.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()
+
+
+def server_status_text() -> str:
+    """One line: booting / ready on <device> / stopped / remote, or the last error."""
+    prefs = get_prefs()
+    if prefs.mode == "REMOTE":
+        where = f"remote {prefs.url}"
+    elif BACKEND.booting:
+        return "Backend: booting…"
+    elif BACKEND.running:
+        where = "local"
+    else:
+        return "Backend: stopped (starts on Generate)"
+    if current.server_error:
+        return f"Backend ({where}): {current.server_error}"
+    health = current.server
+    if health:
+        return f"Backend ({where}): ready on {str(health.get('device', '?')).upper()}, nfsd {health.get('version')}"
+    return f"Backend ({where}): not checked"
+
+
+def load_preview(path):
+    img = bpy.data.images.get(PREVIEW_IMAGE)
+    if img is None:
+        img = bpy.data.images.load(path, check_existing=False)
+        img.name = PREVIEW_IMAGE
+    else:
+        img.filepath = path
+        img.reload()
+    if hasattr(img, "preview_ensure"):
+        img.preview_ensure()
+        img.preview.reload()
+
+
+def import_item(context, item):
+    """Import a history entry's GLB, its job's fields as the object's properties."""
+    path = bpy.path.abspath(item.glb_path)
+    return importer.import_glb(context, path, item.prompt, item.job_id, item_metadata(item))
+
+
+@persistent
+def reconcile_on_load(_dummy=None):
+    """A file saved mid-job reopens with the job as it was: follow it if the server still has it, else say it
+    was interrupted. Either way Generate is back."""
+    old = current.worker
+    if old is not None and old.is_alive():
+        old.stop_event.set()  # it follows the previous file's job
+    current.worker = None
+    for scene in bpy.data.scenes:
+        props = scene.nfsd
+        pending = [it.job_id for it in props.history if it.state in ACTIVE and it.job_id]
+        if props.job_state not in ACTIVE and not pending:
+            continue
+        props.job_phase, props.job_reconnect = "", 0
+        if not pending and not props.job_id:
+            message = "The generation did not reach the server before the file was saved"
+            apply(props, events.Interrupted(None, message))
+            continue
+        pending = pending or [props.job_id]
+        if get_prefs().mode == "LOCAL" and not BACKEND.running:
+            for job_id in pending:
+                apply(props, events.Interrupted(job_id, "The backend that ran this job has stopped (Blender was closed)"))
+            continue
+        if scene == bpy.context.scene:
+            start_job(bpy.context, [], resume=pending)
+
+
+def register():
+    current.thumbs = bpy.utils.previews.new()
+    bpy.app.handlers.load_post.append(reconcile_on_load)
+
+
+def unregister():
+    if reconcile_on_load in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(reconcile_on_load)
+    if bpy.app.timers.is_registered(poll_timer):
+        bpy.app.timers.unregister(poll_timer)
+    if current.worker is not None:
+        current.worker.stop_event.set()
+    if current.thumbs is not None:
+        bpy.utils.previews.remove(current.thumbs)
+        current.thumbs = None
