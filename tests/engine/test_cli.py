@@ -137,7 +137,7 @@ def test_bad_init_meshes_print_one_line_and_exit_2(tmp_path):
     nan_cube.export(tmp_path / "nan.ply")
     trimesh.creation.box().export(tmp_path / "cube.ply")
     cases = [
-        (["--init-mesh", "nope.obj"], "--init-mesh 'nope.obj' does not exist"),
+        (["--init-mesh", "nope.obj"], "--init-mesh: init mesh 'nope.obj' does not exist"),
         (["--init-mesh", "empty.ply"], "--init-mesh: init mesh 'empty.ply' is an empty file"),
         (["--init-mesh", "nan.ply"], "non-finite (NaN or infinite) vertex positions"),
         (["--init-mesh", "cube.ply", "--shape-strength", "1.5"], "--shape-strength must be in 0..1"),

@@ -9,7 +9,7 @@ from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError
 from nfsd_server.presets import PRESETS, Preset
-from nfsd_contract import resolve_spec
+from nfsd_contract import JobSpec, resolve_spec
 from nfsd_server.train import Trainer, schedule_phase
 
 
@@ -106,8 +106,9 @@ def test_auto_encoder_is_the_presets_choice():
     assert chosen == {"draft": "taesd", "standard": "taesd", "high": "vae"}
     assert {resolve_spec("a red ball", preset=name).encoder for name in PRESETS} == {"vae"}  # analytic
     assert resolve_spec("a red ball", model="x/y", preset="high", encoder="taesd").encoder == "taesd"
+    resolved = resolve_spec("a red ball", model="x/y")
     with pytest.raises(ValueError, match=r"encoder must be one of \('vae', 'taesd'\), got 'auto'"):
-        Preset(**{**vars(PRESETS["draft"]), "encoder": "auto"})
+        JobSpec.from_dict(resolved.to_dict() | {"encoder": "auto"})  # a job runs a concrete encoder
 
 
 def test_the_loader_takes_a_resolved_encoder_only(tiny_sd_dir):

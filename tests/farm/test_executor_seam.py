@@ -23,8 +23,10 @@ class TwoSlotExecutor:
         self.release = threading.Event()
         self.started: list[str] = []
 
-    def run(self, settings, out_dir: Path, callbacks: Callbacks, *, resume: bool = False) -> GenerationResult:
-        self.started.append(settings.prompt)
+    def run(
+        self, spec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False, init_mesh_path: Path | None = None
+    ) -> GenerationResult:
+        self.started.append(spec.prompt)
         step = 0
         while not self.release.wait(0.01):
             if callbacks.should_cancel():
@@ -32,7 +34,7 @@ class TwoSlotExecutor:
             step += 1
             if step == 1:
                 callbacks.on_preview(step, np.full((8, 8, 3), 200, np.uint8))
-            callbacks.on_progress(step, settings.steps, 0.5, 1.0)
+            callbacks.on_progress(step, spec.steps, 0.5, 1.0)
         callbacks.on_stage("exporting")
         glb = out_dir / "object.glb"
         glb.write_bytes(b"glTF")
