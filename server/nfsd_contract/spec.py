@@ -91,7 +91,7 @@ class JobSpec:
         minimum=0, exclusive_minimum=True, maximum=MAX_GUIDANCE_SCALE, nullable=True,
     ))
     seed: int = _field(FieldInfo(
-        "Seed", "null → a random seed, chosen once and recorded so it can be reused",
+        "Seed", "the same seed and settings give the same result; null → a random seed, recorded so it can be reused",
         minimum=0, maximum=MAX_SEED, nullable=True,
     ))
     steps: int = _field(FieldInfo(

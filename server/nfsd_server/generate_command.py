@@ -33,23 +33,35 @@ def _field_flags(spec_field) -> list[str]:
 
 def _field_options(spec_field) -> dict:
     field_info, kind = info(spec_field), value_type(spec_field)
-    help_text = field_info.help.replace("%", "%%")
+    # The contract's help speaks HTTP ("null → the server's default"); on the command line a flag is just left out.
+    help_text = field_info.help.replace("%", "%%").replace("null → ", "if left out: ")
     if spec_field.name == "prompt":
         return {"help": help_text}
     default = CLI_DEFAULTS.get(spec_field.name, request_default(spec_field))
-    if kind is bool:
-        return {"action": "store_true", "help": help_text}
+    if spec_field.name in CLI_DEFAULTS:  # the command line's own default replaces "if left out: …"
+        help_text = help_text.split("; if left out:")[0]
+    if kind is bool:  # --flag alone is on; --flag on|off says it outright (for a default that is on)
+        return {"nargs": "?", "const": True, "default": default, "type": _on_off, "metavar": "on|off",
+                "help": f"{help_text} (default: {'on' if default else 'off'})"}
     options = {"default": default, "type": Path if spec_field.name == "init_mesh" else kind, "help": help_text}
     if field_info.choices:
         options["choices"] = field_info.choices
-    elif default is not None:
+    if default is not None:
         options["help"] += f" (default: {default})"
     if spec_field.name == "init_mesh":
         options["metavar"] = "FILE"
         options["help"] += f" ({', '.join(contract.INIT_MESH_FORMATS)}; OBJ/PLY +Z up, GLB +Y up)"
     if spec_field.name == "prior":
         options["help"] = options["help"].replace("the server's default", "analytic")
+    if spec_field.name == "model":
+        options["help"] = options["help"].replace("the server's default", contract.DEFAULT_MODEL)
     return options
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text.lower() == "on"
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:

@@ -7,6 +7,7 @@ exports.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,9 @@ from nfsd_server.guidance.warm import PriorKey, WarmPriors
 from nfsd_server.presets import PRESETS
 from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, TrainResult, train
 
-__all__ = ["Callbacks", "GenerationCancelled", "GenerationResult", "preview_saver", "run_generation", "run_job"]
+__all__ = [
+    "Callbacks", "GenerationCancelled", "GenerationResult", "png_bytes", "preview_saver", "run_generation", "run_job",
+]
 
 
 @dataclass
@@ -105,13 +108,21 @@ def export_from_init_mesh(spec: JobSpec, mesh_file: Path, result: TrainResult, o
     return export_glb(result.field, out_path, export_settings, metadata, to_world=normalization.from_box)
 
 
-def preview_saver(folder: Path) -> Callable[[int, np.ndarray], None]:
-    """An ``on_preview`` that keeps every preview as ``folder/step_NNNNNN.png`` (the CLI's and batch's)."""
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A preview, rgb (H, W, 3) uint8, as PNG bytes."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def preview_saver(folder: Path) -> Callable[[int, np.ndarray], None]:
+    """An ``on_preview`` that keeps every preview as ``folder/step_NNNNNN.png`` (the CLI's and batch's; the
+    server keeps only the latest)."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def save(step: int, rgb: np.ndarray) -> None:
-        Image.fromarray(rgb).save(folder / f"step_{step:06d}.png")
+        (folder / f"step_{step:06d}.png").write_bytes(png_bytes(rgb))
 
     return save

@@ -57,7 +57,7 @@ def test_infinite_outputs_are_named_as_such():
 
 
 def test_the_api_hint_for_a_nan_model_says_fp32():
-    from nfsd_server.api.jobs import describe_failure
+    from nfsd_server.api.errors import describe_failure
 
     message, hint = describe_failure(NonFiniteOutputError("the model produced NaN at step 3 (5 steps in a row)"))
     assert message.startswith("the model produced NaN at step 3") and "fp32" in hint

@@ -1,13 +1,19 @@
-"""Every error leaves as HTTP status + ``{"detail": ..., "hint": ...}``; never a stack trace."""
+"""Every error leaves as HTTP status + ``{"detail": ..., "hint": ...}``, never a stack trace; a failed job's as its
+status's ``error`` and ``hint`` (``describe_failure``)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+
+import torch
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nfsd_server.guidance.nonfinite import NonFiniteOutputError
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +71,25 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+def describe_failure(error: BaseException, stage: str = "running") -> tuple[str, str]:
+    """(one-line error, hint) for a job that raised while ``stage`` ("loading" the model or "running")."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+        hint = "out of memory: pick the draft preset, fewer steps or a smaller texture, or free the GPU"
+    elif isinstance(error, NonFiniteOutputError):
+        hint = "the model produced NaN/inf: set dtype to fp32, or check the model"
+    elif isinstance(error, FloatingPointError):
+        hint = "training diverged: lower the guidance scale or try another seed"
+    elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "the server's disk is full: free space in its --data-dir and submit the job again"
+    elif isinstance(error, OSError) and stage == "loading":
+        hint = "check that the model is a hub id the server can reach or a diffusers folder on the server"
+    elif isinstance(error, OSError):
+        hint = "the server could not read or write a file of this job; see the server log"
+    elif isinstance(error, ValueError):
+        hint = "the prior or the pipeline rejected these settings; change them and submit again"
+    else:
+        hint = "see the server log for details"
+    return message[:2000], hint

@@ -5,12 +5,12 @@ thread per executor slot. Every state change goes through ``JobManager._set_stat
 ``TRANSITIONS`` and written to the job's record atomically by the ``JobStore``), so the file on disk always
 says what the API says. Cancellation is cooperative: ``DELETE`` sets a flag the training loop reads once per
 step. A request is validated and resolved once, at ``submit``; the job carries the resulting ``JobSpec``.
+Just over 400 lines, kept whole: ``JobManager`` is the state machine, and every transition should read in one
+file (records, recovery and retention are ``job_store.py``'s; failure messages ``errors.py``'s).
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import logging
 import math
 import shutil
@@ -26,17 +26,17 @@ import numpy as np
 import torch
 
 from nfsd_contract import FINISHED_STATES, JobSpec, resolve_spec
+from nfsd_server.api.errors import describe_failure
 from nfsd_server.api.job_store import PREVIEW_FILE, Job, JobStore, Purged, checkpoint_step
 from nfsd_server.api.mesh_store import mesh_path
 from nfsd_server.api.records import inside
 from nfsd_server.api.schemas import JobRequest, JobStatus
 from nfsd_server.devices import default_device
 from nfsd_server.files import write_atomic
-from nfsd_server.guidance.nonfinite import NonFiniteOutputError
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
 from nfsd_server.model_source import check_benchmark_allowed, check_model
-from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, run_generation, run_job
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, png_bytes, run_generation, run_job
 
 log = logging.getLogger(__name__)
 
@@ -90,40 +90,9 @@ class ResultNotReady(Exception):
         self.state = state
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """rgb: (H, W, 3) uint8 → PNG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _finite_or_none(value: float | None) -> float | None:
     # JSON has no NaN/inf; a diverging loss must not turn every status poll into a 500.
     return float(value) if value is not None and math.isfinite(value) else None
-
-
-def describe_failure(error: BaseException, stage: str = "running") -> tuple[str, str]:
-    """(one-line error, hint) for a job that raised while ``stage`` ("loading" the model or "running")."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
-        hint = "out of memory: pick the draft preset, fewer steps or a smaller texture, or free the GPU"
-    elif isinstance(error, NonFiniteOutputError):
-        hint = "the model produced NaN/inf: set dtype to fp32, or check the model"
-    elif isinstance(error, FloatingPointError):
-        hint = "training diverged: lower the guidance scale or try another seed"
-    elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        hint = "the server's disk is full: free space in its --data-dir and submit the job again"
-    elif isinstance(error, OSError) and stage == "loading":
-        hint = "check that the model is a hub id the server can reach or a diffusers folder on the server"
-    elif isinstance(error, OSError):
-        hint = "the server could not read or write a file of this job; see the server log"
-    elif isinstance(error, ValueError):
-        hint = "the prior or the pipeline rejected these settings; change them and submit again"
-    else:
-        hint = "see the server log for details"
-    return message[:2000], hint
 
 
 class JobManager:
@@ -135,10 +104,8 @@ class JobManager:
     ``run_fn`` and ``load_prior_fn`` default to the real pipeline; tests inject fakes.
     ``max_warm_models`` priors stay loaded between jobs (``WarmPriors``, keyed by ``PriorKey``); loading another
     evicts the least recently used first so two large models never sit in GPU memory together.
-    Limits: at most ``max_queued`` jobs wait (QueueFull beyond); finished jobs older than ``retention_days``
-    or beyond the newest ``max_finished`` are deleted with their folders (None: no limit), and so are uploaded
-    meshes no queued or running job names and job folders set aside for a bad record, once older than
-    ``retention_days`` too; ``random:*`` benchmark models only with ``allow_benchmark_models``.
+    Limits: at most ``max_queued`` jobs wait (QueueFull beyond); ``random:*`` benchmark models only with
+    ``allow_benchmark_models``; ``retention_days`` and ``max_finished`` are the ``JobStore``'s retention.
     """
 
     def __init__(
@@ -437,7 +404,7 @@ class JobManager:
             job.step, job.loss, job.eta_s = int(step), _finite_or_none(loss), _finite_or_none(eta_s)
 
     def _on_preview(self, job: Job, step: int, rgb: np.ndarray) -> None:
-        write_atomic(job.folder / PREVIEW_FILE, encode_png(rgb))
+        write_atomic(job.folder / PREVIEW_FILE, png_bytes(rgb))
         with self._lock:
             job.preview_step = int(step)
             self.store.persist(job)
