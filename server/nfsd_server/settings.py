@@ -81,6 +81,8 @@ class GenerationSettings:
     shape_strength: float = contract.DEFAULT_SHAPE_STRENGTH
     keep_geometry: bool = False  # texture mode: the mesh's own vertices and faces, only colour is generated
     encoder: str = "vae"  # RGB-phase encoder, resolved: the model's VAE (the analytic prior's own) or TAESD
+    # Perp-Neg view negatives against multi-faced (Janus) objects; guidance/distillation.py, benchmarks/arena.py.
+    janus_guard: bool = False
 
     def __post_init__(self) -> None:
         check_visible(self.prompt, "the prompt")
@@ -145,6 +147,7 @@ def resolve_settings(
     keep_geometry: bool = False,
     encoder: str = contract.DEFAULT_ENCODER,
     default_prior: str = "analytic",
+    janus_guard: bool = False,
     default_model: str | None = None,
 ) -> GenerationSettings:
     """Fill every ``None`` with its default (the only place defaults are chosen) and validate.
@@ -182,4 +185,5 @@ def resolve_settings(
         shape_strength=contract.DEFAULT_SHAPE_STRENGTH if shape_strength is None else float(shape_strength),
         keep_geometry=bool(keep_geometry),
         encoder=encoder,
+        janus_guard=bool(janus_guard),
     )

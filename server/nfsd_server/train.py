@@ -167,7 +167,7 @@ class Trainer:
             eps=1e-15,
             fused=self.device.type == "cuda" or None,  # one kernel for every parameter instead of several each
         )
-        self.guidance = make_guidance(settings.method, settings.guidance_scale)
+        self.guidance = make_guidance(settings.method, settings.guidance_scale, janus_guard=settings.janus_guard)
         self.step = 0
         self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
         self.prompts = prior.prepare_prompts(settings.prompt, settings.negative_prompt)
