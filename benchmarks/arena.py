@@ -4,7 +4,9 @@ For each arena prompt with a distinguishable side (a ball with a face, a cube wi
 (same steps, same seeds) it trains a draft-preset NeRF on the CPU against ``ArenaPrior`` (view-ambiguous,
 frontal-biased, lit) and judges it with ``arena_evaluation.evaluate_arena`` from albedo renders at 8 azimuths:
 Janus (the feature seen from two opposite azimuths), silhouette IoU and colour error against the nearest
-instance. Per variant it prints the Janus rate (share of runs that are Janus), mean IoU and mean colour error.
+instance, and the feature score in front (0°) and behind (180°): how far the albedo moved from the body colour
+toward the feature's (0 plain, 1 feature), which also shows a face smeared faintly all around. Per variant it
+prints the Janus rate (share of runs that are Janus), mean IoU, mean colour error and mean feature scores.
 
     .venv/bin/python benchmarks/arena.py [--steps 300] [--seeds 0 1 2] [--prompts "a red ball with a yellow face" ...]
                                          [--variants "nfsd s=7.5" ...] [--smoke]
@@ -67,7 +69,8 @@ def main() -> None:
     prior = ArenaPrior()
     print(f"arena prior (latent {prior.latent_size}²), draft preset, {args.steps} steps, seeds {args.seeds}, CPU; "
           f"default janus_guard={DEFAULT_GUARD}")
-    header = f"{'prompt':<31} {'variant':<17} {'seed':>4} {'janus':>5} {'sil_iou':>7} {'col_err':>7}  feature share at 0°,45°,…,315°"
+    header = (f"{'prompt':<31} {'variant':<17} {'seed':>4} {'janus':>5} {'sil_iou':>7} {'col_err':>7} {'front':>5} {'back':>5}"
+              "  feature share at 0°,45°,…,315°")
     print(header)
     print("-" * len(header))
     results: dict[str, list[dict[str, object]]] = {v: [] for v in args.variants}
@@ -78,19 +81,24 @@ def main() -> None:
                 s = run(prompt, variant, args.steps, seed, prior, judge_size)
                 results[variant].append(s)
                 shares = " ".join(f"{f:.2f}" for f in s["feature_fractions"])
+                front, back = s["feature_scores"][0], s["feature_scores"][len(s["feature_scores"]) // 2]
                 print(f"{prompt:<31} {variant:<17} {seed:>4} {'yes' if s['janus'] else 'no':>5} "
-                      f"{s['silhouette_iou']:7.3f} {s['color_error']:7.3f}  {shares}", flush=True)
+                      f"{s['silhouette_iou']:7.3f} {s['color_error']:7.3f} {front:5.2f} {back:5.2f}  {shares}", flush=True)
     print("-" * len(header))
 
-    def summary(variant: str) -> tuple[float, float, float]:
-        runs = results.get(variant) or [{"janus": float("nan"), "silhouette_iou": float("nan"), "color_error": float("nan")}]
+    def summary(variant: str) -> tuple[float, float, float, float, float]:
+        runs = results.get(variant)
+        if not runs:
+            return (float("nan"),) * 5
+        scores = [r["feature_scores"] for r in runs]
         return (statistics.mean(float(r["janus"]) for r in runs), statistics.mean(r["silhouette_iou"] for r in runs),
-                statistics.mean(r["color_error"] for r in runs))
+                statistics.mean(r["color_error"] for r in runs), statistics.mean(s[0] for s in scores),
+                statistics.mean(s[len(s) // 2] for s in scores))
 
     for variant in args.variants:
-        janus, iou, color = summary(variant)
+        janus, iou, color, front, back = summary(variant)
         print(f"{variant:<17} janus rate {janus:.2f} ({len(results[variant])} runs)  mean IoU {iou:.3f}  "
-              f"mean colour error {color:.3f}")
+              f"mean colour error {color:.3f}  feature score front {front:.2f} back {back:.2f}")
     print(f"total {time.perf_counter() - started:.0f} s")
     default, plain, sds = summary(DEFAULT_VARIANT), summary("nfsd s=7.5"), summary("sds s=100")
     print(f"janus_rate={default[0]:.2f} nfsd_plain_janus_rate={plain[0]:.2f} sds_janus_rate={sds[0]:.2f} iou={default[1]:.3f}")

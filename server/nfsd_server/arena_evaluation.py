@@ -44,6 +44,17 @@ def feature_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tens
     return (is_feature & covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
 
 
+def feature_scores(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+    """(V,) mean over covered pixels of how far the albedo has moved from the body colour toward the feature
+    colour (instance 0), clamped to [0, 1]: 0 = plain body, 1 = all feature. Catches a face smeared faintly all
+    around, which ``feature_fractions`` (nearest colour) counts as body."""
+    body = torch.tensor(obj.instances[0].body, dtype=albedo.dtype, device=albedo.device)
+    axis = torch.tensor(obj.instances[0].feature, dtype=albedo.dtype, device=albedo.device) - body
+    score = (((albedo - body) * axis).sum(-1) / (axis * axis).sum().clamp_min(1e-12)).clamp(0, 1)
+    covered = (opacity > 0.5).to(albedo.dtype)
+    return (score * covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
+
+
 def is_janus(fractions: Tensor, threshold: float = JANUS_THRESHOLD) -> bool:
     """fractions (V,) at V evenly spaced azimuths (V even) → True when the feature is seen from opposite sides."""
     seen = fractions > threshold
@@ -77,9 +88,11 @@ def evaluate_arena(field, obj: ArenaObject, size: int = 48) -> dict[str, object]
     errors = [(albedo - ref).abs().mean(-1)[inside].mean() if inside.any() else torch.tensor(float("nan"))
               for ref in reference_albedo]
     fractions = feature_fractions(albedo, opacity, obj)
+    scores = feature_scores(albedo, opacity, obj) if obj.feature is not None else torch.zeros(len(fractions))
     return {
         "janus": is_janus(fractions),
         "feature_fractions": [round(float(f), 3) for f in fractions],
+        "feature_scores": [round(float(f), 3) for f in scores],
         "silhouette_iou": silhouette_iou(opacity, coverage),
         "color_error": float(torch.stack(errors).min()),
     }

@@ -4,8 +4,9 @@ Still exact and weight-free (posterior means of Gaussian mixtures, as ``analytic
 space), but with the three things that make score distillation fail on a real model:
 
 * **Asymmetric objects** (``arena_objects.py``): a ball with a face patch, a cube with a label, each on the
-  front only; a symmetric torus only widens ∅. How many sides show the feature is measurable
-  (``arena_evaluation.py``).
+  front only. ∅ also holds the plain ball and cube and a torus, so the feature is what tells the prompt apart
+  from ∅ (as plain balls fill Stable Diffusion's ∅) and δ_C carries it. How many sides show the feature is
+  measurable (``arena_evaluation.py``).
 * **View ambiguity with a frontal bias**: the prior never sees the camera's azimuth, only the prompt's view
   suffix (``Cameras.view``: front / side / back / overhead, the rule the SD prior's suffixes follow). For a
   suffix its data are a mixture over eight azimuths 0°, 45°, …, 315° (``VIEW_AZIMUTH_WEIGHTS``), rendered at
@@ -69,7 +70,7 @@ def azimuth_weights(views: Tensor) -> Tensor:
 # field of view, then zoomed to a row's apparent size: a finite data set, and the prior's renders cached once.
 ELEVATION_STEP_DEG = 5.0
 CANONICAL_DISTANCE, CANONICAL_FOV_DEG = 3.3, 45.0
-SUPERSAMPLE = 2
+SUPERSAMPLE = 2  # rays per pixel along a side in the canonical renders
 
 
 def grid_cameras(elevation_deg: float) -> Cameras:
@@ -86,7 +87,7 @@ def apparent_zoom(cameras: Cameras) -> Tensor:
 
 
 def zoom_images(images: Tensor, zoom: Tensor) -> Tensor:
-    """images (N, K, 3, H, W) about their centre by zoom (N,); the border (background) fills what comes in."""
+    """images (N, K, C, H, W) about their centre by zoom (N,); the border (background) fills what comes in."""
     n, k, c, h, w = images.shape
     theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
@@ -105,33 +106,32 @@ class ArenaPrior(AnalyticPrior):
 
     accepts_shading = True
 
-    def __init__(self, device: torch.device | str = "cpu", latent_size: int = 16, sigma: float = 0.1):
+    def __init__(self, device: torch.device | str = "cpu", latent_size: int = 32, sigma: float = 0.1):
         super().__init__(device, latent_size=latent_size, sigma=sigma)
         self.objects = list(ARENA_OBJECTS.values())
-        self._canonical: dict[float, Tensor] = {}  # elevation → canonical_images
+        self._canonical: dict[float, tuple[Tensor, Tensor]] = {}  # elevation → canonical_latents
 
     def prepare_prompts(self, prompt: str, negative_prompt: str) -> ArenaPrompts:
         return ArenaPrompts(target=arena_object_for(prompt), negative_is_degraded=bool(negative_prompt.strip()))
 
-    def canonical_images(self, elevation_deg: float) -> Tensor:
-        """(O, A, I, M, 3, H, W) supersampled renders of every object × azimuth × instance × mode at one elevation."""
+    def canonical_latents(self, elevation_deg: float) -> tuple[Tensor, Tensor]:
+        """(clean, degraded): (O·A·I·M, 4, S, S) latents of every object × azimuth × instance × mode at one
+        elevation and the canonical framing, and the same degraded (what the negative prompt describes)."""
         if elevation_deg not in self._canonical:
             cameras = grid_cameras(elevation_deg).to(self.device)
-            side = self.latent_size * SUPERSAMPLE
-            self._canonical[elevation_deg] = torch.stack(
-                [render_arena(obj, cameras, side, supersample=1)[0] for obj in self.objects]
-            )
+            images = torch.stack([render_arena(obj, cameras, self.latent_size, SUPERSAMPLE)[0] for obj in self.objects])
+            images = images.flatten(0, 3)  # (O, A, I, M) → rows
+            self._canonical[elevation_deg] = images_to_latents(images), images_to_latents(degrade(images))
         return self._canonical[elevation_deg]
 
-    def component_latents(self, cameras: Cameras) -> Tensor:
+    def component_latents(self, cameras: Cameras, degraded: bool = False) -> Tensor:
         """(N, O, A, I, M, 4, S, S): every object × azimuth × instance × shading mode, at each row's framing
-        (elevation to the nearest ELEVATION_STEP_DEG, zoomed to its apparent size)."""
+        (elevation to the nearest ELEVATION_STEP_DEG, the latents zoomed bilinearly to its apparent size)."""
         steps = torch.round(torch.rad2deg(cameras.elevation.cpu()) / ELEVATION_STEP_DEG) * ELEVATION_STEP_DEG
-        images = torch.stack([self.canonical_images(float(e)) for e in steps])  # (N, O, A, I, M, 3, H, W)
-        shape = images.shape
-        zoomed = zoom_images(images.flatten(1, 4), apparent_zoom(cameras))
-        pooled = F.avg_pool2d(zoomed.flatten(0, 1), SUPERSAMPLE)
-        return images_to_latents(pooled).view(*shape[:5], 4, self.latent_size, self.latent_size)
+        latents = torch.stack([self.canonical_latents(float(e))[int(degraded)] for e in steps])  # (N, K, 4, S, S)
+        zoomed = zoom_images(latents, apparent_zoom(cameras).to(latents.device))
+        shape = (len(self.objects), len(AZIMUTHS_DEG), -1, len(SHADING_MODES))
+        return zoomed.view(len(cameras), *shape, 4, self.latent_size, self.latent_size)
 
     @torch.no_grad()
     def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
@@ -157,14 +157,14 @@ class ArenaPrior(AnalyticPrior):
         eps = torch.where(kinds == PromptKind.PROMPT, eps_prompt, eps_null)
         is_negative = conditions.kinds == PromptKind.NEGATIVE
         if prompts.negative_is_degraded and bool(is_negative.any()):
-            degraded = images_to_latents(degrade(self.decode(null_means.flatten(0, 1)))).view_as(null_means)
+            degraded = self.component_latents(conditions.cameras, degraded=True).flatten(1, 4)
             eps_negative = mixture_noise_posterior(latents_noisy, degraded, alpha_bar, self.sigma, log_weights=null_weights)
             eps = torch.where(kinds == PromptKind.NEGATIVE, eps_negative, eps)
         return eps
 
 
 @register_prior("arena")
-def load_arena(model: str | None, device: torch.device, latent_size: int = 16, sigma: float = 0.1,
+def load_arena(model: str | None, device: torch.device, latent_size: int = 32, sigma: float = 0.1,
                dtype: str = "auto", encoder: str = "vae") -> ArenaPrior:
     if model is not None:
         raise ValueError(f"the arena prior takes no model (got {model!r}); drop --model")

@@ -71,7 +71,12 @@ ARENA_OBJECTS: dict[str, ArenaObject] = {
             (Instance((0.10, 0.20, 0.85), (0.95, 0.95, 0.95), 0.25), Instance((0.15, 0.25, 0.75), (0.90, 0.90, 0.85), 0.22)),
             front_label,
         ),
-        # Symmetric, no feature: it only widens what ∅ holds, like the analytic prior's torus.
+        # Without a feature: what ∅ also holds, so "with a yellow face" is what tells the prompt apart from ∅
+        # (as plain balls fill Stable Diffusion's ∅), and a torus only widens it.
+        ArenaObject("a red ball", sphere_sdf, (Instance((0.85, 0.10, 0.10), (0.85, 0.10, 0.10), 0.0),
+                                               Instance((0.75, 0.15, 0.12), (0.75, 0.15, 0.12), 0.0))),
+        ArenaObject("a blue cube", box_sdf, (Instance((0.10, 0.20, 0.85), (0.10, 0.20, 0.85), 0.0),
+                                             Instance((0.15, 0.25, 0.75), (0.15, 0.25, 0.75), 0.0))),
         ArenaObject("a green torus", torus_sdf, (Instance((0.10, 0.70, 0.20), (0.10, 0.70, 0.20), 0.0),
                                                  Instance((0.15, 0.60, 0.20), (0.15, 0.60, 0.20), 0.0))),
     )
