@@ -53,7 +53,8 @@ def test_prior_sees_the_suffix_not_the_azimuth():
     prior = ArenaPrior()
     prompts = prior.prepare_prompts(BALL, "blurry")
     cameras = cameras_at(150.0, -165.0)  # both "back view", same framing
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).expand(2, -1, -1, -1)
+    side = prior.latent_size
+    latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0)).expand(2, -1, -1, -1)
     kinds = torch.tensor([PromptKind.PROMPT, PromptKind.PROMPT])
     eps = prior.predict_noise(latents, torch.tensor([400, 400]), Conditions(kinds, cameras, prompts))
     assert torch.allclose(eps[0], eps[1])
