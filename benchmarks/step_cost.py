@@ -21,6 +21,9 @@ segment, by the share of its steps whose t (as the default ``TrainConfig`` annea
 evaluates 2 rows. The UNet floor of a row count is the median of every floor measured with that many rows
 (the prior's cost does not depend on the segment), so the ratio's denominator is not one noisy sample.
 
+``--janus-guard`` also measures NFSD with the Janus guard (its two row counts, projected like NFSD) and prints
+``guard_over_nfsd=<projected guard run ÷ projected NFSD run>`` before the last three lines.
+
 ``--activation-memory`` instead prints, per step at real scale on CPU, the bytes autograd saves for the
 backward and the peak RSS, for the NeRF render at the standard and high presets (occupancy-pruned sampler
 as trained, and every sample as the worst case) and for SD 2.1-base's VAE encoder at 512 px in fp32.
@@ -69,6 +72,12 @@ VARIANTS = {
     "nfsd": ("nfsd", dict(t_min=0.2, t_max_end=0.5)),  # t ≥ 200: cond + uncond + negative
     "nfsd t<200": ("nfsd", dict(t_min=0.02, t_max_start=0.19, t_max_end=0.19)),  # cond + uncond
     "sds": ("sds", dict(t_min=0.2, t_max_end=0.5)),
+}
+# With --janus-guard: NFSD with the Janus guard (one more row per image: 4 at t ≥ 200, 3 below), measured
+# beside plain NFSD as above, and projected the same way.
+GUARD_VARIANTS = {
+    "guard": ("nfsd", dict(t_min=0.2, t_max_end=0.5)),
+    "guard t<200": ("nfsd", dict(t_min=0.02, t_max_start=0.19, t_max_end=0.19)),
 }
 
 
@@ -195,10 +204,11 @@ def measure(
     timer = StageTimer(device)
     trainers = {}
     for variant in variants:
-        method, t_range = VARIANTS[variant]
+        method, t_range = {**VARIANTS, **GUARD_VARIANTS}[variant]
         # Cost does not depend on t except through the rows evaluated, which the t range pins.
         settings = resolve_spec("a hamburger", method=method, seed=seed, preset=preset_name,
-                                    prior="stable-diffusion", model="benchmark", encoder=encoder)
+                                prior="stable-diffusion", model="benchmark", encoder=encoder,
+                                janus_guard=variant in GUARD_VARIANTS)
         config = TrainConfig(**t_range, compile_unet=compile_unet)
         trainers[variant] = Trainer(settings, prior, out_dir=None, config=config)
         trainers[variant].preset = preset
@@ -268,9 +278,9 @@ def project(results: dict[tuple[str, str], Samples], method: str, segments: list
     totals = {"seconds": 0.0, "low": 0.0, "high": 0.0, "floor": 0.0}
     for segment in segments:
         steps = (segment.end - segment.start) * steps_total
-        if method == "nfsd":
+        if method in ("nfsd", "guard"):
             with_negative = negative_row_share(segment, steps_total, num_train_timesteps)
-            mix = (("nfsd", with_negative), ("nfsd t<200", 1.0 - with_negative))
+            mix = ((method, with_negative), (f"{method} t<200", 1.0 - with_negative))
         else:
             mix = ((method, 1.0),)
         for variant, weight in mix:
@@ -299,7 +309,7 @@ def report(results: dict[tuple[str, str], Samples], device: torch.device, preset
               f"(median ms over {n} steps; step spread min–max) --")
         print(f"{'variant':11}" + "".join(f"{s:>11}" for s in (*STAGES, "other", "step", "unet-only", "step/floor"))
               + f"{'rows':>5}{'step spread':>14}  {memory_name}")
-        for variant in VARIANTS:
+        for variant in dict.fromkeys(v for v, _ in results):
             samples = results[variant, segment.label]
             stage_ms = {s: 1e3 * samples.median(samples.stages[s]) for s in STAGES}
             step_ms = 1e3 * samples.median(samples.step)
@@ -311,13 +321,20 @@ def report(results: dict[tuple[str, str], Samples], device: torch.device, preset
     print("\nUNet floor by rows (median over all its measurements): "
           + ", ".join(f"{rows} rows {1e3 * seconds:.1f} ms" for rows, seconds in sorted(floors.items())))
     projections = {}
-    for method in ("nfsd", "sds"):
+    for method in ("nfsd", "sds", "guard"):
+        if (method, segments[0].label) not in results:
+            continue
         p = projections[method] = project(results, method, segments, steps_total, num_train_timesteps)
         print(f"projected {method} run ({steps_total} steps, preset {preset_name}): {p.seconds / 60:.1f} min "
               f"(range {p.low / 60:.1f}–{p.high / 60:.1f}); its UNet-only time {p.floor / 60:.1f} min; "
               f"run ÷ UNet-only {p.seconds / p.floor:.3f} (range {p.low / p.floor:.3f}–{p.high / p.floor:.3f})")
     nfsd, sds = projections["nfsd"], projections["sds"]
     print(f"nfsd ÷ sds range {nfsd.low / sds.high:.3f}–{nfsd.high / sds.low:.3f}")
+    if "guard" in projections:
+        guard = projections["guard"]
+        print(f"guard ÷ nfsd run {guard.seconds / nfsd.seconds:.3f} (range {guard.low / nfsd.high:.3f}–"
+              f"{guard.high / nfsd.low:.3f}); UNet-only {guard.floor / nfsd.floor:.3f}")
+        print(f"guard_over_nfsd={guard.seconds / nfsd.seconds:.3f}")
     return nfsd, nfsd.seconds / sds.seconds, nfsd.seconds / nfsd.floor
 
 
@@ -460,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print every step's time as it is measured")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--janus-guard", action="store_true", help="also measure NFSD with the Janus guard "
+                        "(two more variants) and print guard_over_nfsd=<projected guard run ÷ NFSD run> before the last three lines")
     parser.add_argument("--activation-memory", action="store_true", help="only print the peak activation memory "
                         "of one step at real scale (standard and high presets, CPU) and exit")
     args = parser.parse_args(argv)
@@ -503,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
               + f"; latent_fraction {preset_used.latent_fraction}"
               + (f"; encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
               + ("; UNet torch.compile'd" if args.compile else ""), flush=True)
+        variants = (*VARIANTS, *GUARD_VARIANTS) if args.janus_guard else tuple(VARIANTS)
         results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile,
-                          encoder=encoder, verbose=args.verbose)
+                          variants=variants, encoder=encoder, verbose=args.verbose)
         segments = run_segments(preset_used, prior)
     steps_total = preset_used.steps
     nfsd, nfsd_over_sds, run_over_floor = report(results, device, preset, steps_total, segments,

@@ -106,6 +106,7 @@ def draw_form(layout, props):
     draw_model(col, props)
     col.prop(props, "method", expand=True)
     col.prop(props, "guidance_scale")
+    col.prop(props, "janus_guard")
     row = col.row(align=True)
     row.prop(props, "seed")
     row.operator("nfsd.random_seed", text="", icon="FILE_REFRESH")

@@ -95,6 +95,10 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
     guidance_scale: FloatProperty(
         name="Guidance", default=contract.DEFAULT_GUIDANCE_SCALE["nfsd"], min=0.1, max=contract.MAX_GUIDANCE_SCALE
     )
+    janus_guard: BoolProperty(
+        name=contract.info("janus_guard").label, description=contract.info("janus_guard").help,
+        default=contract.JobSpec.__dataclass_fields__["janus_guard"].default,
+    )
     seed: IntProperty(name="Seed", default=0, min=0, max=contract.MAX_SEED)
     steps: IntProperty(name="Steps", description="0 = the preset's", default=0, min=0, max=contract.MAX_STEPS)
     preset: EnumProperty(

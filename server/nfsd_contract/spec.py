@@ -137,6 +137,10 @@ class JobSpec:
         "Keep Geometry", "texture init_mesh itself: its vertices and faces are kept, only colour is generated",
         init_mesh_only=True,
     ), False)
+    janus_guard: bool = _field(FieldInfo(
+        "Janus Guard", "against multi-faced objects: the opposite view's prompt as a Perp-Neg negative (one more "
+        "UNet row per image); off until the arena benchmark shows it wins",
+    ), False)
 
     def __post_init__(self) -> None:
         for spec_field in FIELDS:  # an int is a fine float; store it as one, so records and echoes agree
@@ -196,8 +200,11 @@ class JobSpec:
             if field_info.init_mesh_only and self.init_mesh is None:
                 continue
             value = getattr(self, spec_field.name)
-            if saved.get(spec_field.name) != value:
-                found.append((spec_field.name, saved.get(spec_field.name), value))
+            # A field newer than the checkpoint was, in effect, at its default then (e.g. no Janus guard).
+            has_default = spec_field.default is not dataclasses.MISSING
+            saved_value = saved.get(spec_field.name, spec_field.default if has_default else None)
+            if saved_value != value:
+                found.append((spec_field.name, saved_value, value))
         return found
 
 

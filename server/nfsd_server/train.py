@@ -173,7 +173,7 @@ class Trainer:
             eps=1e-15,
             fused=self.device.type == "cuda" or None,  # one kernel for every parameter instead of several each
         )
-        self.guidance = make_guidance(spec.method, spec.guidance_scale)
+        self.guidance = make_guidance(spec.method, spec.guidance_scale, janus_guard=spec.janus_guard)
         self.step = 0
         self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
         self.prompts = prior.prepare_prompts(spec.prompt, spec.negative_prompt)

@@ -55,6 +55,7 @@ def test_api_contract_job_request(spec):
     assert set(fields) == {
         "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset", "poly_budget",
         "texture_size", "prior", "model", "dtype", "encoder", "init_mesh", "shape_strength", "keep_geometry",
+        "janus_guard",
     }
     assert fields["encoder"]["enum"] == ["auto", "vae", "taesd"] and fields["encoder"]["default"] == "auto"
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
@@ -79,6 +80,7 @@ def test_api_contract_job_request(spec):
     assert (strength["minimum"], strength["maximum"]) == (0, 1)
     assert fields["keep_geometry"] == {"type": "boolean", "title": "Keep Geometry", "default": False,
                                        "description": fields["keep_geometry"]["description"]}
+    assert fields["janus_guard"]["type"] == "boolean" and fields["janus_guard"]["default"] is False
     for name in ("guidance_scale", "seed", "steps", "prior", "model", "init_mesh", "shape_strength"):  # optional, and null means "default"
         assert {"type": "null"} in fields[name]["anyOf"], name
 

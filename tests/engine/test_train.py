@@ -203,9 +203,11 @@ def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(
     from nfsd_server.train import check_checkpoint_matches
 
     settings = resolve_spec("a red ball", preset="draft", steps=2, seed=0)
-    newer = ("init_mesh", "shape_strength", "keep_geometry", "encoder", "dtype")
+    newer = ("init_mesh", "shape_strength", "keep_geometry", "encoder", "dtype", "janus_guard")
     old_info = {"step": 1, "settings": {key: value for key, value in asdict(settings).items() if key not in newer}}
     check_checkpoint_matches(old_info, replace(settings, shape_strength=0.9), tmp_path)  # nothing to compare it with
+    with pytest.raises(CheckpointError, match="was trained with janus_guard=False, not True"):  # absent = its default
+        check_checkpoint_matches(old_info, replace(settings, janus_guard=True), tmp_path)
 
     mesh = tmp_path / "cube.ply"
     trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)

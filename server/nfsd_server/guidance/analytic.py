@@ -48,13 +48,18 @@ def gaussian_noise_posterior(latents_noisy: Tensor, mean: Tensor, alpha_bar: Ten
     return (1 - a).sqrt() * (latents_noisy - a.sqrt() * mean) / variance
 
 
-def mixture_noise_posterior(latents_noisy: Tensor, means: Tensor, alpha_bar: Tensor, sigma: float) -> Tensor:
-    """E[ε | x_t] for x0 ~ (1/K) Σ_k N(means[:, k], σ²I). latents_noisy: (N, …); means: (N, K, …) → (N, …)."""
+def mixture_noise_posterior(
+    latents_noisy: Tensor, means: Tensor, alpha_bar: Tensor, sigma: float, log_weights: Tensor | None = None
+) -> Tensor:
+    """E[ε | x_t] for x0 ~ Σ_k π_k N(means[:, k], σ²I), π equal unless ``log_weights`` (N, K) gives log π
+    (−inf drops a component). latents_noisy: (N, …); means: (N, K, …) → (N, …)."""
     n, k = means.shape[:2]
     a = alpha_bar.view(n, 1, *([1] * (latents_noisy.dim() - 1)))
     variance = a * sigma**2 + 1 - a
     residual = latents_noisy[:, None] - a.sqrt() * means  # (N, K, …)
     log_resp = -(residual**2).flatten(2).sum(-1) / (2 * variance.view(n, 1))
+    if log_weights is not None:
+        log_resp = log_resp + log_weights
     resp = torch.softmax(log_resp, dim=1).view(n, k, *([1] * (latents_noisy.dim() - 1)))
     return ((1 - a).sqrt() * residual / variance * resp).sum(1)
 

@@ -1,7 +1,14 @@
 """NFSD and SDS as guidance objects: noisy latents in, distillation direction out.
 
-Both share ``predict_rows``, which asks the prior for cond, uncond and (only where needed) negative
-noise predictions in ONE batched call: the expensive part of a step.
+Both share ``predict_rows``, which asks the prior for cond, uncond, (only where needed) negative and, with the
+Janus guard, view-negative noise predictions in ONE batched call: the expensive part of a step.
+
+The Janus guard (Perp-Neg view negatives): each image gets one more row, the prompt seen from its *view
+negative*, "front view" for a camera outside the front sector ("back view" for a front camera, weight 0 there
+today: the row keeps the batch shape fixed with no host sync). That row is an ordinary prompt row at a camera
+moved to the negative view, so every prior answers it as it answers the prompt: Stable Diffusion from its cached
+view-suffix embeddings, the arena from the suffix, the analytic prior (which sees the camera) from that camera.
+Its component perpendicular to δ_C is subtracted with an azimuth-dependent weight (``score.perp_neg_delta``).
 """
 
 from __future__ import annotations
@@ -9,29 +16,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import torch
 from torch import Tensor
 
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
-from nfsd_server.guidance.score import needs_negative, nfsd_direction, sds_direction
-from nfsd_server.scene.cameras import Cameras
+from nfsd_server.guidance.score import (
+    FRONT_HALF_WIDTH_DEG, needs_negative, nfsd_direction, perp_neg_delta, sds_direction, view_negative_weight,
+)
+from nfsd_server.scene.cameras import BACK, FRONT, Cameras, look_at_origin
 from nfsd_server.devices import host_to_device
 
 
 @dataclass
 class NoisePredictions:
-    """(B, C, h, w) each; ``negative`` rows are zero where the negative prompt was not evaluated."""
+    """(B, C, h, w) each; ``negative`` rows are zero where the negative prompt was not evaluated;
+    ``view_negative`` is None unless asked for (the Janus guard)."""
 
     cond: Tensor
     uncond: Tensor
     negative: Tensor
     rows_evaluated: int  # UNet rows in the batched call (for tests and benchmarks)
+    view_negative: Tensor | None = None
+
+
+def view_negative_cameras(cameras: Cameras) -> Cameras:
+    """Each camera moved to its view negative: azimuth 180° and view BACK for a front camera (|az| ≤ 45°), else
+    azimuth 0° and view FRONT (overhead cameras too); elevation, distance and fov kept, the light turned along."""
+    azimuth = torch.remainder(cameras.azimuth + math.pi, 2 * math.pi) - math.pi
+    is_front = azimuth.abs() <= math.radians(FRONT_HALF_WIDTH_DEG)
+    target = torch.where(is_front, torch.full_like(azimuth, math.pi), torch.zeros_like(azimuth))
+    turn = target - azimuth
+    cos, sin = torch.cos(turn), torch.sin(turn)
+    lx, ly, lz = cameras.light_dir.unbind(-1)
+    light = torch.stack([cos * lx - sin * ly, sin * lx + cos * ly, lz], dim=-1)
+    view = torch.where(is_front, torch.full_like(cameras.view, BACK), torch.full_like(cameras.view, FRONT))
+    return Cameras(c2w=look_at_origin(cameras.elevation, target, cameras.distance), fov_y=cameras.fov_y,
+                   elevation=cameras.elevation, azimuth=target, distance=cameras.distance, view=view, light_dir=light)
 
 
 def predict_rows(
-    prior: Prior, latents_noisy: Tensor, t: Tensor, cameras: Cameras, prompts: Any, with_negative: Tensor
+    prior: Prior, latents_noisy: Tensor, t: Tensor, cameras: Cameras, prompts: Any, with_negative: Tensor,
+    view_negative: bool = False,
 ) -> NoisePredictions:
-    """One prior call over rows [cond (B) | uncond (B) | negative (rows where ``with_negative``)].
+    """One prior call over rows [cond (B) | uncond (B) | negative (rows where ``with_negative``) | view negative
+    (B, with ``view_negative``: the prompt at ``view_negative_cameras``)].
 
     latents_noisy (B, C, h, w) on the prior's device; t (B,) long and with_negative (B,) bool on the CPU,
     so choosing the rows needs no device sync (they are copied to the device without blocking).
@@ -40,34 +70,45 @@ def predict_rows(
     t, with_negative = t.cpu(), with_negative.cpu()
     neg_rows = torch.nonzero(with_negative, as_tuple=False).squeeze(1)
     n_neg = neg_rows.numel()
+    n_view = batch if view_negative else 0
     kinds = torch.cat(
         [
             torch.full((batch,), PromptKind.PROMPT, dtype=torch.long),
             torch.full((batch,), PromptKind.NULL, dtype=torch.long),
             torch.full((n_neg,), PromptKind.NEGATIVE, dtype=torch.long),
+            torch.full((n_view,), PromptKind.PROMPT, dtype=torch.long),
         ]
     )
-    rows_t = host_to_device(torch.cat([t, t, t.index_select(0, neg_rows)]), device)
+    rows_t = host_to_device(torch.cat([t, t, t.index_select(0, neg_rows), t[:n_view]]), device)
     neg_rows_device = host_to_device(neg_rows, device)
-    rows_latents = torch.cat([latents_noisy, latents_noisy, latents_noisy.index_select(0, neg_rows_device)])
-    rows_cameras = Cameras.cat([cameras, cameras, cameras.index(neg_rows_device)])
+    rows_latents = torch.cat([latents_noisy, latents_noisy, latents_noisy.index_select(0, neg_rows_device),
+                              latents_noisy[:n_view]])
+    camera_parts = [cameras, cameras, cameras.index(neg_rows_device)]
+    if view_negative:
+        camera_parts.append(view_negative_cameras(cameras))
+    rows_cameras = Cameras.cat(camera_parts)
     eps = prior.predict_noise(rows_latents, rows_t, Conditions(host_to_device(kinds, device), rows_cameras, prompts))
-    eps_cond, eps_uncond, eps_neg_rows = eps[:batch], eps[batch : 2 * batch], eps[2 * batch :]
+    eps_cond, eps_uncond = eps[:batch], eps[batch : 2 * batch]
+    eps_neg_rows, eps_view = eps[2 * batch : 2 * batch + n_neg], eps[2 * batch + n_neg :]
     eps_neg = torch.zeros_like(eps_uncond)
     if n_neg:
         eps_neg = eps_neg.index_copy(0, neg_rows_device, eps_neg_rows)
-    return NoisePredictions(eps_cond, eps_uncond, eps_neg, rows_evaluated=eps.shape[0])
+    return NoisePredictions(eps_cond, eps_uncond, eps_neg, rows_evaluated=eps.shape[0],
+                            view_negative=eps_view if view_negative else None)
 
 
 class ScoreDistillation:
-    """Base: ``direction(...)`` returns the (unweighted) score-distillation direction, (B, C, h, w)."""
+    """Base: ``direction(...)`` returns the (unweighted) score-distillation direction, (B, C, h, w).
+
+    ``janus_guard``: Perp-Neg view negatives (one more prior row per image, see the module docstring)."""
 
     name: str
 
-    def __init__(self, guidance_scale: float):
+    def __init__(self, guidance_scale: float, janus_guard: bool = False):
         if not guidance_scale > 0:
             raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
         self.guidance_scale = guidance_scale
+        self.janus_guard = janus_guard
         self.last_rows_evaluated = 0
 
     def direction(
@@ -75,6 +116,15 @@ class ScoreDistillation:
     ) -> Tensor:
         """latents_noisy, noise (B, C, h, w) on the prior's device; t (B,) long, best on the CPU (else one sync)."""
         raise NotImplementedError
+
+    def predictions(self, prior, latents_noisy, t, cameras, prompts, with_negative: Tensor) -> tuple[NoisePredictions, Tensor]:
+        """The batched prior call and δ_C (Perp-Neg guarded with ``janus_guard``), (B, C, h, w)."""
+        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative, view_negative=self.janus_guard)
+        self.last_rows_evaluated = eps.rows_evaluated
+        if eps.view_negative is None:
+            return eps, eps.cond - eps.uncond
+        weight = view_negative_weight(cameras.azimuth)
+        return eps, perp_neg_delta(eps.cond, eps.uncond, eps.view_negative, weight)
 
 
 class NFSDGuidance(ScoreDistillation):
@@ -84,10 +134,9 @@ class NFSDGuidance(ScoreDistillation):
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
         t = t.cpu()  # the trainer samples t on the CPU: no sync here, none to pick the negative rows
-        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, needs_negative(t))
-        self.last_rows_evaluated = eps.rows_evaluated
+        eps, delta_cond = self.predictions(prior, latents_noisy, t, cameras, prompts, needs_negative(t))
         t_device = host_to_device(t, latents_noisy.device)
-        return nfsd_direction(eps.cond, eps.uncond, eps.negative, t_device, self.guidance_scale)
+        return nfsd_direction(eps.cond, eps.uncond, eps.negative, t_device, self.guidance_scale, delta_cond=delta_cond)
 
 
 class SDSGuidance(ScoreDistillation):
@@ -97,15 +146,14 @@ class SDSGuidance(ScoreDistillation):
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
         with_negative = torch.zeros(t.shape[0], dtype=torch.bool)
-        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative)
-        self.last_rows_evaluated = eps.rows_evaluated
-        return sds_direction(eps.cond, eps.uncond, noise, self.guidance_scale)
+        eps, delta_cond = self.predictions(prior, latents_noisy, t, cameras, prompts, with_negative)
+        return sds_direction(eps.cond, eps.uncond, noise, self.guidance_scale, delta_cond=delta_cond)
 
 
 GUIDANCES: dict[str, type[ScoreDistillation]] = {"nfsd": NFSDGuidance, "sds": SDSGuidance}
 
 
-def make_guidance(method: str, guidance_scale: float) -> ScoreDistillation:
+def make_guidance(method: str, guidance_scale: float, janus_guard: bool = False) -> ScoreDistillation:
     if method not in GUIDANCES:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(GUIDANCES)}")
-    return GUIDANCES[method](guidance_scale)
+    return GUIDANCES[method](guidance_scale, janus_guard=janus_guard)

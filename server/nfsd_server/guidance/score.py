@@ -7,6 +7,8 @@ stop-gradient loss ``distillation_loss``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,23 +22,73 @@ def needs_negative(t: Tensor) -> Tensor:
     return t >= NFSD_SMALL_T
 
 
-def nfsd_direction(eps_cond: Tensor, eps_uncond: Tensor, eps_neg: Tensor, t: Tensor, guidance_scale: float) -> Tensor:
+def nfsd_direction(
+    eps_cond: Tensor, eps_uncond: Tensor, eps_neg: Tensor, t: Tensor, guidance_scale: float,
+    delta_cond: Tensor | None = None,
+) -> Tensor:
     """NFSD direction δ_D + s·δ_C (paper Eq. 9–10).
 
-    δ_C = ε(z_t; y) − ε(z_t; ∅);  δ_D = ε(z_t; ∅) where t < 200, else ε(z_t; ∅) − ε(z_t; p_neg).
+    δ_C = ε(z_t; y) − ε(z_t; ∅) unless ``delta_cond`` gives it (the Janus guard's ``perp_neg_delta``);
+    δ_D = ε(z_t; ∅) where t < 200, else ε(z_t; ∅) − ε(z_t; p_neg).
     Rows of ``eps_neg`` with t < 200 are ignored (they may hold anything, NaN included).
     """
     _check_batch(eps_cond, eps_uncond, eps_neg, t=t)
     use_neg = needs_negative(t).view(-1, *([1] * (eps_uncond.dim() - 1)))
     delta_domain = torch.where(use_neg, eps_uncond - eps_neg, eps_uncond)
-    delta_cond = eps_cond - eps_uncond
+    delta_cond = eps_cond - eps_uncond if delta_cond is None else delta_cond
     return delta_domain + guidance_scale * delta_cond
 
 
-def sds_direction(eps_cond: Tensor, eps_uncond: Tensor, noise: Tensor, guidance_scale: float) -> Tensor:
-    """SDS direction ε_cfg(z_t; y) − ε (Poole et al. 2022), with ε_cfg = ε_∅ + s·(ε_y − ε_∅)."""
+def sds_direction(
+    eps_cond: Tensor, eps_uncond: Tensor, noise: Tensor, guidance_scale: float, delta_cond: Tensor | None = None
+) -> Tensor:
+    """SDS direction ε_cfg(z_t; y) − ε (Poole et al. 2022), with ε_cfg = ε_∅ + s·δ_C, δ_C = ε_y − ε_∅ by default."""
     _check_batch(eps_cond, eps_uncond, noise)
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond) - noise
+    delta_cond = eps_cond - eps_uncond if delta_cond is None else delta_cond
+    return eps_uncond + guidance_scale * delta_cond - noise
+
+
+# Janus guard (Perp-Neg, Armandpour et al. 2023): the view negative's weight a·exp(−b·r) + c, with r = 0 straight
+# behind and 1 at the side: threestudio's perp_neg_f_fsb (1.97 behind, 1.57 at the side).
+VIEW_NEGATIVE_DECAY = (1.0, 0.5, 0.967)
+FRONT_HALF_WIDTH_DEG = 45.0  # the "front view" sector (scene/cameras.py's suffix rule)
+
+
+def perpendicular_component(vector: Tensor, onto: Tensor) -> Tensor:
+    """vector − (⟨vector, onto⟩ / ‖onto‖²)·onto per batch element; (B, …) each. A zero ``onto`` leaves ``vector``."""
+    _check_batch(vector, onto)
+    dot = (vector * onto).flatten(1).sum(-1)
+    norm2 = (onto * onto).flatten(1).sum(-1)
+    scale = torch.where(norm2 > 0, dot / norm2.clamp_min(torch.finfo(norm2.dtype).tiny), torch.zeros_like(dot))
+    return vector - scale.view(-1, *([1] * (vector.dim() - 1))) * onto
+
+
+def view_negative_weight(azimuth: Tensor) -> Tensor:
+    """(B,) radians → (B,) weight of the "front view" negative for a camera at that azimuth (0 = front).
+
+    0 inside the front sector (|az| ≤ 45°: there the front is wanted), rising linearly to f(1) ≈ 1.57 at the
+    side (90°), then f(r) = a·exp(−b·r) + c with r = (180° − |az|)/90° up to f(0) ≈ 1.97 straight behind."""
+    degrees = torch.rad2deg(torch.remainder(azimuth + math.pi, 2 * math.pi) - math.pi).abs()
+    a, b, c = VIEW_NEGATIVE_DECAY
+    r = ((180.0 - degrees) / 90.0).clamp(0.0, 1.0)
+    ramp = ((degrees - FRONT_HALF_WIDTH_DEG) / (90.0 - FRONT_HALF_WIDTH_DEG)).clamp(0.0, 1.0)
+    return (a * torch.exp(-b * r) + c) * ramp
+
+
+def perp_neg_delta(eps_cond: Tensor, eps_uncond: Tensor, eps_view_neg: Tensor, weight: Tensor) -> Tensor:
+    """δ_C − w·(δ_v)⊥δ_C with δ_C = ε_y − ε_∅, δ_v = ε_view_neg − ε_∅ (Perp-Neg Eq. 6 for one negative).
+
+    Only the part of the view negative that is not the prompt's own direction is pushed away from, so the
+    prompt is kept and the unwanted view (the front, seen from behind) is removed. (B, C, H, W) each;
+    weight (B,) ≥ 0; rows of weight 0 are δ_C exactly, whatever ``eps_view_neg`` holds there (NaN included).
+    """
+    _check_batch(eps_cond, eps_uncond, eps_view_neg)
+    if weight.shape != (eps_cond.shape[0],):
+        raise ValueError(f"weight must be one per batch element, shape ({eps_cond.shape[0]},), got {tuple(weight.shape)}")
+    delta_cond = eps_cond - eps_uncond
+    weight = weight.to(delta_cond.dtype).view(-1, *([1] * (eps_cond.dim() - 1)))
+    delta_view = torch.where(weight > 0, eps_view_neg - eps_uncond, torch.zeros_like(delta_cond))
+    return delta_cond - weight * perpendicular_component(delta_view, delta_cond)
 
 
 def timestep_weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:

@@ -1,0 +1,98 @@
+"""The arena's judge: does a NeRF show its object's feature on one side only (no Janus), in the right shape and colours?
+
+Everything is measured from albedo renders at eight azimuths 0°, 45°, …, 315° (elevation 15°), against the
+arena object's exact renders (``guidance/arena_objects.py``) at the same cameras.
+
+Janus detector: a covered pixel shows the feature when its albedo is nearer to one of the object's feature
+colours than to any of its body colours; ``feature_fractions`` is the share of such pixels per azimuth. The
+feature is *seen* from an azimuth when that share exceeds ``JANUS_THRESHOLD``; a result is Janus when the
+feature is seen from two opposite azimuths (k and k + 180°). The true ball shows its patch on 50% of its disc
+from the front, ≤ 10% from a side (a grazing sliver) and 0% from behind; the true cube's label is invisible
+from the sides; so the true objects are never Janus, and a feature painted on the back always is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nfsd_server.evaluation import silhouette_iou
+from nfsd_server.guidance.arena_objects import ArenaObject, render_arena
+from nfsd_server.guidance.references import BACKGROUND
+from nfsd_server.scene.cameras import Cameras, camera_rays, make_cameras
+
+JUDGE_AZIMUTHS_DEG = tuple(45.0 * k for k in range(8))
+JUDGE_ELEVATION_DEG = 15.0
+JANUS_THRESHOLD = 0.2
+
+
+def judge_cameras() -> Cameras:
+    n = len(JUDGE_AZIMUTHS_DEG)
+    return make_cameras(torch.full((n,), JUDGE_ELEVATION_DEG), torch.tensor(JUDGE_AZIMUTHS_DEG), torch.full((n,), 3.2),
+                        torch.full((n,), 45.0))
+
+
+def feature_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+    """albedo (V, H, W, 3) in [0, 1], opacity (V, H, W) in [0, 1] → (V,) share of covered pixels (opacity > 0.5)
+    whose albedo is nearer a feature colour of ``obj`` than every body colour (0 where nothing is covered)."""
+    bodies = torch.tensor([inst.body for inst in obj.instances], dtype=albedo.dtype, device=albedo.device)
+    features = torch.tensor([inst.feature for inst in obj.instances], dtype=albedo.dtype, device=albedo.device)
+    to_body = torch.cdist(albedo.reshape(-1, 3), bodies).amin(-1)
+    to_feature = torch.cdist(albedo.reshape(-1, 3), features).amin(-1)
+    is_feature = (to_feature < to_body).view(opacity.shape)
+    covered = opacity > 0.5
+    return (is_feature & covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
+
+
+def feature_scores(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+    """(V,) mean over covered pixels of how far the albedo has moved from the body colour toward the feature
+    colour (instance 0), clamped to [0, 1]: 0 = plain body, 1 = all feature. Catches a face smeared faintly all
+    around, which ``feature_fractions`` (nearest colour) counts as body."""
+    body = torch.tensor(obj.instances[0].body, dtype=albedo.dtype, device=albedo.device)
+    axis = torch.tensor(obj.instances[0].feature, dtype=albedo.dtype, device=albedo.device) - body
+    score = (((albedo - body) * axis).sum(-1) / (axis * axis).sum().clamp_min(1e-12)).clamp(0, 1)
+    covered = (opacity > 0.5).to(albedo.dtype)
+    return (score * covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
+
+
+def is_janus(fractions: Tensor, threshold: float = JANUS_THRESHOLD) -> bool:
+    """fractions (V,) at V evenly spaced azimuths (V even) → True when the feature is seen from opposite sides."""
+    seen = fractions > threshold
+    return bool((seen & seen.roll(len(seen) // 2)).any())
+
+
+@torch.no_grad()
+def render_albedo(field, size: int = 48) -> tuple[Tensor, Tensor]:
+    """(albedo (V, H, W, 3) un-premultiplied, opacity (V, H, W)) of a field at the judge's cameras."""
+    from nfsd_server.scene.field import SolidBackground
+    from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer
+
+    device = next(iter(field.parameters()), torch.empty(0)).device
+    cameras = judge_cameras().to(device)
+    origins, directions = camera_rays(cameras, size, size)
+    background = torch.tensor(BACKGROUND, device=device)
+    render = StratifiedRenderer(RendererConfig(n_samples=96))(field, SolidBackground(BACKGROUND).to(device), origins, directions)
+    albedo = (render.albedo - (1 - render.opacity) * background) / render.opacity.clamp_min(1e-6)
+    return albedo.clamp(0, 1), render.opacity[..., 0]
+
+
+@torch.no_grad()
+def evaluate_arena(field, obj: ArenaObject, size: int = 48) -> dict[str, object]:
+    """Janus (bool), feature fractions per azimuth, silhouette IoU, and colour error: the mean |Δ albedo| per
+    channel over pixels covered in both, against the nearest instance (so a face painted twice costs colour too)."""
+    albedo, opacity = render_albedo(field, size)
+    cameras = judge_cameras().to(albedo.device)
+    references, coverage = render_arena(obj, cameras, size)  # (V, I, M, 3, S, S)
+    reference_albedo = references[:, :, 0].permute(1, 0, 3, 4, 2)  # (I, V, S, S, 3), albedo mode
+    inside = (opacity > 0.5) & (coverage > 0.5)
+    errors = [(albedo - ref).abs().mean(-1)[inside].mean() if inside.any() else torch.tensor(float("nan"))
+              for ref in reference_albedo]
+    fractions = feature_fractions(albedo, opacity, obj)
+    scores = feature_scores(albedo, opacity, obj) if obj.feature is not None else torch.zeros(len(fractions))
+    return {
+        "janus": is_janus(fractions),
+        "feature_fractions": [round(float(f), 3) for f in fractions],
+        "feature_scores": [round(float(f), 3) for f in scores],
+        "silhouette_iou": silhouette_iou(opacity, coverage),
+        "color_error": float(torch.stack(errors).min()),
+    }

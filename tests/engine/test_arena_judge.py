@@ -1,0 +1,90 @@
+"""The arena's Janus detector on hand-made fields: the true objects pass, a feature painted twice is caught."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nfsd_server.arena_evaluation import evaluate_arena, feature_fractions, feature_scores, is_janus
+from nfsd_server.guidance.arena_objects import ARENA_OBJECTS
+
+BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a blue cube with a white label"]
+
+
+class HandMadeField(nn.Module):
+    """A near-solid object from its SDF; albedo = body colour, feature colour where ``feature(points, normals)``."""
+
+    def __init__(self, obj, feature):
+        super().__init__()
+        self.bound, self.obj, self.feature = 1.0, obj, feature
+        self.anchor = nn.Parameter(torch.zeros(()))  # a device for the judge to find
+
+    def forward(self, points):
+        sdf = self.obj.sdf(points)
+        density = 500.0 * torch.sigmoid(-sdf / 0.002)
+        offsets = torch.eye(3) * 1e-3
+        normals = torch.nn.functional.normalize(
+            torch.stack([self.obj.sdf(points + o) - self.obj.sdf(points - o) for o in offsets], -1), dim=-1)
+        instance = self.obj.instances[0]
+        is_feature = self.feature(points, normals)[..., None]
+        albedo = torch.where(is_feature, torch.tensor(instance.feature), torch.tensor(instance.body))
+        return density, albedo
+
+
+def true_feature(obj):
+    return lambda points, normals: obj.feature(points, normals, obj.instances[0].feature_size)
+
+
+def mirrored(obj):
+    """The feature on the front and again on the back (y → −y): a two-faced object."""
+    flip = torch.tensor([1.0, -1.0, 1.0])
+    size = obj.instances[0].feature_size
+    return lambda points, normals: obj.feature(points, normals, size) | obj.feature(points * flip, normals * flip, size)
+
+
+def test_is_janus_by_hand():
+    assert not is_janus(torch.tensor([0.5, 0.3, 0.1, 0.0, 0.0, 0.0, 0.1, 0.3]))  # one face, grazing slivers at the sides
+    assert is_janus(torch.tensor([0.5, 0.3, 0.1, 0.0, 0.25, 0.0, 0.1, 0.3]))  # seen from 0° and from 180°
+    assert is_janus(torch.tensor([0.1, 0.0, 0.3, 0.0, 0.0, 0.0, 0.3, 0.0]))  # on both sides, not the front
+    assert not is_janus(torch.zeros(8))  # no feature at all is another failure, not Janus
+
+
+def test_feature_fractions_count_covered_pixels_nearer_a_feature_colour():
+    red, yellow = BALL.instances[0].body, BALL.instances[0].feature
+    albedo = torch.tensor([[[red, yellow], [yellow, (1.0, 1.0, 1.0)]]])  # (1, 2, 2, 3)
+    opacity = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])  # the white pixel is background
+    assert torch.allclose(feature_fractions(albedo, opacity, BALL), torch.tensor([2 / 3]))
+
+
+def test_feature_score_is_the_way_from_body_to_feature_colour():
+    red, yellow = torch.tensor(BALL.instances[0].body), torch.tensor(BALL.instances[0].feature)
+    faded = red + 0.3 * (yellow - red)  # a face smeared at 30%: nearest colour says body, the score says 0.3
+    albedo = torch.stack([red, yellow, faded, torch.ones(3)]).view(1, 2, 2, 3)
+    opacity = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
+    assert torch.allclose(feature_scores(albedo, opacity, BALL), torch.tensor([(0.0 + 1.0 + 0.3) / 3]), atol=1e-6)
+    assert torch.allclose(feature_fractions(albedo, opacity, BALL), torch.tensor([1 / 3]))
+
+
+@pytest.mark.parametrize("obj", [BALL, CUBE], ids=["ball", "cube"])
+def test_true_object_is_not_janus_and_scores_well(obj):
+    result = evaluate_arena(HandMadeField(obj, true_feature(obj)), obj, size=48)
+    assert not result["janus"]
+    fractions = result["feature_fractions"]
+    assert fractions[0] > 0.25 and fractions[4] == 0.0  # seen from the front, never from behind
+    assert result["silhouette_iou"] > 0.9 and result["color_error"] < 0.05
+
+
+@pytest.mark.parametrize("obj", [BALL, CUBE], ids=["ball", "cube"])
+def test_two_faced_object_is_janus_and_costs_colour(obj):
+    good = evaluate_arena(HandMadeField(obj, true_feature(obj)), obj, size=48)
+    janus = evaluate_arena(HandMadeField(obj, mirrored(obj)), obj, size=48)
+    assert janus["janus"] and janus["feature_fractions"][4] > 0.25
+    assert janus["color_error"] > good["color_error"] + 0.03  # the label is small: ~0.05 on the cube
+    assert janus["silhouette_iou"] == pytest.approx(good["silhouette_iou"])  # same shape: IoU cannot see Janus
+
+
+def test_feature_all_around_is_janus():
+    everywhere = lambda points, normals: torch.ones(points.shape[:-1], dtype=torch.bool)  # noqa: E731
+    assert evaluate_arena(HandMadeField(BALL, everywhere), BALL, size=48)["janus"]
+    assert math.isclose(evaluate_arena(HandMadeField(BALL, everywhere), BALL, size=48)["feature_fractions"][2], 1.0)
