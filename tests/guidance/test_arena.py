@@ -14,7 +14,8 @@ from nfsd_server.guidance.arena import (
     mode_weights,
 )
 from nfsd_server.guidance.arena_objects import ARENA_OBJECTS, SHADING_MODES, render_arena
-from nfsd_server.guidance.prior import Conditions, PromptKind, load_prior
+from nfsd_server.guidance.prior import Conditions, PromptKind
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.scene.cameras import BACK, make_cameras
 
 BALL = "a red ball with a yellow face"

@@ -42,4 +42,4 @@ def load_prior(name: str, model: str | None = None, device: torch.device | str |
 
 
 def _import_builtin_priors() -> None:
-    from nfsd_server.guidance import analytic, stable_diffusion  # noqa: F401
+    from nfsd_server.guidance import analytic, arena, stable_diffusion  # noqa: F401
