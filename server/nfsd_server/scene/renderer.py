@@ -125,10 +125,7 @@ class Renderer(nn.Module):
             surface = flat_o + flat_d * depth
             normals = field.normals(surface)
             lights = light_dir.reshape(-1, 1, 3).expand(-1, flat_o.shape[0] // light_dir.shape[0], 3).reshape(-1, 3)
-            # Premultiplied: a half-transparent pixel gets half the light, like its albedo.
-            color = shade(shading, albedo, normals, lights) if shading == "diffuse" else shade(
-                shading, opacity.expand(-1, 3), normals, lights
-            )
+            color = shade(shading, albedo, opacity, normals, lights)
         bg = background(flat_d)
         out = RenderOutput(
             rgb=color + (1.0 - opacity) * bg,
