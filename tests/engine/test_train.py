@@ -104,11 +104,13 @@ def test_previews_are_rgb_uint8_images(tiny_sd_prior):
 
 
 def test_schedules_anneal_t_and_grow_resolution():
-    config = TrainConfig(t_min=0.02, t_max_start=0.98, t_max_end=0.5)
-    assert timestep_range(config, 0, 100, 1000) == (20, 980)
-    assert timestep_range(config, 100, 100, 1000) == (20, 500)
+    config = TrainConfig(t_min=0.02, t_max_start=0.98, t_max_end=0.5, t_anneal_power=1.0)
+    assert timestep_range(config, 0.0, 1000) == (20, 980)
+    assert timestep_range(config, 1.0, 1000) == (20, 500)
+    # square-root annealing: a quarter of the way, t_max has gone half of its way (0.98 − 0.48·0.5 = 0.74)
+    assert timestep_range(TrainConfig(t_min=0.3, t_max_end=0.5, t_anneal_power=0.5), 0.25, 1000) == (300, 740)
     schedule = ((0.0, 64), (0.5, 128))
-    assert [render_resolution(schedule, s, 10) for s in (0, 4, 5, 9)] == [64, 64, 128, 128]
+    assert [render_resolution(schedule, s / 10) for s in (0, 4, 5, 9)] == [64, 64, 128, 128]
 
 
 @pytest.mark.parametrize(

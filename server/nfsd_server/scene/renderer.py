@@ -45,13 +45,15 @@ class RendererConfig:
 class RenderOutput:
     """Per pixel: rgb (..., 3) composited on the background; opacity (..., 1); depth (..., 1) (0 where empty);
     albedo (..., 3) composited on the background (for previews and metrics); latent (..., C) in the prior's
-    latent space (latent renders only, else None)."""
+    latent space (latent renders only, else None); normals (..., 3) unit, at the expected surface point (lit
+    renders only, else None)."""
 
     rgb: Tensor
     opacity: Tensor
     depth: Tensor
     albedo: Tensor
     latent: Tensor | None = None
+    normals: Tensor | None = None
 
 
 def ray_aabb(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor]:
@@ -117,6 +119,7 @@ class Renderer(nn.Module):
             ]
             albedo, opacity, depth = (torch.cat(p) for p in zip(*parts))
 
+        normals = None
         if shading == "albedo":
             color = albedo
         else:
@@ -132,6 +135,7 @@ class Renderer(nn.Module):
             opacity=opacity,
             depth=depth,
             albedo=albedo + (1.0 - opacity) * bg,
+            normals=normals,
         )
         if latent:
             out.latent = field.latent_from(out.albedo)

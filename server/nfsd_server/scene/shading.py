@@ -12,10 +12,13 @@ import torch
 from torch import Tensor
 
 SHADINGS = ("albedo", "diffuse", "textureless")
+# DreamFusion's (and threestudio's) ambient 0.1 + diffuse 0.9: a surface turned from the light is dark, so
+# lit renders show the shape's relief clearly.
+AMBIENT = 0.1
 
 
 def shade(
-    mode: str, albedo: Tensor, opacity: Tensor, normals: Tensor | None, light_dir: Tensor, ambient: float = 0.3
+    mode: str, albedo: Tensor, opacity: Tensor, normals: Tensor | None, light_dir: Tensor, ambient: float = AMBIENT
 ) -> Tensor:
     """Premultiplied albedo (..., 3) in [0, opacity]; opacity (..., 1) in [0, 1]; normals (..., 3) unit;
     light_dir broadcastable to (..., 3) → premultiplied rgb (..., 3) in [0, opacity]."""
