@@ -9,7 +9,7 @@ from typing import Any
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.presets import PRESETS
 from nfsd_server.settings import GenerationSettings
-from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, TrainResult, train
+from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, train
 
 __all__ = ["Callbacks", "GenerationCancelled", "GenerationResult", "run_generation"]
 
@@ -46,22 +46,27 @@ def run_generation(
     )
     out_path = out_dir / f"{slugify(settings.prompt)}.glb"
     if settings.init_mesh:
-        report = export_from_init_mesh(settings, result, out_path, export_settings)
+        report = export_from_init_mesh(
+            Path(settings.init_mesh), settings.keep_geometry, result.field, result.metadata, out_path, export_settings
+        )
     else:
         report = export_glb(result.field, out_path, export_settings, result.metadata)
     metadata = {**result.metadata, "faces": report.n_faces, "vertices": report.n_vertices}
     return GenerationResult(glb_path=report.path, checkpoint_path=result.checkpoint_path, metadata=metadata)
 
 
-def export_from_init_mesh(settings: GenerationSettings, result: TrainResult, out_path: Path, export_settings):
-    """Texture mode: bake onto the artist's mesh. Shape mode: marching cubes, placed where the mesh was."""
+def export_from_init_mesh(
+    init_mesh: Path, keep_geometry: bool, field, metadata: dict[str, Any], out_path: Path, export_settings
+):
+    """Texture mode: bake onto the artist's mesh. Shape mode: marching cubes, placed where the mesh was.
+    (``generate`` and ``nfsd export`` of an init-mesh checkpoint both come here.)"""
     from nfsd_server.export import export_glb
     from nfsd_server.export.onto_mesh import export_onto_mesh
     from nfsd_server.scene.init_mesh import Normalization, load_mesh
 
-    mesh = load_mesh(settings.init_mesh)
+    mesh = load_mesh(init_mesh)
     normalization = Normalization.of_mesh(mesh)
-    metadata = {**result.metadata, "mode": "texture" if settings.keep_geometry else "shape"}
-    if settings.keep_geometry:
-        return export_onto_mesh(result.field, mesh, normalization, out_path, settings.texture_size, metadata)
-    return export_glb(result.field, out_path, export_settings, metadata, to_world=normalization.from_box)
+    metadata = {**metadata, "mode": "texture" if keep_geometry else "shape"}
+    if keep_geometry:
+        return export_onto_mesh(field, mesh, normalization, out_path, export_settings.texture_size, metadata)
+    return export_glb(field, out_path, export_settings, metadata, to_world=normalization.from_box)

@@ -455,6 +455,24 @@ def _describe_mesh(path: str | None, sha256: str | None) -> str | None:
     return f"{Path(path).name} ({f'sha256 {sha256[:12]}' if sha256 else 'content not recorded'})"
 
 
+@dataclass(frozen=True)
+class CheckpointMesh:
+    """The init mesh a checkpoint was trained on: its path then, its content hash (None if not recorded), mode."""
+
+    path: Path
+    sha256: str | None
+    keep_geometry: bool
+
+
+def checkpoint_init_mesh(path: Path) -> CheckpointMesh | None:
+    """The checkpoint's init mesh (what ``nfsd export`` places and bakes the result on), or None without one."""
+    _, info = read_checkpoint(path)
+    settings = info.get("settings") or {}
+    if not settings.get("init_mesh"):
+        return None
+    return CheckpointMesh(Path(settings["init_mesh"]), info.get("init_mesh_sha256"), bool(settings.get("keep_geometry")))
+
+
 def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
     """(NeRF field on CPU in eval mode, GLB metadata) from a checkpoint, for re-export without retraining."""
     sections, info = read_checkpoint(path)
