@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -211,6 +211,10 @@ class Trainer:
         self.prompts = prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
+        # A prior may need a lower t than the recipe's (the analytic one: see its t_min).
+        prior_t_min = getattr(prior, "t_min", None)
+        if prior_t_min is not None and prior_t_min < config.t_min:
+            self.config = config = replace(config, t_min=prior_t_min)
         if config.compile_unet:
             prior.compile()
         # stage name → context manager around that part of train_step; benchmarks swap in a timer

@@ -9,6 +9,7 @@ from nfsd_server.train import (
     Callbacks,
     GenerationCancelled,
     TrainConfig,
+    Trainer,
     load_checkpoint,
     render_resolution,
     timestep_range,
@@ -213,3 +214,12 @@ def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(
     trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)
     with pytest.raises(CheckpointError, match=r"was trained with init_mesh=None, not 'cube.ply \(sha256 [0-9a-f]{12}\)'"):
         check_checkpoint_matches(old_info, replace(settings, init_mesh=str(mesh)), tmp_path)
+
+
+def test_the_analytic_prior_keeps_low_t_and_real_priors_get_the_recipes(tiny_sd_prior):
+    from nfsd_server.guidance.analytic import AnalyticPrior
+
+    analytic = Trainer(draft("a red ball", steps=4, prior="analytic"), AnalyticPrior(latent_size=8), None)
+    assert timestep_range(analytic.config, 0.0, 1000)[0] == 20  # NFSD's t < 200 branch: its exact pull
+    real = Trainer(draft(steps=4), tiny_sd_prior, None)
+    assert timestep_range(real.config, 0.0, 1000) == (300, 980)  # the working reproduction's [0.3, 0.98]

@@ -83,6 +83,11 @@ class AnalyticPrior(Prior):
     """Exact ε-prediction for the reference-object distribution; no weights, any device."""
 
     accepts_shading = False  # the references are unlit
+    # The lowest t (fraction of T) training draws, instead of the recipe's 0.3. Below t = 200 NFSD's δ_D is
+    # ε(∅) alone, the exact Gaussian pull toward the reference; at t ≥ 300 the ∅ mixture's responsibilities are
+    # spread over all references, so δ_C and ε(∅) − ε(neg) do not vanish at the reference and the colour drifts
+    # (a red ball ends magenta: colour error 0.06 → 0.35 with t ≥ 0.3, benchmarks/quality.py).
+    t_min = 0.02
 
     latent_channels = 4
     latent_scale = LATENT_SCALE
