@@ -88,6 +88,9 @@ class AnalyticPrior(Prior):
     # spread over all references, so δ_C and ε(∅) − ε(neg) do not vanish at the reference and the colour drifts
     # (a red ball ends magenta: colour error 0.06 → 0.35 with t ≥ 0.3, benchmarks/quality.py).
     t_min = 0.02
+    # Camera distances instead of the recipe's 2.0–2.5: at those the green torus collapses to nothing on this prior
+    # (silhouette IoU 0.91 → 0.27; 0.87 back at these), a cause not yet found. A real model gets the recipe's.
+    distance_range = (3.0, 3.6)
 
     latent_channels = 4
     latent_scale = LATENT_SCALE
