@@ -215,6 +215,9 @@ class Trainer:
         prior_t_min = getattr(prior, "t_min", None)
         if prior_t_min is not None and prior_t_min < config.t_min:
             self.config = config = replace(config, t_min=prior_t_min)
+        prior_power = getattr(prior, "t_anneal_power", None)
+        if prior_power is not None:
+            self.config = config = replace(config, t_anneal_power=prior_power)
         prior_distances = getattr(prior, "distance_range", None)  # and other framing (the analytic one)
         if prior_distances is not None:
             self.config = config = replace(config, orbit=replace(config.orbit, distance_range=prior_distances))
