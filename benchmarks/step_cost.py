@@ -246,7 +246,7 @@ def negative_row_share(segment: Segment, steps_total: int, num_train_timesteps: 
     """Share of the segment's steps whose t (drawn as the default TrainConfig anneals it) is ≥ NFSD_SMALL_T."""
     config, shares = TrainConfig(), []
     for step in range(int(segment.start * steps_total), max(int(segment.end * steps_total), int(segment.start * steps_total) + 1)):
-        t_lo, t_hi = timestep_range(config, step, steps_total, num_train_timesteps)
+        t_lo, t_hi = timestep_range(config, step / steps_total, num_train_timesteps)
         shares.append(min(max((t_hi - max(t_lo, NFSD_SMALL_T)) / (t_hi - t_lo), 0.0), 1.0))
     return statistics.fmean(shares)
 

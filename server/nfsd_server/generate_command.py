@@ -101,7 +101,8 @@ def writable_dir(path: Path) -> Path:
 def check_resumable(out_dir: Path, spec: JobSpec) -> None:
     """Before any model loads: a --resume checkpoint must be ours and from these settings (UsageError if not)."""
     from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
-    from nfsd_server.train import CHECKPOINT_NAME, check_checkpoint_matches
+    from nfsd_server.resume import check_checkpoint_matches
+    from nfsd_server.train import CHECKPOINT_NAME
 
     path = out_dir / CHECKPOINT_NAME
     try:

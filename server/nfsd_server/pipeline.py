@@ -18,7 +18,7 @@ from nfsd_contract import JobSpec
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.warm import PriorKey, WarmPriors
 from nfsd_server.presets import PRESETS
-from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, TrainResult, train
+from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, train
 
 __all__ = [
     "Callbacks", "GenerationCancelled", "GenerationResult", "png_bytes", "preview_saver", "run_generation", "run_job",
@@ -87,25 +87,30 @@ def run_generation(
     out_path = out_dir / f"{slugify(spec.prompt)}.glb"
     if spec.init_mesh:
         mesh_file = init_mesh_path or Path(spec.init_mesh)
-        report = export_from_init_mesh(spec, mesh_file, result, out_path, export_settings)
+        report = export_from_init_mesh(
+            mesh_file, spec.keep_geometry, result.field, result.metadata, out_path, export_settings
+        )
     else:
         report = export_glb(result.field, out_path, export_settings, result.metadata)
     metadata = {**result.metadata, "faces": report.n_faces, "vertices": report.n_vertices}
     return GenerationResult(glb_path=report.path, checkpoint_path=result.checkpoint_path, metadata=metadata)
 
 
-def export_from_init_mesh(spec: JobSpec, mesh_file: Path, result: TrainResult, out_path: Path, export_settings):
-    """Texture mode: bake onto the artist's mesh. Shape mode: marching cubes, placed where the mesh was."""
+def export_from_init_mesh(
+    init_mesh: Path, keep_geometry: bool, field, metadata: dict[str, Any], out_path: Path, export_settings
+):
+    """Texture mode: bake onto the artist's mesh. Shape mode: marching cubes, placed where the mesh was.
+    (``generate`` and ``nfsd export`` of an init-mesh checkpoint both come here.)"""
     from nfsd_server.export import export_glb
     from nfsd_server.export.onto_mesh import export_onto_mesh
     from nfsd_server.scene.init_mesh import Normalization, load_mesh
 
-    mesh = load_mesh(mesh_file)
+    mesh = load_mesh(init_mesh)
     normalization = Normalization.of_mesh(mesh)
-    metadata = {**result.metadata, "mode": "texture" if spec.keep_geometry else "shape"}
-    if spec.keep_geometry:
-        return export_onto_mesh(result.field, mesh, normalization, out_path, spec.texture_size, metadata)
-    return export_glb(result.field, out_path, export_settings, metadata, to_world=normalization.from_box)
+    metadata = {**metadata, "mode": "texture" if keep_geometry else "shape"}
+    if keep_geometry:
+        return export_onto_mesh(field, mesh, normalization, out_path, export_settings.texture_size, metadata)
+    return export_glb(field, out_path, export_settings, metadata, to_world=normalization.from_box)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

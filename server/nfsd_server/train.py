@@ -3,6 +3,8 @@
 One step: sample cameras → render → encode → add noise at t → prior (one batched call) → direction
 → w(t)-weighted stop-gradient loss → backward into the NeRF → Adam. Everything random comes from one
 CPU generator seeded by the job seed, so the same seed and settings give the same NeRF on CPU.
+Just over 400 lines, kept whole: the schedules, one step and the loop read together; what a checkpoint means for a
+resume or a re-export is ``resume.py``'s.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -19,7 +21,6 @@ import torch
 from torch import Tensor
 
 from nfsd_contract import JobSpec
-from nfsd_contract import info as field_info
 from nfsd_server import __version__
 from nfsd_server.checkpoints import (
     LEGACY_NAME,
@@ -35,10 +36,11 @@ from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
 from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
-from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
 from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
+from nfsd_server.scene.regularisers import orientation_loss, sparsity_loss
+from nfsd_server.resume import check_checkpoint_matches
 from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
 from nfsd_server.scene.shading import sample_shading
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 PROGRESS_EVERY_CUDA = 10  # steps between loss reads (each one waits for the GPU)
+PREVIEW_DISTANCE = 2.25  # the middle of OrbitConfig's distances: previews frame the object as training does
 
 
 def untimed(stage: str) -> ContextManager[None]:
@@ -74,12 +77,20 @@ class TrainConfig:
     lr_encoding: float = 1e-2
     lr_networks: float = 1e-3
     grad_clip: float = 1.0
-    # Timesteps as fractions of T: min fixed, max annealed linearly from t_max_start to t_max_end.
-    t_min: float = 0.02
+    # Timesteps as fractions of T: min fixed, max annealed from t_max_start to t_max_end as progress^t_anneal_power
+    # (0.5: the square-root annealing of the working NFSD reproduction; 1: linear). README "Recipe".
+    t_min: float = 0.3
     t_max_start: float = 0.98
     t_max_end: float = 0.5
+    t_anneal_power: float = 0.5
     albedo_only_fraction: float = 0.2  # first steps without lighting, so the shape can form first
-    shading_probabilities: tuple[float, float, float] = (0.2, 0.5, 0.3)  # albedo, diffuse, textureless
+    shading_probabilities: tuple[float, float, float] = (0.25, 0.375, 0.375)  # albedo, diffuse, textureless
+    # Regularisers (scene/regularisers.py), per REFERENCE_LATENT_ELEMENTS latent elements (threestudio's values,
+    # whose SDS loss sums over SD's 4×64×64 latent as ours does). Orientation acts on lit renders only and ramps
+    # linearly from orient_weight[0] to orient_weight[1] over the first orient_ramp_fraction of the run.
+    orient_weight: tuple[float, float] = (10.0, 1000.0)
+    orient_ramp_fraction: float = 0.5
+    sparsity_weight: float = 1.0
     background: str = "learned"
     orbit: OrbitConfig = field(default_factory=OrbitConfig)
     checkpoint_every: int = 200
@@ -95,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"unknown background {self.background!r}; expected one of {sorted(BACKGROUNDS)}")
         if not 0.0 <= self.t_min < self.t_max_end <= self.t_max_start <= 1.0:
             raise ValueError("timestep range must satisfy 0 ≤ t_min < t_max_end ≤ t_max_start ≤ 1")
+        if not self.t_anneal_power > 0:
+            raise ValueError(f"t_anneal_power must be > 0 (0.5 square root, 1 linear), got {self.t_anneal_power}")
 
 
 @dataclass
@@ -107,25 +120,49 @@ class TrainResult:
     final_loss: float
 
 
-def render_resolution(schedule: tuple[tuple[float, int], ...], step: int, total: int) -> int:
-    """Coarse to fine: the side of the last milestone whose fraction of ``total`` has been reached."""
-    progress = step / max(total, 1)
+# The latent element count the regulariser weights are given for: Stable Diffusion's 4×64×64.
+REFERENCE_LATENT_ELEMENTS = 4 * 64 * 64
+
+
+def schedule_progress(step: int, total: int, resumed: tuple[int, float] | None = None) -> float:
+    """How far every schedule (phase, t range, resolution, ramps) is at ``step``, in [0, 1].
+
+    step / total; for a run resumed at step s₀ whose schedules were at p₀ (saved by a run with another total),
+    p₀ + (1 − p₀)·(step − s₀)/(total − s₀): it continues where it was and ends at ``total``, never going back.
+    """
+    if resumed is None:
+        return min(step / max(total, 1), 1.0)
+    start, start_progress = resumed
+    remaining = max(total - start, 1)
+    return min(start_progress + (1.0 - start_progress) * (step - start) / remaining, 1.0)
+
+
+def render_resolution(schedule: tuple[tuple[float, int], ...], progress: float) -> int:
+    """Coarse to fine: the side of the last milestone (fraction of the run) ``progress`` has reached."""
     return [side for fraction, side in schedule if fraction <= progress][-1]
 
 
 PHASES = ("latent", "rgb")
 
 
-def schedule_phase(latent_fraction: float, has_latent_space: bool, step: int, total: int) -> str:
-    """"latent" for the first ``latent_fraction`` of the steps when the prior has a latent space, else "rgb"."""
-    return "latent" if has_latent_space and step < round(latent_fraction * total) else "rgb"
+def schedule_phase(latent_fraction: float, has_latent_space: bool, progress: float) -> str:
+    """"latent" for the first ``latent_fraction`` of the run when the prior has a latent space, else "rgb"."""
+    return "latent" if has_latent_space and progress < latent_fraction else "rgb"
 
 
-def timestep_range(config: TrainConfig, step: int, total: int, num_train_timesteps: int) -> tuple[int, int]:
-    """[t_lo, t_hi) integer timesteps for this step; the upper end anneals toward t_max_end."""
-    progress = step / max(total, 1)
-    t_max = config.t_max_start + (config.t_max_end - config.t_max_start) * progress
-    return int(config.t_min * num_train_timesteps), max(int(t_max * num_train_timesteps), int(config.t_min * num_train_timesteps) + 1)
+def timestep_range(config: TrainConfig, progress: float, num_train_timesteps: int) -> tuple[int, int]:
+    """[t_lo, t_hi) integer timesteps at ``progress``; the upper end anneals toward t_max_end."""
+    annealed = progress**config.t_anneal_power
+    t_max = config.t_max_start + (config.t_max_end - config.t_max_start) * annealed
+    t_lo = int(config.t_min * num_train_timesteps)
+    return t_lo, max(int(t_max * num_train_timesteps), t_lo + 1)
+
+
+def orientation_weight(config: TrainConfig, progress: float) -> float:
+    """λ_orient at ``progress`` (per REFERENCE_LATENT_ELEMENTS): the linear ramp, then its end value."""
+    start, end = config.orient_weight
+    ramp = min(progress / config.orient_ramp_fraction, 1.0) if config.orient_ramp_fraction > 0 else 1.0
+    return start + (end - start) * ramp
 
 
 class Trainer:
@@ -176,9 +213,21 @@ class Trainer:
         self.guidance = make_guidance(spec.method, spec.guidance_scale, janus_guard=spec.janus_guard)
         self.step = 0
         self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
+        # (step, schedule progress) where a run with another total was resumed; None: progress = step / total.
+        self.resumed: tuple[int, float] | None = None
         self.prompts = prior.prepare_prompts(spec.prompt, spec.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = getattr(prior, "accepts_shading", True)
+        # A prior may need a lower t than the recipe's (the analytic one: see its t_min).
+        prior_t_min = getattr(prior, "t_min", None)
+        if prior_t_min is not None and prior_t_min < config.t_min:
+            self.config = config = replace(config, t_min=prior_t_min)
+        prior_power = getattr(prior, "t_anneal_power", None)
+        if prior_power is not None:
+            self.config = config = replace(config, t_anneal_power=prior_power)
+        prior_distances = getattr(prior, "distance_range", None)  # and other framing (the analytic one)
+        if prior_distances is not None:
+            self.config = config = replace(config, orbit=replace(config.orbit, distance_range=prior_distances))
         if config.compile_unet:
             prior.compile()
         # stage name → context manager around that part of train_step; benchmarks swap in a timer
@@ -189,23 +238,27 @@ class Trainer:
         self.nonfinite = NonFiniteWatch(self.device, nonfinite_hint(getattr(prior, "unet_dtype", None)))
 
     # -- one step ---------------------------------------------------------------------------------
+    def progress(self, step: int | None = None) -> float:
+        """How far the schedules are at ``step`` (default: the next one), in [0, 1]."""
+        return schedule_progress(self.step if step is None else step, self.total, self.resumed)
+
     def phase(self, step: int | None = None) -> str:
         """"latent" or "rgb" for ``step`` (default: the next one)."""
-        step = self.step if step is None else step
-        return schedule_phase(self.preset.latent_fraction, bool(self.field.config.latent_channels), step, self.total)
+        return schedule_phase(self.preset.latent_fraction, bool(self.field.config.latent_channels), self.progress(step))
 
     def train_step(self) -> Tensor:
         config, generator = self.config, self.generator
+        progress = self.progress()
         latent_phase = self.phase() == "latent"
-        side = render_resolution(self.preset.resolution_schedule, self.step, self.total)
+        side = render_resolution(self.preset.resolution_schedule, progress)
         if latent_phase:  # straight into the prior's latent space, at its latent side
             side = self.prior.latent_side()
         cameras = sample_orbit_cameras(self.preset.batch_size, generator, config.orbit)
-        albedo_only = not self.lighting or self.step < config.albedo_only_fraction * self.total
+        albedo_only = not self.lighting or progress < config.albedo_only_fraction
         shading = sample_shading(generator, albedo_only, config.shading_probabilities)
         if latent_phase:  # a latent render is unlit: the latent head holds colour, not shading
             shading = "albedo"
-        t_lo, t_hi = timestep_range(config, self.step, self.total, self.prior.num_train_timesteps)
+        t_lo, t_hi = timestep_range(config, progress, self.prior.num_train_timesteps)
         t = torch.randint(t_lo, t_hi, (len(cameras),), generator=generator)
         # Host-sampled randomness goes to the device without blocking: no sync in the hot loop.
         cameras = Cameras(**{name: host_to_device(value, self.device) for name, value in vars(cameras).items()})
@@ -234,6 +287,7 @@ class Trainer:
             shape_loss = None if self.shape_guide is None else self.shape_guide.loss(self.field, generator, latents[0].numel())
             if shape_loss is not None:
                 loss = loss + shape_loss
+            loss = loss + self.regularisers(render, directions, progress, latents[0].numel())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with self.stage_timer("optimizer"):
@@ -245,6 +299,16 @@ class Trainer:
             self.optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def regularisers(self, render, directions: Tensor, progress: float, latent_elements: int) -> Tensor:
+        """Sparsity on every render, orientation on lit ones (they have normals), scaled to the latent's size."""
+        scale = latent_elements / REFERENCE_LATENT_ELEMENTS
+        opacity = render.opacity.reshape(-1, 1)
+        loss = self.config.sparsity_weight * scale * sparsity_loss(opacity)
+        if render.normals is not None:
+            orient = orientation_loss(render.normals.reshape(-1, 3), directions.reshape(-1, 3), opacity)
+            loss = loss + orientation_weight(self.config, progress) * scale * orient
+        return loss
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
@@ -283,7 +347,7 @@ class Trainer:
         """(S, S, 3) uint8: the current NeRF from a fixed three-quarter view, lit from the camera."""
         side = self.preset.preview_size
         cameras = make_cameras(
-            torch.tensor([elevation]), torch.tensor([azimuth]), torch.tensor([3.2]), torch.tensor([45.0])
+            torch.tensor([elevation]), torch.tensor([azimuth]), torch.tensor([PREVIEW_DISTANCE]), torch.tensor([45.0])
         ).to(self.device)
         origins, directions = camera_rays(cameras, side, side)
         shading = "diffuse" if self.lighting else "albedo"
@@ -306,6 +370,7 @@ class Trainer:
         }
         info = {
             "step": self.step,
+            "schedule_progress": self.progress(self.step),
             "settings": self.spec.to_dict(),
             "init_mesh_path": None if self.init_mesh_path is None else str(self.init_mesh_path),
             "init_mesh_sha256": self.init_mesh_sha256,  # the mesh by content: its path may differ at resume
@@ -329,8 +394,15 @@ class Trainer:
             self.optimizer.load_state_dict(unflatten_optimizer(sections.get("optimizer", {}), info["optimizer"]))
             self.generator.set_state(sections["generator"][""])
             self.step = self.saved_step = int(info["step"])
+            saved_total = int(info["settings"]["steps"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {error}"[:500]) from None
+        # Another total (now or at an earlier resume): continue the schedules from where they were.
+        saved_progress = float(info.get("schedule_progress", schedule_progress(self.step, saved_total)))
+        if saved_progress != schedule_progress(self.step, self.total):
+            self.resumed = (self.step, saved_progress)
+        if self.field.config.latent_channels:  # this run's encoder's map, which may not be the checkpoint's
+            self.field.set_latent_map(*(tensor.to(self.device) for tensor in self.prior.latent_color_map()))
 
 
 def train(
@@ -353,58 +425,3 @@ def train(
         trainer.load_checkpoint(out_dir / CHECKPOINT_NAME)
         log.info("resumed from %s at step %d", out_dir / CHECKPOINT_NAME, trainer.step)
     return trainer.run(callbacks)
-
-
-def check_checkpoint_matches(
-    info: dict[str, Any], spec: JobSpec, path: Path, init_mesh_path: Path | None = None,
-    init_mesh_sha256: str | None = None,
-) -> None:
-    """CheckpointError unless the checkpoint was trained with the fields that decide the result
-    (``FieldInfo.decides_result``; steps, encoder, dtype and the export's settings may change).
-
-    The init mesh is compared by content, not path (an upload, a copy): ``init_mesh_path`` is its file (None →
-    ``spec.init_mesh``), ``init_mesh_sha256`` its hash when the caller has it already (the trainer does)."""
-    saved = info.get("settings")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} has no training settings; start a new run")
-
-    def refuse(key: str, saved_value: Any, value: Any) -> None:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was trained with {key}={saved_value!r}, not {value!r}; "
-            "resume with the same settings or start a new run"
-        )
-
-    differences = spec.differences(saved)
-    for key, saved_value, value in differences:
-        if not field_info(key).init_mesh_only:
-            refuse(key, saved_value, value)
-    # No hash: the checkpoint had no init mesh, or it is from before hashes were recorded (then it cannot be
-    # matched to one).
-    mesh_file = (init_mesh_path or Path(spec.init_mesh)) if spec.init_mesh else None
-    saved_mesh, saved_sha256 = saved.get("init_mesh"), info.get("init_mesh_sha256")
-    sha256 = (init_mesh_sha256 or mesh_sha256(mesh_file)) if mesh_file else None
-    if (saved_mesh is None) != (spec.init_mesh is None) or saved_sha256 != sha256:
-        refuse("init_mesh", _describe_mesh(saved_mesh, saved_sha256), _describe_mesh(spec.init_mesh, sha256))
-    for key, saved_value, value in differences:  # what shapes a run only through its mesh
-        refuse(key, saved_value, value)
-
-
-def _describe_mesh(path: str | None, sha256: str | None) -> str | None:
-    """'cube.ply (sha256 0123456789ab)' for a message; None without an init mesh."""
-    if path is None:
-        return None
-    return f"{Path(path).name} ({f'sha256 {sha256[:12]}' if sha256 else 'content not recorded'})"
-
-
-def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
-    """(NeRF field on CPU in eval mode, GLB metadata) from a checkpoint, for re-export without retraining."""
-    sections, info = read_checkpoint(path)
-    try:
-        field_config = dict(info["field_config"])
-        field_config["grid"] = HashGridConfig(**field_config["grid"])
-        nerf = NeRFField(FieldConfig(**field_config))
-        nerf.load_state_dict(sections["field"])
-        metadata = dict(info["metadata"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {error}"[:500]) from None
-    return nerf.eval(), metadata

@@ -14,9 +14,9 @@ from nfsd_server.train import Trainer, schedule_phase
 
 
 def test_the_switch_point_is_a_fraction_of_the_run():
-    assert [schedule_phase(0.5, True, step, 6) for step in range(6)] == ["latent"] * 3 + ["rgb"] * 3
-    assert {schedule_phase(0.0, True, step, 6) for step in range(6)} == {"rgb"}
-    assert {schedule_phase(0.5, False, step, 6) for step in range(6)} == {"rgb"}  # no latent space: RGB only
+    assert [schedule_phase(0.5, True, step / 6) for step in range(6)] == ["latent"] * 3 + ["rgb"] * 3
+    assert {schedule_phase(0.0, True, step / 6) for step in range(6)} == {"rgb"}
+    assert {schedule_phase(0.5, False, step / 6) for step in range(6)} == {"rgb"}  # no latent space: RGB only
     assert all(0 < preset.latent_fraction < 1 for preset in PRESETS.values())
     with pytest.raises(ValueError, match="latent_fraction must be in"):
         Preset(**{**vars(PRESETS["draft"]), "latent_fraction": 1.5})

@@ -9,6 +9,7 @@ from nfsd_server.train import (
     Callbacks,
     GenerationCancelled,
     TrainConfig,
+    Trainer,
     load_checkpoint,
     render_resolution,
     timestep_range,
@@ -104,11 +105,13 @@ def test_previews_are_rgb_uint8_images(tiny_sd_prior):
 
 
 def test_schedules_anneal_t_and_grow_resolution():
-    config = TrainConfig(t_min=0.02, t_max_start=0.98, t_max_end=0.5)
-    assert timestep_range(config, 0, 100, 1000) == (20, 980)
-    assert timestep_range(config, 100, 100, 1000) == (20, 500)
+    config = TrainConfig(t_min=0.02, t_max_start=0.98, t_max_end=0.5, t_anneal_power=1.0)
+    assert timestep_range(config, 0.0, 1000) == (20, 980)
+    assert timestep_range(config, 1.0, 1000) == (20, 500)
+    # square-root annealing: a quarter of the way, t_max has gone half of its way (0.98 − 0.48·0.5 = 0.74)
+    assert timestep_range(TrainConfig(t_min=0.3, t_max_end=0.5, t_anneal_power=0.5), 0.25, 1000) == (300, 740)
     schedule = ((0.0, 64), (0.5, 128))
-    assert [render_resolution(schedule, s, 10) for s in (0, 4, 5, 9)] == [64, 64, 128, 128]
+    assert [render_resolution(schedule, s / 10) for s in (0, 4, 5, 9)] == [64, 64, 128, 128]
 
 
 @pytest.mark.parametrize(
@@ -157,7 +160,7 @@ def test_resume_refuses_other_shape_settings_and_knows_the_init_mesh_by_content(
 
     from nfsd_server.checkpoints import CheckpointError
     from nfsd_server.guidance.analytic import AnalyticPrior
-    from nfsd_server.train import check_checkpoint_matches
+    from nfsd_server.resume import check_checkpoint_matches
 
     mesh, tall = tmp_path / "cube.ply", tmp_path / "tall.ply"
     trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)
@@ -200,7 +203,7 @@ def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(
     import trimesh
 
     from nfsd_server.checkpoints import CheckpointError
-    from nfsd_server.train import check_checkpoint_matches
+    from nfsd_server.resume import check_checkpoint_matches
 
     settings = resolve_spec("a red ball", preset="draft", steps=2, seed=0)
     newer = ("init_mesh", "shape_strength", "keep_geometry", "encoder", "dtype", "janus_guard")
@@ -213,3 +216,12 @@ def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(
     trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)
     with pytest.raises(CheckpointError, match=r"was trained with init_mesh=None, not 'cube.ply \(sha256 [0-9a-f]{12}\)'"):
         check_checkpoint_matches(old_info, replace(settings, init_mesh=str(mesh)), tmp_path)
+
+
+def test_the_analytic_prior_keeps_low_t_and_real_priors_get_the_recipes(tiny_sd_prior):
+    from nfsd_server.guidance.analytic import AnalyticPrior
+
+    analytic = Trainer(draft("a red ball", steps=4, prior="analytic"), AnalyticPrior(latent_size=8), None)
+    assert timestep_range(analytic.config, 0.0, 1000)[0] == 20  # NFSD's t < 200 branch: its exact pull
+    real = Trainer(draft(steps=4), tiny_sd_prior, None)
+    assert timestep_range(real.config, 0.0, 1000) == (300, 980)  # the working reproduction's [0.3, 0.98]

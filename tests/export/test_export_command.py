@@ -143,3 +143,55 @@ def test_out_naming_a_folder_exits_2(checkpoint, tmp_path, capsys):
     assert main(["export", str(checkpoint), "--out", str(tmp_path), *FAST]) == 2
     error = capsys.readouterr().err
     assert "is a folder; name the file to write" in error and error.count("\n") == 1
+
+
+def _init_mesh_checkpoint(tmp_path, keep_geometry: bool):
+    """A one-step analytic checkpoint trained on an off-origin cube (side 2, centre (3, −1, 2)), and that cube."""
+    import trimesh
+
+    from nfsd_server.guidance.analytic import AnalyticPrior
+    from nfsd_contract import resolve_spec
+    from nfsd_server.train import Trainer
+
+    cube = trimesh.creation.box(extents=(2.0, 2.0, 2.0))
+    cube.apply_translation((3.0, -1.0, 2.0))
+    mesh_path = tmp_path / "cube.ply"
+    cube.export(mesh_path)
+    settings = resolve_spec("a red ball", preset="draft", steps=1, seed=0, prior="analytic", init_mesh=mesh_path,
+                                keep_geometry=keep_geometry)
+    return Trainer(settings, AnalyticPrior(latent_size=8), tmp_path / "run").save_checkpoint(), mesh_path, cube
+
+
+def _glb_vertices(path):
+    import numpy as np
+    import trimesh
+
+    from nfsd_server.scene.init_mesh import Y_UP_TO_Z_UP
+
+    return np.asarray(trimesh.load(path, force="mesh", process=False).vertices) @ Y_UP_TO_Z_UP.T
+
+
+@pytest.mark.parametrize("keep_geometry", [False, True], ids=["shape", "texture"])
+def test_an_init_mesh_checkpoint_exports_where_the_mesh_was(tmp_path, capsys, keep_geometry):
+    import numpy as np
+
+    checkpoint, _, cube = _init_mesh_checkpoint(tmp_path, keep_geometry)
+    out = tmp_path / "again.glb"
+    assert main(["export", str(checkpoint), "--out", str(out), *FAST]) == 0
+    vertices = _glb_vertices(out)
+    if keep_geometry:  # baked onto the cube itself: its own 8 corners, not a marching-cubes surface
+        np.testing.assert_allclose(np.unique(vertices.round(6), axis=0), np.unique(cube.vertices, axis=0), atol=1e-5)
+    else:  # a new surface, on the cube's bounds (within a 40³ export voxel, 0.2 world units here)
+        np.testing.assert_allclose(vertices.min(axis=0), cube.bounds[0], atol=0.2)
+        np.testing.assert_allclose(vertices.max(axis=0), cube.bounds[1], atol=0.2)
+
+
+def test_an_init_mesh_checkpoint_whose_mesh_is_gone_exits_2_naming_it(tmp_path, capsys):
+    checkpoint, mesh_path, _ = _init_mesh_checkpoint(tmp_path, keep_geometry=True)
+    mesh_path.unlink()
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.glb"), *FAST]) == 2
+    error = capsys.readouterr().err
+    assert str(mesh_path) in error and "no longer there" in error and "put the mesh back" in error
+    mesh_path.write_bytes(b"ply\nnot the same mesh")
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.glb"), *FAST]) == 2
+    assert "has changed" in capsys.readouterr().err

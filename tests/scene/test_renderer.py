@@ -203,3 +203,29 @@ def test_many_samples_are_recomputed_in_the_backward_with_the_same_gradients():
         assert torch.allclose(kept, recomputed, atol=1e-5, rtol=1e-4)
     # The hash grid + MLP activations (most of what the backward keeps) are gone: far fewer bytes saved.
     assert bytes_recomputed < 0.5 * bytes_kept, (bytes_recomputed, bytes_kept)
+
+
+def test_textureless_and_diffuse_renders_are_premultiplied_so_empty_pixels_show_the_background():
+    # Half the frame misses the ball: its pixels must be the background whatever the light, and no pixel
+    # may leave [0, 1]. Inside the ball the textureless colour is the light term of a white surface.
+    field = ConstantSphere(sigma=200.0, radius=0.5)
+    cams = make_cameras(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([45.0]))
+    origins, dirs = camera_rays(cams, 16, 16)
+    light = torch.tensor([[0.0, -1.0, 0.0]])  # from the camera
+    for background in ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)):
+        for shading in ("diffuse", "textureless"):
+            out = StratifiedRenderer(RendererConfig(n_samples=256))(
+                field, SolidBackground(background), origins, dirs, shading, light
+            )
+            bg = torch.tensor(background)
+            assert 0.0 <= float(out.rgb.min()) and float(out.rgb.max()) <= 1.0, (shading, background)
+            empty = out.opacity[..., 0] < 1e-6
+            assert empty.sum() > 50
+            assert torch.allclose(out.rgb[empty], bg.expand(int(empty.sum()), 3), atol=1e-6)
+            # premultiplied: a pixel differs from the background by at most its opacity
+            assert bool(((out.rgb - bg).abs() <= out.opacity + 1e-6).all())
+    # centre pixel, lit head-on: ambient + (1 − ambient)·1 = 1 on a white surface
+    out = StratifiedRenderer(RendererConfig(n_samples=256))(
+        field, SolidBackground((0.0, 0.0, 0.0)), origins, dirs, "textureless", light
+    )
+    assert torch.allclose(out.rgb[0, 8, 8], torch.ones(3), atol=0.03)

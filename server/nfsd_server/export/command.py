@@ -11,7 +11,9 @@ from nfsd_server.checkpoints import CheckpointError
 from nfsd_server.errors import UsageError
 from nfsd_server.export.glb import ExportSettings, export_glb
 from nfsd_server.export.grid import EmptyFieldError
-from nfsd_server.train import load_checkpoint
+from nfsd_server.pipeline import export_from_init_mesh
+from nfsd_server.scene.init_mesh import mesh_sha256
+from nfsd_server.resume import CheckpointMesh, checkpoint_init_mesh, load_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +60,33 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         field, metadata = load_checkpoint(args.checkpoint)
+        init_mesh = checkpoint_init_mesh(args.checkpoint)
     except CheckpointError as error:  # never unpickled: a foreign or old file is a message, not code
         raise UsageError(str(error)) from None
+    if init_mesh is not None:
+        check_init_mesh_is_there(args.checkpoint, init_mesh)
     try:
-        report = export_glb(field, out_path, settings, metadata)
+        if init_mesh is not None:  # as `generate` does: on the artist's mesh, or where it was
+            report = export_from_init_mesh(init_mesh.path, init_mesh.keep_geometry, field, metadata, out_path, settings)
+        else:
+            report = export_glb(field, out_path, settings, metadata)
     except EmptyFieldError as error:
         raise UsageError(str(error)) from error
     print(report.path)
     return 0
 
+
+
+def check_init_mesh_is_there(checkpoint: Path, init_mesh: CheckpointMesh) -> None:
+    """UsageError naming the mesh when the one the checkpoint was trained on is gone or has changed."""
+    what = "bakes onto it" if init_mesh.keep_geometry else "places the object where it was"
+    if not init_mesh.path.is_file():
+        raise UsageError(
+            f"checkpoint {str(checkpoint)!r} was trained on the init mesh {str(init_mesh.path)!r}, which is no longer "
+            f"there; the export {what}: put the mesh back at that path"
+        )
+    if init_mesh.sha256 is not None and mesh_sha256(init_mesh.path) != init_mesh.sha256:
+        raise UsageError(
+            f"the init mesh {str(init_mesh.path)!r} has changed since checkpoint {str(checkpoint)!r} was trained on "
+            f"it; the export {what}: restore the mesh the run used"
+        )

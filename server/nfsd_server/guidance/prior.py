@@ -83,25 +83,28 @@ class Prior(abc.ABC):
 
         Starts a NeRF's albedo→latent head where the encoder is, so colours learned in the latent phase carry
         into the RGB phase. Default: a least-squares fit to ``encode`` of flat images (the 8 corners of the
-        RGB cube and mid grey), averaged over the latent's pixels; computed once per prior.
+        RGB cube and mid grey) at ``image_size``, the side every RGB render is encoded at, over the latent's
+        interior pixels (``color_map_interior``): a convolutional encoder's border latents see its zero padding,
+        and a flat image's interior latent still depends on the image's size (its attention block mixes the
+        borders in). Computed once per prior.
         """
         if getattr(self, "_latent_color_map", None) is not None:
             return self._latent_color_map
         if self.latent_channels is None:
             raise ValueError(f"{type(self).__name__} has no latent space a NeRF can render into")
-        corners = torch.tensor([[r, g, b] for r in (0.0, 1.0) for g in (0.0, 1.0) for b in (0.0, 1.0)] + [[0.5] * 3])
-        side = self.latent_scale * 4
-        images = corners[:, :, None, None].expand(-1, 3, side, side).to(self.device)
-        with torch.no_grad():
-            latents = self.encode_flat(images).float().mean(dim=(2, 3)).cpu()  # (9, C)
-        design = torch.cat([corners, torch.ones(len(corners), 1)], dim=1)  # (9, 4)
+        colors = flat_fit_colors()
+        latents = torch.stack([color_map_interior(latent) for latent in self.encode_flat_colors(colors, self.image_size)])
+        design = torch.cat([colors, torch.ones(len(colors), 1)], dim=1)  # (9, 4)
         solution = torch.linalg.lstsq(design, latents).solution  # (4, C)
         self._latent_color_map = solution[:3].T.contiguous(), solution[3].contiguous()
         return self._latent_color_map
 
-    def encode_flat(self, images: Tensor) -> Tensor:
-        """``encode`` for flat colour images (B, 3, H, W), which need no resizing (priors may skip it)."""
-        return self.encode(images)
+    @torch.no_grad()
+    def encode_flat_colors(self, colors: Tensor, side: int) -> list[Tensor]:
+        """``encode`` of one flat side × side image per colour (K, 3) in [0, 1] → K latents (C, h, w) float32 on
+        the CPU, one image at a time (a 512² VAE encode is large)."""
+        images = colors[:, :, None, None].expand(-1, 3, side, side)
+        return [self.encode(image[None].to(self.device)).float()[0].cpu() for image in images]
 
     def compile(self) -> None:
         """torch.compile the network ``predict_noise`` runs, in place (idempotent); a no-op unless overridden."""
@@ -109,3 +112,15 @@ class Prior(abc.ABC):
     def decode(self, latents: Tensor) -> Tensor:
         """latents → images (B, 3, H, W) in [0, 1]; used for previews and debugging only."""
         raise NotImplementedError(f"{type(self).__name__} cannot decode latents")
+
+
+def flat_fit_colors() -> Tensor:
+    """(9, 3): the 8 corners of the RGB cube and mid grey, the colours the colour→latent map is fitted on."""
+    corners = [[r, g, b] for r in (0.0, 1.0) for g in (0.0, 1.0) for b in (0.0, 1.0)]
+    return torch.tensor(corners + [[0.5] * 3])
+
+
+def color_map_interior(latent: Tensor) -> Tensor:
+    """(C,) mean of a latent (C, h, w) over its interior: an eighth of the side (at least one pixel) off each edge."""
+    margin = max(1, latent.shape[-1] // 8)
+    return latent[:, margin:-margin, margin:-margin].mean(dim=(1, 2))

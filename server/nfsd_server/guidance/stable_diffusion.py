@@ -158,11 +158,6 @@ class StableDiffusionPrior(Prior):
         null, negative = self._embed(["", negative_prompt]).split(1)
         return PromptEmbeddings(prompt_views=views, null=null, negative=negative)
 
-    def encode_flat(self, images: Tensor) -> Tensor:
-        # A flat image's latent does not depend on its size: encode at 32 px, not 9 images at 512 px.
-        with torch.no_grad():
-            return self._encode_pixels(images)
-
     def encode(self, images: Tensor) -> Tensor:
         images = F.interpolate(images, size=(self.encode_size, self.encode_size), mode="bilinear", align_corners=False)
         latents = self._encode_pixels(images)

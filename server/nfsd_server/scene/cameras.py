@@ -26,7 +26,12 @@ class OrbitConfig:
     # side ~39%. (-10, 60) never produced an overhead camera.
     elevation_range: tuple[float, float] = (-10.0, 80.0)
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    distance_range: tuple[float, float] = (3.0, 3.6)
+    # Framing: a radius-0.5 object (the starting blob, an init mesh's normalised size) spans a median 0.55 of
+    # the half-frame (0.44–0.71), as with threestudio's DreamFusion defaults (1.5–2 from a radius-0.5 blob,
+    # 40–70°), so the prior sees the object at the size its training images show one. The spread is narrower
+    # than theirs (0.37–0.97) so a grown object stays in frame, and every camera stays outside the scene
+    # cube's corners (√3), so no ray starts inside the field.
+    distance_range: tuple[float, float] = (2.0, 2.5)
     fov_range: tuple[float, float] = (40.0, 50.0)
     # Light direction = camera direction + N(0, light_jitter²) per axis, normalised: the lit side faces the
     # viewer more often than not; 0 lights from the camera. (A directional light has no distance to sample.)

@@ -214,6 +214,47 @@ def signed_distance_grid(occupancy: np.ndarray, bound: float) -> np.ndarray:
     return (np.where(occupancy, 0.5 - inside, outside - 0.5) * pitch).astype(np.float32)
 
 
+def refine_near_surface(
+    sdf: np.ndarray, occupancy: np.ndarray, vertices: np.ndarray, faces: np.ndarray, bound: float
+) -> np.ndarray:
+    """(R, R, R) float32: ``sdf`` with the voxels within two of the surface set to their distance from the
+    surface itself, so the zero level is the mesh's, not the occupancy's.
+
+    The occupancy counts every voxel the surface touches as inside, up to ~0.9 voxel outside it, which put a
+    sphere's zero level 0.6 voxel out (the object started too large). Near the surface each voxel gets its
+    signed distance to the tangent plane at the nearest of dense surface samples; the plane's normal is turned
+    to point where ``sdf`` grows (out), so inconsistently wound faces do not flip it. A part thinner than a
+    voxel, which no voxel centre lies inside, keeps its occupancy's values instead of vanishing.
+    """
+    from scipy.spatial import cKDTree
+
+    resolution = sdf.shape[0]
+    pitch = 2.0 * bound / (resolution - 1)
+    band = np.abs(sdf) <= 2.0 * pitch
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    count = int(min(16 * float(triangle_areas(vertices, faces).sum()) / pitch**2 + 1000, 2_000_000))
+    samples, face_index = trimesh.sample.sample_surface(mesh, count, seed=0)
+    normals = np.asarray(mesh.face_normals)[face_index]
+    finite = np.isfinite(normals).all(axis=1) & (np.linalg.norm(normals, axis=1) > 0.5)  # zero-area faces have none
+    samples, normals = samples[finite], normals[finite]
+
+    def sdf_at(points: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(sdf, ((points + bound) / pitch).T, order=1, mode="nearest")
+
+    inward = sdf_at(samples - 1.5 * pitch * normals) > sdf_at(samples + 1.5 * pitch * normals)
+    normals[inward] *= -1.0
+    axis = np.linspace(-bound, bound, resolution)
+    index = np.nonzero(band)
+    centres = np.stack([axis[index[0]], axis[index[1]], axis[index[2]]], axis=1)
+    _, nearest = cKDTree(samples).query(centres)
+    refined = sdf.copy()
+    refined[index] = ((centres - samples[nearest]) * normals[nearest]).sum(axis=1)
+    inside = refined < 0
+    vanished = occupancy & ~inside & ~ndimage.binary_dilation(inside, iterations=1)
+    refined[vanished] = sdf[vanished]
+    return refined.astype(np.float32)
+
+
 @dataclass
 class ShapeGuide:
     """The init mesh, fitted into the box, and what training does with it.
@@ -232,8 +273,10 @@ class ShapeGuide:
     def from_mesh(cls, mesh: trimesh.Trimesh, strength: float, keep_geometry: bool, bound: float = 1.0) -> "ShapeGuide":
         normalization = Normalization.of_mesh(mesh)
         box_vertices = normalization.to_box(np.asarray(mesh.vertices))
-        occupancy = occupancy_grid(box_vertices, np.asarray(mesh.faces), SHAPE_RESOLUTION, bound)
-        return cls(mesh, normalization, signed_distance_grid(occupancy, bound), strength, keep_geometry)
+        faces = np.asarray(mesh.faces)
+        occupancy = occupancy_grid(box_vertices, faces, SHAPE_RESOLUTION, bound)
+        sdf = refine_near_surface(signed_distance_grid(occupancy, bound), occupancy, box_vertices, faces, bound)
+        return cls(mesh, normalization, sdf, strength, keep_geometry)
 
     def field_config(self, config: FieldConfig) -> FieldConfig:
         return replace(

@@ -45,13 +45,15 @@ class RendererConfig:
 class RenderOutput:
     """Per pixel: rgb (..., 3) composited on the background; opacity (..., 1); depth (..., 1) (0 where empty);
     albedo (..., 3) composited on the background (for previews and metrics); latent (..., C) in the prior's
-    latent space (latent renders only, else None)."""
+    latent space (latent renders only, else None); normals (..., 3) unit, at the expected surface point (lit
+    renders only, else None)."""
 
     rgb: Tensor
     opacity: Tensor
     depth: Tensor
     albedo: Tensor
     latent: Tensor | None = None
+    normals: Tensor | None = None
 
 
 def ray_aabb(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor]:
@@ -117,6 +119,7 @@ class Renderer(nn.Module):
             ]
             albedo, opacity, depth = (torch.cat(p) for p in zip(*parts))
 
+        normals = None
         if shading == "albedo":
             color = albedo
         else:
@@ -125,16 +128,14 @@ class Renderer(nn.Module):
             surface = flat_o + flat_d * depth
             normals = field.normals(surface)
             lights = light_dir.reshape(-1, 1, 3).expand(-1, flat_o.shape[0] // light_dir.shape[0], 3).reshape(-1, 3)
-            # Premultiplied: a half-transparent pixel gets half the light, like its albedo.
-            color = shade(shading, albedo, normals, lights) if shading == "diffuse" else shade(
-                shading, opacity.expand(-1, 3), normals, lights
-            )
+            color = shade(shading, albedo, opacity, normals, lights)
         bg = background(flat_d)
         out = RenderOutput(
             rgb=color + (1.0 - opacity) * bg,
             opacity=opacity,
             depth=depth,
             albedo=albedo + (1.0 - opacity) * bg,
+            normals=normals,
         )
         if latent:
             out.latent = field.latent_from(out.albedo)
