@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, model: str, device: torch.device) -> list[str]
     failures: list[str] = []
     # As a job runs it: the preset's schedule and RGB-phase encoder ("auto").
     settings = resolve_spec("a hamburger", preset=args.preset, steps=args.steps, seed=0, dtype=args.dtype,
-                                prior="stable-diffusion", model=model)
+                            prior="stable-diffusion", model=model)
     prior = load_prior("stable-diffusion", model, device, dtype=args.dtype, encoder=settings.encoder)
     print(f"model {model} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"dtypes {prior.dtypes}, preset {args.preset} (latent_fraction {PRESETS[args.preset].latent_fraction}, "

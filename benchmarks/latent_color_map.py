@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from nfsd_server.guidance.prior import color_map_interior, flat_fit_colors, load_prior
+from nfsd_server.guidance.prior import color_map_interior, flat_fit_colors
+from nfsd_server.guidance.registry import load_prior
 
 
 def relative_error(weight, bias, colors, latents) -> float:

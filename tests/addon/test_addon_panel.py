@@ -112,7 +112,7 @@ def _server_glb(path, job_seed):
     uvs = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float64)
     image = np.full((8, 8, 3), 0.5)
     settings = resolve_spec("a red ball", prior="analytic", seed=job_seed, steps=30, preset="draft",
-                                poly_budget=1000, texture_size=512)
+                            poly_budget=1000, texture_size=512)
     mesh = textured_mesh(vertices, vertices.copy(), faces, uvs, image)
     write_glb(mesh, path, json_safe({**settings.metadata(), "software": "nfsd_server test"}))  # as train.py does
 
@@ -133,7 +133,7 @@ def test_8_one_set_of_properties_and_names_from_prompt_and_job(props, tmp_path):
         keys = set(ob.keys())
         assert keys == {"nfsd_" + k for k in ("prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps",
                                                "preset", "poly_budget", "texture_size", "prior", "dtype",
-                                               "encoder", "software", "job_id")}, keys
+                                               "encoder", "janus_guard", "software", "job_id")}, keys
         assert (ob["nfsd_method"], ob["nfsd_poly_budget"], ob["nfsd_texture_size"]) == ("nfsd", 1000, 512)
         assert (ob["nfsd_seed"], ob["nfsd_job_id"], ob["nfsd_prior"]) == (seed, job_id, "analytic")
         mat = ob.data.materials[0]

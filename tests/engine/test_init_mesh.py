@@ -131,7 +131,7 @@ def test_field_starts_from_the_mesh_at_strength_one_and_from_the_blob_at_zero(cu
     prior = AnalyticPrior()
     start = {
         strength: Trainer(resolve_spec("a red ball", preset="draft", seed=0, init_mesh=cube_ply,
-                                           shape_strength=strength), prior, None).field
+                                       shape_strength=strength), prior, None).field
         for strength in (0.0, 1.0)
     }
     assert evaluate_shape(start[1.0], NORMALISED_CUBE, resolution=48)["volume_iou"] >= 0.95
@@ -152,7 +152,7 @@ def from_cube(tmp_path_factory):
     prior = AnalyticPrior()
     return {
         strength: train(resolve_spec("a red ball", preset="draft", steps=PROOF_STEPS, seed=0, init_mesh=path,
-                                         shape_strength=strength), prior).field
+                                     shape_strength=strength), prior).field
         for strength in (0.0, 1.0)
     }
 
@@ -213,7 +213,7 @@ def test_texture_mode_keeps_the_cubes_vertices_and_paints_it_red(tmp_path):
     plain = tmp_path / "cube.ply"  # no UVs: xatlas unwraps it
     off_origin_cube().export(plain)
     settings = resolve_spec("a red ball", preset="draft", steps=TEXTURE_STEPS, seed=0, texture_size=512,
-                                init_mesh=plain, keep_geometry=True)
+                            init_mesh=plain, keep_geometry=True)
     result = run_generation(settings, AnalyticPrior(), tmp_path / "out")
     mesh, face_centres = read_glb(result.glb_path)
     cube = off_origin_cube()

@@ -3,7 +3,7 @@
 import torch
 
 from nfsd_server.guidance.analytic import AnalyticPrior
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_contract import resolve_spec
 from nfsd_server.train import CHECKPOINT_NAME, Trainer, train
 

@@ -4,13 +4,13 @@ import torch
 
 from nfsd_server.checkpoints import read_checkpoint_info
 from nfsd_contract import resolve_spec
+from nfsd_server.resume import load_checkpoint
 from nfsd_server.train import (
     CHECKPOINT_NAME,
     Callbacks,
     GenerationCancelled,
     TrainConfig,
     Trainer,
-    load_checkpoint,
     render_resolution,
     timestep_range,
     train,

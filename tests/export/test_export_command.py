@@ -158,7 +158,7 @@ def _init_mesh_checkpoint(tmp_path, keep_geometry: bool):
     mesh_path = tmp_path / "cube.ply"
     cube.export(mesh_path)
     settings = resolve_spec("a red ball", preset="draft", steps=1, seed=0, prior="analytic", init_mesh=mesh_path,
-                                keep_geometry=keep_geometry)
+                            keep_geometry=keep_geometry)
     return Trainer(settings, AnalyticPrior(latent_size=8), tmp_path / "run").save_checkpoint(), mesh_path, cube
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from nfsd_server.guidance.prior import color_map_interior, flat_fit_colors, load_prior
+from nfsd_server.guidance.prior import color_map_interior, flat_fit_colors
+from nfsd_server.guidance.registry import load_prior
 
 
 @pytest.mark.parametrize("encoder", ["vae", "taesd"])

@@ -21,7 +21,7 @@ import torch
 import trimesh
 
 import nfsd_server.train as train_module
-from nfsd_server.guidance.prior import load_prior
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import camera_rays, sample_orbit_cameras
 from nfsd_server.scene.init_mesh import ShapeGuide
@@ -57,14 +57,14 @@ def make_trainer(prior, preset, mode, sphere_mesh, monkeypatch, latent_fraction)
     if mode != "plain":
         build = train_module.shape_guide_for
 
-        def cached_guide(settings):
-            key = settings.keep_geometry
+        def cached_guide(spec, mesh_path):
+            key = spec.keep_geometry
             if key not in guides:
-                guides[key] = build(settings)
+                guides[key] = build(spec, mesh_path)
             return guides[key]
         monkeypatch.setattr(train_module, "shape_guide_for", cached_guide)
     settings = resolve_spec("a red ball", preset=preset, steps=10, seed=0, prior="stable-diffusion",
-                                model="tiny", encoder="taesd", **mesh_settings)
+                            model="tiny", encoder="taesd", **mesh_settings)
     trainer = Trainer(settings, prior, None)
     trainer.preset = dataclasses.replace(trainer.preset, latent_fraction=latent_fraction)
     return trainer
