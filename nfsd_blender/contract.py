@@ -4,11 +4,7 @@ from here; nothing of it is typed in the add-on again."""
 
 try:
     from .nfsd_contract import *  # noqa: F403  (scripts/build_addon.py vendors it beside this file)
-    from .nfsd_contract import spec as _spec
 except ModuleNotFoundError as error:
     if error.name != f"{__package__}.nfsd_contract":
         raise
     from nfsd_contract import *  # noqa: F403
-    from nfsd_contract import spec as _spec
-
-JobSpec, FIELDS, FIELD_NAMES, job_request = _spec.JobSpec, _spec.FIELDS, _spec.FIELD_NAMES, _spec.job_request

@@ -27,11 +27,6 @@ def register_prior(name: str) -> Callable[[Callable[..., Prior]], Callable[..., 
     return decorator
 
 
-def prior_names() -> list[str]:
-    _import_builtin_priors()
-    return sorted(_PRIORS)
-
-
 def load_prior(name: str, model: str | None = None, device: torch.device | str | None = None, **options: Any) -> Prior:
     """Build the prior registered as ``name`` (e.g. "stable-diffusion" with a hub id or folder, "analytic")."""
     _import_builtin_priors()
