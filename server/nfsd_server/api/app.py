@@ -29,6 +29,8 @@ class ServerConfig:
     retention_days: float | None = 30.0  # finished jobs older than this are deleted; None: kept
     max_finished: int | None = 1000  # only the newest this many finished jobs are kept; None: all
     allow_benchmark_models: bool = False  # random:* models (GBs of RAM, no use but benchmarks)
+    # Host names a request's Host header may carry (a loopback bind: against DNS rebinding); None: any.
+    allowed_hosts: frozenset[str] | None = None
 
 
 def create_app(
@@ -70,7 +72,7 @@ def create_app(
     )
     app.state.token = config.token or None
     install_error_handlers(app)
-    app.add_middleware(GuardMiddleware, token=config.token or None)
+    app.add_middleware(GuardMiddleware, token=config.token or None, allowed_hosts=config.allowed_hosts)
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
     app.include_router(routes_models.router)

@@ -21,13 +21,15 @@ from nfsd_contract import FINISHED_STATES, JobSpec
 from nfsd_server.api.mesh_store import purge_meshes
 from nfsd_server.api.records import JOB_ID_PATTERN, JobRecord, UnsafePath, inside
 from nfsd_server.checkpoints import LEGACY_NAME, CheckpointError, read_checkpoint_info
-from nfsd_server.files import write_atomic
+from nfsd_server.files import read_regular_file, write_atomic
 from nfsd_server.train import CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 PREVIEW_FILE = "preview.png"
+# A record is a few KB (the GLB metadata included); a larger job.json is not one this server wrote.
+MAX_RECORD_BYTES = 4 * 2**20
 
 
 @dataclass
@@ -118,9 +120,11 @@ def checkpoint_step(folder: Path) -> int:
     path = folder / CHECKPOINT_NAME
     if (folder / LEGACY_NAME).exists():
         (folder / LEGACY_NAME).rename(folder / f"{LEGACY_NAME}.unreadable")
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return 0
     try:
+        if path.is_symlink() or not path.is_file():  # a link may lead anywhere; this server writes files
+            raise CheckpointError(f"{str(path)!r} is a link or not a regular file, not a checkpoint this server wrote")
         return int(read_checkpoint_info(path)["step"])
     except (CheckpointError, KeyError, TypeError, ValueError) as error:
         log.warning("%s cannot be resumed from (%s); the job starts over", path, error)
@@ -169,7 +173,9 @@ class JobStore:
             try:
                 if path.parent.resolve().parent != root:
                     raise UnsafePath(f"the job folder {str(path.parent)!r} links outside {str(self.data_dir)!r}")
-                job = Job.from_record(path.read_text(encoding="utf-8"), path.parent)
+                # Not read_text: a FIFO would hang the start, a link to /dev/zero would fill memory.
+                text = read_regular_file(path, MAX_RECORD_BYTES).decode("utf-8")
+                job = Job.from_record(text, path.parent)
             except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
                 reason = " ".join(str(error).split())[:300]
                 log.warning("setting aside %s: not a valid job record (%s)", path, reason)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nfsd_contract as contract
 from nfsd_server.files import write_atomic
-from nfsd_server.scene.init_mesh import parse_mesh
+from nfsd_server.scene.init_mesh import check_face_count, declared_triangles, parse_mesh
 
 MESH_FOLDER = "meshes"
 MESH_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -24,6 +24,33 @@ _STORED_NAME = re.compile(
 )
 
 log = logging.getLogger(__name__)
+
+
+class UploadFaceCount:
+    """Faces counted as an upload arrives (a lower bound: OBJ face lines, PLY's declared count), so a file with
+    far too many is refused after its first megabytes instead of after a parse of all of them."""
+
+    def __init__(self, file_type: str, name: str):
+        self.file_type, self.name = file_type, name
+        self.faces = 0
+        self._tail = b"\n"  # the first line starts after a virtual newline
+        self._header = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Count ``chunk``; MeshError once the count passes the limit."""
+        if self.file_type == "obj":
+            text = self._tail + chunk
+            # A match is 3 bytes, so none lies wholly in the 2-byte tail counted last time.
+            self.faces += text.count(b"\nf ") + text.count(b"\nf\t")
+            self._tail = text[-2:]
+        elif self.file_type == "ply" and self._header is not None:
+            self._header += chunk[: 65536]
+            if b"end_header" in self._header:
+                self.faces = declared_triangles(self._header, "ply", self.name)
+                self._header = None  # counted once
+            elif len(self._header) >= 65536:  # no header end in 64 KiB: the parse will say what is wrong
+                self._header = None
+        check_face_count(self.faces, self.name)
 
 
 def save_mesh(data_dir: Path, data: bytes, file_type: str) -> tuple[str, int, int]:

@@ -23,6 +23,7 @@ from nfsd_server.api.schemas import (
     JobStatus,
     PurgeResult,
 )
+from nfsd_server.files import read_regular_file
 from nfsd_server.model_source import BenchmarkModelRefused
 
 router = APIRouter(
@@ -33,6 +34,7 @@ router = APIRouter(
 )
 log = logging.getLogger(__name__)
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No job with this id"}}
+MAX_PREVIEW_BYTES = 64 * 2**20  # a preview is a small PNG; anything larger is not one we wrote
 NOT_READY = {409: {"model": ErrorBody, "description": "The job is not done (the detail says its state)"}}
 
 
@@ -54,6 +56,7 @@ def _known(job_id: str, jobs: JobManager):
         400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
         403: {"model": ErrorBody, "description": "A random:* benchmark model on a server that does not offer them"},
         413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"},
+        415: {"model": ErrorBody, "description": "The body is not declared as application/json"},
         422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
         429: {"model": ErrorBody, "description": "Too many jobs are queued; retry when some have run"},
         507: {"model": ErrorBody, "description": "The server cannot record the job (disk full or not writable)"},
@@ -140,7 +143,14 @@ def get_preview(job_id: str, jobs: JobManager = Depends(manager)) -> Response:
             hint="previews appear every few training steps; poll has_preview",
         )
     # Read, not stream: the file is small and may be replaced by the next preview while we send it.
-    return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+    try:
+        data = read_regular_file(path, MAX_PREVIEW_BYTES)
+    except OSError as error:  # deleted by hand, or not a file (a folder, a pipe): the record outlived it
+        log.warning("job %s: the preview %s cannot be read: %s", job_id, path, error)
+        raise ApiError(
+            404, f"the preview of job {job_id} is gone from the server", hint="it reappears with the next preview"
+        ) from None
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def _escaped(job_id: str) -> ApiError:

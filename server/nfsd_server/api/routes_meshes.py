@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -10,7 +13,7 @@ from pydantic import BaseModel, Field
 import nfsd_contract as contract
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
-from nfsd_server.api.mesh_store import save_mesh
+from nfsd_server.api.mesh_store import UploadFaceCount, save_mesh
 from nfsd_server.api.schemas import ErrorBody
 from nfsd_server.scene.init_mesh import MeshError
 
@@ -32,7 +35,11 @@ class MeshCreated(BaseModel):
 
 @router.post(
     "", status_code=201, response_model=MeshCreated,
-    responses={422: {"model": ErrorBody, "description": "Not a usable mesh; detail says why"}},
+    responses={
+        415: {"model": ErrorBody, "description": "The body is not declared as application/octet-stream"},
+        422: {"model": ErrorBody, "description": "Not a usable mesh; detail says why"},
+        507: {"model": ErrorBody, "description": "The server cannot store the mesh (disk full or not writable)"},
+    },
 )
 async def upload_mesh(
     request: Request,
@@ -41,14 +48,33 @@ async def upload_mesh(
     """Upload a GLB, OBJ or PLY file as the raw request body (at most ``MAX_INIT_MESH_BYTES``)."""
     limit = contract.MAX_INIT_MESH_BYTES
     body = bytearray()
-    async for chunk in request.stream():  # stop reading at the limit instead of buffering whatever is sent
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(
-                422, f"the mesh is over {limit // 2**20} MiB", hint="decimate it or apply fewer modifiers"
-            )
+    faces = UploadFaceCount(format, f"upload.{format}")
     try:
-        mesh_id, vertices, faces = save_mesh(request.app.state.manager.data_dir, bytes(body), format)
+        async for chunk in request.stream():  # stop reading at a limit instead of buffering whatever is sent
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(
+                    422, f"the mesh is over {limit // 2**20} MiB", hint="decimate it or apply fewer modifiers"
+                )
+            faces.feed(chunk)
+        # Off the event loop (a parse takes seconds and would stall every other request), one at a time (a
+        # parse holds the mesh several times over in memory).
+        mesh_id, vertices, face_count = await asyncio.to_thread(
+            _save_one_at_a_time, request.app.state.manager.data_dir, bytes(body), format
+        )
     except MeshError as error:
         raise ApiError(422, str(error), hint="select another object, or fix this one and send it again") from None
-    return MeshCreated(id=mesh_id, vertices=vertices, faces=faces)
+    except OSError as error:
+        raise ApiError(
+            507, f"cannot store the mesh on the server: {error.strerror or error}",
+            hint="free disk space or start the server with a writable --data-dir",
+        ) from None
+    return MeshCreated(id=mesh_id, vertices=vertices, faces=face_count)
+
+
+_PARSING = threading.Lock()
+
+
+def _save_one_at_a_time(data_dir: Path, data: bytes, file_type: str) -> tuple[str, int, int]:
+    with _PARSING:
+        return save_mesh(data_dir, data, file_type)

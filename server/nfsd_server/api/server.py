@@ -77,6 +77,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts_for(host: str) -> frozenset[str] | None:
+    """The names a ``Host`` header may carry on a server bound to ``host``: a loopback bind only answers its own
+    names (a page whose domain was rebound to 127.0.0.1 sends its domain); another bind any (the token guards)."""
+    if not is_loopback(host):
+        return None
+    return frozenset({"127.0.0.1", "localhost", "::1", host.strip("[]").lower()})
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bound here, not by uvicorn, so ``--port 0`` tells us the real port before we announce it."""
     if not 0 <= port <= 65535:
@@ -171,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         ServerConfig(data_dir=data_dir, token=token, default_prior=args.default_prior,
                      default_model=args.default_model, device=device, max_queued=args.max_queued,
                      retention_days=args.keep_days or None, max_finished=args.keep_jobs or None,
-                     allow_benchmark_models=args.allow_benchmark_models),
+                     allow_benchmark_models=args.allow_benchmark_models,
+                     allowed_hosts=allowed_hosts_for(args.host)),
         executor=executor,
     )
 

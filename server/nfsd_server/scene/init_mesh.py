@@ -15,7 +15,10 @@ still guides the shape instead of being refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +43,8 @@ SHAPE_LOSS_SOFTNESS = 0.05  # world units: disagreement this close to the surfac
 # scales with them too. Measured with the analytic prior (3×32×32): 1 per element let the prompt carve a cube
 # into a ball (volume IoU with the cube 0.52 → 0.78 at 0.3, 0.96 at 3).
 SHAPE_LOSS_WEIGHT = 3.0
+# Beyond this a coordinate is a unit or export mistake (1e9 m is past the Moon), and squares of it overflow.
+MAX_COORDINATE = 1e9
 # glTF's +Y up → +Z up (Blender's importer: (x, y, z) → (x, −z, y)).
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -74,8 +79,10 @@ def load_mesh(path: Path | str) -> trimesh.Trimesh:
     """
     path = Path(path)
     file_type = mesh_format(path.name)
-    if not path.is_file():
+    if not path.exists():
         raise MeshError(f"init mesh {str(path)!r} does not exist; pass a GLB, OBJ or PLY file")
+    if not path.is_file():  # never opened: a FIFO would block the read forever
+        raise MeshError(f"init mesh {str(path)!r} is not a regular file (a folder, pipe or device); pass a GLB, OBJ or PLY file")
     check_mesh_bytes(path.stat().st_size, path.name)
     return parse_mesh(path.read_bytes(), file_type, path.name)
 
@@ -91,22 +98,29 @@ def parse_mesh(data: bytes, file_type: str, name: str) -> trimesh.Trimesh:
     import io
 
     check_mesh_bytes(len(data), name)
+    # Before the parse, which holds the whole mesh several times over: a file declaring too many faces costs
+    # nothing, and a GLB's structure gets a message that names its flaw.
+    check_face_count(declared_triangles(data, file_type, name), name)
     try:
         loaded = trimesh.load(io.BytesIO(data), file_type=file_type, force="mesh", process=False)
     # trimesh's parsers raise whatever their format's reader hits on malformed bytes (ValueError, KeyError,
     # IndexError, struct.error, …); all of them mean the same thing to the artist.
     except Exception as error:  # noqa: BLE001
-        raise MeshError(f"init mesh {name!r} is not a readable {file_type.upper()} file: {error}") from error
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise MeshError(f"init mesh {name!r} is not a readable {file_type.upper()} file: {reason}") from error
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise MeshError(f"init mesh {name!r} has no faces; select an object with polygons (not points or curves)")
     vertices = np.asarray(loaded.vertices, dtype=np.float64)
     faces = np.asarray(loaded.faces, dtype=np.int64)
-    if len(faces) > contract.MAX_INIT_MESH_FACES:
-        raise MeshError(
-            f"init mesh {name!r} has {len(faces)} faces; the limit is {contract.MAX_INIT_MESH_FACES} (decimate it first)"
-        )
+    check_face_count(len(faces), name)
     if not np.isfinite(vertices).all():
         raise MeshError(f"init mesh {name!r} has non-finite (NaN or infinite) vertex positions; fix or re-export it")
+    largest = float(np.abs(vertices).max()) if len(vertices) else 0.0
+    if largest > MAX_COORDINATE:
+        raise MeshError(
+            f"init mesh {name!r} has vertex coordinates as large as {largest:.3g}; the limit is {MAX_COORDINATE:.0e} "
+            "(apply the object's scale or fix the export's units)"
+        )
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise MeshError(f"init mesh {name!r} has faces that index missing vertices; re-export it")
     if file_type == "glb":
@@ -117,6 +131,82 @@ def parse_mesh(data: bytes, file_type: str, name: str) -> trimesh.Trimesh:
     uv = getattr(loaded.visual, "uv", None)
     visual = trimesh.visual.TextureVisuals(uv=np.asarray(uv)) if uv is not None and len(uv) == len(vertices) else None
     return trimesh.Trimesh(vertices, faces, visual=visual, process=False)
+
+
+def check_face_count(faces: int, name: str) -> None:
+    if faces > contract.MAX_INIT_MESH_FACES:
+        raise MeshError(
+            f"init mesh {name!r} has {faces} faces; the limit is {contract.MAX_INIT_MESH_FACES} (decimate it first)"
+        )
+
+
+_OBJ_FACE_LINE = re.compile(rb"(?m)^f[ \t]+([^\n]*)")
+_PLY_FACE_ELEMENT = re.compile(rb"(?m)^element[ \t]+face[ \t]+(\d+)")
+_GLB_JSON, _GLB_BIN = 0x4E4F534A, 0x004E4942
+
+
+def declared_triangles(data: bytes, file_type: str, name: str) -> int:
+    """How many triangles the file says it holds, read without parsing the mesh (a lower bound for PLY
+    polygons). MeshError for a GLB whose structure cannot be loaded (named: an external buffer, a view past
+    the end of the file)."""
+    if file_type == "obj":
+        # A polygon of n corners is n - 2 triangles, as trimesh fans it.
+        return sum(max(len(line.split()) - 2, 0) for line in _OBJ_FACE_LINE.findall(data))
+    if file_type == "ply":
+        header = data[: data.find(b"end_header")] if b"end_header" in data else b""
+        return sum(int(count) for count in _PLY_FACE_ELEMENT.findall(header))
+    return glb_triangles(data, name)
+
+
+def glb_triangles(data: bytes, name: str) -> int:
+    """Triangles a GLB's primitives declare (indices or vertices / 3), after checking that every buffer is inside
+    the file. MeshError naming the flaw."""
+
+    def damaged(why: str) -> MeshError:
+        return MeshError(f"init mesh {name!r} is not a readable GLB file: {why}; export it again as glTF Binary (.glb)")
+
+    if len(data) < 20 or data[:4] != b"glTF":
+        raise damaged("it does not start with the GLB header ('glTF')")
+    json_length, json_type = struct.unpack_from("<II", data, 12)
+    if json_type != _GLB_JSON or 20 + json_length > len(data):
+        raise damaged("its first chunk is not a complete JSON chunk")
+    try:
+        document = json.loads(data[20 : 20 + json_length])
+    except (UnicodeDecodeError, ValueError) as error:
+        raise damaged(f"its JSON chunk is not valid JSON ({error})") from None
+    binary_at = 20 + json_length + (-json_length % 4)
+    binary_length = 0
+    if binary_at + 8 <= len(data):
+        length, chunk_type = struct.unpack_from("<II", data, binary_at)
+        if chunk_type == _GLB_BIN:
+            binary_length = min(length, len(data) - binary_at - 8)
+    try:
+        for index, buffer in enumerate(document.get("buffers", [])):
+            if "uri" in buffer:
+                raise MeshError(
+                    f"init mesh {name!r} keeps buffer {index} in another file ({str(buffer['uri'])[:80]!r}); "
+                    "export it as one self-contained glTF Binary (.glb)"
+                )
+        for index, view in enumerate(document.get("bufferViews", [])):
+            end = int(view.get("byteOffset", 0)) + int(view["byteLength"])
+            if end > binary_length:
+                raise damaged(
+                    f"bufferView {index} ends at byte {end}, past the end of its {binary_length}-byte binary chunk"
+                )
+        accessors = document.get("accessors", [])
+        triangles = 0
+        for mesh in document.get("meshes", []):
+            for primitive in mesh.get("primitives", []):
+                if primitive.get("mode", 4) != 4:  # points and lines: no faces
+                    continue
+                counted = primitive.get("indices", primitive.get("attributes", {}).get("POSITION"))
+                if counted is not None:
+                    triangles += int(accessors[counted]["count"]) // 3
+    except MeshError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+        raise damaged(f"its JSON does not follow glTF ({type(error).__name__}: {error})") from None
+    return triangles
 
 
 def triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:

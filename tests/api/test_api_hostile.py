@@ -1,0 +1,163 @@
+"""What a hostile client or a hostile data dir cannot do: resurrect a job, freeze the server, make it answer 500,
+or reach a token-less server from a web page (TestClient; disk-full by a patched write raising ENOSPC)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import time
+import uuid
+
+import pytest
+import trimesh
+
+import nfsd_contract as contract
+from api_helpers import AUTH, RED_BALL, submit, wait_for, wait_state
+
+MESH_HEADERS = {"Content-Type": "application/octet-stream"}
+
+
+def _disk(error_number: int):
+    def refuse(path, data):
+        raise OSError(error_number, os.strerror(error_number))
+
+    return refuse
+
+
+# -- 2. no 500s -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EROFS])
+def test_api_mesh_upload_on_a_full_or_read_only_disk_is_507(client, monkeypatch, error_number):
+    import nfsd_server.api.mesh_store as mesh_store
+
+    monkeypatch.setattr(mesh_store, "write_atomic", _disk(error_number))
+    data = trimesh.creation.box().export(file_type="ply")
+    response = client.post("/v1/meshes?format=ply", content=data, headers=MESH_HEADERS)
+    assert response.status_code == 507, response.text
+    assert os.strerror(error_number) in response.json()["detail"] and "free disk space" in response.json()["hint"]
+
+
+@pytest.mark.parametrize("replace_with", ["nothing", "folder", "fifo"])
+def test_api_a_preview_the_record_names_but_that_is_gone_is_404(client, tmp_path, replace_with):
+    job_id = submit(client)
+    wait_state(client, job_id, "done")
+    preview = tmp_path / "jobs" / job_id / "preview.png"
+    preview.unlink()
+    if replace_with == "folder":
+        preview.mkdir()
+    elif replace_with == "fifo":
+        os.mkfifo(preview)
+    response = client.get(f"/v1/jobs/{job_id}/preview.png")
+    assert response.status_code == 404 and "gone" in response.json()["detail"], response.text
+
+
+# -- 3. a hostile data dir at start-up --------------------------------------------------------------
+def _record_of(client, tmp_path) -> dict:
+    job_id = submit(client)
+    wait_state(client, job_id, "done")
+    return json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge"])
+def test_api_start_up_sets_aside_job_records_that_are_not_small_regular_files(make_client, client, tmp_path, kind):
+    good = _record_of(client, tmp_path)
+    hostile = tmp_path / "jobs" / uuid.uuid4().hex
+    hostile.mkdir()
+    if kind == "fifo":
+        os.mkfifo(hostile / "job.json")
+    elif kind == "dev-zero":
+        (hostile / "job.json").symlink_to("/dev/zero")
+    else:
+        (hostile / "job.json").write_text(json.dumps({**good, "id": hostile.name, "padding": "x" * 5 * 2**20}))
+    started = time.monotonic()
+    after = make_client(data_dir=tmp_path / "jobs")  # before: hung forever (fifo) or read until OOM (/dev/zero)
+    assert time.monotonic() - started < 10
+    assert [job["id"] for job in after.get("/v1/jobs").json()["jobs"]] == [good["id"]]
+    assert hostile.name in after.app.state.manager.store.set_aside
+
+
+def test_api_a_checkpoint_linked_outside_the_data_dir_is_not_resumed(make_client, client, tmp_path, fake_pipeline):
+    from nfsd_server.checkpoints import write_checkpoint
+
+    good = _record_of(client, tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    write_checkpoint(outside, {}, {"step": 10})
+    crashed = good | {"id": "e" * 32, "state": "running", "step": 10, "started_at": good["created_at"]}
+    folder = tmp_path / "jobs" / crashed["id"]
+    folder.mkdir()
+    (folder / "job.json").write_text(json.dumps(crashed))
+    (folder / "checkpoint.safetensors").symlink_to(outside)
+    after = make_client(data_dir=tmp_path / "jobs")
+    status = wait_state(after, crashed["id"], "done")
+    assert status["resumed_from_step"] == 0 and fake_pipeline.started_from["a red ball"] == 0
+    assert (folder / "checkpoint.safetensors.unreadable").is_symlink() and outside.is_file()  # set aside, untouched
+
+
+# -- 5. a mesh upload does not freeze the server ------------------------------------------------------
+def test_api_a_mesh_with_too_many_faces_is_refused_before_it_is_parsed(client, monkeypatch):
+    import nfsd_server.scene.init_mesh as init_mesh
+
+    monkeypatch.setattr(init_mesh.trimesh, "load", lambda *a, **k: pytest.fail("parsed a mesh over the face limit"))
+    monkeypatch.setattr(contract, "MAX_INIT_MESH_FACES", 1000)
+    many_faces = b"v 0 0 0\nv 1 0 0\nv 0 1 0\n" + b"f 1 2 3\n" * 1001
+    response = client.post("/v1/meshes?format=obj", content=many_faces, headers=MESH_HEADERS)
+    assert response.status_code == 422 and "has 1001 faces; the limit is 1000" in response.json()["detail"]
+    ngons = b"v 0 0 0\nv 1 0 0\nv 0 1 0\n" + b"f" + b" 1 2 3" * 200 + b"\n"  # 598 triangles a line
+    assert "1196 faces" in client.post("/v1/meshes?format=obj", content=ngons * 2, headers=MESH_HEADERS).json()["detail"]
+
+
+def test_api_the_server_answers_while_a_mesh_is_parsed(client, monkeypatch):
+    import nfsd_server.api.mesh_store as mesh_store
+
+    parsing, release = threading.Event(), threading.Event()
+    real_parse = mesh_store.parse_mesh
+
+    def slow_parse(data, file_type, name):
+        parsing.set()
+        release.wait(10)  # on the event loop (before), health could not answer until this returned
+        return real_parse(data, file_type, name)
+
+    monkeypatch.setattr(mesh_store, "parse_mesh", slow_parse)
+    upload: list = []
+    data = trimesh.creation.box().export(file_type="ply")
+    thread = threading.Thread(
+        target=lambda: upload.append(client.post("/v1/meshes?format=ply", content=data, headers=MESH_HEADERS))
+    )
+    thread.start()
+    assert parsing.wait(10)
+    assert client.get("/v1/health").status_code == 200 and not release.is_set() and not upload
+    release.set()
+    thread.join(10)
+    assert upload[0].status_code == 201
+
+
+# -- 6. web pages and DNS rebinding ------------------------------------------------------------------
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_api_bodies_a_web_page_can_send_unasked_are_415(client, tmp_path, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    data = trimesh.creation.box().export(file_type="ply")
+    mesh = client.post("/v1/meshes?format=ply", content=data, headers=headers)
+    assert mesh.status_code == 415 and "application/octet-stream" in mesh.json()["detail"], mesh.text
+    job = client.post("/v1/jobs", content=json.dumps(RED_BALL), headers=headers)
+    assert job.status_code == 415 and "application/json" in job.json()["detail"]
+    assert not (tmp_path / "jobs" / "meshes").exists() and client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_api_a_loopback_server_refuses_a_rebound_host(make_client):
+    from nfsd_server.api.server import allowed_hosts_for
+
+    hosts = allowed_hosts_for("127.0.0.1")
+    assert hosts == {"127.0.0.1", "localhost", "::1"} and allowed_hosts_for("0.0.0.0") is None
+    client = make_client(token=None, allowed_hosts=hosts)
+    rebound = client.get("/v1/jobs", headers={"Host": "attacker.example:8765"})
+    assert rebound.status_code == 421 and "attacker.example" in rebound.json()["detail"]
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765"):
+        assert client.get("/v1/jobs", headers={"Host": host}).status_code == 200
+
+
+# -- 7. a 401 closes the connection ------------------------------------------------------------------
+def test_api_a_401_closes_the_connection_instead_of_draining_the_body(client):
+    response = client.post("/v1/jobs", json=RED_BALL, headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401 and response.headers["connection"] == "close"
+    assert response.headers["www-authenticate"] == "Bearer"
