@@ -26,6 +26,106 @@ def _disk(error_number: int):
     return refuse
 
 
+# -- 1. an end that cannot be recorded is not reported, and never undone by a restart --------------------
+def _full_disk_for_records(monkeypatch):
+    import nfsd_server.api.job_store as job_store
+
+    real_write = job_store.write_atomic
+
+    def refuse_records(path, data):
+        if path.name == "job.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(job_store, "write_atomic", refuse_records)
+
+
+def test_api_a_cancel_on_a_full_disk_survives_a_restart(make_client, fake_pipeline, tmp_path, monkeypatch):
+    before = make_client()
+    fake_pipeline.gate.clear()  # the first job holds the worker, so the second stays queued
+    running, queued = submit(before), submit(before, prompt="a blue cube")
+    wait_state(before, running, "running")
+    _full_disk_for_records(monkeypatch)
+    assert before.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
+    assert before.delete(f"/v1/jobs/{running}").status_code == 200  # flagged; ends at the next step
+    before.__exit__(None, None, None)  # the server stops before the running job saw its cancel
+    monkeypatch.undo()
+    fake_pipeline.gate.set()
+    after = make_client(data_dir=tmp_path / "jobs")
+    states = {job["id"]: job["state"] for job in after.get("/v1/jobs").json()["jobs"]}
+    assert states == {queued: "cancelled", running: "cancelled"}  # before: both queued again and run
+    assert fake_pipeline.started == ["a red ball"]
+
+
+def test_api_a_cancel_that_cannot_be_recorded_at_all_is_507_and_changes_nothing(client, fake_pipeline, monkeypatch):
+    from nfsd_server.api.job_store import JobStore
+
+    fake_pipeline.gate.clear()
+    running, queued = submit(client), submit(client, prompt="a blue cube")
+    wait_state(client, running, "running")
+    _full_disk_for_records(monkeypatch)
+    monkeypatch.setattr(JobStore, "mark_end", staticmethod(_disk(errno.ENOSPC)))  # no inode left either
+    for job_id in (queued, running):
+        response = client.delete(f"/v1/jobs/{job_id}")
+        assert response.status_code == 507 and "was not cancelled" in response.json()["detail"], response.text
+    assert client.get(f"/v1/jobs/{queued}").json()["state"] == "queued"
+    monkeypatch.undo()
+    fake_pipeline.gate.set()
+    assert wait_state(client, running, "done")["error"] is None  # the refused cancel did not stop it
+
+
+def test_api_ends_on_a_full_disk_are_not_run_again_after_a_restart(make_client, fake_pipeline, tmp_path, monkeypatch):
+    before = make_client()
+    fake_pipeline.gate.clear()  # the first job holds the worker while the second is recorded as queued
+    done, failing = submit(before), submit(before, prompt="an unknown prompt")  # the fake prior fails it
+    wait_state(before, done, "running")
+    _full_disk_for_records(monkeypatch)
+    fake_pipeline.gate.set()
+    wait_state(before, failing, "failed")
+    before.__exit__(None, None, None)
+    monkeypatch.undo()
+    records = [json.loads((tmp_path / "jobs" / job_id / "job.json").read_text()) for job_id in (done, failing)]
+    assert [record["state"] for record in records] == ["running", "queued"]  # what the full disk kept…
+    after = make_client(data_dir=tmp_path / "jobs")
+    failed = after.get(f"/v1/jobs/{failing}").json()
+    assert failed["state"] == "failed" and "disk was full" in failed["error"]  # …and the end markers won
+    assert after.get(f"/v1/jobs/{done}").json()["state"] == "done"
+    assert after.get(f"/v1/jobs/{done}/result.glb").status_code == 200
+    assert fake_pipeline.started == ["a red ball", "an unknown prompt"]  # neither ran again
+    assert not list((tmp_path / "jobs" / done).glob("job.json.*"))  # the record, rewritten, replaced the marker
+
+
+def test_api_a_job_without_room_for_its_result_fails_before_training(client, fake_pipeline, monkeypatch):
+    import shutil
+
+    import nfsd_server.api.job_store as job_store
+
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(job_store.shutil, "disk_usage", lambda path: usage._replace(free=5 * 2**20))
+    status = wait_state(client, submit(client), "failed")
+    assert "5 MiB free" in status["error"] and "disk is full" in status["hint"] and status["step"] == 0
+    assert fake_pipeline.started == []
+
+
+def test_api_a_job_fails_at_the_check_after_the_disk_fills(client, fake_pipeline, monkeypatch):
+    import shutil
+
+    import nfsd_server.api.job_store as job_store
+    import nfsd_server.api.jobs as jobs
+
+    monkeypatch.setattr(jobs, "FREE_SPACE_CHECK_S", 0.0)
+    usage = shutil.disk_usage("/")
+    free = [usage.free]
+    monkeypatch.setattr(job_store.shutil, "disk_usage", lambda path: usage._replace(free=free[0]))
+    fake_pipeline.pause_at_step = 4
+    job_id = submit(client)
+    wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["step"] == 4, what="step 4")
+    free[0] = 2**20
+    fake_pipeline.gate.set()
+    status = wait_state(client, job_id, "failed")
+    assert status["step"] == 5 and "No space left" in status["error"]  # not after all 12 steps
+
+
 # -- 2. no 500s -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EROFS])
 def test_api_mesh_upload_on_a_full_or_read_only_disk_is_507(client, monkeypatch, error_number):

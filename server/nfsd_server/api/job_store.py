@@ -7,8 +7,10 @@ folders already taken out of the store.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -30,6 +32,11 @@ JOB_FILE = "job.json"
 PREVIEW_FILE = "preview.png"
 # A record is a few KB (the GLB metadata included); a larger job.json is not one this server wrote.
 MAX_RECORD_BYTES = 4 * 2**20
+# ``job.json.<state>``: an empty file that says a job ended where its record could not be rewritten (a full
+# disk has no block for a new record, but an empty file needs none). Read at start-up; cancelled wins.
+END_MARKER_STATES = ("cancelled", "failed", "done")
+# Free space a job must leave beyond its own files (previews, records, the temporary copy of each write).
+RESERVE_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -156,6 +163,64 @@ class JobStore:
         """Write ``job.json`` atomically; OSError if the disk refuses."""
         write_atomic(job.folder / JOB_FILE, json.dumps(job.record(), indent=1).encode("utf-8"))
 
+    def record_end(self, job: Job) -> None:
+        """Make a job's end (its current, finished state) survive a restart: its record, or where the disk refuses
+        that, an end marker. OSError only when neither could be written (then a restart would not know)."""
+        try:
+            self.write(job)
+        except OSError as error:
+            log.error("job %s: cannot write %s: %s; leaving an end marker", job.id, job.folder / JOB_FILE, error)
+            self.mark_end(job.folder, job.state)
+        else:
+            for state in END_MARKER_STATES:
+                (job.folder / f"{JOB_FILE}.{state}").unlink(missing_ok=True)
+
+    @staticmethod
+    def mark_end(folder: Path, state: str) -> None:
+        """The empty ``job.json.<state>`` file; OSError if even that cannot be made."""
+        os.close(os.open(folder / f"{JOB_FILE}.{state}", os.O_WRONLY | os.O_CREAT, 0o644))
+
+    def apply_end_marker(self, job: Job) -> None:
+        """A job whose record says it has not ended but a marker says it has: ended, as the marker says."""
+        if job.state in FINISHED_STATES:
+            return
+        marked = next((state for state in END_MARKER_STATES if (job.folder / f"{JOB_FILE}.{state}").exists()), None)
+        if marked is None:
+            return
+        results = [path.name for path in job.folder.glob("*.glb") if path.is_file() and not path.is_symlink()]
+        if marked == "done" and len(results) == 1:
+            job.state, job.glb_name, job.step = "done", results[0], job.spec.steps
+        elif marked in ("done", "failed"):
+            job.state = "failed"
+            job.error = "the job ended but the server could not record how (its disk was full)"
+            job.hint = "free disk space in the server's --data-dir and submit the job again"
+        else:
+            job.state = "cancelled"
+        job.eta_s = None
+        job.finished_at = datetime.fromtimestamp(
+            (job.folder / f"{JOB_FILE}.{marked}").stat().st_mtime, timezone.utc
+        )
+        log.info("job %s: its end marker says %s; it stays %s", job.id, marked, job.state)
+        try:
+            self.record_end(job)
+        except OSError:
+            pass  # the marker stays, and says the same at the next start
+
+    def check_free_space(self, job: Job) -> None:
+        """OSError(ENOSPC) unless the data dir has room for what is left of the job: its GLB (at most the
+        textures uncompressed plus the mesh), a new checkpoint beside the old one, and ``RESERVE_BYTES``."""
+        checkpoint = job.folder / CHECKPOINT_NAME
+        checkpoint_bytes = checkpoint.stat().st_size if checkpoint.is_file() else 0
+        spec = job.spec
+        needed = 3 * 4 * spec.texture_size**2 + 100 * spec.poly_budget + 2 * checkpoint_bytes + RESERVE_BYTES
+        free = shutil.disk_usage(job.folder).free
+        if free < needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: {free / 2**20:.0f} MiB free in the data dir, the job needs about "
+                f"{needed / 2**20:.0f} MiB to finish",
+            )
+
     def persist(self, job: Job) -> None:
         """``write``, logging instead of raising: memory is the truth while the server runs and the file is for
         the next start, so a full or vanished disk must not stop a state change halfway."""
@@ -176,6 +241,7 @@ class JobStore:
                 # Not read_text: a FIFO would hang the start, a link to /dev/zero would fill memory.
                 text = read_regular_file(path, MAX_RECORD_BYTES).decode("utf-8")
                 job = Job.from_record(text, path.parent)
+                self.apply_end_marker(job)
             except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
                 reason = " ".join(str(error).split())[:300]
                 log.warning("setting aside %s: not a valid job record (%s)", path, reason)

@@ -47,6 +47,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "running": frozenset({"exporting", "done", "failed", "cancelled", "queued"}),
     "exporting": frozenset({"done", "failed", "cancelled", "queued"}),
 }
+FREE_SPACE_CHECK_S = 5.0  # while a job trains, how often the data dir's free space is checked
 # run_generation's signature: (spec, prior, job folder, callbacks, *, resume, init_mesh_path) → result.
 RunFn = Callable[..., GenerationResult]
 
@@ -184,10 +185,12 @@ class JobManager:
         self.purge()
 
     # -- the state machine: the only place a job's state changes -----------------------------------
-    def _set_state(self, job: Job, state: str, **changes: Any) -> None:
-        """Caller holds the lock."""
+    def _set_state(self, job: Job, state: str, *, durable: bool = False, **changes: Any) -> None:
+        """Caller holds the lock. An end (a finished state) is recorded so a restart never runs the job again;
+        with ``durable``, one that cannot be recorded is undone and raises OSError (the caller answers 507)."""
         if state not in TRANSITIONS.get(job.state, frozenset()):
             raise RuntimeError(f"job {job.id}: illegal transition {job.state} → {state}")
+        before = {name: getattr(job, name) for name in ("state", "started_at", "finished_at", "eta_s", *changes)}
         now = datetime.now(timezone.utc)
         job.state = state
         if state == "running":
@@ -197,7 +200,17 @@ class JobManager:
             job.eta_s = None
         for name, value in changes.items():
             setattr(job, name, value)
-        self.store.persist(job)
+        if state not in FINISHED_STATES:
+            self.store.persist(job)  # lost, a restart queues the job again, which is what it was
+        else:
+            try:
+                self.store.record_end(job)
+            except OSError as error:
+                log.error("job %s: cannot record that it is %s: %s", job.id, state, error)
+                if durable:
+                    for name, value in before.items():
+                        setattr(job, name, value)
+                    raise
         log.info("job %s: %s%s", job.id, state, f" ({job.error})" if job.error else "")
 
     # -- what the routes call ---------------------------------------------------------------------
@@ -231,13 +244,17 @@ class JobManager:
         return job
 
     def cancel(self, job_id: str) -> JobStatus:
-        """Queued: cancelled now, never starts. Running: flagged; cancelled at the next step. Finished: no-op."""
+        """Queued: cancelled now, never starts. Running: flagged; cancelled at the next step. Finished: no-op.
+
+        Either way the cancel is on disk before it is answered (a running job's as its end marker, so a restart
+        before the next step does not resume it); OSError, with nothing changed, where the disk refuses."""
         with self._lock:
             job = self._get(job_id)
             if job.state == "queued":
+                self._set_state(job, "cancelled", durable=True)
                 self._pending.remove(job_id)
-                self._set_state(job, "cancelled")
             elif job.state not in FINISHED_STATES:
+                self.store.mark_end(job.folder, "cancelled")
                 job.cancel_requested.set()
             return self._status(job)
 
@@ -349,13 +366,25 @@ class JobManager:
             stage = name
             self._on_stage(job, name)
 
+        last_space_check = time.monotonic()
+
+        def on_progress(step: int, total: int, loss: float, eta_s: float | None) -> None:
+            nonlocal last_space_check
+            self._on_progress(job, step, loss, eta_s)
+            # A job that cannot write its result fails now, not after training every step (statvfs is cheap,
+            # but not free on a network mount: at most every FREE_SPACE_CHECK_S).
+            if time.monotonic() - last_space_check >= FREE_SPACE_CHECK_S:
+                last_space_check = time.monotonic()
+                self.store.check_free_space(job)
+
         callbacks = Callbacks(
-            on_progress=lambda step, total, loss, eta_s: self._on_progress(job, step, loss, eta_s),
+            on_progress=on_progress,
             on_preview=lambda step, rgb: self._on_preview(job, step, rgb),
             on_stage=on_stage,
             should_cancel=should_cancel,
         )
         try:
+            self.store.check_free_space(job)
             init_mesh_path = mesh_path(self.data_dir, job.spec.init_mesh)
             resume = job.resumed_from_step is not None
             if self._executor is not None:

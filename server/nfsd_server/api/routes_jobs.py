@@ -117,12 +117,22 @@ def get_job(job_id: str, jobs: JobManager = Depends(manager)) -> JobStatus:
     return _known(job_id, jobs)
 
 
-@router.delete("/{job_id}", response_model=JobStatus, responses=NOT_FOUND)
+@router.delete(
+    "/{job_id}", response_model=JobStatus,
+    responses={**NOT_FOUND, 507: {"model": ErrorBody, "description": "The cancel cannot be recorded (disk full)"}},
+)
 def cancel_job(job_id: str, jobs: JobManager = Depends(manager)) -> JobStatus:
     """Cancel. Queued: cancelled at once. Running: the state becomes ``cancelled`` when the training loop
-    stops at its next step (poll to see it). Already finished: nothing changes; returns its status (200)."""
+    stops at its next step (poll to see it). Already finished: nothing changes; returns its status (200).
+    507 when the server cannot record the cancel: then nothing changed."""
     _known(job_id, jobs)
-    return jobs.cancel(job_id)
+    try:
+        return jobs.cancel(job_id)
+    except OSError as error:
+        raise ApiError(
+            507, f"cannot record the cancel in the job folder: {error.strerror or error}; the job was not cancelled",
+            hint="free disk space in the server's --data-dir and cancel again",
+        ) from None
 
 
 @router.get(
