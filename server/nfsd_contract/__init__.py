@@ -21,5 +21,6 @@ from .spec import (
     job_request,
     request_default,
     resolve_spec,
+    strip_spaces,
     value_type,
 )

@@ -289,6 +289,15 @@ def check_text(value: str, name: str, max_length: int | None = MAX_PROMPT_CHARS)
         raise ValueError(f"{name} contains the control character {bad!r}; use plain text on one line")
 
 
+def strip_spaces(value: str) -> str:
+    """``value`` without surrounding whitespace, but with its control characters: ``str.strip`` also takes
+    \\x1c..\\x1f and line breaks, so a prompt ending in one passed the control-character check."""
+    blank = [char.isspace() and unicodedata.category(char) != "Cc" for char in value]
+    start = next((index for index, is_blank in enumerate(blank) if not is_blank), len(value))
+    end = len(value) - next((index for index, is_blank in enumerate(reversed(blank)) if not is_blank), len(value))
+    return value[start:max(start, end)]
+
+
 def check_visible(value: str, name: str) -> None:
     # Letters, numbers, punctuation or symbols: spaces and zero-width characters alone describe nothing.
     if not any(unicodedata.category(char)[0] in "LNPS" for char in value):
@@ -307,7 +316,7 @@ def resolve_spec(
     """
     check_known(request)
     values = {spec_field.name: request_default(spec_field) for spec_field in FIELDS}
-    values.update(request, prompt=prompt.strip() if isinstance(prompt, str) else prompt)
+    values.update(request, prompt=strip_spaces(prompt) if isinstance(prompt, str) else prompt)
     for name in ("method", "preset", "encoder"):  # needed to look up the defaults below
         check_value(name, values[name])
     prior = values["prior"] or ("stable-diffusion" if values["model"] else default_prior)
@@ -340,7 +349,7 @@ def job_request(prompt: str, **fields: Any) -> dict[str, Any]:
     for spec_field in FIELDS:
         if spec_field.name in fields:
             body[spec_field.name] = _form_value(spec_field, fields[spec_field.name])
-    body["prompt"] = prompt.strip()
+    body["prompt"] = strip_spaces(prompt)
     return body
 
 

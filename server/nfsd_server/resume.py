@@ -85,6 +85,12 @@ def load_checkpoint(path: Path) -> tuple[NeRFField, dict[str, Any]]:
         nerf = NeRFField(FieldConfig(**field_config))
         nerf.load_state_dict(sections["field"])
         metadata = dict(info["metadata"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+    except KeyError as error:  # str(KeyError) is only the quoted key: say what it is
+        what = "tensors" if error.args and error.args[0] == "field" else "entry"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is damaged: it has no {error.args[0]!r} {what}; "
+            "export from another checkpoint of the run or train again"
+        ) from None
+    except (RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {error}"[:500]) from None
     return nerf.eval(), metadata

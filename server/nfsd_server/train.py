@@ -94,6 +94,9 @@ class TrainConfig:
     background: str = "learned"
     orbit: OrbitConfig = field(default_factory=OrbitConfig)
     checkpoint_every: int = 200
+    # Also checkpoint once this many seconds passed since the last one (None: by steps only): for workers that
+    # may be killed, which would otherwise lose up to checkpoint_every steps.
+    checkpoint_every_s: float | None = None
     preview_every: int = 25
     # Reading the loss syncs the device, so on CUDA it is read every few steps; None → 1 on CPU, 10 on CUDA.
     progress_every: int | None = None
@@ -213,6 +216,7 @@ class Trainer:
         self.guidance = make_guidance(spec.method, spec.guidance_scale, janus_guard=spec.janus_guard)
         self.step = 0
         self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
+        self.saved_at = time.perf_counter()  # when that checkpoint was written (or training began)
         # (step, schedule progress) where a run with another total was resumed; None: progress = step / total.
         self.resumed: tuple[int, float] | None = None
         self.prompts = prior.prepare_prompts(spec.prompt, spec.negative_prompt)
@@ -337,7 +341,9 @@ class Trainer:
                     callbacks.on_progress(self.step, self.total, loss_value, per_step * (self.total - self.step))
             if callbacks.on_preview and (self.step % self.config.preview_every == 0 or last):
                 callbacks.on_preview(self.step, self.preview())
-            if self.out_dir is not None and (self.step % self.config.checkpoint_every == 0 or last):
+            every_s = self.config.checkpoint_every_s
+            overdue = every_s is not None and time.perf_counter() - self.saved_at >= every_s
+            if self.out_dir is not None and (self.step % self.config.checkpoint_every == 0 or last or overdue):
                 self.save_checkpoint()
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         return TrainResult(self.field, self.background, self.step, checkpoint, self.metadata, loss_value)
@@ -381,7 +387,7 @@ class Trainer:
             "metadata": self.metadata,
         }
         write_checkpoint(path, sections, info)
-        self.saved_step = self.step
+        self.saved_step, self.saved_at = self.step, time.perf_counter()
         return path
 
     def load_checkpoint(self, path: Path) -> None:

@@ -51,7 +51,7 @@ def content_type_problem(path: str, method: str, headers: dict[str, str]) -> str
 
 
 def host_name(host_header: str) -> str:
-    """The name part of a ``Host`` header: 'localhost' for 'localhost:8765', '::1' for '[::1]:8765'."""
+    """The name part of a ``Host`` header: 'localhost' for 'localhost:PORT', '::1' for '[::1]:PORT'."""
     host = host_header.strip().lower()
     if host.startswith("["):
         return host[1:].partition("]")[0]

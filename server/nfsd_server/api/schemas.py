@@ -11,7 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 import nfsd_contract as contract
-from nfsd_contract import FIELDS, FINISHED_STATES, JobSpec, check_text, check_visible, info, request_default, value_type
+from nfsd_contract import (
+    FIELDS, FINISHED_STATES, JobSpec, check_text, check_visible, info, request_default, strip_spaces, value_type,
+)
 from nfsd_server.api.mesh_store import MESH_ID_PATTERN
 
 JobState = Literal[contract.JOB_STATES]  # type: ignore[valid-type]
@@ -57,7 +59,7 @@ class _RequestBase(BaseModel):
     @field_validator("prompt", mode="before", check_fields=False)
     @classmethod
     def _strip_prompt(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
+        return strip_spaces(value) if isinstance(value, str) else value
 
     @field_validator("prompt", "negative_prompt", check_fields=False)
     @classmethod

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from nfsd_contract import DEFAULT_MODEL, DEFAULT_PORT, DEFAULT_PRIOR, PRIORS, TOKEN_ENV
 from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
+from nfsd_server.files import write_atomic
 
 
 def default_data_dir() -> Path:
@@ -83,6 +84,19 @@ def allowed_hosts_for(host: str) -> frozenset[str] | None:
     if not is_loopback(host):
         return None
     return frozenset({"127.0.0.1", "localhost", "::1", host.strip("[]").lower()})
+
+
+def check_writable(data_dir: Path) -> None:
+    """UsageError unless a file can be written in ``data_dir`` (a read-only mount started, then answered every
+    job with 507)."""
+    probe = data_dir / ".nfsd-write-test"
+    try:
+        write_atomic(probe, b"")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(
+            f"--data-dir {str(data_dir)!r} is not writable ({error.strerror or error}); pass a folder the server may write"
+        ) from None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -163,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--data-dir {str(data_dir)!r} cannot be created: {error.strerror}") from None
+    check_writable(data_dir)
     executor = None
     if args.ray:
         if device is not None:

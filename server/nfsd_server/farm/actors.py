@@ -19,6 +19,7 @@ import numpy as np
 
 from nfsd_contract import JobSpec
 from nfsd_server.guidance.warm import WarmPriors
+from nfsd_server.farm import worker_generate
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, run_job
 
 
@@ -89,7 +90,7 @@ class GenerationWorker:
         try:
             result = run_job(
                 spec, self._priors, folder, callbacks, device=self.device, resume=resume,
-                init_mesh_path=None if init_mesh_path is None else Path(init_mesh_path),
+                init_mesh_path=None if init_mesh_path is None else Path(init_mesh_path), generate=worker_generate,
             )
         except GenerationCancelled:
             return {"state": "cancelled"}

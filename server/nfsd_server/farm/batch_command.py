@@ -21,6 +21,7 @@ from typing import Any
 from nfsd_server.errors import UsageError
 from nfsd_contract import JobSpec
 from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
+from nfsd_server.farm import worker_generate
 from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, preview_saver, run_job
 
 SUMMARY_FILE = "summary.json"
@@ -145,7 +146,8 @@ class LocalExecutor:
         init_mesh_path: Path | None = None,
     ) -> GenerationResult:
         return run_job(
-            spec, self._priors, out_dir, callbacks, device=self.device, resume=resume, init_mesh_path=init_mesh_path
+            spec, self._priors, out_dir, callbacks, device=self.device, resume=resume, init_mesh_path=init_mesh_path,
+            generate=worker_generate,
         )
 
     def close(self) -> None:

@@ -103,11 +103,16 @@ class StableDiffusionPrior(Prior):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         _check_local_folder(model)
+        # use_safetensors: pickled weights (.bin) can run code when loaded; never fall back to them.
         loaders = {
-            "unet": lambda: UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtypes.unet),
-            "vae": lambda: AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtypes.vae),
+            "unet": lambda: UNet2DConditionModel.from_pretrained(
+                model, subfolder="unet", torch_dtype=dtypes.unet, use_safetensors=True
+            ),
+            "vae": lambda: AutoencoderKL.from_pretrained(
+                model, subfolder="vae", torch_dtype=dtypes.vae, use_safetensors=True
+            ),
             "text_encoder": lambda: CLIPTextModel.from_pretrained(
-                model, subfolder="text_encoder", torch_dtype=dtypes.text_encoder
+                model, subfolder="text_encoder", torch_dtype=dtypes.text_encoder, use_safetensors=True
             ),
             "tokenizer": lambda: CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
             "scheduler": lambda: DDPMScheduler.from_pretrained(model, subfolder="scheduler"),
@@ -219,9 +224,23 @@ def _check_local_folder(model: str) -> None:
         )
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.ckpt", "*.pt", "*.pth")
+
+
 def _explain_load_failure(model: str, component: str, error: Exception) -> str:
     text = str(error).strip()
     reason = text.splitlines()[0] if text else type(error).__name__
+    folder = Path(model).expanduser() / component
+    if _looks_like_path(model) and folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(path.name for pattern in PICKLED_WEIGHTS for path in folder.glob(pattern))
+        if pickled:
+            return (
+                f"{component} of model folder {model!r} has only pickled weights ({', '.join(pickled)}), which this "
+                "server does not load (unpickling can run code); convert them to .safetensors on a machine you "
+                "trust (load the model and save_pretrained it) or download the model's safetensors files"
+            )
+    if "safetensors" in reason and not _looks_like_path(model):
+        reason += "; this server loads only safetensors weights, never pickled .bin files"
     if _looks_like_path(model):
         return f"could not load {component} of model folder {model!r}: {reason}"
     return (
@@ -241,7 +260,7 @@ def load_taesd(model: str, dtypes: ComponentDtypes):
     local = Path(model).expanduser() / TAESD_SUBFOLDER if _looks_like_path(model) else None
     source = str(local) if local is not None and local.is_dir() else TAESD_MODEL
     try:
-        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.vae)
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.vae, use_safetensors=True)
     except (OSError, ValueError, json.JSONDecodeError) as error:
         text = str(error).strip()
         reason = text.splitlines()[0] if text else type(error).__name__
