@@ -261,3 +261,81 @@ def test_api_a_401_closes_the_connection_instead_of_draining_the_body(client):
     response = client.post("/v1/jobs", json=RED_BALL, headers={"Authorization": "Bearer wrong"})
     assert response.status_code == 401 and response.headers["connection"] == "close"
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+# -- 4. slow and idle clients, and a flood of connections ---------------------------------------------
+def _closed_by_server(sock, within_s: float) -> bool:
+    """Whether the server closes ``sock`` within ``within_s`` seconds (EOF or a reset)."""
+    import socket
+
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_api_slow_idle_and_surplus_connections_are_closed_and_logged_once(tmp_path):
+    import socket
+
+    import httpx
+
+    from api_helpers import SpawnedServer
+
+    server = SpawnedServer(tmp_path / "jobs", "--header-timeout", "1", "--max-connections", "4")
+    try:
+        connect = lambda: socket.create_connection(("127.0.0.1", server.port), timeout=5)  # noqa: E731
+        dribbler = connect()
+        started = time.monotonic()
+        for byte in b"GET /v1/health HTTP/1.1\r\n":  # a byte every 0.1 s: before, held as long as it kept on
+            try:
+                dribbler.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert _closed_by_server(dribbler, 1.0) and time.monotonic() - started < 2.5
+        idle = [connect() for _ in range(4)]  # the cap
+        surplus = [connect() for _ in range(10)]
+        assert all(_closed_by_server(sock, 0.5) for sock in surplus)  # at once, not after the header timeout
+        assert all(_closed_by_server(sock, 1.5) for sock in idle)  # idle ones go at the header timeout
+        assert httpx.get(f"{server.url}/v1/health", timeout=5).status_code == 200  # and real requests are served
+        for sock in [dribbler, *idle, *surplus]:
+            sock.close()
+        wait_for(lambda: any("connections are open (the cap)" in line for line in server.stderr_lines), 5, "the cap log")
+        log = "".join(server.stderr_lines)
+        assert log.count("connections are open (the cap)") == 1 and log.count("no complete request headers") == 1
+    finally:
+        server.kill()
+
+
+def test_api_the_open_file_limit_is_raised_and_the_connection_cap_stays_under_it():
+    import resource
+
+    from nfsd_server.api.connections import FD_RESERVE, LISTEN_BACKLOG, connection_cap, raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(512, hard), hard))
+        assert raise_fd_limit(target=min(2048, hard)) == min(2048, hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == min(2048, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert connection_cap(1024) == 1024 - LISTEN_BACKLOG - FD_RESERVE  # 1,100 idle connections no longer fit
+
+
+def test_api_failed_accepts_log_one_line_a_minute_not_one_each(caplog):
+    import asyncio
+
+    from nfsd_server.api.connections import ConditionLog, accept_error_handler
+
+    handler = accept_error_handler({"accept": ConditionLog("accept() fails")})
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level("WARNING"):
+            for _ in range(1000):
+                handler(loop, {"message": "socket.accept() out of system resource", "exception": OSError(24, "EMFILE")})
+    finally:
+        loop.close()
+    assert [record.getMessage() for record in caplog.records] == ["accept() fails: [Errno 24] EMFILE"]

@@ -12,6 +12,7 @@ on a loopback address, and then accepts any local client.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import copy
 import ipaddress
@@ -27,6 +28,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nfsd_contract import DEFAULT_MODEL, DEFAULT_PORT, DEFAULT_PRIOR, PRIORS, TOKEN_ENV
+from nfsd_server.api.connections import (
+    HEADER_TIMEOUT_S,
+    LISTEN_BACKLOG,
+    ConditionLog,
+    accept_error_handler,
+    connection_cap,
+    guarded_protocol,
+    raise_fd_limit,
+)
 from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
 from nfsd_server.files import write_atomic
@@ -59,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allow-benchmark-models", action="store_true", help="let clients ask for random:* benchmark models"
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=HEADER_TIMEOUT_S,
+        help=f"close a connection whose request headers take longer than this, in seconds (default: {HEADER_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=None,
+        help="close connections beyond this many at once (default: what the open-file limit leaves room for)",
     )
     parser.add_argument(
         "--ray", metavar="ADDRESS", default=None,
@@ -168,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         device = str(check_device(args.device)) if args.device else None
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if not (args.header_timeout > 0 and math.isfinite(args.header_timeout)):
+        raise UsageError(f"--header-timeout must be a positive number of seconds, got {args.header_timeout}")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, got {args.max_connections}")
     if args.max_queued < 1:
         raise UsageError(f"--max-queued must be at least 1, got {args.max_queued}")
     if not (args.keep_days >= 0 and math.isfinite(args.keep_days)) or args.keep_jobs < 0:
@@ -185,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
         from nfsd_server.farm.ray_jobs import connect_executor
 
         executor = connect_executor(args.ray, args.ray_workers)
+    # Under the descriptor limit with room to spare, so a flood of idle connections cannot starve accept().
+    max_connections = min(args.max_connections or 10**9, connection_cap(raise_fd_limit()))
     sock = bind_socket(args.host, args.port)
     if token is None:  # after every check, so a usage error stays the only line
         print("nfsd serve: no token set; any local process may use this server", file=sys.stderr)
@@ -208,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
                 self._captured_signals = [sig for sig in self._captured_signals if sig != signal.SIGTERM]
 
         async def startup(self, sockets=None) -> None:
+            accept_failures = ConditionLog("accept() fails: the server is out of file descriptors")
+            asyncio.get_running_loop().set_exception_handler(accept_error_handler({"accept": accept_failures}))
             await super().startup(sockets=sockets)
             if self.started:  # the lifespan ran and the socket is served: now clients may come
                 announce.write(json.dumps({"port": port, "pid": os.getpid(), "version": __version__}) + "\n")
@@ -216,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(
         app, log_config=log_config(args.log_level), log_level=args.log_level, access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, http=guarded_protocol(max_connections, args.header_timeout),
+        backlog=LISTEN_BACKLOG,
     )
     server = AnnouncingServer(config)
     if args.parent_stdin:
