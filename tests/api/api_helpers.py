@@ -31,6 +31,22 @@ def submit(client, **overrides) -> str:
     return response.json()["id"]
 
 
+def refuse_job_records(monkeypatch) -> None:
+    """From now on every write of a ``job.json`` fails as on a full disk (other files still write)."""
+    import errno
+
+    import nfsd_server.api.job_store as job_store  # where job records are written
+
+    real_write = job_store.write_atomic
+
+    def disk_full(path, data):
+        if path.name == "job.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(job_store, "write_atomic", disk_full)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll until ``predicate()`` is truthy; return its value, or fail naming ``what``."""
     deadline = time.monotonic() + timeout

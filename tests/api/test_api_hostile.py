@@ -14,7 +14,7 @@ import pytest
 import trimesh
 
 import nfsd_contract as contract
-from api_helpers import AUTH, RED_BALL, submit, wait_for, wait_state
+from api_helpers import RED_BALL, refuse_job_records, submit, wait_for, wait_state
 
 MESH_HEADERS = {"Content-Type": "application/octet-stream"}
 
@@ -27,25 +27,12 @@ def _disk(error_number: int):
 
 
 # -- 1. an end that cannot be recorded is not reported, and never undone by a restart --------------------
-def _full_disk_for_records(monkeypatch):
-    import nfsd_server.api.job_store as job_store
-
-    real_write = job_store.write_atomic
-
-    def refuse_records(path, data):
-        if path.name == "job.json":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(path, data)
-
-    monkeypatch.setattr(job_store, "write_atomic", refuse_records)
-
-
 def test_api_a_cancel_on_a_full_disk_survives_a_restart(make_client, fake_pipeline, tmp_path, monkeypatch):
     before = make_client()
     fake_pipeline.gate.clear()  # the first job holds the worker, so the second stays queued
     running, queued = submit(before), submit(before, prompt="a blue cube")
     wait_state(before, running, "running")
-    _full_disk_for_records(monkeypatch)
+    refuse_job_records(monkeypatch)
     assert before.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
     assert before.delete(f"/v1/jobs/{running}").status_code == 200  # flagged; ends at the next step
     before.__exit__(None, None, None)  # the server stops before the running job saw its cancel
@@ -63,7 +50,7 @@ def test_api_a_cancel_that_cannot_be_recorded_at_all_is_507_and_changes_nothing(
     fake_pipeline.gate.clear()
     running, queued = submit(client), submit(client, prompt="a blue cube")
     wait_state(client, running, "running")
-    _full_disk_for_records(monkeypatch)
+    refuse_job_records(monkeypatch)
     monkeypatch.setattr(JobStore, "mark_end", staticmethod(_disk(errno.ENOSPC)))  # no inode left either
     for job_id in (queued, running):
         response = client.delete(f"/v1/jobs/{job_id}")
@@ -79,7 +66,7 @@ def test_api_ends_on_a_full_disk_are_not_run_again_after_a_restart(make_client, 
     fake_pipeline.gate.clear()  # the first job holds the worker while the second is recorded as queued
     done, failing = submit(before), submit(before, prompt="an unknown prompt")  # the fake prior fails it
     wait_state(before, done, "running")
-    _full_disk_for_records(monkeypatch)
+    refuse_job_records(monkeypatch)
     fake_pipeline.gate.set()
     wait_state(before, failing, "failed")
     before.__exit__(None, None, None)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from api_helpers import RED_BALL, submit, wait_for, wait_state
+from api_helpers import RED_BALL, refuse_job_records, submit, wait_for, wait_state
 
 
 def _finished_job_record(client, tmp_path) -> tuple[str, dict]:
@@ -122,18 +122,10 @@ def test_api_a_result_swapped_for_a_link_outside_the_job_folder_is_not_served(cl
 
 
 def test_api_a_job_that_cannot_be_recorded_is_refused_507_and_leaves_nothing(client, tmp_path, monkeypatch):
-    import errno
-
     import nfsd_server.api.job_store as jobs_module  # where job records are written
 
     real_write = jobs_module.write_atomic
-
-    def disk_full(path, data):
-        if path.name == "job.json":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(path, data)
-
-    monkeypatch.setattr(jobs_module, "write_atomic", disk_full)
+    refuse_job_records(monkeypatch)
     response = client.post("/v1/jobs", json=RED_BALL)
     assert response.status_code == 507, response.text
     assert "No space left on device" in response.json()["detail"] and "free disk space" in response.json()["hint"]

@@ -358,8 +358,10 @@ class JobManager:
     def _run(self, job: Job) -> None:
         stage = "loading"
 
+        out_of_space: list[OSError] = []  # set by a free-space check; stops the run like a cancel does
+
         def should_cancel() -> bool:
-            return job.cancel_requested.is_set() or self._stopping
+            return job.cancel_requested.is_set() or self._stopping or bool(out_of_space)
 
         def on_stage(name: str) -> None:
             nonlocal stage
@@ -372,10 +374,14 @@ class JobManager:
             nonlocal last_space_check
             self._on_progress(job, step, loss, eta_s)
             # A job that cannot write its result fails now, not after training every step (statvfs is cheap,
-            # but not free on a network mount: at most every FREE_SPACE_CHECK_S).
-            if time.monotonic() - last_space_check >= FREE_SPACE_CHECK_S:
+            # but not free on a network mount: at most every FREE_SPACE_CHECK_S). Not raised from here: a
+            # Ray executor relays this callback and would leave the remote run going.
+            if time.monotonic() - last_space_check >= FREE_SPACE_CHECK_S and not out_of_space:
                 last_space_check = time.monotonic()
-                self.store.check_free_space(job)
+                try:
+                    self.store.check_free_space(job)
+                except OSError as error:
+                    out_of_space.append(error)
 
         callbacks = Callbacks(
             on_progress=on_progress,
@@ -399,6 +405,9 @@ class JobManager:
             with self._lock:
                 if job.cancel_requested.is_set():
                     self._set_state(job, "cancelled")
+                elif out_of_space:
+                    message, hint = describe_failure(out_of_space[0], stage)
+                    self._set_state(job, "failed", error=message, hint=hint)
                 else:  # the server is stopping: the record keeps "running", and the next start resumes it
                     self.store.persist(job)
         # Whatever one job raises (bad model, NaNs, OOM, a bug) is that job's failure; the worker
