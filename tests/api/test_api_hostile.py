@@ -181,6 +181,17 @@ def test_api_a_checkpoint_linked_outside_the_data_dir_is_not_resumed(make_client
     assert (folder / "checkpoint.safetensors.unreadable").is_symlink() and outside.is_file()  # set aside, untouched
 
 
+def test_api_an_uploaded_mesh_swapped_for_a_link_is_not_used(client, tmp_path):
+    data = trimesh.creation.box().export(file_type="ply")
+    mesh_id = client.post("/v1/meshes?format=ply", content=data, headers=MESH_HEADERS).json()["id"]
+    stored = tmp_path / "jobs" / "meshes" / f"{mesh_id}.ply"
+    (tmp_path / "outside.ply").write_bytes(data)
+    stored.unlink()
+    stored.symlink_to(tmp_path / "outside.ply")
+    response = client.post("/v1/jobs", json={**RED_BALL, "init_mesh": mesh_id})
+    assert response.status_code == 422 and "is not a mesh uploaded to this server" in response.json()["detail"]
+
+
 # -- 5. a mesh upload does not freeze the server ------------------------------------------------------
 def test_api_a_mesh_with_too_many_faces_is_refused_before_it_is_parsed(client, monkeypatch):
     import nfsd_server.scene.init_mesh as init_mesh
@@ -326,3 +337,4 @@ def test_api_failed_accepts_log_one_line_a_minute_not_one_each(caplog):
     finally:
         loop.close()
     assert [record.getMessage() for record in caplog.records] == ["accept() fails: [Errno 24] EMFILE"]
+

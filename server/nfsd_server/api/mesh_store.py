@@ -70,7 +70,7 @@ def mesh_path(data_dir: Path, mesh_id: str | None) -> Path | None:
     if re.match(MESH_ID_PATTERN, mesh_id):
         for file_type in contract.INIT_MESH_FORMATS:
             path = Path(data_dir) / MESH_FOLDER / f"{mesh_id}.{file_type}"
-            if path.is_file():
+            if path.is_file() and not path.is_symlink():  # the server writes files; a link may lead anywhere
                 return path
     raise ValueError(f"init_mesh {mesh_id!r} is not a mesh uploaded to this server; upload it with POST /v1/meshes")
 
