@@ -338,3 +338,28 @@ def test_api_failed_accepts_log_one_line_a_minute_not_one_each(caplog):
         loop.close()
     assert [record.getMessage() for record in caplog.records] == ["accept() fails: [Errno 24] EMFILE"]
 
+
+
+def test_api_a_body_that_stops_arriving_is_408_and_closes():
+    import asyncio
+
+    from nfsd_server.api.limits import GuardMiddleware
+
+    async def app(scope, receive, send):
+        pytest.fail("the app ran on a body that never arrived")
+
+    async def receive():
+        await asyncio.sleep(10)  # a client that sent its headers and then nothing
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    guard = GuardMiddleware(app, token=None, body_idle_timeout_s=0.05)
+    scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"100")]}
+    started = time.monotonic()
+    asyncio.run(guard(scope, receive, send))
+    assert time.monotonic() - started < 2
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
