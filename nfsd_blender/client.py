@@ -62,6 +62,8 @@ class Client:
                 if isinstance(payload, dict):
                     message = _detail_message(payload.get("detail", message))
                     hint = payload.get("hint")
+                    if hint and message.lower() in hint.lower():  # a 422's hint restates its detail: say it once
+                        hint = None
             except (ValueError, UnicodeDecodeError):
                 if raw:
                     message = raw.decode(errors="replace")[:200]

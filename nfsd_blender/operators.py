@@ -9,6 +9,7 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 
 from . import backend, contract, session
+from .jobs import glb_problem
 from .backend import BACKEND
 from .preferences import get_prefs, output_dir, python_path
 from .properties import NO_INIT_MESH, build_request
@@ -36,6 +37,9 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
         props = context.scene.nfsd
         if not props.prompt.strip():
             return refuse(self, props, "Type a prompt first")
+        if len(props.prompt) > contract.MAX_PROMPT_CHARS:
+            return refuse(self, props, f"The prompt is {len(props.prompt)} characters long; shorten it to "
+                          f"{contract.MAX_PROMPT_CHARS} or fewer")
         prefs = get_prefs(context)
         if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
             if prefs.python_path:
@@ -147,11 +151,9 @@ class NFSD_OT_pick_python(bpy.types.Operator):
         path = bpy.path.abspath(self.filepath)
         problem = check_backend_python(path)
         if problem:
-            context.scene.nfsd.error = problem
-            self.report({"ERROR"}, problem)
-            return {"CANCELLED"}
+            return refuse(self, context.scene.nfsd, problem)
         get_prefs(context).python_path = path
-        context.scene.nfsd.error = ""
+        context.scene.nfsd.error = context.scene.nfsd.error_details = ""
         return {"FINISHED"}
 
 
@@ -221,7 +223,15 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
         item = _selected_item(context, self)
         if item is None:
             return {"CANCELLED"}
-        if not item.glb_path or not os.path.isfile(bpy.path.abspath(item.glb_path)):
+        downloaded = item.glb_path and os.path.isfile(bpy.path.abspath(item.glb_path))
+        if item.state == "done" and item.job_id and not (downloaded and _whole_glb(item.glb_path)):
+            if session.busy():
+                self.report({"ERROR"}, BUSY_MESSAGE)
+                return {"CANCELLED"}
+            session.fetch_again(context, item)  # missing or broken: the server still has the result
+            self.report({"INFO"}, "Downloading the result again…")
+            return {"FINISHED"}
+        if not downloaded:
             self.report({"ERROR"}, "No downloaded result for this entry")
             return {"CANCELLED"}
         try:
@@ -231,6 +241,11 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
             self.report({"ERROR"}, context.scene.nfsd.error)
             return {"CANCELLED"}
         return {"FINISHED"}
+
+
+def _whole_glb(path) -> bool:
+    with open(bpy.path.abspath(path), "rb") as fh:
+        return not glb_problem(fh.read())
 
 
 class NFSD_OT_history_rerun(WhenIdle, bpy.types.Operator):

@@ -133,6 +133,7 @@ def progress_text(props):
     return progress.phase(
         props.job_state, props.job_step, props.job_total, props.job_eta if props.job_eta >= 0 else None,
         props.job_queue_position, props.job_phase, download, elapsed, props.job_reconnect,
+        props.job_index, props.job_count,
     )
 
 
@@ -209,8 +210,8 @@ class NFSD_PT_history(SidebarPanel, bpy.types.Panel):
         row.operator("nfsd.history_rerun", text="New Seed").new_seed = True
         if 0 <= props.history_index < len(props.history):
             item = props.history[props.history_index]
-            if item.error:
-                layout.label(text=item.error, icon="ERROR")
+            for i, line in enumerate(_wrap(item.error)):
+                layout.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
 
 
 def _wrap(text, width=48):

@@ -100,14 +100,22 @@ def resolved(**request):
 
 class FakeServer:
     """/v1 with canned answers: POST records the body; GET a job answers ``states[id]`` (404 when absent), with
-    the posted job (or a red ball) resolved as its ``request``."""
+    the posted job (or a red ball) resolved as its ``request``; GET its result.glb the next of ``glbs[id]`` (a list
+    of bodies, the last repeated); DELETE cancels."""
 
     def __init__(self):
-        self.posted, self.states, self.jobs = [], {}, {}
+        self.posted, self.states, self.jobs, self.glbs = [], {}, {}, {}
         outer = self
 
         class Handler(JsonHandler):
             def do_GET(self):
+                if self.path.endswith("/result.glb"):
+                    bodies = outer.glbs[self.path.split("/")[-2]]
+                    data = bodies.pop(0) if len(bodies) > 1 else bodies[0]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    return self.wfile.write(data)
                 job_id = self.path.rsplit("/", 1)[-1]
                 if self.path == "/v1/health":
                     return self._send(200, {"version": "9.9", "device": "cpu"})
@@ -131,6 +139,11 @@ class FakeServer:
                 outer.states[job_id] = "failed"
                 outer.jobs[job_id] = resolved(**body)
                 self._send(202, {"id": job_id})
+
+            def do_DELETE(self):
+                job_id = self.path.rsplit("/", 1)[-1]
+                outer.states[job_id] = "cancelled"
+                self._send(200, {"id": job_id, "state": "cancelled"})
 
         self.server, self.url = serve(Handler)
 

@@ -107,7 +107,8 @@ def _saved_mid_job(props, job_id, tmp_path):
     return bpy.context.scene.nfsd
 
 
-def test_3_saved_mid_job_with_the_backend_gone_reopens_interrupted(props, tmp_path):
+def test_3_saved_mid_job_with_the_backend_gone_reopens_interrupted(props, prefs, tmp_path):
+    prefs.python_path = str(tmp_path / "uninstalled" / "python")  # no backend to restart and follow it with
     props = _saved_mid_job(props, "abc123", tmp_path)
     assert props.job_state == "interrupted"
     assert props.error == "The backend that ran this job has stopped (Blender was closed); press Generate to start again"
@@ -130,7 +131,7 @@ def test_3_saved_mid_job_follows_the_job_if_the_server_still_has_it(props, fake_
 # --- 5. an import that fails ------------------------------------------------------------------------------
 
 
-def test_5_import_failure_is_one_line_failed_in_history_and_nothing_left(props, tmp_path):
+def test_5_import_failure_is_one_line_in_history_and_nothing_left(props, tmp_path):
     if bpy.data.collections.get("NFSD") is not None:
         bpy.data.collections.remove(bpy.data.collections["NFSD"])
     bad = tmp_path / "bad.glb"
@@ -140,7 +141,7 @@ def test_5_import_failure_is_one_line_failed_in_history_and_nothing_left(props, 
     objects = len(bpy.data.objects)
     addon_module("jobs").EVENTS.put(addon_module("events").Done("f00", str(bad), {}))
     addon_module("session").poll_timer()
-    assert props.job_state == "failed" and item.state == "failed"
+    assert props.job_state == "done" and item.state == "done"  # the job did finish: Re-import fetches it again
     assert props.error.startswith("Import failed: ") and "\n" not in props.error
     assert "Traceback" in props.error_details and props.error_details.count("\n") > 3
     assert len(bpy.data.objects) == objects and bpy.data.collections.get("NFSD") is None
