@@ -15,8 +15,8 @@ from . import contract
 from .backend import BACKEND
 from .client import BackendError, Client
 from .events import (
-    Backend, Cancelled, Done, Error, Failed, Info, Interrupted, Model, Models, Phase, Preview, Reconnecting, Status,
-    Submitted, Taesd,
+    Backend, Cancelled, Done, DownloadEnded, DownloadStatus, Error, Failed, Info, Interrupted, Model, Models, Phase,
+    Preview, Reconnecting, Status, Submitted, Taesd,
 )
 
 EVENTS: queue.Queue = queue.Queue()
@@ -89,9 +89,41 @@ def server_info(settings: Settings, start: bool, events: queue.Queue = EVENTS) -
         health = client.health()
         if health.get("authenticated") is False:  # health answers anyone: "up" is not "will take our jobs"
             raise BackendError("The server refused the token", "check the token in the add-on preferences", 401)
-        events.put(Info(health, client.models()))
+        events.put(Info(health, client.models(), downloads=_downloads_or_none(client)))
     except BackendError as err:
         events.put(Info(None, None, str(err)))
+
+
+def _downloads_or_none(client: Client) -> list | None:
+    try:
+        return client.downloads()
+    except BackendError:  # an older backend has no downloads: the menu just shows no progress
+        return None
+
+
+class DownloadWorker(threading.Thread):
+    """Starts (or resumes) the server's download of ``model`` and polls it to the end; ``cancel_event`` cancels."""
+
+    def __init__(self, settings: Settings, model: str, events: queue.Queue = EVENTS):
+        super().__init__(daemon=True)
+        self.settings, self.model, self.events = settings, model, events
+        self.cancel_event = threading.Event()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        status: dict = {"model": self.model, "state": "failed"}
+        try:
+            client = make_client(self.settings, self.events)
+            status = client.start_download(self.model)
+            while status["state"] in ("planning", "running") and not self.stop_event.is_set():
+                self.events.put(DownloadStatus(status))
+                if self.cancel_event.wait(POLL_S):
+                    status = client.cancel_download(status["id"])
+                    break
+                status = client.download(status["id"])
+            self.events.put(DownloadEnded(status, client.models()))
+        except BackendError as err:
+            self.events.put(DownloadEnded(status, None, f"Download of {self.model} stopped: {err}"))
 
 
 class JobWorker(threading.Thread):

@@ -45,6 +45,10 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
             if prefs.python_path:
                 return refuse(self, props, f"Backend Python not found: {prefs.python_path}; pick it again")
             return refuse(self, props, "No backend found: pick its Python, or copy the install command")
+        prior, model, entry = session.job_model(context, props)
+        if entry is not None and not entry.get("cached", True):
+            return refuse(self, props, f"{entry['label']} is not downloaded yet: press Download above Generate, "
+                          "or pick a downloaded model (or Analytic) in Model")
         requests = [build_request(props, prefs, (props.seed + i) % (contract.MAX_SEED + 1))
                     for i in range(props.variations)]
         session.start_job(context, requests)
@@ -56,6 +60,39 @@ def refuse(operator, props, message) -> set:
     session.set_error(props, message)
     operator.report({"ERROR"}, message)
     return {"CANCELLED"}
+
+
+class NFSD_OT_download_model(bpy.types.Operator):
+    bl_idname = "nfsd.download_model"
+    bl_label = "Download Model"
+    bl_description = "Download the job's model on the backend (only the files it loads); progress shows here"
+
+    @classmethod
+    def poll(cls, context):
+        if session.downloading():
+            cls.poll_message_set("A download is running")
+            return False
+        return True
+
+    def execute(self, context):
+        prior, model, entry = session.job_model(context, context.scene.nfsd)
+        session.start_download(context, model)
+        self.report({"INFO"}, f"Downloading {model}…")
+        return {"FINISHED"}
+
+
+class NFSD_OT_cancel_download(bpy.types.Operator):
+    bl_idname = "nfsd.cancel_download"
+    bl_label = "Cancel Download"
+    bl_description = "Stop the download; what finished stays, so Download later goes on from there"
+
+    @classmethod
+    def poll(cls, context):
+        return session.downloading()
+
+    def execute(self, context):
+        session.cancel_download()
+        return {"FINISHED"}
 
 
 class NFSD_OT_cancel(bpy.types.Operator):
@@ -288,7 +325,7 @@ class NFSD_OT_history_clear(WhenIdle, bpy.types.Operator):
 
 
 classes = (
-    NFSD_OT_generate, NFSD_OT_cancel, NFSD_OT_random_seed, NFSD_OT_start_backend, NFSD_OT_stop_backend,
+    NFSD_OT_generate, NFSD_OT_download_model, NFSD_OT_cancel_download, NFSD_OT_cancel, NFSD_OT_random_seed, NFSD_OT_start_backend, NFSD_OT_stop_backend,
     NFSD_OT_check_health, NFSD_OT_refresh_models, NFSD_OT_set_model, NFSD_OT_pick_python,
     NFSD_OT_copy_install_command, NFSD_OT_copy_error, NFSD_OT_open_output, NFSD_OT_history_reimport,
     NFSD_OT_history_rerun, NFSD_OT_history_delete, NFSD_OT_history_clear,

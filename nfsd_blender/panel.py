@@ -16,6 +16,10 @@ ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior"
 
 
 def model_label(entry) -> str:
+    """The Model menu's line: downloaded (its size), downloading (percent), or what a download weighs."""
+    running = session.download_of(entry.get("model"))
+    if running and running.get("state") in ("planning", "running") and not entry.get("cached"):
+        return f"{entry['label']} ({progress.download(running)[0]})"
     size = progress.format_size(entry.get("size_bytes") if entry.get("cached") else entry.get("download_bytes"))
     if entry.get("cached"):
         return f"{entry['label']}" + (f" ({size})" if size else "")
@@ -93,9 +97,6 @@ def draw_model(layout, props):
     row = layout.row(align=True)
     row.label(text="Model")
     row.menu("NFSD_MT_models", text=model_label(entry) if entry else "Preferences' default")
-    if entry and not entry.get("cached"):
-        size = progress.format_size(entry.get("download_bytes"))
-        layout.label(text=f"First use downloads {size or 'the model'} (needs internet)", icon="IMPORT")
 
 
 def draw_form(layout, props):
@@ -115,6 +116,41 @@ def draw_form(layout, props):
     col.prop(props, "steps")
     col.prop(props, "poly_budget")
     col.prop(props, "texture_size")
+
+
+def model_notice(context, props) -> str:
+    """One line above Generate when the job's model is not on the server (with what it weighs), or when nobody
+    has asked the server yet; '' when the model is there."""
+    prior, model, entry = session.job_model(context, props)
+    if entry is None:
+        return f"Refresh Models to see whether {model} is downloaded" if prior == "stable-diffusion" else ""
+    if entry.get("cached", True):
+        return ""
+    size = progress.format_size(entry.get("download_bytes"))
+    return f"{entry['label']} is not downloaded" + (f" ({size})" if size else "")
+
+
+def draw_model_notice(layout, context, props):
+    if session.downloading() or any(d.get("state") in ("planning", "running") for d in session.current.downloads):
+        running = next((d for d in session.current.downloads if d.get("state") in ("planning", "running")), None)
+        if running is not None:
+            text, frac = progress.download(running)
+            text = f"{running['model']}: {text}"
+            if hasattr(layout, "progress"):
+                layout.progress(factor=frac, text=text)
+            else:
+                layout.label(text=text)
+        if session.downloading():
+            layout.operator("nfsd.cancel_download", icon="CANCEL")
+        return
+    notice = model_notice(context, props)
+    if not notice:
+        return
+    layout.label(text=notice, icon="IMPORT")
+    if notice.startswith("Refresh Models"):
+        layout.operator("nfsd.refresh_models", icon="FILE_REFRESH")
+    else:
+        layout.operator("nfsd.download_model", icon="IMPORT")
 
 
 def taesd_notice(context, props) -> str:
@@ -153,6 +189,7 @@ def draw_actions(layout, context, props):
         draw_progress(layout, props)
         layout.operator("nfsd.cancel", icon="CANCEL")
         return
+    draw_model_notice(layout, context, props)
     notice = taesd_notice(context, props)
     if notice:
         layout.label(text=notice, icon="IMPORT")

@@ -22,6 +22,15 @@ def format_size(n_bytes: int | None) -> str:
     return f"{n_bytes} B"
 
 
+def download(status: dict) -> tuple[str, float]:
+    """(text, fraction) for a server's model download: sizing it first, then percent of the real total."""
+    total, done = status.get("total_bytes") or 0, status.get("bytes_done") or 0
+    if status.get("state") == "planning" or not total:
+        return "sizing the download…", 0.0
+    frac = min(done / total, 1.0)
+    return f"downloading {int(frac * 100)}% of {format_size(total)}", frac
+
+
 def phase(state: str, step: int = 0, total: int = 0, eta_s: float | None = None, queue_position: int = -1,
           client_phase: str = "", download_bytes: int = 0, elapsed_s: float | None = None,
           reconnect_attempt: int = 0, job_index: int = 0, job_count: int = 1) -> tuple[str, float]:

@@ -19,10 +19,10 @@ import bpy
 import bpy.utils.previews
 from bpy.app.handlers import persistent
 
-from . import events, importer, jobs
+from . import contract, events, importer, jobs
 from .backend import BACKEND
 from .preferences import get_prefs, python_path, settings_from_prefs
-from .properties import fill_item, item_metadata
+from .properties import build_request, fill_item, item_metadata
 
 PREVIEW_IMAGE = "NFSD Preview"
 TIMER_S = 0.25
@@ -38,6 +38,8 @@ class Session:
     models: list = field(default_factory=list)  # the server's last /v1/models answer
     server: dict = field(default_factory=dict)  # its last /v1/health answer
     server_error: str = ""
+    download: threading.Thread | None = None  # the running DownloadWorker
+    downloads: list = field(default_factory=list)  # the server's model downloads, as last heard
     export_started: float | None = None  # the server gives no ETA for export: the panel shows the time it takes
     thumbs: object = None  # the history's bpy.utils.previews collection
 
@@ -52,6 +54,42 @@ def busy() -> bool:
 
 def _info_busy() -> bool:
     return current.info is not None and current.info.is_alive()
+
+
+def downloading() -> bool:
+    """A model download runs (its worker thread is alive)."""
+    return current.download is not None and current.download.is_alive()
+
+
+def download_of(model) -> dict | None:
+    """The server's download of ``model`` (a hub id) as last heard, or None."""
+    return next((d for d in current.downloads if model and d.get("model") == model), None)
+
+
+def job_model(context, props):
+    """(the job's prior, its model id as the server reads it, its /v1/models entry or None when not known yet)."""
+    request = build_request(props, get_prefs(context))
+    entry = jobs.find_model(current.models, request["prior"], request["model"] or "")
+    model = request["model"] or (entry or {}).get("model") or contract.DEFAULT_MODEL
+    return request["prior"], model, entry
+
+
+def start_download(context, model: str) -> None:
+    """Download ``model`` on the server (starting the local backend first); progress arrives as events."""
+    worker = jobs.DownloadWorker(settings_from_prefs(context), model)
+    current.download = worker
+    context.scene.nfsd.error = context.scene.nfsd.error_details = ""
+    worker.start()
+    _ensure_timer()
+
+
+def cancel_download() -> None:
+    if downloading():
+        current.download.cancel_event.set()
+
+
+def _remember_download(status: dict) -> None:
+    current.downloads = [d for d in current.downloads if d.get("model") != status.get("model")] + [status]
 
 
 def _ensure_timer():
@@ -162,6 +200,8 @@ def _info(props, item, event: events.Info):
     current.server, current.server_error = event.health or {}, event.error or token_problem(event.health)
     if event.models is not None:
         current.models = event.models
+    if event.downloads is not None:
+        current.downloads = event.downloads
     get_prefs().status = server_status_text()
 
 
@@ -287,11 +327,28 @@ def _error(props, item, event: events.Error):
         item.state, item.error = "error", props.error
 
 
+def _download_status(props, item, event: events.DownloadStatus):
+    _remember_download(event.status)
+
+
+def _download_ended(props, item, event: events.DownloadEnded):
+    _remember_download(event.status)
+    if event.models is not None:
+        current.models = event.models
+    status = event.status
+    if event.error:
+        set_error(props, event.error)
+    elif status.get("state") == "failed":
+        message = status.get("error") or "The download failed"
+        set_error(props, f"{message} ({status['hint']})" if status.get("hint") else message)
+
+
 HANDLERS = {
     events.Phase: _phase, events.Backend: _backend, events.Models: _models, events.Model: _model,
     events.Taesd: _taesd, events.Info: _info, events.Submitted: _submitted, events.Status: _status,
     events.Reconnecting: _reconnecting, events.Preview: _preview, events.Done: _done, events.Failed: _failed,
     events.Cancelled: _cancelled, events.Interrupted: _interrupted, events.Error: _error,
+    events.DownloadStatus: _download_status, events.DownloadEnded: _download_ended,
 }
 
 
@@ -316,7 +373,7 @@ def poll_timer():
             if hasattr(bpy.context.scene, "nfsd"):
                 set_error(bpy.context.scene.nfsd, f"{type(err).__name__}: {err}", traceback.format_exc())
     _redraw()
-    if busy() or _info_busy() or not jobs.EVENTS.empty():
+    if busy() or _info_busy() or downloading() or not jobs.EVENTS.empty():
         return TIMER_S
     return None
 
@@ -437,6 +494,8 @@ def unregister():
         bpy.app.timers.unregister(poll_timer)
     if current.worker is not None:
         current.worker.stop_event.set()
+    if current.download is not None:
+        current.download.stop_event.set()  # the server's download goes on; the panel stops following it
     if current.thumbs is not None:
         bpy.utils.previews.remove(current.thumbs)
         current.thumbs = None
