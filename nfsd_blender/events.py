@@ -72,6 +72,16 @@ class DownloadEnded:
 
 
 @dataclass(frozen=True)
+class InstallEnded:
+    """Install Backend finished: done (``python`` is the new backend's), failed or cancelled (``error`` says)."""
+
+    state: str
+    python: str
+    version: str
+    error: str
+
+
+@dataclass(frozen=True)
 class JobEvent:
     """News about one job (None: a job the server has not accepted yet)."""
 

@@ -8,10 +8,10 @@ import subprocess
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import backend, contract, session
+from . import contract, session
 from .jobs import glb_problem
 from .backend import BACKEND
-from .preferences import get_prefs, output_dir, python_path
+from .preferences import get_prefs, install_log, output_dir, python_path
 from .properties import NO_INIT_MESH, build_request
 
 BUSY_MESSAGE = "Wait for the running generation, or cancel it"
@@ -44,7 +44,7 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
         if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
             if prefs.python_path:
                 return refuse(self, props, f"Backend Python not found: {prefs.python_path}; pick it again")
-            return refuse(self, props, "No backend found: pick its Python, or copy the install command")
+            return refuse(self, props, "No backend found: press Install Backend, or pick its Python")
         prior, model, entry = session.job_model(context, props)
         if entry is not None and not entry.get("cached", True):
             return refuse(self, props, f"{entry['label']} is not downloaded yet: press Download above Generate, "
@@ -206,18 +206,52 @@ def check_backend_python(path) -> str:
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"Cannot run {path}: {err}"
     if res.stdout.strip() != "True":
-        return f"{os.path.basename(path)} has no nfsd backend installed; copy the install command"
+        return f"{os.path.basename(path)} has no nfsd backend installed; press Install Backend"
     return ""
 
 
-class NFSD_OT_copy_install_command(bpy.types.Operator):
-    bl_idname = "nfsd.copy_install_command"
-    bl_label = "Copy Install Command"
-    bl_description = "Copy the shell command that installs the backend in ~/nfsd-backend (see the README)"
+class NFSD_OT_install_backend(WhenIdle, bpy.types.Operator):
+    bl_idname = "nfsd.install_backend"
+    bl_label = "Install Backend"
+    bl_description = ("Make a Python environment with the backend from this add-on and torch for this machine "
+                      "(downloads a few hundred MB to several GB); a failed install keeps the previous backend")
+
+    @classmethod
+    def poll(cls, context):
+        if session.install_running() is not None:
+            cls.poll_message_set("The backend is being installed")
+            return False
+        return super().poll(context)
 
     def execute(self, context):
-        context.window_manager.clipboard = backend.INSTALL_COMMAND
-        self.report({"INFO"}, "Install command copied; run it in the nfsd-blender source folder, then press Generate")
+        problem = session.start_install(context)
+        if problem:
+            return refuse(self, context.scene.nfsd, problem)
+        self.report({"INFO"}, "Installing the backend; progress in the add-on preferences")
+        return {"FINISHED"}
+
+
+class NFSD_OT_cancel_install(bpy.types.Operator):
+    bl_idname = "nfsd.cancel_install"
+    bl_label = "Cancel Install"
+    bl_description = "Stop the install; the previous backend stays as it was"
+
+    @classmethod
+    def poll(cls, context):
+        return session.install_running() is not None
+
+    def execute(self, context):
+        session.current.install.cancel_event.set()
+        return {"FINISHED"}
+
+
+class NFSD_OT_open_install_log(bpy.types.Operator):
+    bl_idname = "nfsd.open_install_log"
+    bl_label = "Open Install Log"
+    bl_description = "Open the log of Install Backend (every command and its output)"
+
+    def execute(self, context):
+        bpy.ops.wm.path_open(filepath=install_log(context))
         return {"FINISHED"}
 
 
@@ -327,7 +361,7 @@ class NFSD_OT_history_clear(WhenIdle, bpy.types.Operator):
 classes = (
     NFSD_OT_generate, NFSD_OT_download_model, NFSD_OT_cancel_download, NFSD_OT_cancel, NFSD_OT_random_seed, NFSD_OT_start_backend, NFSD_OT_stop_backend,
     NFSD_OT_check_health, NFSD_OT_refresh_models, NFSD_OT_set_model, NFSD_OT_pick_python,
-    NFSD_OT_copy_install_command, NFSD_OT_copy_error, NFSD_OT_open_output, NFSD_OT_history_reimport,
+    NFSD_OT_install_backend, NFSD_OT_cancel_install, NFSD_OT_open_install_log, NFSD_OT_copy_error, NFSD_OT_open_output, NFSD_OT_history_reimport,
     NFSD_OT_history_rerun, NFSD_OT_history_delete, NFSD_OT_history_clear,
 )
 

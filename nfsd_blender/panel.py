@@ -89,7 +89,10 @@ def draw_backend(layout, context):
         box.label(text="No nfsd backend found on this computer", icon="INFO")
         row = box.row(align=True)
         row.operator("nfsd.pick_python", text="Pick its Python…", icon="FILEBROWSER")
-        row.operator("nfsd.copy_install_command", text="Copy Install Command", icon="COPYDOWN")
+        row.operator("nfsd.install_backend", icon="IMPORT")
+        running = session.install_running()
+        if running is not None:
+            box.label(text=f"{running.phase}… · {running.megabytes:.0f} MB (details in the add-on preferences)")
 
 
 def draw_model(layout, props):

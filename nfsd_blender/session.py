@@ -21,7 +21,8 @@ from bpy.app.handlers import persistent
 
 from . import contract, events, importer, jobs
 from .backend import BACKEND
-from .preferences import get_prefs, python_path, settings_from_prefs
+from .backend import DEFAULT_VENV as backend_venv_default
+from .preferences import get_prefs, install_log as installer_log, output_dir, python_path, settings_from_prefs
 from .properties import build_request, fill_item, item_metadata
 
 PREVIEW_IMAGE = "NFSD Preview"
@@ -39,6 +40,7 @@ class Session:
     server: dict = field(default_factory=dict)  # its last /v1/health answer
     server_error: str = ""
     download: threading.Thread | None = None  # the running DownloadWorker
+    install: threading.Thread | None = None  # the running (or last) installer.Installer
     downloads: list = field(default_factory=list)  # the server's model downloads, as last heard
     export_started: float | None = None  # the server gives no ETA for export: the panel shows the time it takes
     thumbs: object = None  # the history's bpy.utils.previews collection
@@ -54,6 +56,44 @@ def busy() -> bool:
 
 def _info_busy() -> bool:
     return current.info is not None and current.info.is_alive()
+
+
+def install_running():
+    """The Installer at work, or None."""
+    return current.install if current.install is not None and current.install.is_alive() else None
+
+
+def start_install(context) -> str:
+    """Install the backend from the zip's wheel on a thread; '' or why it cannot start."""
+    from . import installer  # bpy-free; imported here so a zip without the wheel still registers
+
+    prefs = get_prefs(context)
+    wheel, python = installer.find_wheel(), installer.suitable_python()
+    if wheel is None:
+        return "This add-on zip has no backend wheel; install the zip built by scripts/build_addon.py"
+    if not python:
+        return "No Python 3.11 or newer found to create the backend's environment; install Python 3.11"
+    stop_backend()  # it may run from the environment being replaced
+    target = bpy.path.abspath(prefs.install_dir) if prefs.install_dir else str(backend_venv_default)
+    current.install = installer.Installer(
+        python, wheel, target, installer_log(context), output_dir(context),
+        installer.torch_choice(*installer.detect_machine()), jobs.EVENTS,
+    )
+    prefs.install_status = ""
+    current.install.start()
+    _ensure_timer()
+    return ""
+
+
+def _install_ended(props, item, event: events.InstallEnded):
+    prefs = get_prefs()
+    if event.state == "done":
+        prefs.python_path = event.python
+        prefs.install_status = f"Backend {event.version} installed: {event.python}"
+        current.server, current.server_error = {}, ""
+    else:
+        prefs.install_status = event.error
+        set_error(props, event.error)
 
 
 def downloading() -> bool:
@@ -349,6 +389,7 @@ HANDLERS = {
     events.Reconnecting: _reconnecting, events.Preview: _preview, events.Done: _done, events.Failed: _failed,
     events.Cancelled: _cancelled, events.Interrupted: _interrupted, events.Error: _error,
     events.DownloadStatus: _download_status, events.DownloadEnded: _download_ended,
+    events.InstallEnded: _install_ended,
 }
 
 
@@ -373,7 +414,7 @@ def poll_timer():
             if hasattr(bpy.context.scene, "nfsd"):
                 set_error(bpy.context.scene.nfsd, f"{type(err).__name__}: {err}", traceback.format_exc())
     _redraw()
-    if busy() or _info_busy() or downloading() or not jobs.EVENTS.empty():
+    if busy() or _info_busy() or downloading() or install_running() or not jobs.EVENTS.empty():
         return TIMER_S
     return None
 
@@ -496,6 +537,8 @@ def unregister():
         current.worker.stop_event.set()
     if current.download is not None:
         current.download.stop_event.set()  # the server's download goes on; the panel stops following it
+    if install_running() is not None:
+        current.install.cancel_event.set()
     if current.thumbs is not None:
         bpy.utils.previews.remove(current.thumbs)
         current.thumbs = None

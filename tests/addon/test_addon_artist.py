@@ -77,13 +77,12 @@ def test_1_no_backend_found_offers_pick_and_copy(props, prefs, tmp_path, monkeyp
     monkeypatch.setattr(backend, "DEFAULT_VENV", tmp_path / "nowhere")
     prefs.python_path = ""
     props.prompt = "a red ball"
-    with pytest.raises(RuntimeError, match="No backend found: pick its Python, or copy the install command"):
+    with pytest.raises(RuntimeError, match="No backend found: press Install Backend, or pick its Python"):
         bpy.ops.nfsd.generate()
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert ("label", "No nfsd backend found on this computer", "INFO", True) in log
     shown = [entry[1] for entry in log if entry[0] == "operator"]
-    assert "nfsd.pick_python" in shown and "nfsd.copy_install_command" in shown
-    assert bpy.ops.nfsd.copy_install_command() == {"FINISHED"}
+    assert "nfsd.pick_python" in shown and "nfsd.install_backend" in shown  # the install itself: test_addon_install
     not_python = executable(tmp_path / "python", "#!/bin/sh\necho False\n")
     with pytest.raises(RuntimeError, match="has no nfsd backend installed"):
         bpy.ops.nfsd.pick_python(filepath=str(not_python))
