@@ -9,6 +9,8 @@ log file the panel can open. Extra pip arguments come from ``NFSD_PIP_ARGS`` (sp
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import shlex
@@ -29,6 +31,7 @@ PYTORCH_INDEX = "https://download.pytorch.org/whl"
 BACKEND_DIR = Path(__file__).resolve().parent / "backend"  # scripts/build_addon.py puts the wheel here
 DIST_NAME = "nfsd-blender"  # the backend's distribution name (pyproject.toml)
 MIN_PYTHON = (3, 11)
+MARKER = "nfsd-install.json"  # in the environment: the wheel it was built from, written once it passed its check
 SIZE_EVERY_S = 2.0  # how often the environment's size is measured for the panel (a walk of its files)
 
 
@@ -151,8 +154,9 @@ class Installer(threading.Thread):
         version = wheel_version(self.wheel)
         self._log.write(f"== install {self.wheel.name} into {self.target} with {self.python} "
                         f"(torch: {self.choice.label}; {self.choice.reason})\n")
-        if installed_version(self.python_path) == version and self._healthy(self.python_path):
-            self.phase, self.version = "already installed", version  # a re-run changes nothing
+        wheel_sha256 = hashlib.sha256(self.wheel.read_bytes()).hexdigest()
+        if _marker(self.target).get("wheel_sha256") == wheel_sha256 and installed_version(self.python_path) == version:
+            self.phase, self.version = "already installed", version  # a re-run with the same wheel changes nothing
             return
         shutil.rmtree(self.staging, ignore_errors=True)
         python = venv_python(self.staging)
@@ -166,6 +170,7 @@ class Installer(threading.Thread):
         if not self._healthy(python):
             raise InstallFailed(f"the new backend did not start ({self.error}); see the log: {self.log_path}")
         self.phase = "switching to the new backend"
+        (self.staging / MARKER).write_text(json.dumps({"wheel": self.wheel.name, "wheel_sha256": wheel_sha256}))
         _swap(self.staging, self.target)
         self.version = version
 
@@ -204,6 +209,13 @@ class Installer(threading.Thread):
         self.megabytes = _folder_mb(self.staging)
         if proc.returncode != 0:
             raise InstallFailed(f"{phase} failed (exit status {proc.returncode}); see the log: {self.log_path}")
+
+
+def _marker(target: Path) -> dict:
+    try:
+        return json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _folder_mb(folder: Path) -> float:

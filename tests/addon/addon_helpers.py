@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import textwrap
 import subprocess
 import sys
 import threading
@@ -15,6 +16,23 @@ from fake_http import JsonHandler, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = "bl_ext.user_default.nfsd_blender"
+
+
+# The start of a script run as `python -c` in a fresh process: the zip in argv[1] installed and enabled in headless
+# bpy with no source checkout importable (the venv's editable install dropped: a finder, or a path entry holding
+# the contract); `pkg`, `prefs` and `session` defined.
+FROM_THE_ZIP_ALONE = textwrap.dedent("""
+    import json, os, sys, importlib.util, time
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "nfsd_contract"))]
+    assert all(importlib.util.find_spec(name) is None for name in ("nfsd_blender", "nfsd_server", "nfsd_contract"))
+    import bpy
+    assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
+                                                    enable_on_install=True) == {"FINISHED"}
+    pkg = "bl_ext.user_default.nfsd_blender"
+    session = sys.modules[pkg + ".session"]
+    prefs = bpy.context.preferences.addons[pkg].preferences
+""")
 
 
 def build_zip(out_dir: Path) -> Path:

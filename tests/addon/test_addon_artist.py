@@ -13,23 +13,13 @@ bpy = pytest.importorskip("bpy")
 psutil = pytest.importorskip("psutil")
 
 import ui_recorder
-from addon_helpers import ROOT, addon_module, executable, pump
+from addon_helpers import FROM_THE_ZIP_ALONE, ROOT, addon_module, executable, pump
 
 
 # --- 1. first run from the zip ----------------------------------------------------------------------------
 
-FIRST_RUN = textwrap.dedent("""
-    import json, os, sys, importlib.util, time
-    # No source checkout: drop the venv's editable install (a finder, or a path entry holding the contract).
-    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "nfsd_contract"))]
-    assert all(importlib.util.find_spec(name) is None for name in ("nfsd_blender", "nfsd_server", "nfsd_contract"))
-    import bpy
-    assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
-                                                    enable_on_install=True) == {"FINISHED"}
-    pkg = "bl_ext.user_default.nfsd_blender"
-    session, preferences = sys.modules[pkg + ".session"], sys.modules[pkg + ".preferences"]
-    prefs = bpy.context.preferences.addons[pkg].preferences
+FIRST_RUN = FROM_THE_ZIP_ALONE + textwrap.dedent("""
+    preferences = sys.modules[pkg + ".preferences"]
     prefs.data_dir = sys.argv[2]
     props = bpy.context.scene.nfsd
     bpy.ops.nfsd.set_model(prior="analytic", model="")

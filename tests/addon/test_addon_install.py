@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from addon_helpers import FROM_THE_ZIP_ALONE  # noqa: E402
 from nfsd_blender import installer  # noqa: E402
 
 
@@ -37,17 +38,7 @@ def test_the_torch_build_follows_the_machine(system, driver, label, index):
     assert choice.reason  # the panel says why
 
 
-INSTALL_RUN = textwrap.dedent("""
-    import json, os, sys, importlib.util, time
-    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "nfsd_contract"))]
-    assert all(importlib.util.find_spec(name) is None for name in ("nfsd_blender", "nfsd_server", "nfsd_contract"))
-    import bpy
-    assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
-                                                    enable_on_install=True) == {"FINISHED"}
-    pkg = "bl_ext.user_default.nfsd_blender"
-    session = sys.modules[pkg + ".session"]
-    prefs = bpy.context.preferences.addons[pkg].preferences
+INSTALL_RUN = FROM_THE_ZIP_ALONE + textwrap.dedent("""
     prefs.data_dir, prefs.install_dir, prefs.python_path = sys.argv[2], sys.argv[3], ""
     props = bpy.context.scene.nfsd
 
