@@ -15,15 +15,11 @@ from .client import BackendError
 
 _READY_TIMEOUT_S = 120.0
 
-# Where the README tells artists to install the backend, found without any setting.
+# Where Install Backend (installer.py) puts the backend, found without any setting.
 DEFAULT_VENV = Path.home() / "nfsd-backend"
-INSTALL_COMMAND = (
-    "python3.11 -m venv ~/nfsd-backend && ~/nfsd-backend/bin/pip install torch==2.13.0 "
-    "&& ~/nfsd-backend/bin/pip install .  # in the nfsd-blender source folder (the backend is not on PyPI)"
-)
 
 
-def _venv_python(venv: Path) -> Path:
+def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
@@ -57,11 +53,11 @@ def detect_python() -> str:
     found = script_interpreter(script) if script else ""
     if found:
         return found
-    if _venv_python(DEFAULT_VENV).is_file():
-        return str(_venv_python(DEFAULT_VENV))
+    if venv_python(DEFAULT_VENV).is_file():
+        return str(venv_python(DEFAULT_VENV))
     here = Path(__file__).resolve().parent
     for root in (here.parent, *here.parents):
-        cand = _venv_python(root / ".venv")
+        cand = venv_python(root / ".venv")
         if cand.exists() and (root / "server").is_dir():
             return str(cand)
     return ""

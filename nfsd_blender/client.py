@@ -62,6 +62,8 @@ class Client:
                 if isinstance(payload, dict):
                     message = _detail_message(payload.get("detail", message))
                     hint = payload.get("hint")
+                    if hint and message.lower() in hint.lower():  # a 422's hint restates its detail: say it once
+                        hint = None
             except (ValueError, UnicodeDecodeError):
                 if raw:
                     message = raw.decode(errors="replace")[:200]
@@ -115,6 +117,23 @@ class Client:
     def models(self) -> list[dict]:
         """``GET /v1/models``: what the server can load and whether each is already downloaded."""
         return self._json("GET", "/v1/models")["models"]
+
+    def downloads(self) -> list[dict]:
+        """``GET /v1/models/downloads``: the server's model downloads (state, bytes done of total)."""
+        reply = self._json("GET", "/v1/models/downloads")
+        if not isinstance(reply, dict) or not isinstance(reply.get("downloads"), list):
+            raise BackendError("The server sent no download list for /v1/models/downloads",
+                               "update the backend (Install Backend in the add-on preferences)")
+        return reply["downloads"]
+
+    def start_download(self, model: str) -> dict:
+        return self._json("POST", "/v1/models/downloads", {"model": model})
+
+    def download(self, download_id: str) -> dict:
+        return self._json("GET", f"/v1/models/downloads/{download_id}")
+
+    def cancel_download(self, download_id: str) -> dict:
+        return self._json("DELETE", f"/v1/models/downloads/{download_id}")
 
     def result_json(self, job_id: str) -> dict:
         return self._json("GET", f"/v1/jobs/{job_id}/result.json")

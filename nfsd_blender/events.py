@@ -52,6 +52,33 @@ class Info:
     health: dict | None
     models: list | None
     error: str = ""
+    downloads: list | None = None  # the server's model downloads; None when it did not say
+
+
+@dataclass(frozen=True)
+class DownloadStatus:
+    """A GET /v1/models/downloads/{id} answer (state, bytes_done, total_bytes, error, hint)."""
+
+    status: dict
+
+
+@dataclass(frozen=True)
+class DownloadEnded:
+    """The download worker stopped: the server's last answer, and the models as they are now (None: unknown)."""
+
+    status: dict
+    models: list | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class InstallEnded:
+    """Install Backend finished: done (``python`` is the new backend's), failed or cancelled (``error`` says)."""
+
+    state: str
+    python: str
+    version: str
+    error: str
 
 
 @dataclass(frozen=True)

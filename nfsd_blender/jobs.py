@@ -15,8 +15,8 @@ from . import contract
 from .backend import BACKEND
 from .client import BackendError, Client
 from .events import (
-    Backend, Cancelled, Done, Error, Failed, Info, Interrupted, Model, Models, Phase, Preview, Reconnecting, Status,
-    Submitted, Taesd,
+    Backend, Cancelled, Done, DownloadEnded, DownloadStatus, Error, Failed, Info, Interrupted, Model, Models, Phase,
+    Preview, Reconnecting, Status, Submitted, Taesd,
 )
 
 EVENTS: queue.Queue = queue.Queue()
@@ -24,6 +24,7 @@ POLL_S = 0.5
 # Back-off between retries of a status call that failed transiently (~30 s in all, then the job is lost).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 END_EVENTS = {"failed": Failed, "cancelled": Cancelled}  # the end states besides done, as the server names them
+GLB_TRIES = 3  # a result that arrives cut short is fetched again this many times in all
 
 
 class BackendGone(BackendError):
@@ -85,9 +86,44 @@ def server_info(settings: Settings, start: bool, events: queue.Queue = EVENTS) -
         return
     try:
         client = make_client(settings)
-        events.put(Info(client.health(), client.models()))
+        health = client.health()
+        if health.get("authenticated") is False:  # health answers anyone: "up" is not "will take our jobs"
+            raise BackendError("The server refused the token", "check the token in the add-on preferences", 401)
+        events.put(Info(health, client.models(), downloads=_downloads_or_none(client)))
     except BackendError as err:
         events.put(Info(None, None, str(err)))
+
+
+def _downloads_or_none(client: Client) -> list | None:
+    try:
+        return client.downloads()
+    except BackendError:  # an older backend has no downloads: the menu just shows no progress
+        return None
+
+
+class DownloadWorker(threading.Thread):
+    """Starts (or resumes) the server's download of ``model`` and polls it to the end; ``cancel_event`` cancels."""
+
+    def __init__(self, settings: Settings, model: str, events: queue.Queue = EVENTS):
+        super().__init__(daemon=True)
+        self.settings, self.model, self.events = settings, model, events
+        self.cancel_event = threading.Event()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        status: dict = {"model": self.model, "state": "failed"}
+        try:
+            client = make_client(self.settings, self.events)
+            status = client.start_download(self.model)
+            while status["state"] in ("planning", "running") and not self.stop_event.is_set():
+                self.events.put(DownloadStatus(status))
+                if self.cancel_event.wait(POLL_S):
+                    status = client.cancel_download(status["id"])
+                    break
+                status = client.download(status["id"])
+            self.events.put(DownloadEnded(status, client.models()))
+        except BackendError as err:
+            self.events.put(DownloadEnded(status, None, f"Download of {self.model} stopped: {err}"))
 
 
 class JobWorker(threading.Thread):
@@ -198,7 +234,7 @@ class JobWorker(threading.Thread):
             if state == "done":
                 self.events.put(Phase("downloading result"))
                 path = os.path.join(out_dir, f"{job_id}.glb")
-                _write(path, client.result_glb(job_id))
+                _write(path, self._fetch_glb(client, job_id))
                 self.events.put(Done(job_id, path, status))
                 return True
             if state in END_EVENTS:
@@ -206,6 +242,17 @@ class JobWorker(threading.Thread):
                 return True  # after a cancel the other variations report 'cancelled' quickly
             time.sleep(POLL_S)
         return False
+
+    def _fetch_glb(self, client: Client, job_id: str) -> bytes:
+        """The job's GLB, fetched again while it arrives broken (a dropped connection cuts it short)."""
+        problem = ""
+        for _ in range(GLB_TRIES):
+            data = client.result_glb(job_id)
+            problem = glb_problem(data)
+            if not problem:
+                return data
+        raise BackendError(f"The result arrived broken {GLB_TRIES} times ({problem})",
+                           "press Re-import in History to fetch it again")
 
     def _cancel_all(self, client: Client) -> bool:
         """Cancel every job this worker submitted; False (try again next poll) if the server is unreachable."""
@@ -216,6 +263,17 @@ class JobWorker(threading.Thread):
                 if err.transient:
                     return False
         return True
+
+
+def glb_problem(data: bytes) -> str:
+    """'' if ``data`` is a whole binary glTF (its header's magic, and its declared length is what arrived), else
+    what is wrong with it."""
+    if len(data) < 12 or data[:4] != b"glTF":
+        return f"not a binary glTF ({len(data)} bytes)"
+    declared = int.from_bytes(data[8:12], "little")
+    if declared != len(data):
+        return f"{len(data)} of its {declared} bytes"
+    return ""
 
 
 def _write(path: str, data: bytes) -> None:

@@ -8,9 +8,10 @@ import subprocess
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import backend, contract, session
+from . import contract, session
+from .jobs import glb_problem
 from .backend import BACKEND
-from .preferences import get_prefs, output_dir, python_path
+from .preferences import get_prefs, install_log, output_dir, python_path
 from .properties import NO_INIT_MESH, build_request
 
 BUSY_MESSAGE = "Wait for the running generation, or cancel it"
@@ -36,11 +37,18 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
         props = context.scene.nfsd
         if not props.prompt.strip():
             return refuse(self, props, "Type a prompt first")
+        if len(props.prompt) > contract.MAX_PROMPT_CHARS:
+            return refuse(self, props, f"The prompt is {len(props.prompt)} characters long; shorten it to "
+                          f"{contract.MAX_PROMPT_CHARS} or fewer")
         prefs = get_prefs(context)
         if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
             if prefs.python_path:
                 return refuse(self, props, f"Backend Python not found: {prefs.python_path}; pick it again")
-            return refuse(self, props, "No backend found: pick its Python, or copy the install command")
+            return refuse(self, props, "No backend found: press Install Backend, or pick its Python")
+        prior, model, entry = session.job_model(context, props)
+        if entry is not None and not entry.get("cached", True):
+            return refuse(self, props, f"{entry['label']} is not downloaded yet: press Download above Generate, "
+                          "or pick a downloaded model (or Analytic) in Model")
         requests = [build_request(props, prefs, (props.seed + i) % (contract.MAX_SEED + 1))
                     for i in range(props.variations)]
         session.start_job(context, requests)
@@ -52,6 +60,39 @@ def refuse(operator, props, message) -> set:
     session.set_error(props, message)
     operator.report({"ERROR"}, message)
     return {"CANCELLED"}
+
+
+class NFSD_OT_download_model(bpy.types.Operator):
+    bl_idname = "nfsd.download_model"
+    bl_label = "Download Model"
+    bl_description = "Download the job's model on the backend (only the files it loads); progress shows here"
+
+    @classmethod
+    def poll(cls, context):
+        if session.downloading():
+            cls.poll_message_set("A download is running")
+            return False
+        return True
+
+    def execute(self, context):
+        prior, model, entry = session.job_model(context, context.scene.nfsd)
+        session.start_download(context, model)
+        self.report({"INFO"}, f"Downloading {model}…")
+        return {"FINISHED"}
+
+
+class NFSD_OT_cancel_download(bpy.types.Operator):
+    bl_idname = "nfsd.cancel_download"
+    bl_label = "Cancel Download"
+    bl_description = "Stop the download; what finished stays, so Download later goes on from there"
+
+    @classmethod
+    def poll(cls, context):
+        return session.downloading()
+
+    def execute(self, context):
+        session.cancel_download()
+        return {"FINISHED"}
 
 
 class NFSD_OT_cancel(bpy.types.Operator):
@@ -147,11 +188,9 @@ class NFSD_OT_pick_python(bpy.types.Operator):
         path = bpy.path.abspath(self.filepath)
         problem = check_backend_python(path)
         if problem:
-            context.scene.nfsd.error = problem
-            self.report({"ERROR"}, problem)
-            return {"CANCELLED"}
+            return refuse(self, context.scene.nfsd, problem)
         get_prefs(context).python_path = path
-        context.scene.nfsd.error = ""
+        context.scene.nfsd.error = context.scene.nfsd.error_details = ""
         return {"FINISHED"}
 
 
@@ -167,18 +206,52 @@ def check_backend_python(path) -> str:
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"Cannot run {path}: {err}"
     if res.stdout.strip() != "True":
-        return f"{os.path.basename(path)} has no nfsd backend installed; copy the install command"
+        return f"{os.path.basename(path)} has no nfsd backend installed; press Install Backend"
     return ""
 
 
-class NFSD_OT_copy_install_command(bpy.types.Operator):
-    bl_idname = "nfsd.copy_install_command"
-    bl_label = "Copy Install Command"
-    bl_description = "Copy the shell command that installs the backend in ~/nfsd-backend (see the README)"
+class NFSD_OT_install_backend(WhenIdle, bpy.types.Operator):
+    bl_idname = "nfsd.install_backend"
+    bl_label = "Install Backend"
+    bl_description = ("Make a Python environment with the backend from this add-on and torch for this machine "
+                      "(downloads a few hundred MB to several GB); a failed install keeps the previous backend")
+
+    @classmethod
+    def poll(cls, context):
+        if session.install_running() is not None:
+            cls.poll_message_set("The backend is being installed")
+            return False
+        return super().poll(context)
 
     def execute(self, context):
-        context.window_manager.clipboard = backend.INSTALL_COMMAND
-        self.report({"INFO"}, "Install command copied; run it in the nfsd-blender source folder, then press Generate")
+        problem = session.start_install(context)
+        if problem:
+            return refuse(self, context.scene.nfsd, problem)
+        self.report({"INFO"}, "Installing the backend; progress in the add-on preferences")
+        return {"FINISHED"}
+
+
+class NFSD_OT_cancel_install(bpy.types.Operator):
+    bl_idname = "nfsd.cancel_install"
+    bl_label = "Cancel Install"
+    bl_description = "Stop the install; the previous backend stays as it was"
+
+    @classmethod
+    def poll(cls, context):
+        return session.install_running() is not None
+
+    def execute(self, context):
+        session.current.install.cancel_event.set()
+        return {"FINISHED"}
+
+
+class NFSD_OT_open_install_log(bpy.types.Operator):
+    bl_idname = "nfsd.open_install_log"
+    bl_label = "Open Install Log"
+    bl_description = "Open the log of Install Backend (every command and its output)"
+
+    def execute(self, context):
+        bpy.ops.wm.path_open(filepath=install_log(context))
         return {"FINISHED"}
 
 
@@ -221,7 +294,15 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
         item = _selected_item(context, self)
         if item is None:
             return {"CANCELLED"}
-        if not item.glb_path or not os.path.isfile(bpy.path.abspath(item.glb_path)):
+        downloaded = item.glb_path and os.path.isfile(bpy.path.abspath(item.glb_path))
+        if item.state == "done" and item.job_id and not (downloaded and _whole_glb(item.glb_path)):
+            if session.busy():
+                self.report({"ERROR"}, BUSY_MESSAGE)
+                return {"CANCELLED"}
+            session.fetch_again(context, item)  # missing or broken: the server still has the result
+            self.report({"INFO"}, "Downloading the result again…")
+            return {"FINISHED"}
+        if not downloaded:
             self.report({"ERROR"}, "No downloaded result for this entry")
             return {"CANCELLED"}
         try:
@@ -231,6 +312,11 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
             self.report({"ERROR"}, context.scene.nfsd.error)
             return {"CANCELLED"}
         return {"FINISHED"}
+
+
+def _whole_glb(path) -> bool:
+    with open(bpy.path.abspath(path), "rb") as fh:
+        return not glb_problem(fh.read())
 
 
 class NFSD_OT_history_rerun(WhenIdle, bpy.types.Operator):
@@ -273,9 +359,9 @@ class NFSD_OT_history_clear(WhenIdle, bpy.types.Operator):
 
 
 classes = (
-    NFSD_OT_generate, NFSD_OT_cancel, NFSD_OT_random_seed, NFSD_OT_start_backend, NFSD_OT_stop_backend,
+    NFSD_OT_generate, NFSD_OT_download_model, NFSD_OT_cancel_download, NFSD_OT_cancel, NFSD_OT_random_seed, NFSD_OT_start_backend, NFSD_OT_stop_backend,
     NFSD_OT_check_health, NFSD_OT_refresh_models, NFSD_OT_set_model, NFSD_OT_pick_python,
-    NFSD_OT_copy_install_command, NFSD_OT_copy_error, NFSD_OT_open_output, NFSD_OT_history_reimport,
+    NFSD_OT_install_backend, NFSD_OT_cancel_install, NFSD_OT_open_install_log, NFSD_OT_copy_error, NFSD_OT_open_output, NFSD_OT_history_reimport,
     NFSD_OT_history_rerun, NFSD_OT_history_delete, NFSD_OT_history_clear,
 )
 

@@ -16,6 +16,10 @@ ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior"
 
 
 def model_label(entry) -> str:
+    """The Model menu's line: downloaded (its size), downloading (percent), or what a download weighs."""
+    running = session.download_of(entry.get("model"))
+    if running and running.get("state") in ("planning", "running") and not entry.get("cached"):
+        return f"{entry['label']} ({progress.download(running)[0]})"
     size = progress.format_size(entry.get("size_bytes") if entry.get("cached") else entry.get("download_bytes"))
     if entry.get("cached"):
         return f"{entry['label']}" + (f" ({size})" if size else "")
@@ -85,7 +89,10 @@ def draw_backend(layout, context):
         box.label(text="No nfsd backend found on this computer", icon="INFO")
         row = box.row(align=True)
         row.operator("nfsd.pick_python", text="Pick its Python…", icon="FILEBROWSER")
-        row.operator("nfsd.copy_install_command", text="Copy Install Command", icon="COPYDOWN")
+        row.operator("nfsd.install_backend", icon="IMPORT")
+        running = session.install_running()
+        if running is not None:
+            box.label(text=f"{running.phase}… · {running.megabytes:.0f} MB (details in the add-on preferences)")
 
 
 def draw_model(layout, props):
@@ -93,9 +100,6 @@ def draw_model(layout, props):
     row = layout.row(align=True)
     row.label(text="Model")
     row.menu("NFSD_MT_models", text=model_label(entry) if entry else "Preferences' default")
-    if entry and not entry.get("cached"):
-        size = progress.format_size(entry.get("download_bytes"))
-        layout.label(text=f"First use downloads {size or 'the model'} (needs internet)", icon="IMPORT")
 
 
 def draw_form(layout, props):
@@ -117,6 +121,41 @@ def draw_form(layout, props):
     col.prop(props, "texture_size")
 
 
+def model_notice(context, props) -> str:
+    """One line above Generate when the job's model is not on the server (with what it weighs), or when nobody
+    has asked the server yet; '' when the model is there."""
+    prior, model, entry = session.job_model(context, props)
+    if entry is None:
+        return f"Refresh Models to see whether {model} is downloaded" if prior == "stable-diffusion" else ""
+    if entry.get("cached", True):
+        return ""
+    size = progress.format_size(entry.get("download_bytes"))
+    return f"{entry['label']} is not downloaded" + (f" ({size})" if size else "")
+
+
+def draw_model_notice(layout, context, props):
+    if session.downloading() or any(d.get("state") in ("planning", "running") for d in session.current.downloads):
+        running = next((d for d in session.current.downloads if d.get("state") in ("planning", "running")), None)
+        if running is not None:
+            text, frac = progress.download(running)
+            text = f"{running['model']}: {text}"
+            if hasattr(layout, "progress"):
+                layout.progress(factor=frac, text=text)
+            else:
+                layout.label(text=text)
+        if session.downloading():
+            layout.operator("nfsd.cancel_download", icon="CANCEL")
+        return
+    notice = model_notice(context, props)
+    if not notice:
+        return
+    layout.label(text=notice, icon="IMPORT")
+    if notice.startswith("Refresh Models"):
+        layout.operator("nfsd.refresh_models", icon="FILE_REFRESH")
+    else:
+        layout.operator("nfsd.download_model", icon="IMPORT")
+
+
 def taesd_notice(context, props) -> str:
     """One line when the job the form would submit fetches TAESD first (the server said it has none), else ''."""
     request = build_request(props, get_prefs(context))
@@ -133,6 +172,7 @@ def progress_text(props):
     return progress.phase(
         props.job_state, props.job_step, props.job_total, props.job_eta if props.job_eta >= 0 else None,
         props.job_queue_position, props.job_phase, download, elapsed, props.job_reconnect,
+        props.job_index, props.job_count,
     )
 
 
@@ -152,6 +192,7 @@ def draw_actions(layout, context, props):
         draw_progress(layout, props)
         layout.operator("nfsd.cancel", icon="CANCEL")
         return
+    draw_model_notice(layout, context, props)
     notice = taesd_notice(context, props)
     if notice:
         layout.label(text=notice, icon="IMPORT")
@@ -209,8 +250,8 @@ class NFSD_PT_history(SidebarPanel, bpy.types.Panel):
         row.operator("nfsd.history_rerun", text="New Seed").new_seed = True
         if 0 <= props.history_index < len(props.history):
             item = props.history[props.history_index]
-            if item.error:
-                layout.label(text=item.error, icon="ERROR")
+            for i, line in enumerate(_wrap(item.error)):
+                layout.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
 
 
 def _wrap(text, width=48):

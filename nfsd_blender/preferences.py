@@ -5,7 +5,7 @@ import os
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend, contract, jobs, progress
+from . import backend, contract, installer, jobs, progress
 
 
 def _default_data_dir() -> str:
@@ -46,6 +46,10 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         "~/nfsd-backend)",
     )
     data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default=_default_data_dir())
+    install_dir: StringProperty(
+        name="Install Into", subtype="DIR_PATH", default=str(backend.DEFAULT_VENV),
+        description="The folder Install Backend makes its Python environment in (the backend is found there)",
+    )
     url: StringProperty(name="URL", default=f"http://{contract.DEFAULT_HOST}:{contract.DEFAULT_PORT}")
     token: StringProperty(name="Token", subtype="PASSWORD")
     default_prior: EnumProperty(
@@ -67,6 +71,7 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         description="What encodes Stable Diffusion renders after the latent phase: exact VAE or fast TAESD",
     )
     status: StringProperty(name="Status")
+    install_status: StringProperty(name="Install Status")
 
     def draw(self, context):
         layout = self.layout
@@ -77,6 +82,7 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
                 found = backend.detect_python()
                 layout.label(text=f"Found: {found}" if found else "No backend found; see the NFSD panel", icon="INFO")
             layout.prop(self, "data_dir")
+            draw_install(layout.box(), self)
             row = layout.row()
             row.operator("nfsd.start_backend", icon="PLAY")
             row.operator("nfsd.stop_backend", icon="PAUSE")
@@ -91,6 +97,33 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
         row.operator("nfsd.check_health", icon="FILE_REFRESH")
         if self.status:
             layout.label(text=self.status)
+
+
+def draw_install(layout, prefs):
+    """Install Backend: the button, which torch build and why, then phase · MB with Cancel, and the log."""
+    from . import session  # registers after this module
+
+    running = session.install_running()
+    if running is not None:
+        text = f"{running.phase}… · {running.megabytes:.0f} MB"
+        if hasattr(layout, "progress"):
+            layout.progress(factor=0.0, text=text)
+        else:
+            layout.label(text=text)
+        layout.operator("nfsd.cancel_install", icon="CANCEL")
+        return
+    choice = installer.torch_choice(*installer.detect_machine())
+    layout.prop(prefs, "install_dir")
+    layout.operator("nfsd.install_backend", icon="IMPORT")
+    layout.label(text=f"torch: {choice.label} build — {choice.reason}", icon="INFO")
+    if prefs.install_status:
+        layout.label(text=prefs.install_status)
+    if os.path.isfile(install_log()):
+        layout.operator("nfsd.open_install_log", icon="TEXT")
+
+
+def install_log(context=None) -> str:
+    return os.path.join(output_dir(context), "install.log")
 
 
 def get_prefs(context=None):

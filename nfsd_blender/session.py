@@ -8,6 +8,7 @@ cancelled or is found in a reopened file. Operators call these functions and the
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -18,10 +19,11 @@ import bpy
 import bpy.utils.previews
 from bpy.app.handlers import persistent
 
-from . import events, importer, jobs
+from . import contract, events, importer, jobs
 from .backend import BACKEND
-from .preferences import get_prefs, settings_from_prefs
-from .properties import fill_item, item_metadata
+from .backend import DEFAULT_VENV as backend_venv_default
+from .preferences import get_prefs, install_log as installer_log, output_dir, python_path, settings_from_prefs
+from .properties import build_request, fill_item, item_metadata
 
 PREVIEW_IMAGE = "NFSD Preview"
 TIMER_S = 0.25
@@ -37,6 +39,9 @@ class Session:
     models: list = field(default_factory=list)  # the server's last /v1/models answer
     server: dict = field(default_factory=dict)  # its last /v1/health answer
     server_error: str = ""
+    download: threading.Thread | None = None  # the running DownloadWorker
+    install: threading.Thread | None = None  # the running (or last) installer.Installer
+    downloads: list = field(default_factory=list)  # the server's model downloads, as last heard
     export_started: float | None = None  # the server gives no ETA for export: the panel shows the time it takes
     thumbs: object = None  # the history's bpy.utils.previews collection
 
@@ -53,6 +58,80 @@ def _info_busy() -> bool:
     return current.info is not None and current.info.is_alive()
 
 
+def install_running():
+    """The Installer at work, or None."""
+    return current.install if current.install is not None and current.install.is_alive() else None
+
+
+def start_install(context) -> str:
+    """Install the backend from the zip's wheel on a thread; '' or why it cannot start."""
+    from . import installer  # bpy-free; imported here so a zip without the wheel still registers
+
+    prefs = get_prefs(context)
+    wheel, python = installer.find_wheel(), installer.suitable_python()
+    if wheel is None:
+        return "This add-on zip has no backend wheel; install the zip built by scripts/build_addon.py"
+    if not python:
+        return "No Python 3.11 or newer found to create the backend's environment; install Python 3.11"
+    stop_backend()  # it may run from the environment being replaced
+    target = bpy.path.abspath(prefs.install_dir) if prefs.install_dir else str(backend_venv_default)
+    current.install = installer.Installer(
+        python, wheel, target, installer_log(context), output_dir(context),
+        installer.torch_choice(*installer.detect_machine()), jobs.EVENTS,
+    )
+    prefs.install_status = ""
+    current.install.start()
+    _ensure_timer()
+    return ""
+
+
+def _install_ended(props, item, event: events.InstallEnded):
+    prefs = get_prefs()
+    if event.state == "done":
+        prefs.python_path = event.python
+        prefs.install_status = f"Backend {event.version} installed: {event.python}"
+        current.server, current.server_error = {}, ""
+    else:
+        prefs.install_status = event.error
+        set_error(props, event.error)
+
+
+def downloading() -> bool:
+    """A model download runs (its worker thread is alive)."""
+    return current.download is not None and current.download.is_alive()
+
+
+def download_of(model) -> dict | None:
+    """The server's download of ``model`` (a hub id) as last heard, or None."""
+    return next((d for d in current.downloads if model and d.get("model") == model), None)
+
+
+def job_model(context, props):
+    """(the job's prior, its model id as the server reads it, its /v1/models entry or None when not known yet)."""
+    request = build_request(props, get_prefs(context))
+    entry = jobs.find_model(current.models, request["prior"], request["model"] or "")
+    model = request["model"] or (entry or {}).get("model") or contract.DEFAULT_MODEL
+    return request["prior"], model, entry
+
+
+def start_download(context, model: str) -> None:
+    """Download ``model`` on the server (starting the local backend first); progress arrives as events."""
+    worker = jobs.DownloadWorker(settings_from_prefs(context), model)
+    current.download = worker
+    context.scene.nfsd.error = context.scene.nfsd.error_details = ""
+    worker.start()
+    _ensure_timer()
+
+
+def cancel_download() -> None:
+    if downloading():
+        current.download.cancel_event.set()
+
+
+def _remember_download(status: dict) -> None:
+    current.downloads = [d for d in current.downloads if d.get("model") != status.get("model")] + [status]
+
+
 def _ensure_timer():
     if not bpy.app.timers.is_registered(poll_timer):
         bpy.app.timers.register(poll_timer, first_interval=TIMER_S)
@@ -65,6 +144,7 @@ def start_job(context, requests, resume=None, worker=None) -> None:
     current.worker = worker
     if not resume:
         _reset_job(props, "starting")
+    props.job_index, props.job_count = 0, max(1, len(requests) + len(resume or []))
     worker.start()
     _ensure_timer()
 
@@ -132,7 +212,15 @@ def _phase(props, item, event: events.Phase):
 
 
 def _backend(props, item, event: events.Backend):
-    current.server, current.server_error = event.health, ""
+    current.server, current.server_error = event.health, token_problem(event.health)
+
+
+def token_problem(health: dict | None) -> str:
+    """'' unless the server's /v1/health says our token is not the one it was started with (health answers
+    anyone, so an answer alone does not mean the server will take our jobs)."""
+    if health and health.get("authenticated") is False:
+        return "the server refused the token (check the token in the add-on preferences)"
+    return ""
 
 
 def _models(props, item, event: events.Models):
@@ -149,9 +237,11 @@ def _taesd(props, item, event: events.Taesd):
 
 
 def _info(props, item, event: events.Info):
-    current.server, current.server_error = event.health or {}, event.error
+    current.server, current.server_error = event.health or {}, event.error or token_problem(event.health)
     if event.models is not None:
         current.models = event.models
+    if event.downloads is not None:
+        current.downloads = event.downloads
     get_prefs().status = server_status_text()
 
 
@@ -178,6 +268,9 @@ def _status(props, item, event: events.Status):
     props.job_eta = -1.0 if eta is None else float(eta)
     qpos = status.get("queue_position")
     props.job_queue_position = -1 if qpos is None else int(qpos)
+    batch = list(getattr(current.worker, "job_ids", None) or [])
+    if event.job_id in batch:
+        props.job_index = batch.index(event.job_id)
     if item:
         item.state = status["state"]
         fill_item(item, status["request"])  # what the server runs: the seed, steps and model it chose
@@ -201,18 +294,40 @@ def _done(props, item, event: events.Done):
         props.job_phase = ""
         return
     item.glb_path = event.glb
+    # The job is done on the server whatever the import says: a broken file is fetched again by Re-import.
+    item.state = props.job_state = "done"
+    item.error = ""
     try:
         result = import_item(bpy.context, item)
         placement = getattr(current.worker, "on_imported", None)  # e.g. onto the selected object (selection.py)
         if placement is not None:
             placement(bpy.context, result)
+        else:
+            place_variation(result, props.job_index)
     except Exception as err:  # noqa: BLE001  (the importer's errors carry whole tracebacks)
-        item.state = props.job_state = "failed"
         import_failed(props, err)
+        props.error = f"{props.error}; Re-import downloads it again"
         item.error = props.error
-    else:
-        item.state = props.job_state = "done"
+        _forget_download(item)
     props.job_phase = ""
+
+
+VARIATION_GAP = 1.5  # variations stand this many object sizes apart along X
+
+
+def place_variation(result, index: int) -> None:
+    """Variation ``index`` (0 = the first, at the cursor) moves along X, so a batch stands side by side instead
+    of piled on the cursor."""
+    if index > 0:
+        result.location.x += index * VARIATION_GAP * (max(result.dimensions) or 1.0)
+
+
+def _forget_download(item) -> None:
+    """Drop a downloaded GLB that would not import, so the next Re-import fetches it from the server again."""
+    path = bpy.path.abspath(item.glb_path)
+    if path and os.path.isfile(path):
+        os.remove(path)
+    item.glb_path = ""
 
 
 def _failed(props, item, event: events.Failed):
@@ -247,8 +362,25 @@ def _error(props, item, event: events.Error):
     props.job_phase = ""
     props.job_reconnect = 0
     set_error(props, event.message)
+    current.server, current.server_error = {}, event.message  # the status line must not keep saying "ready"
     if item:
         item.state, item.error = "error", props.error
+
+
+def _download_status(props, item, event: events.DownloadStatus):
+    _remember_download(event.status)
+
+
+def _download_ended(props, item, event: events.DownloadEnded):
+    _remember_download(event.status)
+    if event.models is not None:
+        current.models = event.models
+    status = event.status
+    if event.error:
+        set_error(props, event.error)
+    elif status.get("state") == "failed":
+        message = status.get("error") or "The download failed"
+        set_error(props, f"{message} ({status['hint']})" if status.get("hint") else message)
 
 
 HANDLERS = {
@@ -256,6 +388,8 @@ HANDLERS = {
     events.Taesd: _taesd, events.Info: _info, events.Submitted: _submitted, events.Status: _status,
     events.Reconnecting: _reconnecting, events.Preview: _preview, events.Done: _done, events.Failed: _failed,
     events.Cancelled: _cancelled, events.Interrupted: _interrupted, events.Error: _error,
+    events.DownloadStatus: _download_status, events.DownloadEnded: _download_ended,
+    events.InstallEnded: _install_ended,
 }
 
 
@@ -280,7 +414,7 @@ def poll_timer():
             if hasattr(bpy.context.scene, "nfsd"):
                 set_error(bpy.context.scene.nfsd, f"{type(err).__name__}: {err}", traceback.format_exc())
     _redraw()
-    if busy() or _info_busy() or not jobs.EVENTS.empty():
+    if busy() or _info_busy() or downloading() or install_running() or not jobs.EVENTS.empty():
         return TIMER_S
     return None
 
@@ -326,22 +460,34 @@ def load_preview(path):
 
 
 def import_item(context, item):
-    """Import a history entry's GLB, its job's fields as the object's properties."""
+    """Import a history entry's GLB, its job's fields as the object's properties; rotation as Euler angles,
+    which the N-panel and the artist's keyframes expect (the glTF importer leaves quaternions)."""
     path = bpy.path.abspath(item.glb_path)
-    return importer.import_glb(context, path, item.prompt, item.job_id, item_metadata(item))
+    result = importer.import_glb(context, path, item.prompt, item.job_id, item_metadata(item))
+    result.rotation_mode = "XYZ"
+    return result
+
+
+def fetch_again(context, item) -> None:
+    """Download a finished job's GLB from the server again and import it (the worker follows the done job)."""
+    start_job(context, [], resume=[item.job_id])
 
 
 @persistent
 def reconcile_on_load(_dummy=None):
-    """A file saved mid-job reopens with the job as it was: follow it if the server still has it, else say it
-    was interrupted. Either way Generate is back."""
+    """A file saved mid-job reopens with the job as it was: follow it (starting the local backend, which resumes
+    it) if the server still has it, else say it was interrupted; Cancel works either way. A running generation
+    carries on into a file that has none of its own (File › New), so its result is not lost silently."""
     old = current.worker
     if old is not None and old.is_alive():
-        old.stop_event.set()  # it follows the previous file's job
+        if not any(_pending(scene.nfsd) or scene.nfsd.job_state in ACTIVE for scene in bpy.data.scenes):
+            _adopt(bpy.context.scene.nfsd, old)
+            return
+        old.stop_event.set()  # the opened file has its own job to follow
     current.worker = None
     for scene in bpy.data.scenes:
         props = scene.nfsd
-        pending = [it.job_id for it in props.history if it.state in ACTIVE and it.job_id]
+        pending = _pending(props)
         if props.job_state not in ACTIVE and not pending:
             continue
         props.job_phase, props.job_reconnect = "", 0
@@ -350,12 +496,31 @@ def reconcile_on_load(_dummy=None):
             apply(props, events.Interrupted(None, message))
             continue
         pending = pending or [props.job_id]
-        if get_prefs().mode == "LOCAL" and not BACKEND.running:
+        prefs = get_prefs()
+        if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
             for job_id in pending:
                 apply(props, events.Interrupted(job_id, "The backend that ran this job has stopped (Blender was closed)"))
             continue
         if scene == bpy.context.scene:
             start_job(bpy.context, [], resume=pending)
+
+
+def _pending(props) -> list[str]:
+    return [it.job_id for it in props.history if it.state in ACTIVE and it.job_id]
+
+
+def _adopt(props, worker) -> None:
+    """Show ``worker``'s running batch in ``props`` (a new file's scene): its jobs in History, its state in the
+    panel; the events that follow update them as before."""
+    requests = dict(zip(worker.job_ids, worker.requests))
+    for job_id in worker.job_ids:
+        item = props.history.add()
+        item.job_id, item.state = job_id, "queued"
+        if job_id in requests:
+            fill_item(item, requests[job_id])
+    props.history_index = len(props.history) - 1
+    props.job_id, props.job_state = worker.job_id or "", "queued" if worker.job_id else "starting"
+    props.job_count = max(1, len(worker.requests) + len(worker.resume))
 
 
 def register():
@@ -370,6 +535,10 @@ def unregister():
         bpy.app.timers.unregister(poll_timer)
     if current.worker is not None:
         current.worker.stop_event.set()
+    if current.download is not None:
+        current.download.stop_event.set()  # the server's download goes on; the panel stops following it
+    if install_running() is not None:
+        current.install.cancel_event.set()
     if current.thumbs is not None:
         bpy.utils.previews.remove(current.thumbs)
         current.thumbs = None

@@ -4,8 +4,10 @@
 
 Stages blender_manifest.toml + the contents of nfsd_blender/ in a temp dir (the zip needs __init__.py next to
 the manifest), vendors the job contract (server/nfsd_contract/, standard library only) into it as
-``nfsd_blender/nfsd_contract/``, runs ``blender_ext.py build`` then ``validate`` on the zip, and prints the
-zip's path. The zip needs no checkout and no backend install to run.
+``nfsd_blender/nfsd_contract/``, builds the backend (``nfsd_server`` + ``nfsd_contract``) as a wheel into
+``backend/`` for the preferences' Install Backend (not a manifest ``wheels`` entry: Blender would install it into
+its own Python, and the backend runs in a venv of its own), runs ``blender_ext.py build`` then ``validate`` on
+the zip, and prints the zip's path. The zip needs no checkout and no backend install to run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,29 @@ def find_cli() -> Path:
     return hits[-1]
 
 
+BACKEND_DIR = "backend"  # the folder in the zip that holds the backend wheel (nfsd_blender/installer.py reads it)
+
+
+def build_backend_wheel(out_dir: Path) -> Path:
+    """``pip wheel`` the backend from a copy of what it is built from (the checkout stays free of build/ and
+    egg-info), without its dependencies: Install Backend takes those from the package index."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "src"
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+        shutil.copytree(ROOT / "server", source / "server", ignore=skip)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, source / name)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+             "--wheel-dir", str(out_dir), str(source)],
+            check=True,
+        )
+    wheels = sorted(out_dir.glob("nfsd_blender-*.whl"))
+    if len(wheels) != 1:
+        raise SystemExit(f"expected one backend wheel in {out_dir}, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
 def build(output_dir: Path) -> Path:
     cli = find_cli()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +67,7 @@ def build(output_dir: Path) -> Path:
         shutil.copytree(ROOT / "nfsd_blender", stage, ignore=skip)
         shutil.copytree(ROOT / "server" / "nfsd_contract", stage / "nfsd_contract", ignore=skip)
         shutil.copy2(ROOT / "blender_manifest.toml", stage / "blender_manifest.toml")
+        build_backend_wheel(stage / BACKEND_DIR)
         subprocess.run(
             [sys.executable, str(cli), "build", "--source-dir", str(stage), "--output-dir", str(output_dir)],
             check=True,

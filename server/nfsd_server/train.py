@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -38,6 +37,7 @@ from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
+from nfsd_server.eta import EtaClock
 from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
 from nfsd_server.scene.regularisers import orientation_loss, sparsity_loss
 from nfsd_server.resume import check_checkpoint_matches
@@ -319,7 +319,7 @@ class Trainer:
         callbacks = callbacks or Callbacks()
         if callbacks.on_stage:
             callbacks.on_stage("training")
-        started, start_step = time.perf_counter(), self.step
+        eta = EtaClock()
         loss_value = float("nan")
         while self.step < self.total:
             if callbacks.should_cancel and callbacks.should_cancel():
@@ -328,6 +328,7 @@ class Trainer:
                     self.save_checkpoint()
                 raise GenerationCancelled(f"cancelled at step {self.step} of {self.total}")
             loss = self.train_step()
+            eta.step_done(self.step)
             last = self.step == self.total
             if self.step % self.progress_every == 0 or last:
                 loss_value = float(loss)
@@ -337,8 +338,7 @@ class Trainer:
                         f"loss became {loss_value} at step {self.step}; lower the guidance scale or learning rate"
                     )
                 if callbacks.on_progress:
-                    per_step = (time.perf_counter() - started) / (self.step - start_step)
-                    callbacks.on_progress(self.step, self.total, loss_value, per_step * (self.total - self.step))
+                    callbacks.on_progress(self.step, self.total, loss_value, eta.eta_s(self.step, self.total))
             if callbacks.on_preview and (self.step % self.config.preview_every == 0 or last):
                 callbacks.on_preview(self.step, self.preview())
             every_s = self.config.checkpoint_every_s

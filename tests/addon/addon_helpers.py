@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import textwrap
 import subprocess
 import sys
 import threading
@@ -15,6 +16,23 @@ from fake_http import JsonHandler, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = "bl_ext.user_default.nfsd_blender"
+
+
+# The start of a script run as `python -c` in a fresh process: the zip in argv[1] installed and enabled in headless
+# bpy with no source checkout importable (the venv's editable install dropped: a finder, or a path entry holding
+# the contract); `pkg`, `prefs` and `session` defined.
+FROM_THE_ZIP_ALONE = textwrap.dedent("""
+    import json, os, sys, importlib.util, time
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "nfsd_contract"))]
+    assert all(importlib.util.find_spec(name) is None for name in ("nfsd_blender", "nfsd_server", "nfsd_contract"))
+    import bpy
+    assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
+                                                    enable_on_install=True) == {"FINISHED"}
+    pkg = "bl_ext.user_default.nfsd_blender"
+    session = sys.modules[pkg + ".session"]
+    prefs = bpy.context.preferences.addons[pkg].preferences
+""")
 
 
 def build_zip(out_dir: Path) -> Path:
@@ -100,14 +118,22 @@ def resolved(**request):
 
 class FakeServer:
     """/v1 with canned answers: POST records the body; GET a job answers ``states[id]`` (404 when absent), with
-    the posted job (or a red ball) resolved as its ``request``."""
+    the posted job (or a red ball) resolved as its ``request``; GET its result.glb the next of ``glbs[id]`` (a list
+    of bodies, the last repeated); DELETE cancels."""
 
     def __init__(self):
-        self.posted, self.states, self.jobs = [], {}, {}
+        self.posted, self.states, self.jobs, self.glbs = [], {}, {}, {}
         outer = self
 
         class Handler(JsonHandler):
             def do_GET(self):
+                if self.path.endswith("/result.glb"):
+                    bodies = outer.glbs[self.path.split("/")[-2]]
+                    data = bodies.pop(0) if len(bodies) > 1 else bodies[0]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    return self.wfile.write(data)
                 job_id = self.path.rsplit("/", 1)[-1]
                 if self.path == "/v1/health":
                     return self._send(200, {"version": "9.9", "device": "cpu"})
@@ -131,6 +157,11 @@ class FakeServer:
                 outer.states[job_id] = "failed"
                 outer.jobs[job_id] = resolved(**body)
                 self._send(202, {"id": job_id})
+
+            def do_DELETE(self):
+                job_id = self.path.rsplit("/", 1)[-1]
+                outer.states[job_id] = "cancelled"
+                self._send(200, {"id": job_id, "state": "cancelled"})
 
         self.server, self.url = serve(Handler)
 

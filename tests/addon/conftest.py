@@ -48,7 +48,10 @@ def _reset(prefs):
         current.worker.stop_event.set()
         current.worker.join(10)
     current.worker = None
-    current.models = []
+    if current.download is not None:
+        current.download.stop_event.set()
+        current.download.join(10)
+    current.download, current.models, current.downloads = None, [], []
     while not addon_module("jobs").EVENTS.empty():
         addon_module("jobs").EVENTS.get()
     p = bpy.context.scene.nfsd

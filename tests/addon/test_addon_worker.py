@@ -133,7 +133,7 @@ def test_eta_is_minutes_and_seconds(seconds, text):
 
 def test_phases_are_named():
     assert progress.phase("starting", client_phase="starting backend") == ("starting backend…", 0.0)
-    assert progress.phase("queued", queue_position=2)[0] == "queued (2 ahead)"
+    assert progress.phase("queued", queue_position=2)[0] == "queued (3 ahead)"  # 2 waiting + the running one
     assert progress.phase("running", 0, 5000)[0] == "loading model…"
     assert progress.phase("running", 0, 5000, download_bytes=5_160_000_000)[0] == (
         "downloading model (5.2 GB), then loading…")

@@ -31,6 +31,8 @@ def test_api_contract_routes_and_methods(spec):
         ("/v1/jobs/{job_id}/preview.png", "get"),
         ("/v1/jobs/{job_id}/result.glb", "get"), ("/v1/jobs/{job_id}/result.json", "get"),
         ("/v1/health", "get"), ("/v1/models", "get"), ("/v1/meshes", "post"),
+        ("/v1/models/downloads", "post"), ("/v1/models/downloads", "get"),
+        ("/v1/models/downloads/{download_id}", "get"), ("/v1/models/downloads/{download_id}", "delete"),
     }
     assert "202" in spec["paths"]["/v1/jobs"]["post"]["responses"]
     assert "image/png" in spec["paths"]["/v1/jobs/{job_id}/preview.png"]["get"]["responses"]["200"]["content"]

@@ -12,10 +12,11 @@ from fastapi import FastAPI
 from nfsd_contract import DEFAULT_MODEL, DEFAULT_PRIOR
 
 from nfsd_server import __version__
-from nfsd_server.api import routes_health, routes_jobs, routes_meshes, routes_models
+from nfsd_server.api import routes_downloads, routes_health, routes_jobs, routes_meshes, routes_models
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import Executor, JobManager, LoadPriorFn, RunFn
 from nfsd_server.api.limits import GuardMiddleware
+from nfsd_server.downloads import DownloadManager
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ def create_app(
             allow_benchmark_models=config.allow_benchmark_models, executor=executor,
         )
         app.state.manager = manager
+        app.state.downloads = DownloadManager(config.data_dir)
         if start_worker:
             manager.start()
+            app.state.downloads.resume_interrupted()
         try:
             yield
         finally:
+            app.state.downloads.stop()
             # Joining the worker blocks; off the event loop so in-flight responses can still finish.
             await asyncio.to_thread(manager.stop)
 
@@ -75,6 +79,7 @@ def create_app(
     app.add_middleware(GuardMiddleware, token=config.token or None, allowed_hosts=config.allowed_hosts)
     app.include_router(routes_jobs.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_downloads.router)  # before /v1/models' routes: a longer prefix
     app.include_router(routes_models.router)
     app.include_router(routes_meshes.router)
     return app

@@ -88,6 +88,8 @@ def describe_failure(error: BaseException, stage: str = "running") -> tuple[str,
         hint = "check that the model is a hub id the server can reach or a diffusers folder on the server"
     elif isinstance(error, OSError):
         hint = "the server could not read or write a file of this job; see the server log"
+    elif isinstance(error, ValueError) and stage == "loading":
+        hint = "pick a model this server has (Download fetches one from the add-on's Model menu) and submit again"
     elif isinstance(error, ValueError):
         hint = "the prior or the pipeline rejected these settings; change them and submit again"
     else:

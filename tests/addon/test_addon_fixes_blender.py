@@ -1,0 +1,151 @@
+"""Setup-trial fixes as the artist sees them, in headless bpy from the built zip: a reopened file follows its job,
+File › New keeps following, Copy Details copies what is on screen, the status line authenticates, variations
+stand side by side, a broken download is fetched again, Euler rotation, one-line errors wrapped."""
+
+import threading
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+import ui_recorder
+from addon_helpers import Busy, addon_module, executable, pump
+from test_addon_panel import _server_glb
+
+
+def _saved_and_reopened(props, job_id, tmp_path):
+    item = props.history.add()
+    item.job_id, item.prompt, item.state = job_id, "a red ball", "running"
+    props.job_id, props.job_state = job_id, "running"
+    blend = tmp_path / f"{job_id}.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    return bpy.context.scene.nfsd
+
+
+def test_a_reopened_file_starts_the_backend_follows_its_job_and_can_cancel_it(props, prefs, fake_server, tmp_path):
+    # The local backend as it restarts: it resumes the job it had (here: the fake server, which still has it).
+    port = fake_server.url.rsplit(":", 1)[1]
+    prefs.mode = "LOCAL"
+    prefs.python_path = str(executable(tmp_path / "python", f"""#!/bin/sh
+echo '{{"port": {port}, "version": "fake"}}'
+cat > /dev/null
+"""))
+    fake_server.states["r1"] = "running"
+    props = _saved_and_reopened(props, "r1", tmp_path)
+    session = addon_module("session")
+    pump(lambda: props.job_state == "running" and session.busy(), 20, "the reopened job to be followed")
+    assert props.history[0].state == "running" and not props.error
+    assert bpy.ops.nfsd.cancel() == {"FINISHED"}
+    pump(lambda: not session.busy(), 20, "the cancel")
+    assert props.job_state == "cancelled" and props.history[0].state == "cancelled"
+    assert fake_server.states["r1"] == "cancelled"
+
+
+def test_file_new_keeps_following_the_running_job(props, fake_server):
+    fake_server.states["n1"] = "running"
+    session = addon_module("session")
+    session.start_job(bpy.context, [], resume=["n1"])
+    pump(lambda: props.job_state == "running", 20, "the job to run")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    new = bpy.context.scene.nfsd
+    assert session.busy()
+    assert [(item.job_id, item.state) for item in new.history] == [("n1", "queued")]
+    fake_server.states["n1"] = "cancelled"
+    pump(lambda: new.job_state == "cancelled", 20, "the job's end in the new file")
+    assert new.history[0].state == "cancelled"
+
+
+def test_copy_details_copies_the_error_on_screen(props, tmp_path):
+    addon_module("session").set_error(props, "old problem", "Traceback\nold problem")
+    not_python = executable(tmp_path / "python", "#!/bin/sh\necho False\n")
+    with pytest.raises(RuntimeError, match="has no nfsd backend installed"):
+        bpy.ops.nfsd.pick_python(filepath=str(not_python))
+    assert props.error.startswith("python has no nfsd backend installed")
+    # what Copy Details copies (headless Blender has no clipboard to read back)
+    assert props.error_details == props.error
+
+
+def test_status_line_is_not_ready_with_a_wrong_token_or_after_an_outage(props, prefs, fake_server):
+    session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
+    queued.put(events.Backend({"version": "9.9", "device": "cpu", "authenticated": False}))
+    session.poll_timer()
+    line = session.server_status_text()
+    assert "ready" not in line and "refused the token" in line
+    queued.put(events.Backend({"version": "9.9", "device": "cpu", "authenticated": True}))
+    session.poll_timer()
+    assert "ready on CPU" in session.server_status_text()
+    queued.put(events.Error("j1", "Lost contact with the server: refused"))
+    session.poll_timer()
+    assert session.server_status_text() == f"Backend (remote {fake_server.url}): Lost contact with the server: refused"
+
+
+class _Batch(Busy):
+    """Busy, with the job ids of a batch of variations (what a JobWorker holds)."""
+
+    def __init__(self, job_ids):
+        super().__init__()
+        self.thread.job_ids = job_ids
+
+
+def test_variations_stand_side_by_side_and_are_counted(props, tmp_path):
+    session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
+    bpy.context.scene.cursor.location = (0.0, 0.0, 0.0)
+    placed = []
+    with _Batch(["v1", "v2", "v3"]):
+        props.job_count = 3
+        for seed, job_id in enumerate(("v1", "v2", "v3")):
+            item = props.history.add()
+            item.job_id, item.prompt = job_id, "a red ball"
+            queued.put(events.Status(job_id, {"state": "running", "step": 5, "total": 10,
+                                              "request": addon_module("contract").job_request("a red ball", seed=seed, prior="analytic") | {"steps": 10, "seed": seed}}))
+            session.poll_timer()
+            if job_id == "v2":
+                assert ui_recorder.texts(ui_recorder.draw(bpy.types.NFSD_PT_main)).count("2 of 3 · training 5/10") == 1
+            glb = tmp_path / f"{job_id}.glb"
+            _server_glb(glb, seed)
+            queued.put(events.Done(job_id, str(glb), {}))
+            session.poll_timer()
+            ob = bpy.context.view_layer.objects.active
+            assert ob.rotation_mode == "XYZ"
+            placed.append((ob.location.x, max(ob.dimensions)))
+    size = placed[0][1]
+    assert [x for x, _ in placed] == pytest.approx([0.0, 1.5 * size, 3.0 * size])
+
+
+def test_a_broken_download_stays_done_and_re_import_fetches_it_again(props, fake_server, tmp_path):
+    session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
+    bad = tmp_path / "b1.glb"
+    bad.write_bytes(b"glTF broken" * 10)
+    item = props.history.add()
+    item.job_id, item.prompt, item.state = "b1", "a red ball", "running"
+    queued.put(events.Done("b1", str(bad), {}))
+    session.poll_timer()
+    assert item.state == "done" and props.job_state == "done"
+    assert props.error.startswith("Import failed: ") and props.error.endswith("; Re-import downloads it again")
+    assert not bad.exists() and item.glb_path == ""
+    good = tmp_path / "good.glb"
+    _server_glb(good, 7)
+    fake_server.states["b1"] = "done"
+    fake_server.glbs["b1"] = [good.read_bytes()]
+    props.history_index = 0
+    objects = len(bpy.data.objects)
+    assert bpy.ops.nfsd.history_reimport() == {"FINISHED"}
+    pump(lambda: not session.busy() and props.job_phase == "", 20, "the result fetched again")
+    assert len(bpy.data.objects) == objects + 1 and not item.error, props.error
+    assert item.state == "done" and bpy.context.view_layer.objects.active["nfsd_job_id"] == "b1"
+
+
+def test_a_long_prompt_is_refused_in_plain_words(props):
+    props.prompt = "a red ball " * 100
+    with pytest.raises(RuntimeError, match="The prompt is 1100 characters long; shorten it to 1000 or fewer"):
+        bpy.ops.nfsd.generate()
+
+
+def test_a_long_history_error_is_wrapped(props):
+    item = props.history.add()
+    item.prompt, item.state = "a red ball", "failed"
+    item.error = "model 'org/big' is not in this server's model cache and the Hugging Face hub cannot be reached"
+    props.history_index = 0
+    lines = [e[1] for e in ui_recorder.draw(bpy.types.NFSD_PT_history) if e[0] == "label"]
+    assert len(lines) > 1 and " ".join(lines) == item.error and max(map(len, lines)) <= 48
