@@ -99,7 +99,8 @@ def test_face_count_is_within_budget_and_reported(sphere, torus):
 def test_report_times_every_stage_in_pipeline_order(sphere):
     report, _ = sphere
     assert list(report.timings) == [
-        "grid_sampling", "marching_cubes", "cleanup", "decimation", "uv_unwrap", "bake", "dilation", "glb_write"
+        "grid_sampling", "marching_cubes", "cleanup", "decimation", "uv_unwrap", "bake", "normal_map", "occlusion",
+        "dilation", "glb_write",
     ]  # fmt: skip
     assert all(seconds >= 0 for seconds in report.timings.values())
 

@@ -13,13 +13,19 @@ import trimesh
 from PIL import Image
 
 from nfsd_contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE, FIELD_NAMES, check_value
-from nfsd_server.export import grid, surface, texture
+from nfsd_server.export import grid, normal_map, surface, texture
+from nfsd_server.export import occlusion as occlusion_map
 from nfsd_server.files import write_atomic
 from nfsd_server.scene.field import FieldConfig
 
 # Surface density used when neither the settings nor the field give one: the engine NeRF's measured value, read
 # from its config so the two cannot drift apart.
 DEFAULT_THRESHOLD = FieldConfig.surface_density
+# The field learns colour only: say so with explicit factors (glTF's defaults, 1.0, make every asset polished metal).
+ROUGHNESS = 0.8
+METALLIC = 0.0
+TANGENT_ATTRIBUTE = "TANGENT"
+ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963  # glTF bufferView targets
 
 
 @dataclass(frozen=True)
@@ -106,19 +112,34 @@ def export_glb(
     faces = surface.orient_outward(vertices, faces)
     lap("decimation")
     # Normals from the welded mesh, so shading stays smooth across the UV seams that split vertices.
-    normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
+    welded_normals = trimesh.Trimesh(vertices, faces, process=False).vertex_normals
     vmapping, uv_faces, uvs = texture.unwrap(vertices, faces, settings.texture_size)
-    vertices, normals = vertices[vmapping], normals[vmapping]
+    welded_vertices, vertices, normals = vertices, vertices[vmapping], welded_normals[vmapping]
+    tangents = normal_map.vertex_tangents(vertices, normals, uv_faces, uvs)
     lap("uv_unwrap")
-    image, covered = texture.bake_albedo(field, vertices, uv_faces, uvs, settings.texture_size, settings.chunk_size)
+    texels = texture.surface_texels(vertices, uv_faces, uvs, settings.texture_size)
+    albedo, covered = texture.bake_albedo_at(field, texels, settings.chunk_size)
     lap("bake")
-    image = texture.dilate(image, covered)
+    encoded = normal_map.bake_normals(texels, uv_faces, normals, tangents, volume, field.bound)
+    normal_image, _ = texels.image(encoded)
+    lap("normal_map")
+    occlusion = occlusion_map.vertex_occlusion(welded_vertices, welded_normals, volume > threshold, field.bound)
+    orm_image, _ = texels.image(orm_values(texels.interpolate(occlusion[vmapping, None], uv_faces)))
+    lap("occlusion")
+    albedo, normal_image, orm_image = texture.dilate_all([albedo, normal_image, orm_image], covered)
     lap("dilation")
     placed = to_world(vertices) if to_world is not None else _stand_on_origin(vertices, settings.height)
-    mesh = textured_mesh(placed, normals, uv_faces, uvs, image)
+    maps = SurfaceMaps(albedo, normal_image, orm_image, tangents)
+    mesh = textured_mesh(placed, normals, uv_faces, uvs, maps)
     write_glb(mesh, out_path, json_safe(metadata or {}))
     lap("glb_write")
     return ExportReport(path=out_path, n_vertices=len(mesh.vertices), n_faces=len(mesh.faces), timings=timings)
+
+
+def orm_values(occlusion: np.ndarray) -> np.ndarray:
+    """(K, 1) occlusion → (K, 3) ORM texels: R occlusion, G and B 1.0, so roughness and metallic are exactly the
+    material's factors (the field learns neither; a constant factor says so honestly)."""
+    return np.concatenate([occlusion, np.ones((len(occlusion), 2), np.float32)], axis=1)
 
 
 def _stand_on_origin(vertices: np.ndarray, height: float) -> np.ndarray:
@@ -128,25 +149,50 @@ def _stand_on_origin(vertices: np.ndarray, height: float) -> np.ndarray:
     return (vertices - origin) * (height / (high[2] - low[2]))
 
 
+@dataclass(frozen=True)
+class SurfaceMaps:
+    """The baked textures, each (S, S, 3) float32 in [0, 1], and the tangents (V, 4) the normal map was baked in.
+
+    normal: tangent space, OpenGL convention, encoded (n + 1) / 2; orm: R occlusion, G roughness, B metallic
+    (glTF's packing). Only the albedo is required: a mesh baked without a dense surface has no normal map.
+    """
+
+    albedo: np.ndarray
+    normal: np.ndarray | None = None
+    orm: np.ndarray | None = None
+    tangents: np.ndarray | None = None
+
+
 def textured_mesh(
-    placed: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray, image: np.ndarray
+    placed: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray, maps: SurfaceMaps
 ) -> trimesh.Trimesh:
-    """+Z up mesh with its baked albedo ((H, W, 3) in [0, 1]) → glTF frame (+Y up) with a PBR material."""
+    """+Z up mesh with its baked maps → glTF frame (+Y up) with a PBR material."""
     # Blender's importer maps glTF (x, y, z) → Blender (x, -z, y); this is its inverse.
     z_up_to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
     material = trimesh.visual.material.PBRMaterial(
-        name="baked_albedo",
-        baseColorTexture=Image.fromarray(np.round(image * 255).astype(np.uint8)),
-        metallicFactor=0.0,
-        roughnessFactor=0.8,
+        name="baked",
+        baseColorTexture=_to_image(maps.albedo),
+        normalTexture=None if maps.normal is None else _to_image(maps.normal),
+        # The ORM image goes in once, as occlusion; write_glb points metallicRoughnessTexture at the same texture.
+        occlusionTexture=None if maps.orm is None else _to_image(maps.orm),
+        metallicFactor=METALLIC,
+        roughnessFactor=ROUGHNESS,
     )
-    return trimesh.Trimesh(
+    mesh = trimesh.Trimesh(
         vertices=placed @ z_up_to_y_up.T,
         faces=faces,
         vertex_normals=normals @ z_up_to_y_up.T,
         visual=trimesh.visual.TextureVisuals(uv=uvs, material=material),
         process=False,
     )
+    if maps.tangents is not None:
+        rotated = np.concatenate([maps.tangents[:, :3] @ z_up_to_y_up.T, maps.tangents[:, 3:]], axis=1)
+        mesh.vertex_attributes[TANGENT_ATTRIBUTE] = rotated.astype(np.float32)
+    return mesh
+
+
+def _to_image(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8))
 
 
 def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -162,10 +208,38 @@ def write_glb(mesh: trimesh.Trimesh, out_path: Path, metadata: dict[str, Any]) -
 
     # On the node only: Blender makes node extras the object's custom properties, while scene extras would
     # overwrite the user's scene properties at every import.
-    def add_node_extras(tree: dict) -> None:
+    def finish_tree(tree: dict) -> None:
         for node in tree.get("nodes", []):
             if "mesh" in node:
                 node["extras"] = metadata
+        _standard_attributes_and_orm(tree)
 
-    data = trimesh.exchange.gltf.export_glb(scene, include_normals=True, tree_postprocessor=add_node_extras)
+    data = trimesh.exchange.gltf.export_glb(scene, include_normals=True, tree_postprocessor=finish_tree)
     write_atomic(out_path, data)
+
+
+def _standard_attributes_and_orm(tree: dict) -> None:
+    """trimesh writes extra vertex attributes as application-specific ``_NAME``; tangents are glTF's own
+    ``TANGENT``. An occlusion texture is our packed ORM, so it is also the metallic-roughness texture."""
+    for mesh in tree.get("meshes", []):
+        for primitive in mesh["primitives"]:
+            attributes = primitive["attributes"]
+            if "_" + TANGENT_ATTRIBUTE in attributes:
+                attributes[TANGENT_ATTRIBUTE] = attributes.pop("_" + TANGENT_ATTRIBUTE)
+    # Hints a validator gives otherwise: vertex and index data say which GPU buffer they go to.
+    views = tree.get("bufferViews", [])
+    for mesh in tree.get("meshes", []):
+        for primitive in mesh["primitives"]:
+            for accessor in primitive["attributes"].values():
+                views[tree["accessors"][accessor]["bufferView"]]["target"] = ARRAY_BUFFER
+            if "indices" in primitive:
+                views[tree["accessors"][primitive["indices"]]["bufferView"]]["target"] = ELEMENT_ARRAY_BUFFER
+    for material in tree.get("materials", []):
+        pbr = material.setdefault("pbrMetallicRoughness", {})
+        if "occlusionTexture" in material:
+            pbr["metallicRoughnessTexture"] = {"index": material["occlusionTexture"]["index"]}
+        # Image names say the role, so an importer (Blender's included) names its images usefully.
+        for role, reference in (("base_color", pbr.get("baseColorTexture")), ("normal", material.get("normalTexture")),
+                                ("orm", material.get("occlusionTexture"))):  # fmt: skip
+            if reference is not None:
+                tree["images"][tree["textures"][reference["index"]]["source"]]["name"] = role

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import xatlas
 from scipy import ndimage
@@ -95,6 +97,40 @@ def _barycentric_planes(corners: np.ndarray, low: np.ndarray) -> np.ndarray:
     return planes.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class SurfaceTexels:
+    """The texels a UV-mapped mesh covers, each with its face, barycentrics and 3D point, for every map's bake.
+
+    texel (K,) flat index row * size + col (row 0 at the image top); face (K,); weights (K, 3) float32;
+    points (K, 3) float32 on the mesh; size: the texture's side.
+    """
+
+    texel: np.ndarray
+    face: np.ndarray
+    weights: np.ndarray
+    points: np.ndarray
+    size: int
+
+    def interpolate(self, per_vertex: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """A per-vertex attribute (V, C) at every texel: (K, C) float32, barycentric blend of its face's corners."""
+        return np.einsum("kj,kjc->kc", self.weights, per_vertex[faces[self.face]].astype(np.float32))
+
+    def image(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-texel values (K, C) → (image (size, size, C) float32, zero where uncovered; covered (size, size))."""
+        image = np.zeros((self.size * self.size, values.shape[1]), np.float32)
+        covered = np.zeros(self.size * self.size, bool)
+        image[self.texel] = values
+        covered[self.texel] = True
+        return image.reshape(self.size, self.size, -1), covered.reshape(self.size, self.size)
+
+
+def surface_texels(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int) -> SurfaceTexels:
+    """Rasterise ``uvs`` (V, 2) at ``size``² and put each covered texel on the mesh (``vertices`` (V, 3), ``faces``)."""
+    texel, face, weights = rasterise(uvs, faces, size)
+    points = np.einsum("kj,kjd->kd", weights, vertices[faces[face]].astype(np.float32))
+    return SurfaceTexels(texel, face, weights, points, size)
+
+
 def bake_albedo(
     field, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int, chunk_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -103,22 +139,26 @@ def bake_albedo(
     ``vertices`` (V, 3) world positions and ``uvs`` (V, 2) share indexing through ``faces`` (F, 3).
     Uncovered texels are left black; ``dilate`` fills them.
     """
-    texel, face, weights = rasterise(uvs, faces, size)
-    points = np.einsum("kj,kjd->kd", weights, vertices[faces[face]].astype(np.float32))
-    colours = query_chunked(field.albedo, points, chunk_size, field_device(field))
-    image = np.zeros((size * size, 3), np.float32)
-    covered = np.zeros(size * size, bool)
-    image[texel] = np.clip(colours, 0.0, 1.0)
-    covered[texel] = True
-    return image.reshape(size, size, 3), covered.reshape(size, size)
+    return bake_albedo_at(field, surface_texels(vertices, faces, uvs, size), chunk_size)
+
+
+def bake_albedo_at(field, texels: SurfaceTexels, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``bake_albedo`` on texels already rasterised (the exporter shares them between its maps)."""
+    colours = query_chunked(field.albedo, texels.points, chunk_size, field_device(field))
+    return texels.image(np.clip(colours, 0.0, 1.0))
 
 
 def dilate(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """Every uncovered texel takes the colour of its nearest covered texel: (H, W, 3) → (H, W, 3).
+    """Every uncovered texel takes the value of its nearest covered texel: (H, W, C) → (H, W, C).
 
     Filling the whole image (not a few rings) means no mip level ever averages in a background colour.
     """
+    return dilate_all([image], covered)[0]
+
+
+def dilate_all(images: list[np.ndarray], covered: np.ndarray) -> list[np.ndarray]:
+    """``dilate`` for maps sharing one coverage: the nearest-texel search runs once for all of them."""
     if covered.all() or not covered.any():
-        return image
+        return images
     nearest = ndimage.distance_transform_edt(~covered, return_distances=False, return_indices=True)
-    return image[nearest[0], nearest[1]]
+    return [image[nearest[0], nearest[1]] for image in images]
