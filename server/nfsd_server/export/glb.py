@@ -129,8 +129,7 @@ def export_glb(
     albedo, normal_image, orm_image = texture.dilate_all([albedo, normal_image, orm_image], covered)
     lap("dilation")
     placed = to_world(vertices) if to_world is not None else _stand_on_origin(vertices, settings.height)
-    maps = SurfaceMaps(albedo, normal_image, orm_image, tangents)
-    mesh = textured_mesh(placed, normals, uv_faces, uvs, maps)
+    mesh = textured_mesh(placed, normals, uv_faces, uvs, albedo, normal_image, orm_image, tangents)
     write_glb(mesh, out_path, json_safe(metadata or {}))
     lap("glb_write")
     return ExportReport(path=out_path, n_vertices=len(mesh.vertices), n_faces=len(mesh.faces), timings=timings)
@@ -149,32 +148,30 @@ def _stand_on_origin(vertices: np.ndarray, height: float) -> np.ndarray:
     return (vertices - origin) * (height / (high[2] - low[2]))
 
 
-@dataclass(frozen=True)
-class SurfaceMaps:
-    """The baked textures, each (S, S, 3) float32 in [0, 1], and the tangents (V, 4) the normal map was baked in.
-
-    normal: tangent space, OpenGL convention, encoded (n + 1) / 2; orm: R occlusion, G roughness, B metallic
-    (glTF's packing). Only the albedo is required: a mesh baked without a dense surface has no normal map.
-    """
-
-    albedo: np.ndarray
-    normal: np.ndarray | None = None
-    orm: np.ndarray | None = None
-    tangents: np.ndarray | None = None
-
-
 def textured_mesh(
-    placed: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray, maps: SurfaceMaps
+    placed: np.ndarray,
+    normals: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    image: np.ndarray,
+    normal_map: np.ndarray | None = None,
+    orm: np.ndarray | None = None,
+    tangents: np.ndarray | None = None,
 ) -> trimesh.Trimesh:
-    """+Z up mesh with its baked maps → glTF frame (+Y up) with a PBR material."""
+    """+Z up mesh with its baked maps → glTF frame (+Y up) with a PBR material.
+
+    ``image``: albedo (S, S, 3) in [0, 1]. Optional, same shape: ``normal_map`` (tangent space, OpenGL convention,
+    encoded (n + 1) / 2, baked in ``tangents`` (V, 4)) and ``orm`` (R occlusion, G roughness, B metallic: glTF's
+    packing). A mesh baked without a dense surface (texture mode) has neither.
+    """
     # Blender's importer maps glTF (x, y, z) → Blender (x, -z, y); this is its inverse.
     z_up_to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
     material = trimesh.visual.material.PBRMaterial(
         name="baked",
-        baseColorTexture=_to_image(maps.albedo),
-        normalTexture=None if maps.normal is None else _to_image(maps.normal),
+        baseColorTexture=_to_image(image),
+        normalTexture=None if normal_map is None else _to_image(normal_map),
         # The ORM image goes in once, as occlusion; write_glb points metallicRoughnessTexture at the same texture.
-        occlusionTexture=None if maps.orm is None else _to_image(maps.orm),
+        occlusionTexture=None if orm is None else _to_image(orm),
         metallicFactor=METALLIC,
         roughnessFactor=ROUGHNESS,
     )
@@ -185,8 +182,8 @@ def textured_mesh(
         visual=trimesh.visual.TextureVisuals(uv=uvs, material=material),
         process=False,
     )
-    if maps.tangents is not None:
-        rotated = np.concatenate([maps.tangents[:, :3] @ z_up_to_y_up.T, maps.tangents[:, 3:]], axis=1)
+    if tangents is not None:
+        rotated = np.concatenate([tangents[:, :3] @ z_up_to_y_up.T, tangents[:, 3:]], axis=1)
         mesh.vertex_attributes[TANGENT_ATTRIBUTE] = rotated.astype(np.float32)
     return mesh
 

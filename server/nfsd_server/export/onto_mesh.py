@@ -13,7 +13,7 @@ import numpy as np
 import trimesh
 
 from nfsd_server.export import texture
-from nfsd_server.export.glb import ExportReport, SurfaceMaps, json_safe, textured_mesh, write_glb
+from nfsd_server.export.glb import ExportReport, json_safe, textured_mesh, write_glb
 from nfsd_server.scene.init_mesh import Normalization
 
 CHUNK_SIZE = 2**18
@@ -42,6 +42,6 @@ def export_onto_mesh(
     image, covered = texture.bake_albedo(field, box_vertices, uv_faces, uvs, texture_size, CHUNK_SIZE)
     image = texture.dilate(image, covered)
     normals = mesh.vertex_normals[vmapping]
-    mesh = textured_mesh(vertices[vmapping], normals, uv_faces, uvs, SurfaceMaps(image))
+    mesh = textured_mesh(vertices[vmapping], normals, uv_faces, uvs, image)
     write_glb(mesh, out_path, json_safe(metadata or {}))
     return ExportReport(path=out_path, n_vertices=len(mesh.vertices), n_faces=len(mesh.faces))
