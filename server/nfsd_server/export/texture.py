@@ -11,6 +11,8 @@ from scipy import ndimage
 from nfsd_server.export.grid import field_device, query_chunked
 
 CHART_SPLIT = 64
+FACES_PER_CHART = 250
+PIECE_FACES = 5000  # faces per mesh handed to xatlas (see ``unwrap``)
 # Candidate texels are tested this many at a time, to bound memory whatever the texture size.
 RASTER_CHUNK = 2**21
 
@@ -20,17 +22,27 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int) -> tuple[
 
     Returns (vmapping (V',) int: original vertex of each new vertex, faces (F, 3) into the new vertices,
     uvs (V', 2) in [0, 1], OpenGL convention: v = 0 is the image's bottom row).
+
+    xatlas's chart growing costs more than linearly in the faces of one mesh (64 s at 200k faces as one mesh,
+    ``benchmarks/uv_unwrap_cost.py``), so the surface goes in as pieces of about ``PIECE_FACES`` nearby faces
+    (Morton order of the face centres); xatlas charts each piece on its own threads and packs all their charts
+    into one atlas. A piece's edge is a seam like any chart's, hidden by dilation.
     """
+    triangles = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]), axis=1)
+    pieces = np.array_split(np.argsort(_morton_codes(triangles.mean(axis=1))), max(1, -(-len(faces) // PIECE_FACES)))
     atlas = xatlas.Atlas()
-    atlas.add_mesh(vertices.astype(np.float32), faces.astype(np.uint32))
+    piece_vertices = []
+    for piece in pieces:
+        used, local_faces = np.unique(faces[piece], return_inverse=True)
+        piece_vertices.append(used)
+        atlas.add_mesh(vertices[used].astype(np.float32), local_faces.reshape(-1, 3).astype(np.uint32))
     chart_options = xatlas.ChartOptions()
     # One growing pass gives charts nearly as good as the default's refinement, in a fraction of the time.
     chart_options.max_iterations = 1
-    # xatlas's time grows with chart size (a blob becomes ~10 huge charts, 4 s at 20k faces); capping a chart at
-    # 1/CHART_SPLIT of the surface gives ~100 charts in under a second. The extra seams are hidden by dilation.
-    triangles = vertices[faces]
-    area = 0.5 * np.linalg.norm(np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0]), axis=1)
-    chart_options.max_chart_area = float(area.sum()) / CHART_SPLIT
+    # Time also grows with chart size (a blob becomes ~10 huge charts, 4 s at 20k faces): a chart holds at most
+    # 1/CHART_SPLIT of the surface, or about FACES_PER_CHART faces on a dense mesh.
+    chart_options.max_chart_area = float(area.sum()) / max(CHART_SPLIT, len(faces) / FACES_PER_CHART)
     pack_options = xatlas.PackOptions()
     pack_options.resolution = texture_size
     # 2 texels between charts: bilinear filtering and the first mip stay inside a chart after dilation.
@@ -38,8 +50,26 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int) -> tuple[
     pack_options.bruteForce = False
     pack_options.blockAlign = True
     atlas.generate(chart_options, pack_options)
-    vmapping, new_faces, uvs = atlas[0]
-    return vmapping.astype(np.int64), new_faces.astype(np.int64), uvs.astype(np.float64)
+    vmappings, new_faces, uv_list, offset = [], [], [], 0
+    for index, used in enumerate(piece_vertices):
+        vmapping, piece_faces, uvs = atlas[index]
+        vmappings.append(used[vmapping.astype(np.int64)])
+        new_faces.append(piece_faces.astype(np.int64) + offset)
+        uv_list.append(uvs.astype(np.float64))
+        offset += len(vmapping)
+    return np.concatenate(vmappings), np.concatenate(new_faces), np.concatenate(uv_list)
+
+
+def _morton_codes(points: np.ndarray) -> np.ndarray:
+    """(N,) int64 Z-order codes of ``points`` (N, 3) on a 1024³ grid over their box: sorting by them keeps
+    neighbours together."""
+    low, high = points.min(axis=0), points.max(axis=0)
+    cells = ((points - low) / np.maximum(high - low, 1e-12) * 1023).astype(np.int64)
+    codes = np.zeros(len(points), np.int64)
+    for bit in range(10):
+        for axis in range(3):
+            codes |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return codes
 
 
 def rasterise(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
