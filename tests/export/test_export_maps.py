@@ -79,3 +79,27 @@ def test_open_floor_is_unoccluded_and_the_floor_wall_corner_is_half_occluded():
     assert at_corner == pytest.approx([0.5], abs=2 / 32)
     # Far from the wall (beyond the reach) the floor is open again.
     assert vertex_occlusion(point + [0.3, 0.0, 0.0], up, corner, bound=1.0, reach=0.5) == pytest.approx([1.0])
+
+
+def test_normals_off_the_dense_surface_come_from_the_nearest_surface_point_not_the_stand_ins():
+    """The sampler keeps the field's density only near the surface (stand-ins 0 / 2 * threshold elsewhere). Points a
+    few voxels off the surface, as decimation leaves texels, still get the ball's radial normal."""
+    from nfsd_server.export.grid import exact_mask
+    from nfsd_server.export.normal_map import dense_surface_normals
+    from nfsd_server.export.surface import extract_surface
+
+    axis = np.linspace(-1.0, 1.0, 97)  # voxel 1/48
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    radius = np.sqrt(x**2 + y**2 + z**2)
+    volume = (50.0 / (1.0 + np.exp(-(0.5 - radius) / 0.05))).astype(np.float32)
+    far = np.abs(radius - 0.5) > 2.5 / 48
+    volume[far] = np.where(radius[far] < 0.5, 50.0, 0.0)  # threshold 25: stand-ins 2 * 25 inside, 0 outside
+    dense_vertices, dense_faces = extract_surface(volume, 25.0, 1.0)
+    directions = np.random.default_rng(1).normal(size=(300, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    for offset in (-3.0 / 48, 3.0 / 48):
+        normals = dense_surface_normals(
+            directions * (0.5 + offset), dense_vertices, dense_faces, volume, 1.0, exact_mask(volume, 25.0)
+        )
+        angle = np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", normals, directions), -1, 1)))
+        assert angle.max() < 2.0

@@ -106,9 +106,9 @@ def export_glb(
     lap("grid_sampling")
     vertices, faces = surface.extract_surface(volume, threshold, field.bound)
     lap("marching_cubes")
-    vertices, faces = surface.keep_main_components(vertices, faces)
+    dense_vertices, dense_faces = surface.keep_main_components(vertices, faces)
     lap("cleanup")
-    vertices, faces = surface.decimate(vertices, faces, settings.poly_budget)
+    vertices, faces = surface.decimate(dense_vertices, dense_faces, settings.poly_budget)
     faces = surface.orient_outward(vertices, faces)
     lap("decimation")
     # Normals from the welded mesh, so shading stays smooth across the UV seams that split vertices.
@@ -120,7 +120,10 @@ def export_glb(
     texels = texture.surface_texels(vertices, uv_faces, uvs, settings.texture_size)
     albedo, covered = texture.bake_albedo_at(field, texels, settings.chunk_size)
     lap("bake")
-    encoded = normal_map.bake_normals(texels, uv_faces, normals, tangents, volume, field.bound)
+    dense_normals = normal_map.dense_surface_normals(
+        texels.points, dense_vertices, dense_faces, volume, field.bound, grid.exact_mask(volume, threshold)
+    )
+    encoded = normal_map.bake_normals(texels, uv_faces, normals, tangents, dense_normals)
     normal_image, _ = texels.image(encoded)
     lap("normal_map")
     occlusion = occlusion_map.vertex_occlusion(welded_vertices, welded_normals, volume > threshold, field.bound)
