@@ -3,7 +3,7 @@
 import bpy
 
 from . import remesh
-from .contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE
+from .contract import DEFAULT_POLY_BUDGET
 
 COLLECTION = "NFSD"
 PREFIX = "nfsd_"
@@ -75,7 +75,7 @@ def _import(context, scene, path, prompt, job_id, metadata, before):
     _normalise_metadata(main, metadata)
     if main.type == "MESH":
         imported = main
-        main = remesh.remesh(context, main, _remesh_mode(scene), *_budget_and_size(main, metadata))
+        main = remesh.remesh(context, main, _remesh_mode(scene), _poly_budget(main, metadata))
         new = [main if ob is imported else ob for ob in new]
     for mat in [m for m in bpy.data.materials if m not in before["materials"]]:
         mat.name = f"{name} material"
@@ -105,8 +105,6 @@ def _remesh_mode(scene) -> str:
     return getattr(props, "remesh", remesh.KEEP)
 
 
-def _budget_and_size(ob, metadata) -> tuple[int, int]:
-    """The job's Poly Budget and texture size: the GLB's own record (now the object's properties) first."""
-    budget = ob.get(PREFIX + "poly_budget", metadata.get("poly_budget", DEFAULT_POLY_BUDGET))
-    size = ob.get(PREFIX + "texture_size", metadata.get("texture_size", DEFAULT_TEXTURE_SIZE))
-    return int(budget), int(size)
+def _poly_budget(ob, metadata) -> int:
+    """The job's Poly Budget: the GLB's own record (now the object's properties) first."""
+    return int(ob.get(PREFIX + "poly_budget", metadata.get("poly_budget", DEFAULT_POLY_BUDGET)))

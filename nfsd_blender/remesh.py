@@ -25,7 +25,7 @@ MERGE_DISTANCE = 2e-4  # Blender units; QuadriFlow's own zero-length test is 1e-
 CAGE_OF_SIZE = 0.02  # ray start above the new surface, relative to the object's size: covers remesh deviation
 
 
-def remesh(context, obj, mode: str, poly_budget: int, texture_size: int):
+def remesh(context, obj, mode: str, poly_budget: int):
     """The object to keep: ``obj`` itself for KEEP, else a remeshed, re-baked replacement with its name,
     transform, collections and custom properties (``obj`` and its own data are removed)."""
     if mode == KEEP:
@@ -39,7 +39,7 @@ def remesh(context, obj, mode: str, poly_budget: int, texture_size: int):
     else:
         _voxel(context, low, target_quads)
     _smart_uvs(context, low)
-    _rebake(context, obj, low, texture_size)
+    _rebake(context, obj, low)
     name = obj.name
     _remove_with_data(obj)
     low.name = low.data.name = name
@@ -117,9 +117,9 @@ def _smart_uvs(context, low) -> None:
     bpy.ops.object.shade_smooth()
 
 
-def _rebake(context, source, low, texture_size: int) -> None:
-    """Bake each of the source material's images onto ``low`` into a new image of the same role and colour space,
-    in a copy of the source's material."""
+def _rebake(context, source, low) -> None:
+    """Bake each of the source material's images onto ``low`` into a new image of the same role, size and colour
+    space, in a copy of the source's material."""
     material = source.material_slots[0].material
     baked_material = material.copy()
     low.data.materials.append(baked_material)
@@ -127,7 +127,7 @@ def _rebake(context, source, low, texture_size: int) -> None:
     for node in baked_material.node_tree.nodes:
         if node.type == "TEX_IMAGE" and node.image is not None:
             if node.image not in new_images:
-                new_images[node.image] = _new_image_like(node.image, texture_size)
+                new_images[node.image] = _new_image_like(node.image)
             node.image = new_images[node.image]
     scene = context.scene
     engine = scene.render.engine
@@ -188,8 +188,8 @@ class _emitting:
             self.tree.links.new(self.previous, self.output.inputs["Surface"])
 
 
-def _new_image_like(image, texture_size: int):
-    new = bpy.data.images.new(image.name, texture_size, texture_size, alpha=False)
+def _new_image_like(image):
+    new = bpy.data.images.new(image.name, *image.size, alpha=False)
     new.colorspace_settings.name = image.colorspace_settings.name
     return new
 
