@@ -496,7 +496,7 @@ def test_khronos_validator_reports_no_errors_or_warnings(sphere, torus):
 
     command = gltf_validator()
     if command is None:
-        pytest.skip("needs node and the gltf-validator npm package (npm install gltf-validator, or NFSD_GLTF_VALIDATOR)")
+        pytest.skip("needs node and the gltf-validator npm package (npm install gltf-validator or NFSD_GLTF_VALIDATOR)")
     for report, _ in (sphere, torus):
         result = subprocess.run([*command, str(report.path)], capture_output=True, text=True, timeout=60, check=True)
         issues = json.loads(result.stdout)

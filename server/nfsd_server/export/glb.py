@@ -1,4 +1,5 @@
-"""Field → textured GLB: sample, marching cubes, clean, decimate, unwrap, bake, dilate, write (atomically)."""
+"""Field → textured GLB: sample, marching cubes, clean, decimate, unwrap, bake (albedo, normal, ORM), dilate,
+write (atomically)."""
 
 from __future__ import annotations
 
@@ -168,9 +169,9 @@ def textured_mesh(
 ) -> trimesh.Trimesh:
     """+Z up mesh with its baked maps → glTF frame (+Y up) with a PBR material.
 
-    ``image``: albedo (S, S, 3) in [0, 1]. Optional, (S', S', 3), any side: ``normal_map`` (tangent space, OpenGL convention,
-    encoded (n + 1) / 2, baked in ``tangents`` (V, 4)) and ``orm`` (R occlusion, G roughness, B metallic: glTF's
-    packing). A mesh baked without a dense surface (texture mode) has neither.
+    ``image``: albedo (S, S, 3) in [0, 1]. Optional, (S', S', 3), any side: ``normal_map`` (tangent space,
+    OpenGL convention, encoded (n + 1) / 2, baked in ``tangents`` (V, 4)) and ``orm`` (R occlusion, G roughness,
+    B metallic: glTF's packing). A mesh baked without a dense surface (texture mode) has neither.
     """
     # Blender's importer maps glTF (x, y, z) → Blender (x, -z, y); this is its inverse.
     z_up_to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])

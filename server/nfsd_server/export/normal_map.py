@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 
 from nfsd_server.export.texture import SurfaceTexels
 
+
 def vertex_tangents(vertices: np.ndarray, normals: np.ndarray, faces: np.ndarray, uvs: np.ndarray) -> np.ndarray:
     """(V, 4) float32 glTF tangents: xyz unit, along +u and orthogonal to ``normals``; w = ±1 handedness.
 
@@ -43,16 +44,18 @@ def vertex_tangents(vertices: np.ndarray, normals: np.ndarray, faces: np.ndarray
     return np.concatenate([tangent, np.where(handedness < 0, -1.0, 1.0)[:, None]], axis=1).astype(np.float32)
 
 
-def surface_normals_at(points: np.ndarray, volume: np.ndarray, bound: float, exact: np.ndarray | None = None) -> np.ndarray:
+def surface_normals_at(
+    points: np.ndarray, volume: np.ndarray, bound: float, exact: np.ndarray | None = None
+) -> np.ndarray:
     """(K, 3) unit outward normals of the dense surface at ``points`` (K, 3) near it: the density's gradient,
     negated (density rises inward), by differences of the trilinear ``volume`` (R, R, R) over [-bound, bound]³,
     one voxel apart.
 
     The dense marching-cubes surface is this volume's level set, so this is its normal field (what skimage's
-    marching cubes reports as normals). Off the surface, the sampler's stand-ins make it unreliable within a few
-    voxels (``dense_surface_normals`` projects first). ``exact`` (R, R, R) bool: where the volume holds the field's own value (the sampler fills points far from the
-    surface with stand-ins); a difference reaching a stand-in is taken one-sided instead, and where no difference
-    is exact the normal is zero.
+    marching cubes reports as normals). Off the surface the sampler's stand-ins make it unreliable within a few
+    voxels (``dense_surface_normals`` projects first). ``exact`` (R, R, R) bool: where the volume holds the
+    field's own value (the sampler fills points far from the surface with stand-ins); a difference reaching a
+    stand-in is taken one-sided instead, and where no difference is exact the normal is zero.
     """
     voxel = 2.0 * bound / (volume.shape[0] - 1)
     grid_points = ((points + bound) / voxel).T  # (3, K) in voxel units
@@ -72,7 +75,8 @@ def surface_normals_at(points: np.ndarray, volume: np.ndarray, bound: float, exa
         step[axis] = 1.0
         ahead, ahead_ok = value_at(step)
         behind, behind_ok = value_at(-step)
-        one_sided = np.where(ahead_ok & centre_ok, centre - ahead, np.where(behind_ok & centre_ok, behind - centre, 0.0))
+        backward = np.where(behind_ok & centre_ok, behind - centre, 0.0)
+        one_sided = np.where(ahead_ok & centre_ok, centre - ahead, backward)
         gradient[:, axis] = np.where(ahead_ok & behind_ok, (behind - ahead) / 2, one_sided)
     length = np.linalg.norm(gradient, axis=1, keepdims=True)
     return np.where(length > 0, gradient / np.maximum(length, 1e-30), 0.0)
@@ -137,7 +141,8 @@ def decode_normals(encoded: np.ndarray, normal: np.ndarray, tangent_w: np.ndarra
 def _solve_frames(tangent: np.ndarray, bitangent: np.ndarray, normal: np.ndarray, target: np.ndarray) -> np.ndarray:
     """c (K, 3) with c.x T + c.y B + c.z N = target, per row, by Cramer's rule (the frames are near-orthogonal
     but not exactly, after interpolation)."""
-    b_cross_n, n_cross_t, t_cross_b = np.cross(bitangent, normal), np.cross(normal, tangent), np.cross(tangent, bitangent)
+    b_cross_n, n_cross_t = np.cross(bitangent, normal), np.cross(normal, tangent)
+    t_cross_b = np.cross(tangent, bitangent)
     determinant = np.einsum("ij,ij->i", tangent, b_cross_n)
     determinant = np.where(np.abs(determinant) > 1e-12, determinant, 1e-12)
     solved = np.stack(

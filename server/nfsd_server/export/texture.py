@@ -155,7 +155,8 @@ class SurfaceTexels:
 
 
 def surface_texels(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int) -> SurfaceTexels:
-    """Rasterise ``uvs`` (V, 2) at ``size``² and put each covered texel on the mesh (``vertices`` (V, 3), ``faces``)."""
+    """Rasterise ``uvs`` (V, 2) at ``size``² and put each covered texel on the mesh (``vertices`` (V, 3),
+    ``faces``)."""
     texel, face, weights = rasterise(uvs, faces, size)
     points = np.einsum("kj,kjd->kd", weights, vertices[faces[face]].astype(np.float32))
     return SurfaceTexels(texel, face, weights, points, size)
