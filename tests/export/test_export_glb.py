@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 from export_fields import SphereField, TorusField
 
@@ -505,3 +506,31 @@ def test_khronos_validator_reports_no_errors_or_warnings(sphere, torus):
         material = gltf["materials"][0]
         assert {"normalTexture", "occlusionTexture"} <= set(material)
         assert {"metallicFactor", "roughnessFactor"} <= set(material["pbrMetallicRoughness"])
+
+
+class RoughnessField(SphereField):
+    """The ball with learned materials: roughness (x + 1) / 2, metallic 0.25 everywhere."""
+
+    def roughness(self, points):
+        return ((points[:, 0] + 1) / 2).clamp(0, 1)
+
+    def metallic(self, points):
+        return torch.full((len(points),), 0.25)
+
+
+def test_a_field_with_roughness_and_metallic_bakes_them_into_g_and_b_with_factors_one(tmp_path):
+    path = tmp_path / "rough.glb"
+    export_glb(RoughnessField(), path, ExportSettings(grid_resolution=64, poly_budget=1500, texture_size=512))
+    gltf, binary, samples = surface_samples(path)
+    material = gltf["materials"][0]
+    assert (material["pbrMetallicRoughness"]["roughnessFactor"], material["pbrMetallicRoughness"]["metallicFactor"]) == (
+        1.0, 1.0,
+    )  # fmt: skip
+    orm = read_image(gltf, binary, material["occlusionTexture"]["index"])
+    size = orm.shape[0]
+    rows = np.clip((samples["TEXCOORD_0"][:, 1] * size).astype(int), 0, size - 1)
+    cols = np.clip((samples["TEXCOORD_0"][:, 0] * size).astype(int), 0, size - 1)
+    # Standing on the origin 1 unit tall: glTF x = world x (radius 0.5) / (2 * 0.5).
+    expected_roughness = (samples["POSITION"][:, 0] + 1) / 2
+    assert np.abs(orm[rows, cols, 1] - expected_roughness).max() < 0.03
+    assert orm[rows, cols, 2] == pytest.approx(np.full(len(rows), 0.25), abs=1 / 255)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from nfsd_contract import DEFAULT_POLY_BUDGET, DEFAULT_TEXTURE_SIZE, FIELD_NAMES, check_value
 from nfsd_server.export import grid, normal_map, surface, texture
+from nfsd_server.export.grid import field_device, query_chunked
 from nfsd_server.export import occlusion as occlusion_map
 from nfsd_server.files import write_atomic
 from nfsd_server.scene.field import FieldConfig
@@ -82,7 +83,8 @@ def export_glb(
     """Extract the field's surface and write it as a textured GLB at ``out_path``.
 
     ``field``: ``bound`` (scene in [-bound, bound]³, +Z up), ``density(points (N, 3)) -> (N,) >= 0``,
-    ``albedo(points (N, 3)) -> (N, 3) in [0, 1]``, optional ``surface_density``.
+    ``albedo(points (N, 3)) -> (N, 3) in [0, 1]``, optional ``surface_density``, optional ``roughness`` and
+    ``metallic`` (points (N, 3)) -> (N,) in [0, 1] (baked into the ORM's G and B, with factors 1.0).
     The object is converted to glTF's +Y up (Blender shows it +Z up again), scaled to ``settings.height`` and
     placed with its base at z = 0 and its x/y centre at the origin, so the add-on's import at the 3D cursor
     stands it on the cursor. ``metadata`` (JSON-serialisable; other values are written as strings) becomes the
@@ -132,22 +134,38 @@ def export_glb(
     )
     lap("normal_map")
     occlusion = occlusion_map.vertex_occlusion(welded_vertices, welded_normals, volume > threshold, field.bound)
-    orm_image, _ = half_texels.image(orm_values(half_texels.interpolate(occlusion[vmapping, None], uv_faces)))
+    occlusion_texels = half_texels.interpolate(occlusion[vmapping, None], uv_faces)
+    orm_image, _ = half_texels.image(orm_values(field, half_texels.points, occlusion_texels, settings.chunk_size))
     lap("occlusion")
     (albedo,) = texture.dilate_all([albedo], covered)
     normal_image, orm_image = texture.dilate_all([normal_image, orm_image], half_covered)
     lap("dilation")
     placed = to_world(vertices) if to_world is not None else _stand_on_origin(vertices, settings.height)
-    mesh = textured_mesh(placed, normals, uv_faces, uvs, albedo, normal_image, orm_image, tangents)
+    mesh = textured_mesh(
+        placed, normals, uv_faces, uvs, albedo, normal_image, orm_image, tangents, factors=material_factors(field)
+    )
     write_glb(mesh, out_path, json_safe(metadata or {}))
     lap("glb_write")
     return ExportReport(path=out_path, n_vertices=len(mesh.vertices), n_faces=len(mesh.faces), timings=timings)
 
 
-def orm_values(occlusion: np.ndarray) -> np.ndarray:
-    """(K, 1) occlusion → (K, 3) ORM texels: R occlusion, G and B 1.0, so roughness and metallic are exactly the
-    material's factors (the field learns neither; a constant factor says so honestly)."""
-    return np.concatenate([occlusion, np.ones((len(occlusion), 2), np.float32)], axis=1)
+def orm_values(field, points: np.ndarray, occlusion: np.ndarray, chunk_size: int) -> np.ndarray:
+    """(K, 3) ORM texels at ``points`` (K, 3): R ``occlusion`` (K, 1); G roughness and B metallic from the field's
+    ``roughness`` / ``metallic`` ((N, 3) → (N,) in [0, 1]) where it has them, else 1.0, so the material's factors
+    are the values (the NeRF learns colour only; a constant factor says so honestly)."""
+    channels = [occlusion]
+    for name in ("roughness", "metallic"):
+        learned = getattr(field, name, None)
+        if learned is None:
+            channels.append(np.ones((len(points), 1), np.float32))
+        else:
+            channels.append(np.clip(query_chunked(learned, points, chunk_size, field_device(field)), 0, 1)[:, None])
+    return np.concatenate(channels, axis=1)
+
+
+def material_factors(field) -> tuple[float, float]:
+    """(roughness, metallic) factors: 1.0 for what the field's own maps give, else the honest constants."""
+    return (1.0 if hasattr(field, "roughness") else ROUGHNESS, 1.0 if hasattr(field, "metallic") else METALLIC)
 
 
 def _stand_on_origin(vertices: np.ndarray, height: float) -> np.ndarray:
@@ -166,12 +184,14 @@ def textured_mesh(
     normal_map: np.ndarray | None = None,
     orm: np.ndarray | None = None,
     tangents: np.ndarray | None = None,
+    factors: tuple[float, float] = (ROUGHNESS, METALLIC),
 ) -> trimesh.Trimesh:
     """+Z up mesh with its baked maps → glTF frame (+Y up) with a PBR material.
 
     ``image``: albedo (S, S, 3) in [0, 1]. Optional, (S', S', 3), any side: ``normal_map`` (tangent space,
     OpenGL convention, encoded (n + 1) / 2, baked in ``tangents`` (V, 4)) and ``orm`` (R occlusion, G roughness,
-    B metallic: glTF's packing). A mesh baked without a dense surface (texture mode) has neither.
+    B metallic: glTF's packing). A mesh baked without a dense surface (texture mode) has neither. ``factors``:
+    (roughness, metallic), written explicitly (glTF's defaults, 1.0, would make polished metal).
     """
     # Blender's importer maps glTF (x, y, z) → Blender (x, -z, y); this is its inverse.
     z_up_to_y_up = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -181,8 +201,8 @@ def textured_mesh(
         normalTexture=None if normal_map is None else _to_image(normal_map),
         # The ORM image goes in once, as occlusion; write_glb points metallicRoughnessTexture at the same texture.
         occlusionTexture=None if orm is None else _to_image(orm),
-        metallicFactor=METALLIC,
-        roughnessFactor=ROUGHNESS,
+        roughnessFactor=float(factors[0]),
+        metallicFactor=float(factors[1]),
     )
     mesh = trimesh.Trimesh(
         vertices=placed @ z_up_to_y_up.T,
