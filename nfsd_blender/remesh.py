@@ -20,7 +20,7 @@ MODES = (
 TRIANGLES_PER_QUAD = 2
 REMESH_TRIES = 4
 ISLAND_MARGIN = 0.01  # Smart UV Project's gap between islands (fraction of the texture)
-BAKE_MARGIN_PX = 16  # texels of padding Cycles extends past each island (no background at the first mips)
+BAKE_MARGIN_PX = 64  # texels of padding Cycles extends past each island (no background at the first mips)
 MERGE_DISTANCE = 2e-4  # Blender units; QuadriFlow's own zero-length test is 1e-4 per axis
 CAGE_OF_SIZE = 0.02  # ray start above the new surface, relative to the object's size: covers remesh deviation
 
