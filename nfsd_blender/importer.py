@@ -2,8 +2,13 @@
 
 import bpy
 
+from . import remesh
+from .contract import DEFAULT_POLY_BUDGET
+
 COLLECTION = "NFSD"
 PREFIX = "nfsd_"
+# The exporter names its images by role (glTF image names, which Blender's importer keeps): what the artist sees.
+IMAGE_ROLES = {"base_color": "albedo", "normal": "normal", "orm": "ORM"}
 
 
 def _collection(scene):
@@ -67,11 +72,15 @@ def _import(context, scene, path, prompt, job_id, metadata, before):
     main.name = name
     if main.type == "MESH":
         main.data.name = name
+    _normalise_metadata(main, metadata)
+    if main.type == "MESH":
+        imported = main
+        main = remesh.remesh(context, main, _remesh_mode(scene), _poly_budget(main, metadata))
+        new = [main if ob is imported else ob for ob in new]
     for mat in [m for m in bpy.data.materials if m not in before["materials"]]:
         mat.name = f"{name} material"
     for img in [i for i in bpy.data.images if i not in before["images"]]:
-        img.name = f"{name} albedo"
-    _normalise_metadata(main, metadata)
+        img.name = f"{name} {IMAGE_ROLES.get(img.name.split('.')[0], 'albedo')}"
     for ob in new:
         ob.select_set(True)
     context.view_layer.objects.active = main
@@ -89,3 +98,13 @@ def _normalise_metadata(ob, metadata) -> None:
         if value is None or value == "" or value == "None":
             continue
         ob[PREFIX + key] = value
+
+
+def _remesh_mode(scene) -> str:
+    props = getattr(scene, "nfsd", None)
+    return getattr(props, "remesh", remesh.KEEP)
+
+
+def _poly_budget(ob, metadata) -> int:
+    """The job's Poly Budget: the GLB's own record (now the object's properties) first."""
+    return int(ob.get(PREFIX + "poly_budget", metadata.get("poly_budget", DEFAULT_POLY_BUDGET)))

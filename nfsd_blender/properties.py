@@ -12,7 +12,7 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import contract, jobs
+from . import contract, jobs, remesh
 
 METHOD_LABELS = {"nfsd": ("NFSD", "Noise-Free Score Distillation"), "sds": ("SDS", "Score Distillation Sampling")}
 PROPERTY_TYPES = {str: StringProperty, int: IntProperty, float: FloatProperty, bool: BoolProperty}
@@ -114,6 +114,9 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
         name="Texture", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
         default=str(contract.DEFAULT_TEXTURE_SIZE),
     )
+    # Issue #25: topology after import (nfsd_blender/remesh.py), within the same Poly Budget.
+    remesh: EnumProperty(name="Remesh", items=remesh.MODES, default=remesh.KEEP,
+                         description="Applied after import with Blender's own remeshers; the maps are re-baked")
     variations: IntProperty(
         name="Variations", description="How many seeds to make (seed, seed+1, …); the server runs them in turn",
         default=1, min=1, max=8,

@@ -117,6 +117,12 @@ def _neighbours_across_crossed_faces(inside: np.ndarray, blocks: np.ndarray, sam
     return candidates[~sampled[tuple(candidates.T)]] if len(candidates) else candidates
 
 
+def exact_mask(volume: np.ndarray, threshold: float) -> np.ndarray:
+    """(R, R, R) bool: where ``sample_density``'s volume holds the field's own density, not a stand-in (0 or
+    2 * threshold). A true density exactly equal to a stand-in counts as one: harmless, it is one either way."""
+    return (volume != 0.0) & (volume != np.float32(2.0 * threshold))
+
+
 def _fill_unsampled(volume: np.ndarray, coarse_inside: np.ndarray, threshold: float) -> None:
     """Unsampled points take the side of their block's first corner (all its corners agree, or it was sampled)."""
     resolution = volume.shape[0]
