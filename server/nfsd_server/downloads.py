@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nfsd_server.files import read_regular_file
+
 log = logging.getLogger(__name__)
 
 # What StableDiffusionPrior.from_pretrained reads: these subfolders' configs and weights, and the root index.
@@ -32,6 +34,7 @@ WEIGHTS_SUFFIX = ".safetensors"  # never pickles: .bin / .ckpt are not fetched
 ACTIVE = ("planning", "running")
 FINISHED = ("done", "failed", "cancelled")
 RECORDS_DIR = "downloads"
+MAX_RECORD_BYTES = 1 << 20  # a record is a few hundred bytes; anything larger was not written by us
 OFFLINE_HINT = ("connect this server to the internet and press Download again; or download the model elsewhere "
                 "(`huggingface-cli download <model>`) and copy the Hugging Face cache")
 
@@ -95,9 +98,9 @@ class DownloadManager:
     def _load(self) -> None:
         for path in sorted(self.folder.glob("*.json")):
             try:
-                raw = json.loads(path.read_text())
+                raw = json.loads(read_regular_file(path, MAX_RECORD_BYTES))  # a FIFO or /dev/zero is refused
                 download = Download(**{k: raw[k] for k in Download.__dataclass_fields__ if k in raw})
-            except (ValueError, TypeError, KeyError) as error:
+            except (OSError, ValueError, TypeError, KeyError) as error:
                 log.warning("ignoring the unreadable download record %s: %s", path.name, error)
                 continue
             if download.id == record_id(download.model) and path.stem == download.id:
@@ -133,8 +136,8 @@ class DownloadManager:
             if download is not None and (download.state in ACTIVE or download.state == "done" and _cached(model)):
                 return download
             download = Download(record_id(model), model)
+            self._persist(download)  # first: one the disk refused is not started (OSError → 507)
             self._downloads[download.id] = download
-            self._persist(download)
         self._spawn(download)
         return download
 
@@ -143,8 +146,12 @@ class DownloadManager:
             download = self._get(download_id)
             proc = self._procs.get(download_id)
             if download.state in ACTIVE:
-                download.state = "cancelled"
-                self._persist(download)
+                before, download.state = download.state, "cancelled"
+                try:
+                    self._persist(download)
+                except OSError:  # not on disk → not cancelled: a restart would resume it
+                    download.state = before
+                    raise
         if proc is not None:
             _end(proc)
         return download

@@ -184,3 +184,35 @@ def test_a_job_on_a_model_that_is_not_downloaded_fails_with_the_right_hint(tmp_p
     # not "the prior or the pipeline rejected these settings", which sent the artist to change the settings
     assert failed["hint"] == ("pick a model this server has (Download fetches one from the add-on's Model menu) "
                               "and submit again")
+
+
+@pytest.mark.parametrize("model", ["owner/name.", "owner/name-", "owner/na--me"])
+def test_a_model_id_the_hub_would_refuse_is_a_422_naming_it(tmp_path, model):
+    # The fuzz found these: they pass the owner/name pattern but the hub's own check raised inside the route (500).
+    client = _client(tmp_path / "data")
+    try:
+        response = client.post("/v1/models/downloads", json={"model": model})
+        nothing_started = client.get("/v1/models/downloads").json()["downloads"]
+    finally:
+        client.__exit__(None, None, None)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "model"]
+    assert nothing_started == []
+
+
+def test_a_download_the_disk_cannot_record_is_a_507_and_is_not_started(tmp_path, monkeypatch):
+    import errno
+
+    from nfsd_server.downloads import DownloadManager
+
+    def refuse(self, download):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    client = _client(tmp_path / "data")
+    try:
+        monkeypatch.setattr(DownloadManager, "_persist", refuse)
+        response = client.post("/v1/models/downloads", json={"model": "nfsd-test/no-room"})
+        listed = client.get("/v1/models/downloads").json()["downloads"]
+    finally:
+        client.__exit__(None, None, None)
+    assert response.status_code == 507 and "No space left on device" in response.json()["detail"]
+    assert listed == []

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from huggingface_hub.utils import validate_repo_id
+from pydantic import BaseModel, Field, field_validator
 
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError
-from nfsd_server.api.schemas import ErrorBody
+from nfsd_server.api.limits import MAX_BODY_BYTES
+from nfsd_server.api.schemas import ErrorBody, json_body_responses
 from nfsd_server.downloads import Download, DownloadManager, DownloadNotFound
 from nfsd_server.model_source import _HUB_ID
 
@@ -24,6 +26,12 @@ router = APIRouter(
 
 class DownloadRequest(BaseModel):
     model: str = Field(pattern=_HUB_ID.pattern, description="A Hugging Face model id, 'owner/name'.")
+
+    @field_validator("model")
+    @classmethod
+    def _hub_accepts(cls, model: str) -> str:
+        validate_repo_id(model)  # the hub's own rules (no trailing '.', '--', …): its HFValidationError is a ValueError → 422
+        return model
 
 
 class DownloadStatus(BaseModel):
@@ -59,11 +67,23 @@ def _found(call, download_id: str) -> Download:
         raise ApiError(404, f"no download {download_id!r} on this server", hint="list them: GET /v1/models/downloads") from None
 
 
-@router.post("", status_code=202, response_model=DownloadStatus)
+DISK_REFUSED = {507: {"model": ErrorBody, "description": "The server cannot record the download (disk full or not writable)"}}
+
+
+def _recorded(call, *args) -> Download:
+    try:
+        return call(*args)
+    except OSError as error:
+        raise ApiError(507, f"the server cannot record the download: {error.strerror or error}",
+                       hint="free space in (or fix the permissions of) the server's data dir, then try again") from None
+
+
+@router.post("", status_code=202, response_model=DownloadStatus,
+             responses={**json_body_responses(MAX_BODY_BYTES // 1024), **DISK_REFUSED})
 def start_download(body: DownloadRequest, request: Request) -> DownloadStatus:
     """Start (or resume) downloading ``model``; a running or finished one is returned as it is."""
     manager = _manager(request)
-    return _status(manager, manager.start(body.model))
+    return _status(manager, _recorded(manager.start, body.model))
 
 
 @router.get("", response_model=DownloadList)
@@ -78,8 +98,8 @@ def get_download(download_id: str, request: Request) -> DownloadStatus:
     return _status(manager, _found(manager.get, download_id))
 
 
-@router.delete("/{download_id}", response_model=DownloadStatus, responses={404: {"model": ErrorBody}})
+@router.delete("/{download_id}", response_model=DownloadStatus, responses={404: {"model": ErrorBody}, **DISK_REFUSED})
 def cancel_download(download_id: str, request: Request) -> DownloadStatus:
     """Stop it; its partial files stay, so a later start resumes where it stopped."""
     manager = _manager(request)
-    return _status(manager, _found(manager.cancel, download_id))
+    return _status(manager, _recorded(_found, manager.cancel, download_id))

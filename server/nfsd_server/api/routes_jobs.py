@@ -14,6 +14,7 @@ from nfsd_server.api.jobs import JobManager, JobNotFound, QueueFull, ResultNotRe
 from nfsd_server.api.limits import MAX_BODY_BYTES
 from nfsd_server.api.records import UnsafePath
 from nfsd_server.api.schemas import (
+    json_body_responses,
     DEFAULT_PAGE,
     MAX_PAGE,
     ErrorBody,
@@ -53,11 +54,8 @@ def _known(job_id: str, jobs: JobManager):
 @router.post(
     "", status_code=202, response_model=JobCreated,
     responses={
-        400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
+        **json_body_responses(MAX_BODY_BYTES // 1024),
         403: {"model": ErrorBody, "description": "A random:* benchmark model on a server that does not offer them"},
-        413: {"model": ErrorBody, "description": f"The body is larger than {MAX_BODY_BYTES // 1024} KiB"},
-        415: {"model": ErrorBody, "description": "The body is not declared as application/json"},
-        422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
         429: {"model": ErrorBody, "description": "Too many jobs are queued; retry when some have run"},
         507: {"model": ErrorBody, "description": "The server cannot record the job (disk full or not writable)"},
     },

@@ -151,3 +151,13 @@ class ErrorBody(BaseModel):
 
     detail: Any = Field(description="A sentence, or for 422 the list of field errors (each with its 'loc').")
     hint: str | None = None
+
+
+def json_body_responses(limit_kib: int) -> dict[int, dict]:
+    """The answers every route that reads a JSON body can give before its own code runs (OpenAPI ``responses``)."""
+    return {
+        400: {"model": ErrorBody, "description": "The body could not be read as JSON at all (e.g. not UTF-8)"},
+        413: {"model": ErrorBody, "description": f"The body is larger than {limit_kib} KiB"},
+        415: {"model": ErrorBody, "description": "The body is not declared as application/json"},
+        422: {"model": ErrorBody, "description": "The body is invalid; detail names the field"},
+    }
