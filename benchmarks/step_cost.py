@@ -55,6 +55,7 @@ import psutil
 import torch
 
 from nfsd_contract import DEFAULT_ENCODER, ENCODERS
+from nfsd_contract.constants import PRESET_ENCODERS, PRESET_STEPS
 from nfsd_server.guidance.score import NFSD_SMALL_T
 from nfsd_server.devices import default_device, keep_freed_host_memory
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         preset_used = dataclasses.replace(preset_used, resolution_schedule=((0.0, args.resolution),))
     if args.latent_fraction is not None:
         preset_used = dataclasses.replace(preset_used, latent_fraction=args.latent_fraction)
-    encoder = preset_used.encoder if args.encoder == "auto" else args.encoder
+    encoder = PRESET_ENCODERS[preset] if args.encoder == "auto" else args.encoder
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nfsd-bench-") as scratch:
@@ -526,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile,
                           variants=variants, encoder=encoder, verbose=args.verbose)
         segments = run_segments(preset_used, prior)
-    steps_total = preset_used.steps
+    steps_total = PRESET_STEPS[preset]
     nfsd, nfsd_over_sds, run_over_floor = report(results, device, preset, steps_total, segments,
                                                  prior.num_train_timesteps)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; process peak RSS "

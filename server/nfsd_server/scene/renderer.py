@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nfsd_server.devices import host_to_device
 from nfsd_server.scene.field import NeRFField
+from nfsd_server.scene.sample_budget import BUDGET_STEPS, budget_size, budget_slots, budget_steps_for, scatter_to_samples
 from nfsd_server.scene.shading import shade
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class RendererConfig:
     # recomputes the field's activations in the backward, this many samples at a time, instead of keeping
     # them: ~1 GiB per chunk at the standard preset, so a step's peak memory is bounded whatever the density.
     recompute_above: int = 1 << 19
+    # The fixed sample budget of a training render (scene/sample_budget.py): re-sized every budget_every
+    # training renders to the largest occupied share seen × budget_headroom (room for the field to grow).
+    budget_every: int = 16
+    budget_headroom: float = 1.25
 
 
 @dataclass
@@ -188,7 +193,14 @@ class OccupancyGridRenderer(StratifiedRenderer):
     from the field's density at the cell centres, then dilated by one cell so a surface can grow into its
     neighbours. Samples in empty cells get density 0 without touching the field: they would weigh ~0 anyway,
     and at the standard preset most samples are empty space, so the hash grid + MLP activations (most of a
-    step's memory) shrink accordingly. Compacting the kept samples costs one device sync per step.
+    step's memory) shrink accordingly.
+
+    A training render gives the field a fixed number of samples (``scene/sample_budget.py``): no host sync and
+    one shape per budget, so a step can be captured or compiled. The budget is a share of all samples, sized in
+    ``update`` (one sync, between steps) from the largest occupied share seen since the last sizing, with
+    ``budget_headroom``: after the 1st, 2nd, 4th, 8th and 16th training render, then every ``budget_every``.
+    Renders without autograd (previews) and the first training render count their occupied samples exactly
+    (one sync, outside any captured step).
     """
 
     def __init__(self, config: RendererConfig = RendererConfig()):
@@ -196,9 +208,34 @@ class OccupancyGridRenderer(StratifiedRenderer):
         side = config.occupancy_resolution
         # Everything is occupied until the first update has looked at the field.
         self.register_buffer("occupancy", torch.ones(side, side, side, dtype=torch.bool))
+        # The budget in whole BUDGET_STEPS of all samples and the
+        # training renders so far are host ints (reading them never waits for the device); the largest occupied
+        # share since the budget was sized stays on the device. All three are checkpointed, so a resumed run
+        # sizes its budgets as the uninterrupted one did.
+        self.budget_steps = BUDGET_STEPS
+        self.training_renders = 0
+        self._sized_at = 0
+        self.register_buffer("occupied_peak", torch.zeros(()))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "budget_steps"] = torch.tensor(self.budget_steps)
+        destination[prefix + "training_renders"] = torch.tensor(self.training_renders)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # A checkpoint from before the sample budget has the grid alone: the budget starts afresh.
+        self.budget_steps = int(state_dict.get(prefix + "budget_steps", BUDGET_STEPS))
+        self.training_renders = int(state_dict.get(prefix + "training_renders", 0))
+        self._sized_at = 0
+        state_dict.setdefault(prefix + "occupied_peak", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        for name in ("budget_steps", "training_renders"):
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
 
     @torch.no_grad()
     def update(self, step: int, field: NeRFField) -> None:
+        self._size_budget()
         if step % self.config.occupancy_update_every:
             return
         side, device = self.config.occupancy_resolution, self.occupancy.device
@@ -207,19 +244,35 @@ class OccupancyGridRenderer(StratifiedRenderer):
         density = torch.cat([field.density(chunk) for chunk in grid.split(self.config.chunk_rays * 4)])
         self.occupancy = dilate(density.view(side, side, side) > self.config.occupancy_threshold)
 
+    def _size_budget(self) -> None:
+        renders = self.training_renders
+        early = renders <= 16 and renders & (renders - 1) == 0  # 1, 2, 4, 8, 16: the budget settles quickly
+        if renders == 0 or renders == self._sized_at or not (early or renders % self.config.budget_every == 0):
+            return
+        peak = float(self.occupied_peak)  # the one sync, between steps
+        self.budget_steps = budget_steps_for(peak, self.config.budget_headroom)
+        self.occupied_peak.zero_()
+        self._sized_at = renders
+
     def integrate(self, field, origins, directions, generator):
         t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
         points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]  # (R, S, 3)
         side = self.config.occupancy_resolution
         cells = ((points + field.bound) / (2 * field.bound) * side).long().clamp(0, side - 1)
-        keep = self.occupancy[cells[..., 0], cells[..., 1], cells[..., 2]] & (t_ends > t_starts)
-        kept = keep.nonzero(as_tuple=True)  # the one sync: how many samples the field sees
-        sigmas = points.new_zeros(t_starts.shape)
-        sample_albedo = points.new_zeros((*t_starts.shape, 3))
-        if kept[0].numel():  # empty-ray guard: nothing occupied on any ray → no field call, background only
-            kept_sigmas, kept_albedo = evaluate(field, points[kept], self.config.recompute_above)
-            sigmas = sigmas.index_put(kept, kept_sigmas)
-            sample_albedo = sample_albedo.index_put(kept, kept_albedo)
+        keep = (self.occupancy[cells[..., 0], cells[..., 1], cells[..., 2]] & (t_ends > t_starts)).view(-1)
+        n_samples = keep.shape[0]
+        training = torch.is_grad_enabled()
+        if training and self.training_renders:
+            budget = budget_size(self.budget_steps, n_samples)
+        else:  # previews, and the first training render (nothing seen yet to size a budget by): exact, one sync
+            budget = max(int(keep.sum()), 1)
+        slots = budget_slots(keep, budget)
+        if training:
+            self.occupied_peak.copy_(torch.maximum(self.occupied_peak, slots.occupied.float() / max(n_samples, 1)))
+            self.training_renders += 1
+        slot_sigmas, slot_albedo = evaluate(field, points.view(-1, 3)[slots.indices], self.config.recompute_above)
+        sigmas = scatter_to_samples(slot_sigmas * slots.density_scale, slots, n_samples).view(t_starts.shape)
+        sample_albedo = scatter_to_samples(slot_albedo, slots, n_samples).view(*t_starts.shape, -1)
         return self.composite(t_starts, t_ends, t_mid, sigmas, sample_albedo)
 
 
