@@ -66,8 +66,11 @@ class Callbacks:
 
     on_progress: Callable[[int, int, float, float | None], None] | None = None  # step, total, loss, eta_s
     on_preview: Callable[[int, np.ndarray], None] | None = None  # step, (H, W, 3) uint8 RGB
-    on_stage: Callable[[str], None] | None = None  # "loading" | "training" | "exporting"
+    on_stage: Callable[[str], None] | None = None  # "loading" | "compiling" | "training" | "exporting"
     should_cancel: Callable[[], bool] | None = None
+
+
+COMPILE_ROWS = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,10 @@ class TrainConfig:
     preview_every: int = 25
     # Reading the loss syncs the device, so on CUDA it is read every few steps; None → 1 on CPU, 10 on CUDA.
     progress_every: int | None = None
-    compile_unet: bool = False  # torch.compile the prior's denoiser: faster steps on CUDA after a slow first one
+    # torch.compile the prior's denoiser: faster steps on CUDA; compiled before the first step ("compiling" stage).
+    compile_unet: bool = False
+    # "static": one static graph per UNet row count the job can use; "dynamic": one graph, row count symbolic.
+    compile_rows: str = "static"
 
     def __post_init__(self) -> None:
         if self.progress_every is not None and self.progress_every < 1:
@@ -106,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"unknown background {self.background!r}; expected one of {sorted(BACKGROUNDS)}")
         if not 0.0 <= self.t_min < self.t_max_end <= self.t_max_start <= 1.0:
             raise ValueError("timestep range must satisfy 0 ≤ t_min < t_max_end ≤ t_max_start ≤ 1")
+        if self.compile_rows not in COMPILE_ROWS:
+            raise ValueError(f"compile_rows must be one of {COMPILE_ROWS}, got {self.compile_rows!r}")
         if not self.t_anneal_power > 0:
             raise ValueError(f"t_anneal_power must be > 0 (0.5 square root, 1 linear), got {self.t_anneal_power}")
 
@@ -229,7 +237,7 @@ class Trainer:
         if prior_distances is not None:
             self.config = config = replace(config, orbit=replace(config.orbit, distance_range=prior_distances))
         if config.compile_unet:
-            prior.compile()
+            prior.compile(dynamic_rows=config.compile_rows == "dynamic")
         # stage name → context manager around that part of train_step; benchmarks swap in a timer
         # (stages: render, encode, unet, backward, optimizer).
         self.stage_timer: Callable[[str], ContextManager[None]] = untimed
@@ -310,9 +318,26 @@ class Trainer:
             loss = loss + orientation_weight(self.config, progress) * scale * orient
         return loss
 
+    def unet_row_counts(self) -> list[int]:
+        """Every row count this run's batched prior calls can have (its t range from now to the end)."""
+        t_lo, t_hi = timestep_range(self.config, self.progress(), self.prior.num_train_timesteps)
+        return self.guidance.row_counts(self.preset.batch_size, t_lo, t_hi)
+
+    def warm_up(self, callbacks: Callbacks | None = None) -> None:
+        """Compile what a compiled prior still lacks for this run's row counts now, saying so ("compiling"
+        stage), so no step of the timed loop compiles."""
+        rows = self.prior.rows_to_compile(self.unet_row_counts())
+        if not rows:
+            return
+        if callbacks and callbacks.on_stage:
+            callbacks.on_stage("compiling")
+        log.info("compiling the model for %s UNet rows…", rows)
+        self.prior.warm_compiled(self.unet_row_counts(), self.prompts)
+
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
         callbacks = callbacks or Callbacks()
+        self.warm_up(callbacks)
         if callbacks.on_stage:
             callbacks.on_stage("training")
         started, start_step = time.perf_counter(), self.step
