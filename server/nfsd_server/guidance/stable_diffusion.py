@@ -58,8 +58,8 @@ class StableDiffusionPrior(Prior):
         # The RGB phase's encoder: TAESD when given (fp32 like the VAE: its backward runs every step), else the VAE.
         if taesd is not None:
             taesd.requires_grad_(False).eval().to(device)
-            if taesd.dtype != dtypes.vae:  # (casting when it already matches makes diffusers warn)
-                taesd.to(dtype=dtypes.vae)
+            if taesd.dtype != dtypes.taesd:  # (casting when it already matches makes diffusers warn)
+                taesd.to(dtype=dtypes.taesd)
         self.taesd = taesd
         self.encoder_name = "taesd" if taesd is not None else "vae"
         if device.type == "cuda":  # faster convolutions for the tensor cores, on the UNet and the VAE encoder
@@ -192,7 +192,7 @@ class StableDiffusionPrior(Prior):
 
     def _encode_pixels(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] → (B, C, H/8, W/8) scaled latents, with the RGB phase's encoder."""
-        images = (images * 2.0 - 1.0).to(self.dtypes.vae)
+        images = (images * 2.0 - 1.0).to(self.dtypes.vae if self.taesd is None else self.dtypes.taesd)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         if self.taesd is not None:  # TAESD's latents are already on the UNet's (scaled) latent scale
@@ -273,7 +273,7 @@ def load_taesd(model: str, dtypes: ComponentDtypes):
     local = Path(model).expanduser() / TAESD_SUBFOLDER if _looks_like_path(model) else None
     source = str(local) if local is not None and local.is_dir() else TAESD_MODEL
     try:
-        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.vae)
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.taesd)
     except (OSError, ValueError, json.JSONDecodeError) as error:
         text = str(error).strip()
         reason = text.splitlines()[0] if text else type(error).__name__

@@ -242,7 +242,8 @@ class OccupancyGridRenderer(StratifiedRenderer):
         centres = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 * field.bound - field.bound
         grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1).view(-1, 3)
         density = torch.cat([field.density(chunk) for chunk in grid.split(self.config.chunk_rays * 4)])
-        self.occupancy = dilate(density.view(side, side, side) > self.config.occupancy_threshold)
+        # In place: a captured step (CUDA graph) reads the grid at the address it was captured with.
+        self.occupancy.copy_(dilate(density.view(side, side, side) > self.config.occupancy_threshold))
 
     def _size_budget(self) -> None:
         renders = self.training_renders
