@@ -10,9 +10,10 @@
 # 2. benchmarks/step_cost.py, standard preset, as shipped (eager UNet): its run ÷ its UNet floor.
 # 3. the same with the UNet torch.compile'd (static graphs per row count, compiled before the measured steps):
 #    its run ÷ the compiled UNet's floor. COMPILE_ROWS="static dynamic" also measures one dynamic-rows graph.
+# 4. (CAPTURE=1, the default) 3 with the render captured too (TrainConfig.capture_render: CUDA graphs).
 # The last three lines are the summary:
-#   minutes_per_asset=<the faster of 2 and 3: a standard asset's training with a warm model, in minutes>
-#   run_over_unet_floor=<2's>   run_over_compiled_unet_floor=<3's>
+#   minutes_per_asset=<the fastest of 2–4: a standard asset's training with a warm model, in minutes>
+#   run_over_unet_floor=<2's>   run_over_compiled_unet_floor=<the lowest of 3 and 4>
 # Step 2 and 3 run even when 1 failed (the exit status stays 1's). The log is benchmarks-gpu-<date>.log (or LOG).
 #
 # Environment: PYTHON (default python3.11), VENV (default ~/.venvs/nfsd-gpu), TORCH_VERSION (default 2.13.0;
@@ -33,6 +34,7 @@ STEPS=${STEPS:-300}
 COST_STEPS=${COST_STEPS:-20}
 DTYPE=${DTYPE:-auto}
 COMPILE_ROWS=${COMPILE_ROWS:-static}
+CAPTURE=${CAPTURE:-1}
 LOG=${LOG:-benchmarks-gpu-$(date -u +%Y%m%dT%H%M%SZ).log}
 
 if [ "$SMOKE" = 1 ]; then
@@ -69,26 +71,29 @@ last() { grep -E "^$1=" "$2" | tail -1 | cut -d= -f2; }  # the value of the last
 set +e
 run benchmarks/acceptance.py "${ACCEPT[@]}" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
-eager=$(mktemp) compiled=$(mktemp)
+eager=$(mktemp) compiled=$(mktemp -d)
 run benchmarks/step_cost.py "${COST[@]}" 2>&1 | tee "$eager" | tee -a "$LOG"
 for rows in $COMPILE_ROWS; do
-    run benchmarks/step_cost.py "${COST[@]}" "${COMPILE[@]}" --compile-rows "$rows" 2>&1 | tee "$compiled.$rows" | tee -a "$LOG"
+    run benchmarks/step_cost.py "${COST[@]}" "${COMPILE[@]}" --compile-rows "$rows" 2>&1 | tee "$compiled/$rows" | tee -a "$LOG"
 done
+if [ "$CAPTURE" = 1 ]; then
+    rows=${COMPILE_ROWS%% *}
+    run benchmarks/step_cost.py "${COST[@]}" "${COMPILE[@]}" --compile-rows "$rows" --capture 2>&1 \
+        | tee "$compiled/$rows+capture" | tee -a "$LOG"
+fi
 set -e
-first_rows=${COMPILE_ROWS%% *}
-cp "$compiled.$first_rows" "$compiled"
-minutes_eager=$(last minutes_per_asset "$eager")
-minutes_compiled=$(last minutes_per_asset "$compiled")
-for rows in $COMPILE_ROWS; do
-    echo "compiled UNet, $rows rows: minutes_per_asset $(last minutes_per_asset "$compiled.$rows")," \
-         "run ÷ compiled UNet floor $(last run_over_compiled_unet_floor "$compiled.$rows")" | tee -a "$LOG"
+for run_log in "$compiled"/*; do
+    echo "compiled UNet, $(basename "$run_log") rows: minutes_per_asset $(last minutes_per_asset "$run_log")," \
+         "run ÷ compiled UNet floor $(last run_over_compiled_unet_floor "$run_log")" | tee -a "$LOG"
 done
-minutes=$("$PY" -c "import sys; print(min(float(v) for v in sys.argv[1:] if v))" "$minutes_eager" "$minutes_compiled" 2>/dev/null || echo "")
+lowest() { "$PY" -c "import sys; v = [float(x) for x in sys.argv[1:] if x]; print(min(v) if v else '?')" "$@"; }
+minutes=$(lowest "$(last minutes_per_asset "$eager")" $(for f in "$compiled"/*; do last minutes_per_asset "$f"; done))
+compiled_ratio=$(lowest $(for f in "$compiled"/*; do last run_over_compiled_unet_floor "$f"; done))
 echo "log: $LOG"
 {
-    echo "minutes_per_asset=${minutes:-?}"
+    echo "minutes_per_asset=$minutes"
     echo "run_over_unet_floor=$(last run_over_unet_floor "$eager")"
-    echo "run_over_compiled_unet_floor=$(last run_over_compiled_unet_floor "$compiled")"
+    echo "run_over_compiled_unet_floor=$compiled_ratio"
 } | tee -a "$LOG"
-rm -f "$eager" "$compiled" "$compiled".*
+rm -rf "$eager" "$compiled"
 exit "$status"

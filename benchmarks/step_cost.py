@@ -196,7 +196,7 @@ def run_segments(preset: Preset, prior: Prior) -> list[Segment]:
 def measure(
     prior: Prior, preset_name: str, preset: Preset, steps: int, warmup: int, seed: int = 0,
     compile_unet: bool = False, variants: tuple[str, ...] = tuple(VARIANTS), encoder: str = "vae",
-    verbose: bool = False,
+    verbose: bool = False, capture_render: bool = False, compile_backend: str = "inductor",
 ) -> dict[tuple[str, str], Samples]:
     """Steps interleaved over segments and variants (round robin) → {(variant, segment label): Samples}.
 
@@ -211,7 +211,8 @@ def measure(
         settings = resolve_spec("a hamburger", method=method, seed=seed, preset=preset_name,
                                 prior="stable-diffusion", model="benchmark", encoder=encoder,
                                 janus_guard=variant in GUARD_VARIANTS)
-        config = TrainConfig(**t_range, compile_unet=compile_unet)
+        config = TrainConfig(**t_range, compile_unet=compile_unet, capture_render=capture_render,
+                             capture_backend=compile_backend)
         trainers[variant] = Trainer(settings, prior, out_dir=None, config=config)
         trainers[variant].preset = preset
         trainers[variant].stage_timer = timer
@@ -486,10 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet), "
                         "compiled before the measured steps (Trainer.warm_up); the floor is the compiled UNet's, and a "
                         "last line run_over_compiled_unet_floor= follows")
+    parser.add_argument("--capture", action="store_true", help="capture the render (TrainConfig.capture_render: "
+                        "torch.compile, CUDA graphs on CUDA); its compiles happen in the warm-up rounds")
     parser.add_argument("--compile-rows", choices=COMPILE_ROWS, default="static",
                         help="with --compile: a static graph per row count, or one graph with the row count dynamic")
     parser.add_argument("--compile-backend", default="inductor",
-                        help="with --compile: torch.compile's backend (eager: the CPU smoke test of the compile path)")
+                        help="with --compile and --capture: torch.compile's backend (eager: the CPU smoke test of those paths)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--janus-guard", action="store_true", help="also measure NFSD with the Janus guard "
                         "(two more variants) and print guard_over_nfsd=<projected guard run ÷ NFSD run> before the last three lines")
@@ -535,12 +538,16 @@ def main(argv: list[str] | None = None) -> int:
               + f"; RGB-phase encoder {encoder}{' (the preset' + chr(39) + 's)' if args.encoder == 'auto' else ''}"
               + f"; latent_fraction {preset_used.latent_fraction}"
               + (f"; encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
-              + (f"; UNet torch.compile'd ({args.compile_rows} rows, {args.compile_backend})" if args.compile else ""),
+              + (f"; UNet torch.compile'd ({args.compile_rows} rows, {args.compile_backend})" if args.compile else "")
+              + ("; render captured" if args.capture else ""),
               flush=True)
         variants = (*VARIANTS, *GUARD_VARIANTS) if args.janus_guard else tuple(VARIANTS)
+        if args.capture:  # one captured graph per trainer, phase, side and shading: more than dynamo's default 8
+            torch._dynamo.config.recompile_limit = 64
         if args.compile:  # before the trainers, so the backend is this one (Trainer's compile is then a no-op)
             prior.compile(dynamic_rows=args.compile_rows == "dynamic", backend=args.compile_backend)
-        results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile,
+        results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile, capture_render=args.capture,
+                          compile_backend=args.compile_backend,
                           variants=variants, encoder=encoder, verbose=args.verbose)
         segments = run_segments(preset_used, prior)
     steps_total = PRESET_STEPS[preset]

@@ -41,7 +41,7 @@ from nfsd_server.devices import host_to_device
 from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
 from nfsd_server.scene.regularisers import orientation_loss, sparsity_loss
 from nfsd_server.resume import check_checkpoint_matches
-from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
+from nfsd_server.scene.renderer import Renderer, RendererConfig, RenderOutput, make_renderer
 from nfsd_server.scene.shading import sample_shading
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,12 @@ class TrainConfig:
     compile_unet: bool = False
     # "static": one static graph per UNet row count the job can use; "dynamic": one graph, row count symbolic.
     compile_rows: str = "static"
+    # Capture the render (NeRF + background + latent head, forward and backward) with torch.compile: on CUDA
+    # mode "reduce-overhead" (CUDA graphs: one launch instead of hundreds of small kernels). Off by default until
+    # benchmarks/gpu.sh has measured it; where the sampler is not yet capturable (its first render) a step runs
+    # eagerly, with the same numbers. capture_backend: torch.compile's (tests: "aot_eager").
+    capture_render: bool = False
+    capture_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.progress_every is not None and self.progress_every < 1:
@@ -238,6 +244,11 @@ class Trainer:
             self.config = config = replace(config, orbit=replace(config.orbit, distance_range=prior_distances))
         if config.compile_unet:
             prior.compile(dynamic_rows=config.compile_rows == "dynamic")
+        self.captured_render = None
+        if config.capture_render:
+            mode = "reduce-overhead" if self.device.type == "cuda" and config.capture_backend == "inductor" else None
+            self.captured_render = torch.compile(self._render_tensors, backend=config.capture_backend, mode=mode,
+                                                 fullgraph=True)
         # stage name → context manager around that part of train_step; benchmarks swap in a timer
         # (stages: render, encode, unet, backward, optimizer).
         self.stage_timer: Callable[[str], ContextManager[None]] = untimed
@@ -274,8 +285,8 @@ class Trainer:
         with self.stage_timer("render"):
             self.renderer.update(self.step, self.field)
             origins, directions = camera_rays(cameras, side, side)
-            render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir,
-                                   generator, latent=latent_phase)
+            jitter = self.renderer.draw_jitter(origins[..., 0].numel(), generator, self.device)
+            render = self.render(origins, directions, shading, cameras.light_dir, jitter, latent_phase)
         if latent_phase:
             latents = render.latent.permute(0, 3, 1, 2)
         else:
@@ -307,6 +318,22 @@ class Trainer:
             self.optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def render(self, origins: Tensor, directions: Tensor, shading: str, light_dir: Tensor, jitter: Tensor,
+               latent: bool) -> RenderOutput:
+        """The training render: captured (``TrainConfig.capture_render``) once the sampler is capturable, else eager."""
+        if self.captured_render is None or not self.renderer.capturable:
+            return self.renderer(self.field, self.background, origins, directions, shading, light_dir, latent=latent,
+                                 jitter=jitter)
+        tensors = self.captured_render(origins, directions, light_dir, jitter, shading, latent)
+        self.renderer.note_training_render()
+        return RenderOutput(*tensors)
+
+    def _render_tensors(self, origins, directions, light_dir, jitter, shading: str, latent: bool):
+        """The renderer's output as a tuple (what a compiled function returns)."""
+        out = self.renderer(self.field, self.background, origins, directions, shading, light_dir, latent=latent,
+                            jitter=jitter, count_render=False)
+        return out.rgb, out.opacity, out.depth, out.albedo, out.latent, out.normals
 
     def regularisers(self, render, directions: Tensor, progress: float, latent_elements: int) -> Tensor:
         """Sparsity on every render, orientation on lit ones (they have normals), scaled to the latent's size."""

@@ -34,8 +34,8 @@ class ReferenceField(nn.Module):
 class NonzeroSampler(OccupancyGridRenderer):
     """The sampler before the budget, kept as the oracle: field on exactly the occupied samples (``nonzero``)."""
 
-    def integrate(self, field, origins, directions, generator):
-        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
+    def integrate(self, field, origins, directions, jitter):
+        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, jitter)
         points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]
         side = self.config.occupancy_resolution
         cells = ((points + field.bound) / (2 * field.bound) * side).long().clamp(0, side - 1)

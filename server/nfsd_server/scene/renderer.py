@@ -89,11 +89,24 @@ class Renderer(nn.Module):
     def update(self, step: int, field: NeRFField) -> None:
         """Refresh acceleration structures (no-op unless the sampler has one)."""
 
+    def note_training_render(self) -> None:
+        """Count a training render (a sampler that sizes itself from them overrides this)."""
+
+    @property
+    def capturable(self) -> bool:
+        """Whether a training render now has fixed shapes and no host sync (it can be captured)."""
+        return True
+
     def integrate(
-        self, field: NeRFField, origins: Tensor, directions: Tensor, generator: torch.Generator | None,
+        self, field: NeRFField, origins: Tensor, directions: Tensor, jitter: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Rays (R, 3) → (premultiplied albedo (R, 3), opacity (R, 1), depth (R, 1))."""
+        """Rays (R, 3), jitter (R, n_samples) in [0, 1) or None (bin centres) → (premultiplied albedo (R, 3),
+        opacity (R, 1), depth (R, 1))."""
         raise NotImplementedError
+
+    def draw_jitter(self, n_rays: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        """(n_rays, n_samples) sample offsets in their bins, drawn from ``generator`` (the job's, on the CPU)."""
+        return host_to_device(torch.rand((n_rays, self.config.n_samples), generator=generator), device)
 
     def forward(
         self,
@@ -105,22 +118,32 @@ class Renderer(nn.Module):
         light_dir: Tensor | None = None,
         generator: torch.Generator | None = None,
         latent: bool = False,
+        jitter: Tensor | None = None,
+        count_render: bool = True,
     ) -> RenderOutput:
         """origins/directions (B, H, W, 3); light_dir (B, 3) → RenderOutput with (B, H, W, ·) tensors.
 
-        ``generator`` jitters samples (training); None samples bin centres (deterministic previews).
+        ``generator`` jitters samples (training); None samples bin centres (deterministic previews). ``jitter``
+        (B·H·W, n_samples), drawn by ``draw_jitter``, instead of ``generator``: a captured step's input.
         ``latent`` also renders the field's latent head (albedo shading only): ``RenderOutput.latent``.
+        ``count_render`` False: a captured step counts its render itself (``note_training_render``), outside the
+        captured code, whose Python state must not change from call to call.
         """
         batch_shape = origins.shape[:-1]
         flat_o, flat_d = origins.reshape(-1, 3), directions.reshape(-1, 3)
         if latent and shading != "albedo":
             raise ValueError(f"latent renders are unlit; got shading {shading!r}")
+        if jitter is None and generator is not None:
+            jitter = self.draw_jitter(flat_o.shape[0], generator, flat_o.device)
         if torch.is_grad_enabled():
-            albedo, opacity, depth = self.integrate(field, flat_o, flat_d, generator)
+            albedo, opacity, depth = self.integrate(field, flat_o, flat_d, jitter)
+            if count_render:
+                self.note_training_render()
         else:
+            chunk = self.config.chunk_rays
+            jitters = [None] * len(flat_o.split(chunk)) if jitter is None else jitter.split(chunk)
             parts = [
-                self.integrate(field, o, d, generator)
-                for o, d in zip(flat_o.split(self.config.chunk_rays), flat_d.split(self.config.chunk_rays))
+                self.integrate(field, o, d, j) for o, d, j in zip(flat_o.split(chunk), flat_d.split(chunk), jitters)
             ]
             albedo, opacity, depth = (torch.cat(p) for p in zip(*parts))
 
@@ -150,9 +173,9 @@ class Renderer(nn.Module):
 class StratifiedRenderer(Renderer):
     """n_samples stratified samples per ray inside the scene cube; runs on any device, never syncs."""
 
-    def sample_intervals(self, origins: Tensor, directions: Tensor, bound: float, generator: torch.Generator | None):
-        """(t_starts, t_ends, t_mid), each (R, S): S bins between the cube's entry and exit, jittered from
-        ``generator`` (CPU, the job's) or at bin centres when it is None."""
+    def sample_intervals(self, origins: Tensor, directions: Tensor, bound: float, jitter: Tensor | None):
+        """(t_starts, t_ends, t_mid), each (R, S): S bins between the cube's entry and exit, each sample at
+        ``jitter`` (R, S) in its bin, or at bin centres when it is None."""
         n_samples = self.config.n_samples
         near, far = ray_aabb(origins, directions, bound)
         # Every ray is sampled; a miss gets a zero-length interval (zero weight). Masking hit rays instead
@@ -162,10 +185,8 @@ class StratifiedRenderer(Renderer):
         bins = torch.arange(n_samples + 1, device=origins.device, dtype=origins.dtype) / n_samples
         edges = near + (far - near) * bins  # (R, S + 1)
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
-        if generator is None:
+        if jitter is None:
             jitter = torch.full_like(t_starts, 0.5)
-        else:
-            jitter = host_to_device(torch.rand(t_starts.shape, generator=generator), origins.device)
         return t_starts, t_ends, t_starts + (t_ends - t_starts) * jitter
 
     @staticmethod
@@ -178,8 +199,8 @@ class StratifiedRenderer(Renderer):
         depth = accumulate_along_rays(weights, t_mid[..., None]) / opacity.clamp_min(1e-6)
         return albedo, opacity, depth
 
-    def integrate(self, field, origins, directions, generator):
-        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
+    def integrate(self, field, origins, directions, jitter):
+        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, jitter)
         points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]
         sigmas, sample_albedo = evaluate(field, points.view(-1, 3), self.config.recompute_above)
         return self.composite(t_starts, t_ends, t_mid, sigmas.view(t_starts.shape), sample_albedo.view(*t_starts.shape, -1))
@@ -214,6 +235,7 @@ class OccupancyGridRenderer(StratifiedRenderer):
         # sizes its budgets as the uninterrupted one did.
         self.budget_steps = BUDGET_STEPS
         self.training_renders = 0
+        self.budget_ready = False  # False until the first training render: it counts its samples exactly
         self._sized_at = 0
         self.register_buffer("occupied_peak", torch.zeros(()))
 
@@ -226,6 +248,7 @@ class OccupancyGridRenderer(StratifiedRenderer):
         # A checkpoint from before the sample budget has the grid alone: the budget starts afresh.
         self.budget_steps = int(state_dict.get(prefix + "budget_steps", BUDGET_STEPS))
         self.training_renders = int(state_dict.get(prefix + "training_renders", 0))
+        self.budget_ready = self.training_renders > 0
         self._sized_at = 0
         state_dict.setdefault(prefix + "occupied_peak", torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
@@ -245,6 +268,14 @@ class OccupancyGridRenderer(StratifiedRenderer):
         # In place: a captured step (CUDA graph) reads the grid at the address it was captured with.
         self.occupancy.copy_(dilate(density.view(side, side, side) > self.config.occupancy_threshold))
 
+    def note_training_render(self) -> None:
+        self.training_renders += 1
+        self.budget_ready = True
+
+    @property
+    def capturable(self) -> bool:
+        return self.budget_ready
+
     def _size_budget(self) -> None:
         renders = self.training_renders
         early = renders <= 16 and renders & (renders - 1) == 0  # 1, 2, 4, 8, 16: the budget settles quickly
@@ -255,22 +286,21 @@ class OccupancyGridRenderer(StratifiedRenderer):
         self.occupied_peak.zero_()
         self._sized_at = renders
 
-    def integrate(self, field, origins, directions, generator):
-        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, generator)
+    def integrate(self, field, origins, directions, jitter):
+        t_starts, t_ends, t_mid = self.sample_intervals(origins, directions, field.bound, jitter)
         points = origins[:, None, :] + directions[:, None, :] * t_mid[..., None]  # (R, S, 3)
         side = self.config.occupancy_resolution
         cells = ((points + field.bound) / (2 * field.bound) * side).long().clamp(0, side - 1)
         keep = (self.occupancy[cells[..., 0], cells[..., 1], cells[..., 2]] & (t_ends > t_starts)).view(-1)
         n_samples = keep.shape[0]
         training = torch.is_grad_enabled()
-        if training and self.training_renders:
+        if training and self.budget_ready:
             budget = budget_size(self.budget_steps, n_samples)
         else:  # previews, and the first training render (nothing seen yet to size a budget by): exact, one sync
             budget = max(int(keep.sum()), 1)
         slots = budget_slots(keep, budget)
         if training:
             self.occupied_peak.copy_(torch.maximum(self.occupied_peak, slots.occupied.float() / max(n_samples, 1)))
-            self.training_renders += 1
         slot_sigmas, slot_albedo = evaluate(field, points.view(-1, 3)[slots.indices], self.config.recompute_above)
         sigmas = scatter_to_samples(slot_sigmas * slots.density_scale, slots, n_samples).view(t_starts.shape)
         sample_albedo = scatter_to_samples(slot_albedo, slots, n_samples).view(*t_starts.shape, -1)
