@@ -1,24 +1,9 @@
 """The captured render (TrainConfig.capture_render): one graph with no break, the eager step's numbers."""
 
-import logging
-
-import pytest
 import torch
 
 from nfsd_contract import resolve_spec
 from nfsd_server.train import TrainConfig, Trainer
-
-
-@pytest.fixture
-def quiet_compiler():
-    """pytest captures DEBUG records; torch's tracer logs thousands while compiling."""
-    torch._dynamo.reset()
-    tracer = logging.getLogger("torch")
-    level = tracer.level
-    tracer.setLevel(logging.WARNING)
-    yield
-    tracer.setLevel(level)
-    torch._dynamo.reset()
 
 
 def trained(prior, config: TrainConfig, steps: int) -> Trainer:

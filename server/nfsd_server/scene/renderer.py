@@ -229,10 +229,10 @@ class OccupancyGridRenderer(StratifiedRenderer):
         side = config.occupancy_resolution
         # Everything is occupied until the first update has looked at the field.
         self.register_buffer("occupancy", torch.ones(side, side, side, dtype=torch.bool))
-        # The budget in whole BUDGET_STEPS of all samples and the
-        # training renders so far are host ints (reading them never waits for the device); the largest occupied
-        # share since the budget was sized stays on the device. All three are checkpointed, so a resumed run
-        # sizes its budgets as the uninterrupted one did.
+        # The budget (in whole BUDGET_STEPS of all samples) and the training renders so far are host ints:
+        # reading them never waits for the device. The largest occupied share since the budget was sized stays
+        # on the device. All three are checkpointed, so a resumed run sizes its budgets as the uninterrupted
+        # one did.
         self.budget_steps = BUDGET_STEPS
         self.training_renders = 0
         self.budget_ready = False  # False until the first training render: it counts its samples exactly
