@@ -325,6 +325,8 @@ class Trainer:
         if self.captured_render is None or not self.renderer.capturable:
             return self.renderer(self.field, self.background, origins, directions, shading, light_dir, latent=latent,
                                  jitter=jitter)
+        if self.device.type == "cuda":  # a new step: the last step's graph outputs may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         tensors = self.captured_render(origins, directions, light_dir, jitter, shading, latent)
         self.renderer.note_training_render()
         return RenderOutput(*tensors)
