@@ -9,6 +9,13 @@ noisy latents, timesteps and prompts go through the prior, and we print the rela
   * the NFSD direction δ_D + s·δ_C,
   * the gradient that reaches the rendered image through the VAE encoder (what trains the NeRF),
 and whether everything stayed finite.
+
+    .venv/bin/python benchmarks/dtype_error.py --taesd [--model DIR] [--device cuda]   # TAESD in fp16 vs fp32
+
+``--taesd`` instead measures the RGB phase's TAESD encoder in fp16 against fp32 (UNet fp32 in both): the relative
+L2 error of the latents and of the image gradient through the encoder's backward, and the NFSD direction, with
+last lines ``taesd_fp16_latent_error=`` and ``taesd_fp16_grad_error=``. Random weights (the default) only show the
+path runs; the policy (``dtype_policy.ComponentDtypes.taesd``) should follow the real weights on CUDA.
 """
 
 from __future__ import annotations
@@ -67,14 +74,49 @@ def measure(model: str, batches: int, batch_size: int, device: str = "cpu") -> d
     }
 
 
+def taesd_errors(model: str, batches: int, batch_size: int, device: str) -> tuple[float, float, float, bool]:
+    """(latent error, image-gradient error, direction error, all finite) of TAESD fp16 against fp32."""
+    import dataclasses
+
+    generator = torch.Generator().manual_seed(0)
+    reference = load_prior("stable-diffusion", model, device, dtype="fp32", encoder="taesd")
+    half = load_prior("stable-diffusion", model, device, dtype="fp32", encoder="taesd")
+    half.taesd.to(dtype=torch.float16)
+    half.dtypes = dataclasses.replace(half.dtypes, taesd=torch.float16)
+    side, pooled = reference.image_size, {"fp32": [], "fp16": []}
+    for _ in range(batches):
+        images = torch.rand(batch_size, 3, side, side, generator=generator)
+        t = torch.randint(20, 980, (batch_size,), generator=generator)
+        latent_side = side // reference.vae_scale_factor
+        noise = torch.randn(batch_size, 4, latent_side, latent_side, generator=generator)
+        cameras = sample_orbit_cameras(batch_size, generator)
+        for name, prior in (("fp32", reference), ("fp16", half)):
+            with torch.no_grad():
+                latents = prior.encode(images.to(device)).cpu()
+            _, direction, grad = signals(prior, images.to(device), t.to(device), noise.to(device), cameras.to(device), 7.5)
+            pooled[name].append((latents, grad, direction))
+    flat = {name: [torch.cat([r[i].flatten() for r in rows]) for i in range(3)] for name, rows in pooled.items()}
+    errors = [relative_error(flat["fp16"][i], flat["fp32"][i]) for i in range(3)]
+    return (*errors, all(bool(torch.isfinite(x).all()) for x in flat["fp16"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="diffusers folder or random:<name> (default: the tiny random SD)")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--taesd", action="store_true", help="TAESD fp16 vs fp32 instead of the UNet's dtypes")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or str(save_random_stable_diffusion(Path(scratch) / "tiny", "tiny"))
+        if args.taesd:
+            latent, grad, direction, finite = taesd_errors(model, args.batches, args.batch_size, args.device)
+            print(f"TAESD fp16 vs fp32 ({args.model or 'tiny random SD'}; {args.batches}×{args.batch_size} rows, "
+                  f"{args.device}): direction {direction:.2e}, finite {finite}")
+            print(f"taesd_fp16_latent_error={latent:.2e}")
+            print(f"taesd_fp16_grad_error={grad:.2e}")
+            return
         table = measure(model, args.batches, args.batch_size)
     print(f"relative L2 error vs fp32 ({args.model or 'tiny random SD'}; {args.batches}×{args.batch_size} rows, CPU)")
     print(f"{'UNet dtype':<11}{'δ_C':>10}{'direction':>12}{'image grad':>12}  finite")

@@ -35,6 +35,7 @@ one, then, as the last three lines:
   ``minutes_per_asset=<projected NFSD run, in minutes>``
   ``nfsd_over_sds=<projected NFSD run ÷ projected SDS run>``
   ``run_over_unet_floor=<projected NFSD run ÷ the sum of its steps' UNet-only times>``
+and with ``--compile`` a fourth, ``run_over_compiled_unet_floor=`` (the same ratio: its floor is the compiled UNet).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import psutil
 import torch
 
 from nfsd_contract import DEFAULT_ENCODER, ENCODERS
+from nfsd_contract.constants import PRESET_ENCODERS, PRESET_STEPS
 from nfsd_server.guidance.score import NFSD_SMALL_T
 from nfsd_server.devices import default_device, keep_freed_host_memory
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
@@ -64,7 +66,7 @@ from nfsd_server.scene.cameras import sample_orbit_cameras
 from nfsd_server.scene.renderer import RendererConfig, make_renderer
 from nfsd_server.presets import PRESETS, Preset
 from nfsd_contract import resolve_spec
-from nfsd_server.train import TrainConfig, Trainer, timestep_range
+from nfsd_server.train import COMPILE_ROWS, TrainConfig, Trainer, timestep_range
 
 STAGES = ("render", "encode", "unet", "backward", "optimizer")
 # What is measured: (method, the TrainConfig timestep range that pins its UNet rows).
@@ -194,7 +196,7 @@ def run_segments(preset: Preset, prior: Prior) -> list[Segment]:
 def measure(
     prior: Prior, preset_name: str, preset: Preset, steps: int, warmup: int, seed: int = 0,
     compile_unet: bool = False, variants: tuple[str, ...] = tuple(VARIANTS), encoder: str = "vae",
-    verbose: bool = False,
+    verbose: bool = False, capture_render: bool = False, compile_backend: str = "inductor",
 ) -> dict[tuple[str, str], Samples]:
     """Steps interleaved over segments and variants (round robin) → {(variant, segment label): Samples}.
 
@@ -209,12 +211,19 @@ def measure(
         settings = resolve_spec("a hamburger", method=method, seed=seed, preset=preset_name,
                                 prior="stable-diffusion", model="benchmark", encoder=encoder,
                                 janus_guard=variant in GUARD_VARIANTS)
-        config = TrainConfig(**t_range, compile_unet=compile_unet)
+        config = TrainConfig(**t_range, compile_unet=compile_unet, capture_render=capture_render,
+                             capture_backend=compile_backend)
         trainers[variant] = Trainer(settings, prior, out_dir=None, config=config)
         trainers[variant].preset = preset
         trainers[variant].stage_timer = timer
-        # As a run has it: the occupancy grid built from the field (jumping mid-run skips the step-0 build).
+        # As a run has it: the occupancy grid built from the field (jumping mid-run skips the step-0 build), and
+        # a compiled UNet compiled for the run's row counts before any step.
         trainers[variant].renderer.update(0, trainers[variant].field)
+        started = time.perf_counter()
+        trainers[variant].warm_up()
+        if compile_unet and verbose:
+            print(f"  {variant}: compiled for rows {trainers[variant].unet_row_counts()} in "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
     results = {(variant, segment.label): Samples() for variant in variants for segment in segments}
     latent_shape = latent_shape_of(prior)
     for index in range(warmup + steps):
@@ -475,7 +484,15 @@ def main(argv: list[str] | None = None) -> int:
                         "AutoencoderTiny of TAESD's size for random:* models)")
     parser.add_argument("--latent-fraction", type=float, help="instead of the preset's latent_fraction (0..1)")
     parser.add_argument("--verbose", action="store_true", help="print every step's time as it is measured")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (TrainConfig.compile_unet), "
+                        "compiled before the measured steps (Trainer.warm_up); the floor is the compiled UNet's, and a "
+                        "last line run_over_compiled_unet_floor= follows")
+    parser.add_argument("--capture", action="store_true", help="capture the render (TrainConfig.capture_render: "
+                        "torch.compile, CUDA graphs on CUDA); its compiles happen in the warm-up rounds")
+    parser.add_argument("--compile-rows", choices=COMPILE_ROWS, default="static",
+                        help="with --compile: a static graph per row count, or one graph with the row count dynamic")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="with --compile and --capture: torch.compile's backend (eager: the CPU smoke test of those paths)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--janus-guard", action="store_true", help="also measure NFSD with the Janus guard "
                         "(two more variants) and print guard_over_nfsd=<projected guard run ÷ NFSD run> before the last three lines")
@@ -506,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         preset_used = dataclasses.replace(preset_used, resolution_schedule=((0.0, args.resolution),))
     if args.latent_fraction is not None:
         preset_used = dataclasses.replace(preset_used, latent_fraction=args.latent_fraction)
-    encoder = preset_used.encoder if args.encoder == "auto" else args.encoder
+    encoder = PRESET_ENCODERS[preset] if args.encoder == "auto" else args.encoder
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nfsd-bench-") as scratch:
@@ -521,12 +538,19 @@ def main(argv: list[str] | None = None) -> int:
               + f"; RGB-phase encoder {encoder}{' (the preset' + chr(39) + 's)' if args.encoder == 'auto' else ''}"
               + f"; latent_fraction {preset_used.latent_fraction}"
               + (f"; encode at {prior.encode_size} px (opt-in)" if args.encode_size else "")
-              + ("; UNet torch.compile'd" if args.compile else ""), flush=True)
+              + (f"; UNet torch.compile'd ({args.compile_rows} rows, {args.compile_backend})" if args.compile else "")
+              + ("; render captured" if args.capture else ""),
+              flush=True)
         variants = (*VARIANTS, *GUARD_VARIANTS) if args.janus_guard else tuple(VARIANTS)
-        results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile,
+        if args.capture:  # one captured graph per trainer, phase, side and shading: more than dynamo's default 8
+            torch._dynamo.config.recompile_limit = 64
+        if args.compile:  # before the trainers, so the backend is this one (Trainer's compile is then a no-op)
+            prior.compile(dynamic_rows=args.compile_rows == "dynamic", backend=args.compile_backend)
+        results = measure(prior, preset, preset_used, steps, warmup, compile_unet=args.compile, capture_render=args.capture,
+                          compile_backend=args.compile_backend,
                           variants=variants, encoder=encoder, verbose=args.verbose)
         segments = run_segments(preset_used, prior)
-    steps_total = preset_used.steps
+    steps_total = PRESET_STEPS[preset]
     nfsd, nfsd_over_sds, run_over_floor = report(results, device, preset, steps_total, segments,
                                                  prior.num_train_timesteps)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s; process peak RSS "
@@ -534,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"minutes_per_asset={nfsd.seconds / 60:.1f}")
     print(f"nfsd_over_sds={nfsd_over_sds:.3f}")
     print(f"run_over_unet_floor={run_over_floor:.3f}")
+    if args.compile:  # the floor above was the compiled UNet's
+        print(f"run_over_compiled_unet_floor={run_over_floor:.3f}")
     return 0
 
 

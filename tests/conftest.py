@@ -40,3 +40,20 @@ def tiny_sd_prior(tiny_sd_dir):
     from nfsd_server.guidance.registry import load_prior
 
     return load_prior("stable-diffusion", str(tiny_sd_dir), "cpu")
+
+
+@pytest.fixture
+def quiet_compiler():
+    """torch.compile from a clean cache, without its tracer's DEBUG records (pytest captures thousands of them
+    per compile: slower, and noise in a failure's report)."""
+    import logging
+
+    import torch
+
+    torch._dynamo.reset()
+    tracer = logging.getLogger("torch")
+    level = tracer.level
+    tracer.setLevel(logging.WARNING)
+    yield
+    tracer.setLevel(level)
+    torch._dynamo.reset()

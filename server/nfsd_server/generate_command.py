@@ -151,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     def on_stage(stage: str) -> None:
+        if stage == "compiling":
+            print("compiling the model…", flush=True)
         if stage == "exporting":
             bar.close()
             print("exporting mesh…", flush=True)

@@ -45,7 +45,7 @@ def run_job(
 ) -> GenerationResult:
     """Load (or reuse) the job's prior on ``device``, then train and export into ``folder``.
 
-    Stages reported: "loading", then the trainer's "training" and "exporting". Raises GenerationCancelled when
+    Stages reported: "loading", then the trainer's "compiling" (a compiled prior's first job), "training" and "exporting". Raises GenerationCancelled when
     ``callbacks.should_cancel`` says so, at the latest at the next step boundary. ``generate`` (default
     ``run_generation``) is the train-and-export step; tests swap in a fake with its signature.
     """

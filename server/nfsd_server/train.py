@@ -42,7 +42,7 @@ from nfsd_server.eta import EtaClock
 from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
 from nfsd_server.scene.regularisers import orientation_loss, sparsity_loss
 from nfsd_server.resume import check_checkpoint_matches
-from nfsd_server.scene.renderer import Renderer, RendererConfig, make_renderer
+from nfsd_server.scene.renderer import Renderer, RendererConfig, RenderOutput, make_renderer
 from nfsd_server.scene.shading import sample_shading
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,11 @@ class Callbacks:
 
     on_progress: Callable[[int, int, float, float | None], None] | None = None  # step, total, loss, eta_s
     on_preview: Callable[[int, np.ndarray], None] | None = None  # step, (H, W, 3) uint8 RGB
-    on_stage: Callable[[str], None] | None = None  # "loading" | "training" | "exporting"
+    on_stage: Callable[[str], None] | None = None  # "loading" | "compiling" | "training" | "exporting"
     should_cancel: Callable[[], bool] | None = None
+
+
+COMPILE_ROWS = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,16 @@ class TrainConfig:
     preview_every: int = 25
     # Reading the loss syncs the device, so on CUDA it is read every few steps; None → 1 on CPU, 10 on CUDA.
     progress_every: int | None = None
-    compile_unet: bool = False  # torch.compile the prior's denoiser: faster steps on CUDA after a slow first one
+    # torch.compile the prior's denoiser: faster steps on CUDA; compiled before the first step ("compiling" stage).
+    compile_unet: bool = False
+    # "static": one static graph per UNet row count the job can use; "dynamic": one graph, row count symbolic.
+    compile_rows: str = "static"
+    # Capture the render (NeRF + background + latent head, forward and backward) with torch.compile: on CUDA
+    # mode "reduce-overhead" (CUDA graphs: one launch instead of hundreds of small kernels). Off by default until
+    # benchmarks/gpu.sh has measured it; where the sampler is not yet capturable (its first render) a step runs
+    # eagerly, with the same numbers. capture_backend: torch.compile's (tests: "aot_eager").
+    capture_render: bool = False
+    capture_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.progress_every is not None and self.progress_every < 1:
@@ -110,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"unknown background {self.background!r}; expected one of {sorted(BACKGROUNDS)}")
         if not 0.0 <= self.t_min < self.t_max_end <= self.t_max_start <= 1.0:
             raise ValueError("timestep range must satisfy 0 ≤ t_min < t_max_end ≤ t_max_start ≤ 1")
+        if self.compile_rows not in COMPILE_ROWS:
+            raise ValueError(f"compile_rows must be one of {COMPILE_ROWS}, got {self.compile_rows!r}")
         if not self.t_anneal_power > 0:
             raise ValueError(f"t_anneal_power must be > 0 (0.5 square root, 1 linear), got {self.t_anneal_power}")
 
@@ -234,7 +248,12 @@ class Trainer:
         if prior_distances is not None:
             self.config = config = replace(config, orbit=replace(config.orbit, distance_range=prior_distances))
         if config.compile_unet:
-            prior.compile()
+            prior.compile(dynamic_rows=config.compile_rows == "dynamic")
+        self.captured_render = None
+        if config.capture_render:
+            mode = "reduce-overhead" if self.device.type == "cuda" and config.capture_backend == "inductor" else None
+            self.captured_render = torch.compile(self._render_tensors, backend=config.capture_backend, mode=mode,
+                                                 fullgraph=True)
         # stage name → context manager around that part of train_step; benchmarks swap in a timer
         # (stages: render, encode, unet, backward, optimizer).
         self.stage_timer: Callable[[str], ContextManager[None]] = untimed
@@ -271,8 +290,8 @@ class Trainer:
         with self.stage_timer("render"):
             self.renderer.update(self.step, self.field)
             origins, directions = camera_rays(cameras, side, side)
-            render = self.renderer(self.field, self.background, origins, directions, shading, cameras.light_dir,
-                                   generator, latent=latent_phase)
+            jitter = self.renderer.draw_jitter(origins[..., 0].numel(), generator, self.device)
+            render = self.render(origins, directions, shading, cameras.light_dir, jitter, latent_phase)
         if latent_phase:
             latents = render.latent.permute(0, 3, 1, 2)
         else:
@@ -305,6 +324,24 @@ class Trainer:
         self.step += 1
         return loss.detach()
 
+    def render(self, origins: Tensor, directions: Tensor, shading: str, light_dir: Tensor, jitter: Tensor,
+               latent: bool) -> RenderOutput:
+        """The training render: captured (``TrainConfig.capture_render``) once the sampler is capturable, else eager."""
+        if self.captured_render is None or not self.renderer.capturable:
+            return self.renderer(self.field, self.background, origins, directions, shading, light_dir, latent=latent,
+                                 jitter=jitter)
+        if self.device.type == "cuda":  # a new step: the last step's graph outputs may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
+        tensors = self.captured_render(origins, directions, light_dir, jitter, shading, latent)
+        self.renderer.note_training_render()
+        return RenderOutput(*tensors)
+
+    def _render_tensors(self, origins, directions, light_dir, jitter, shading: str, latent: bool):
+        """The renderer's output as a tuple (what a compiled function returns)."""
+        out = self.renderer(self.field, self.background, origins, directions, shading, light_dir, latent=latent,
+                            jitter=jitter, count_render=False)
+        return out.rgb, out.opacity, out.depth, out.albedo, out.latent, out.normals
+
     def regularisers(self, render, directions: Tensor, progress: float, latent_elements: int) -> Tensor:
         """Sparsity on every render, orientation on lit ones (they have normals), scaled to the latent's size."""
         scale = latent_elements / REFERENCE_LATENT_ELEMENTS
@@ -315,9 +352,26 @@ class Trainer:
             loss = loss + orientation_weight(self.config, progress) * scale * orient
         return loss
 
+    def unet_row_counts(self) -> list[int]:
+        """Every row count this run's batched prior calls can have (its t range from now to the end)."""
+        t_lo, t_hi = timestep_range(self.config, self.progress(), self.prior.num_train_timesteps)
+        return self.guidance.row_counts(self.preset.batch_size, t_lo, t_hi)
+
+    def warm_up(self, callbacks: Callbacks | None = None) -> None:
+        """Compile what a compiled prior still lacks for this run's row counts now, saying so ("compiling"
+        stage), so no step of the timed loop compiles."""
+        rows = self.prior.rows_to_compile(self.unet_row_counts())
+        if not rows:
+            return
+        if callbacks and callbacks.on_stage:
+            callbacks.on_stage("compiling")
+        log.info("compiling the model for %s UNet rows…", rows)
+        self.prior.warm_compiled(self.unet_row_counts(), self.prompts)
+
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, callbacks: Callbacks | None = None) -> TrainResult:
         callbacks = callbacks or Callbacks()
+        self.warm_up(callbacks)
         if callbacks.on_stage:
             callbacks.on_stage("training")
         eta = EtaClock()

@@ -9,7 +9,6 @@ import torch
 from nfsd_server.guidance import random_models
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
-from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer
 from nfsd_contract import resolve_spec
 from nfsd_server.train import Callbacks, TrainConfig, Trainer
 
@@ -101,10 +100,11 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path):
     from nfsd_server.guidance.random_models import save_random_stable_diffusion
 
     prior = load_prior("stable-diffusion", str(save_random_stable_diffusion(tmp_path / "tiny")), "cuda")
-    trainer = Trainer(draft(10), prior, None)
-    # The occupancy-grid sampler syncs by design (nerfacc packs samples); the stratified one must not.
-    trainer.renderer = StratifiedRenderer(RendererConfig(n_samples=16)).cuda()
-    trainer.train_step()  # warm-up: lazy CUDA initialisation may sync
+    trainer = Trainer(draft(40), prior, None)
+    # The occupancy sampler's fixed budget is sized between steps after renders 1, 2, 4, 8, 16 (a sync each,
+    # in update) and its grid refreshes at step 16: steps 17–19 are ordinary steps.
+    for _ in range(17):
+        trainer.train_step()  # warm-up: lazy CUDA initialisation and the budget's first sizings sync
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.score import (
-    FRONT_HALF_WIDTH_DEG, needs_negative, nfsd_direction, perp_neg_delta, sds_direction, view_negative_weight,
+    FRONT_HALF_WIDTH_DEG, NFSD_SMALL_T, needs_negative, nfsd_direction, perp_neg_delta, sds_direction, view_negative_weight,
 )
 from nfsd_server.scene.cameras import BACK, FRONT, Cameras, look_at_origin
 from nfsd_server.devices import host_to_device
@@ -117,6 +117,10 @@ class ScoreDistillation:
         """latents_noisy, noise (B, C, h, w) on the prior's device; t (B,) long, best on the CPU (else one sync)."""
         raise NotImplementedError
 
+    def row_counts(self, batch: int, t_lo: int, t_hi: int) -> list[int]:
+        """Every row count the batched prior call can have for ``batch`` images with t in [t_lo, t_hi)."""
+        return [2 * batch + (batch if self.janus_guard else 0)]
+
     def predictions(self, prior, latents_noisy, t, cameras, prompts, with_negative: Tensor) -> tuple[NoisePredictions, Tensor]:
         """The batched prior call and δ_C (Perp-Neg guarded with ``janus_guard``), (B, C, h, w)."""
         eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative, view_negative=self.janus_guard)
@@ -131,6 +135,12 @@ class NFSDGuidance(ScoreDistillation):
     """Noise-Free Score Distillation (Katzir et al. 2024): δ_D + s·δ_C; the negative prompt only for t ≥ 200."""
 
     name = "nfsd"
+
+    def row_counts(self, batch, t_lo, t_hi):
+        # An image gets a negative row when its t ≥ NFSD_SMALL_T: t in [t_lo, t_hi) decides how many can.
+        some_below, some_above = t_lo < NFSD_SMALL_T, t_hi - 1 >= NFSD_SMALL_T
+        base = 2 * batch + (batch if self.janus_guard else 0)
+        return [base + n for n in range(0 if some_below else batch, (batch if some_above else 0) + 1)]
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
         t = t.cpu()  # the trainer samples t on the CPU: no sync here, none to pick the negative rows

@@ -28,6 +28,9 @@ class ComponentDtypes:
     unet: torch.dtype
     text_encoder: torch.dtype = torch.float32
     vae: torch.dtype = torch.float32
+    # TAESD (the RGB phase's encoder, differentiated every step): fp32 until benchmarks/dtype_error.py --taesd
+    # shows fp16's latent and image-gradient error on the real weights on CUDA small enough to switch.
+    taesd: torch.dtype = torch.float32
 
     @property
     def name(self) -> str:

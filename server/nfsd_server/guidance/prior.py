@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -106,8 +106,16 @@ class Prior(abc.ABC):
         images = colors[:, :, None, None].expand(-1, 3, side, side)
         return [self.encode(image[None].to(self.device)).float()[0].cpu() for image in images]
 
-    def compile(self) -> None:
-        """torch.compile the network ``predict_noise`` runs, in place (idempotent); a no-op unless overridden."""
+    def compile(self, dynamic_rows: bool = False) -> None:
+        """torch.compile the network ``predict_noise`` runs, in place (idempotent); a no-op unless overridden.
+        ``dynamic_rows``: one graph for every row count instead of one static graph per row count."""
+
+    def rows_to_compile(self, row_counts: Iterable[int]) -> list[int]:
+        """The row counts among ``row_counts`` that ``warm_compiled`` would still compile ([] when not compiled)."""
+        return []
+
+    def warm_compiled(self, row_counts: Iterable[int], prompts: Any) -> None:
+        """Compile the network for ``row_counts`` (B rows per ``predict_noise`` call) now, before any step."""
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents → images (B, 3, H, W) in [0, 1]; used for previews and debugging only."""

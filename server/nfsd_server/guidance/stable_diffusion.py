@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +58,8 @@ class StableDiffusionPrior(Prior):
         # The RGB phase's encoder: TAESD when given (fp32 like the VAE: its backward runs every step), else the VAE.
         if taesd is not None:
             taesd.requires_grad_(False).eval().to(device)
-            if taesd.dtype != dtypes.vae:  # (casting when it already matches makes diffusers warn)
-                taesd.to(dtype=dtypes.vae)
+            if taesd.dtype != dtypes.taesd:  # (casting when it already matches makes diffusers warn)
+                taesd.to(dtype=dtypes.taesd)
         self.taesd = taesd
         self.encoder_name = "taesd" if taesd is not None else "vae"
         if device.type == "cuda":  # faster convolutions for the tensor cores, on the UNet and the VAE encoder
@@ -88,7 +89,8 @@ class StableDiffusionPrior(Prior):
                 f"{self.image_size}], got {encode_size}; leave it unset to encode at the model's {self.image_size} px"
             )
         self.encode_size = encode_size or self.image_size
-        self._unet_compiled = False
+        self._unet_compiled, self._dynamic_rows = False, False
+        self._compiled_rows: set[int] = set()  # row counts the compiled UNet has run (has a graph for)
 
     @property
     def unet_dtype(self) -> torch.dtype:
@@ -127,11 +129,33 @@ class StableDiffusionPrior(Prior):
         log.info("loaded Stable Diffusion %r on %s (%s), RGB encoder %s", model, device, dtypes, encoder)
         return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size, taesd=taesd)
 
-    def compile(self) -> None:
-        # In place (nn.Module.compile), so every job sharing this warm prior gets the compiled UNet once.
+    def compile(self, dynamic_rows: bool = False, backend: str | Callable = "inductor") -> None:
+        """torch.compile the UNet in place (nn.Module.compile), so every job sharing this warm prior gets it once.
+
+        Without recompiles inside a job: torch.compile's default would compile a second, dynamic graph the first
+        time a step asks for other rows (NFSD: 3 rows at t ≥ 200, 2 below). ``dynamic_rows`` compiles one graph
+        with the row count symbolic; else (dynamic=False) each row count gets its own static graph, compiled by
+        ``warm_compiled`` before the job's steps. ``backend``: torch.compile's (tests count graphs with their own).
+        """
         if not self._unet_compiled:
-            self.unet.compile()
-            self._unet_compiled = True
+            self.unet.compile(dynamic=None if dynamic_rows else False, backend=backend)
+            self._unet_compiled, self._dynamic_rows = True, dynamic_rows
+
+    def rows_to_compile(self, row_counts: Iterable[int]) -> list[int]:
+        if not self._unet_compiled:
+            return []
+        if self._dynamic_rows:  # one graph serves every count once any has run
+            return sorted(set(row_counts))[:1] if not self._compiled_rows else []
+        return sorted(set(row_counts) - self._compiled_rows)
+
+    def warm_compiled(self, row_counts: Iterable[int], prompts: PromptEmbeddings) -> None:
+        side = self.image_size // self.vae_scale_factor
+        for rows in self.rows_to_compile(row_counts):
+            latents = torch.zeros(rows, self.latent_channels, side, side, device=self.device)
+            t = torch.full((rows,), self.num_train_timesteps // 2, dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                self._denoise(latents, t, prompts.null.expand(rows, -1, -1).contiguous())
+        self._compiled_rows.update(row_counts)
 
     def _embed(self, texts: list[str]) -> Tensor:
         tokens = self.tokenizer(
@@ -173,7 +197,7 @@ class StableDiffusionPrior(Prior):
 
     def _encode_pixels(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] → (B, C, H/8, W/8) scaled latents, with the RGB phase's encoder."""
-        images = (images * 2.0 - 1.0).to(self.dtypes.vae)
+        images = (images * 2.0 - 1.0).to(self.dtypes.vae if self.taesd is None else self.dtypes.taesd)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         if self.taesd is not None:  # TAESD's latents are already on the UNet's (scaled) latent scale
@@ -195,15 +219,23 @@ class StableDiffusionPrior(Prior):
         embeddings = prompts.prompt_views[conditions.cameras.view.to(prompts.prompt_views.device)]
         embeddings = torch.where((kinds == PromptKind.NULL)[:, None, None], prompts.null, embeddings)
         embeddings = torch.where((kinds == PromptKind.NEGATIVE)[:, None, None], prompts.negative, embeddings)
-        latents = latents_noisy.to(self.dtypes.unet)
-        if self.device.type == "cuda":
-            latents = latents.contiguous(memory_format=torch.channels_last)
-        prediction = self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
+        prediction = self._denoise(latents_noisy, t, embeddings)
         if self.prediction_type == "v_prediction":
             # v = √ᾱ·ε − √(1−ᾱ)·z0 and z_t = √ᾱ·z0 + √(1−ᾱ)·ε  ⇒  ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t.
             alphas = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             prediction = alphas.sqrt() * prediction + (1.0 - alphas).sqrt() * latents_noisy.float()
         return prediction
+
+
+    def _denoise(self, latents_noisy: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
+        """The UNet's raw prediction (rows, C, h, w) in fp32; every call (warm-ups too) passes the same layouts."""
+        latents = latents_noisy.to(self.dtypes.unet)
+        if self.device.type == "cuda":
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        if self._dynamic_rows:  # the row count is symbolic in the one graph: every tensor that carries it
+            for tensor in (latents, t, embeddings):
+                torch._dynamo.mark_dynamic(tensor, 0)
+        return self.unet(latents, t, encoder_hidden_states=embeddings).sample.float()
 
 
 def _looks_like_path(model: str) -> bool:
@@ -260,7 +292,7 @@ def load_taesd(model: str, dtypes: ComponentDtypes):
     local = Path(model).expanduser() / TAESD_SUBFOLDER if _looks_like_path(model) else None
     source = str(local) if local is not None and local.is_dir() else TAESD_MODEL
     try:
-        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.vae, use_safetensors=True)
+        return AutoencoderTiny.from_pretrained(source, torch_dtype=dtypes.taesd, use_safetensors=True)
     except (OSError, ValueError, json.JSONDecodeError) as error:
         text = str(error).strip()
         reason = text.splitlines()[0] if text else type(error).__name__
