@@ -31,6 +31,9 @@ PRIOR_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 ROOT_FILES = ("model_index.json",)
 CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer vocab/merges, sentencepiece
 WEIGHTS_SUFFIX = ".safetensors"  # never pickles: .bin / .ckpt are not fetched
+# The components a GPU runs in fp16 (guidance/dtype_policy: the UNet; VAE and text encoder stay fp32), so the
+# only ones whose fp16 weight variant is worth fetching: SD 2.1's UNet is 3.5 GB as fp32, 1.7 GB as fp16.
+FP16_COMPONENTS = ("unet",)
 ACTIVE = ("planning", "running")
 FINISHED = ("done", "failed", "cancelled")
 RECORDS_DIR = "downloads"
@@ -45,8 +48,9 @@ class DownloadNotFound(KeyError):
 
 def files_to_fetch(repo_files: list[str], variant: str | None = None) -> list[str]:
     """The files of a diffusers repo that the prior loads, from the repo's file list: the root index, every
-    component's configs, and one ``.safetensors`` weight set per component (the ``variant`` one, e.g. fp16,
-    where the repo has it). ValueError naming the component when a weight set exists only as pickles."""
+    component's configs, and one ``.safetensors`` weight set per component (for ``FP16_COMPONENTS`` the
+    ``variant`` one, e.g. fp16, where the repo has it). ValueError naming the component when a weight set exists
+    only as pickles."""
     names = set(repo_files)
     chosen = [name for name in ROOT_FILES if name in names]
     if not chosen:
@@ -56,7 +60,8 @@ def files_to_fetch(repo_files: list[str], variant: str | None = None) -> list[st
         chosen += [n for n in inside if n.endswith(CONFIG_SUFFIXES)]
         weights = [n for n in inside if n.endswith(WEIGHTS_SUFFIX)]
         plain = [n for n in weights if n.count(".") == 1]  # "model.fp16.safetensors" is a variant
-        wanted = [n for n in weights if variant and n.endswith(f".{variant}{WEIGHTS_SUFFIX}")] or plain
+        wants_variant = variant is not None and component in FP16_COMPONENTS
+        wanted = [n for n in weights if wants_variant and n.endswith(f".{variant}{WEIGHTS_SUFFIX}")] or plain
         if not wanted and any(n.endswith((".bin", ".ckpt")) for n in inside):
             raise ValueError(f"the repo's {component} has no safetensors weights (only pickle files, which this "
                              "server does not load); pick a model published as safetensors")
@@ -85,9 +90,12 @@ class DownloadManager:
     """The server's downloads: one child process each, records on disk; ``start`` again after a restart resumes
     what was running."""
 
-    def __init__(self, data_dir: Path, python: str = sys.executable):
+    def __init__(self, data_dir: Path, python: str = sys.executable, variant: str | None = None):
+        """``variant``: the weight variant to fetch for ``FP16_COMPONENTS`` ("fp16" on a CUDA server, see
+        ``weights_variant``), where a repo has it."""
         self.folder = Path(data_dir) / RECORDS_DIR
         self.python = python
+        self.variant = variant
         self._lock = threading.Lock()
         self._downloads: dict[str, Download] = {}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -181,7 +189,7 @@ class DownloadManager:
     # -- the child process ------------------------------------------------------------------------------------
     def _spawn(self, download: Download) -> None:
         _remove_stale_partials(download.model)
-        cmd = [self.python, "-m", "nfsd_server.downloads", download.model]
+        cmd = [self.python, "-m", "nfsd_server.downloads", download.model, *([self.variant] if self.variant else [])]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with self._lock:
             self._procs[download.id] = proc
@@ -284,12 +292,20 @@ def plan(model: str, variant: str | None = None) -> tuple[list[str], int]:
     return files, sum(sizes[name] for name in files)
 
 
-def _run_child(model: str) -> int:
+def weights_variant(device: str | None) -> str | None:
+    """The weight variant a server on ``device`` loads its UNet from: "fp16" on CUDA (where it runs in fp16), else
+    None (the plain fp32 weights)."""
+    from nfsd_server.devices import check_device
+
+    return "fp16" if check_device(device).type == "cuda" else None
+
+
+def _run_child(model: str, variant: str | None = None) -> int:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        files, total = plan(model)
+        files, total = plan(model, variant)
         _say(plan={"files": files, "total_bytes": total})
         path = snapshot_download(model, allow_patterns=files)
     except RepositoryNotFoundError:
@@ -307,4 +323,4 @@ def _run_child(model: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_run_child(sys.argv[1]))
+    raise SystemExit(_run_child(*sys.argv[1:3]))

@@ -34,8 +34,10 @@ def test_files_to_fetch_takes_configs_and_one_safetensors_set_per_component():
         "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
         "tokenizer/merges.txt", "tokenizer/vocab.json", "scheduler/scheduler_config.json"]
     fp16 = files_to_fetch(repo, variant="fp16")
-    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fp16 and "text_encoder/model.fp16.safetensors" in fp16
-    assert "vae/diffusion_pytorch_model.safetensors" in fp16  # no fp16 VAE in the repo: the plain one
+    # Only the UNet runs in fp16 (dtype_policy): its fp16 weights replace the plain ones; the text encoder's
+    # fp16 variant is left (it runs in fp32), and the VAE has none.
+    assert fp16 == [name.replace("unet/diffusion_pytorch_model.safetensors",
+                                 "unet/diffusion_pytorch_model.fp16.safetensors") for name in files_to_fetch(repo)]
     with pytest.raises(ValueError, match="the repo's unet has no safetensors weights"):
         files_to_fetch(["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin"])
 
@@ -216,3 +218,29 @@ def test_a_download_the_disk_cannot_record_is_a_507_and_is_not_started(tmp_path,
         client.__exit__(None, None, None)
     assert response.status_code == 507 and "No space left on device" in response.json()["detail"]
     assert listed == []
+
+
+def test_a_cuda_server_fetches_the_fp16_unet_and_the_prior_loads_it(tiny_sd_dir, tmp_path):
+    """What a CUDA server downloads (the UNet's fp16 variant only) is what the fp16 prior loads; without the
+    variant it casts the plain weights."""
+    import shutil
+
+    import torch
+
+    from nfsd_server.downloads import weights_variant
+    from nfsd_server.guidance.stable_diffusion import load_unet
+
+    assert weights_variant("cpu") is None
+    folder = tmp_path / "fp16-unet"
+    shutil.copytree(tiny_sd_dir, folder)
+    plain = load_unet(str(folder), torch.float32)
+    plain.to(torch.float16).save_pretrained(folder / "unet", variant="fp16")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()  # as downloaded: the variant only
+    listing = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in files_to_fetch(listing, variant="fp16")
+    unet = load_unet(str(folder), torch.float16)
+    assert unet.dtype == torch.float16
+    weight = next(iter(unet.state_dict().values()))
+    assert torch.equal(weight, next(iter(plain.state_dict().values())).to(torch.float16))
+    cast = load_unet(str(tiny_sd_dir), torch.float16)  # no variant there: the plain weights, cast
+    assert cast.dtype == torch.float16

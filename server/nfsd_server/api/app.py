@@ -16,7 +16,7 @@ from nfsd_server.api import routes_downloads, routes_health, routes_jobs, routes
 from nfsd_server.api.errors import install_error_handlers
 from nfsd_server.api.jobs import Executor, JobManager, LoadPriorFn, RunFn
 from nfsd_server.api.limits import GuardMiddleware
-from nfsd_server.downloads import DownloadManager
+from nfsd_server.downloads import DownloadManager, weights_variant
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def create_app(
             allow_benchmark_models=config.allow_benchmark_models, executor=executor,
         )
         app.state.manager = manager
-        app.state.downloads = DownloadManager(config.data_dir)
+        app.state.downloads = DownloadManager(config.data_dir, variant=weights_variant(config.device))
         if start_worker:
             manager.start()
             app.state.downloads.resume_interrupted()

@@ -107,9 +107,7 @@ class StableDiffusionPrior(Prior):
         _check_local_folder(model)
         # use_safetensors: pickled weights (.bin) can run code when loaded; never fall back to them.
         loaders = {
-            "unet": lambda: UNet2DConditionModel.from_pretrained(
-                model, subfolder="unet", torch_dtype=dtypes.unet, use_safetensors=True
-            ),
+            "unet": lambda: load_unet(model, dtypes.unet),
             "vae": lambda: AutoencoderKL.from_pretrained(
                 model, subfolder="vae", torch_dtype=dtypes.vae, use_safetensors=True
             ),
@@ -280,6 +278,20 @@ def _explain_load_failure(model: str, component: str, error: Exception) -> str:
         f"Check the id; without internet, download it once elsewhere (`huggingface-cli download {model}`) "
         "or pass a local diffusers folder"
     )
+
+
+def load_unet(model: str, dtype: torch.dtype):
+    """The UNet in ``dtype``; in fp16 from the repo's fp16 weight variant where it has one (what a CUDA server
+    downloads: half the bytes), else from the plain weights."""
+    from diffusers import UNet2DConditionModel
+
+    if dtype == torch.float16:
+        try:
+            return UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, variant="fp16",
+                                                        use_safetensors=True)
+        except (OSError, ValueError):
+            pass  # no fp16 variant here: the plain weights, cast on load
+    return UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, use_safetensors=True)
 
 
 def load_taesd(model: str, dtypes: ComponentDtypes):
