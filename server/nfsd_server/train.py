@@ -214,7 +214,10 @@ class Trainer:
             if self.shape_guide is not None:
                 self.shape_guide.attach(self.field)
             self.background = BACKGROUNDS[config.background]().to(self.device)
-        self.renderer: Renderer = make_renderer(RendererConfig(n_samples=self.preset.n_samples), self.device)
+        # A captured render needs the fixed sample budget on every device; else the renderer's default decides.
+        renderer_config = RendererConfig(n_samples=self.preset.n_samples,
+                                         fixed_budget=True if config.capture_render else None)
+        self.renderer: Renderer = make_renderer(renderer_config, self.device)
         if self.field.config.latent_channels:
             self.field.set_latent_map(*(tensor.to(self.device) for tensor in prior.latent_color_map()))
         self.optimizer = torch.optim.Adam(

@@ -83,7 +83,7 @@ def test_budget_is_the_occupied_share_with_headroom_in_whole_steps():
 @pytest.mark.parametrize("prompt", sorted(REFERENCES))
 def test_budget_renders_the_nonzero_samplers_image_on_the_analytic_references(prompt):
     field = ReferenceField(REFERENCES[prompt])
-    oracle, budgeted = NonzeroSampler(RendererConfig()), OccupancyGridRenderer(RendererConfig())
+    oracle, budgeted = NonzeroSampler(RendererConfig()), OccupancyGridRenderer(RendererConfig(fixed_budget=True))
     oracle.update(0, field)
     budgeted.update(0, field)
     expected = render(oracle, field)
@@ -122,7 +122,7 @@ class HostSyncs(TorchDispatchMode):
 
 def test_a_training_render_after_the_first_never_syncs_and_its_shapes_depend_on_the_budget_alone():
     ball, torus = ReferenceField(REFERENCES["a red ball"]), ReferenceField(REFERENCES["a green torus"])
-    renderer = OccupancyGridRenderer(RendererConfig(n_samples=32))
+    renderer = OccupancyGridRenderer(RendererConfig(n_samples=32, fixed_budget=True))
     renderer.update(0, ball)
     render(renderer, ball)
     renderer.update(1, ball)
@@ -141,16 +141,28 @@ def test_a_training_render_after_the_first_never_syncs_and_its_shapes_depend_on_
 
 def test_the_budget_state_is_checkpointed_and_an_older_checkpoint_starts_it_afresh():
     field = ReferenceField(REFERENCES["a blue cube"])
-    renderer = OccupancyGridRenderer(RendererConfig(n_samples=16))
+    renderer = OccupancyGridRenderer(RendererConfig(n_samples=16, fixed_budget=True))
     renderer.update(0, field)
     render(renderer, field)
     renderer.update(1, field)
     state = renderer.state_dict()
     assert int(state["budget_steps"]) == renderer.budget_steps < BUDGET_STEPS and int(state["training_renders"]) == 1
-    restored = OccupancyGridRenderer(RendererConfig(n_samples=16))
+    restored = OccupancyGridRenderer(RendererConfig(n_samples=16, fixed_budget=True))
     restored.load_state_dict(state)
     assert (restored.budget_steps, restored.training_renders) == (renderer.budget_steps, 1)
-    older = OccupancyGridRenderer(RendererConfig(n_samples=16))
+    older = OccupancyGridRenderer(RendererConfig(n_samples=16, fixed_budget=True))
     older.load_state_dict({"occupancy": state["occupancy"]})  # before the budget: the grid alone
     assert (older.budget_steps, older.training_renders) == (BUDGET_STEPS, 0)
     assert torch.equal(older.occupancy, renderer.occupancy)
+
+
+def test_the_budget_is_used_on_cuda_or_when_asked_and_the_cpu_counts_exactly_by_default():
+    # On the CPU a count costs no sync but the budget's headroom costs field evaluations (step_cost.py: render +
+    # backward 1.2× slower), so it counts exactly there unless a captured step asks for the budget.
+    cpu = OccupancyGridRenderer(RendererConfig(n_samples=16))
+    assert not cpu.uses_budget and cpu.config.fixed_budget is None
+    forced = OccupancyGridRenderer(RendererConfig(n_samples=16, fixed_budget=True))
+    assert forced.uses_budget and not OccupancyGridRenderer(RendererConfig(fixed_budget=False)).uses_budget
+    cpu.note_training_render()
+    forced.note_training_render()
+    assert (cpu.capturable, forced.capturable) == (False, True)

@@ -44,6 +44,10 @@ class RendererConfig:
     # training renders to the largest occupied share seen × budget_headroom (room for the field to grow).
     budget_every: int = 16
     budget_headroom: float = 1.25
+    # Whether training renders use that budget. None: on CUDA only, where counting the occupied samples costs a
+    # host sync and a new shape every step; on the CPU counting is free and the budget's headroom is not (1.2×
+    # the render + backward in benchmarks/step_cost.py). A captured step needs it everywhere (Trainer sets True).
+    fixed_budget: bool | None = None
 
 
 @dataclass
@@ -273,8 +277,13 @@ class OccupancyGridRenderer(StratifiedRenderer):
         self.budget_ready = True
 
     @property
+    def uses_budget(self) -> bool:
+        fixed = self.config.fixed_budget
+        return self.occupancy.device.type == "cuda" if fixed is None else fixed
+
+    @property
     def capturable(self) -> bool:
-        return self.budget_ready
+        return self.budget_ready and self.uses_budget
 
     def _size_budget(self) -> None:
         renders = self.training_renders
@@ -294,9 +303,9 @@ class OccupancyGridRenderer(StratifiedRenderer):
         keep = (self.occupancy[cells[..., 0], cells[..., 1], cells[..., 2]] & (t_ends > t_starts)).view(-1)
         n_samples = keep.shape[0]
         training = torch.is_grad_enabled()
-        if training and self.budget_ready:
+        if training and self.budget_ready and self.uses_budget:
             budget = budget_size(self.budget_steps, n_samples)
-        else:  # previews, and the first training render (nothing seen yet to size a budget by): exact, one sync
+        else:  # previews, the first training render (nothing seen yet to size a budget by), CPU: exact, one sync
             budget = max(int(keep.sum()), 1)
         slots = budget_slots(keep, budget)
         if training:
