@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nfsd_server.files import read_regular_file
+from nfsd_server.files import read_regular_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +115,7 @@ class DownloadManager:
 
     def _persist(self, download: Download) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f"{download.id}.json.tmp"
-        tmp.write_text(json.dumps(asdict(download)))
-        os.replace(tmp, self.folder / f"{download.id}.json")
+        write_atomic(self.folder / f"{download.id}.json", json.dumps(asdict(download)).encode("utf-8"))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def resume_interrupted(self) -> None:

@@ -26,6 +26,14 @@ class ApiError(StarletteHTTPException):
         self.hint = hint
 
 
+WRITABLE_DATA_DIR_HINT = "free disk space or start the server with a writable --data-dir"
+
+
+def disk_refused(what: str, error: OSError, hint: str = WRITABLE_DATA_DIR_HINT) -> ApiError:
+    """The 507 for a write the data dir refused (full, read-only): ``what`` could not be done, and the OS's why."""
+    return ApiError(507, f"{what}: {error.strerror or error}", hint=hint)
+
+
 # For errors raised by FastAPI/Starlette themselves, which carry no hint of their own.
 _DEFAULT_HINTS = {
     400: "send the body as UTF-8 JSON with Content-Type: application/json",

@@ -10,7 +10,7 @@ from huggingface_hub.utils import validate_repo_id
 from pydantic import BaseModel, Field, field_validator
 
 from nfsd_server.api.auth import require_token
-from nfsd_server.api.errors import ApiError
+from nfsd_server.api.errors import ApiError, disk_refused
 from nfsd_server.api.limits import MAX_BODY_BYTES
 from nfsd_server.api.schemas import ErrorBody, json_body_responses
 from nfsd_server.downloads import Download, DownloadManager, DownloadNotFound
@@ -74,8 +74,7 @@ def _recorded(call, *args) -> Download:
     try:
         return call(*args)
     except OSError as error:
-        raise ApiError(507, f"the server cannot record the download: {error.strerror or error}",
-                       hint="free space in (or fix the permissions of) the server's data dir, then try again") from None
+        raise disk_refused("the server cannot record the download", error) from None
 
 
 @router.post("", status_code=202, response_model=DownloadStatus,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from nfsd_server.api.auth import require_token
-from nfsd_server.api.errors import ApiError
+from nfsd_server.api.errors import ApiError, disk_refused
 from nfsd_server.api.jobs import JobManager, JobNotFound, QueueFull, ResultNotReady
 from nfsd_server.api.limits import MAX_BODY_BYTES
 from nfsd_server.api.records import UnsafePath
@@ -74,10 +74,7 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
     except ValueError as error:  # the settings' own check (e.g. a prompt of invisible characters only)
         raise ApiError(422, str(error), hint="fix the request's settings and submit again") from None
     except OSError as error:
-        raise ApiError(
-            507, f"cannot record the job in its job folder: {error.strerror or error}",
-            hint="free disk space or start the server with a writable --data-dir",
-        ) from None
+        raise disk_refused("cannot record the job in its job folder", error) from None
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id)
 

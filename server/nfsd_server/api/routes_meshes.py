@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 import nfsd_contract as contract
 from nfsd_server.api.auth import require_token
-from nfsd_server.api.errors import ApiError
+from nfsd_server.api.errors import ApiError, disk_refused
 from nfsd_server.api.mesh_store import UploadFaceCount, save_mesh
 from nfsd_server.api.schemas import ErrorBody
 from nfsd_server.scene.init_mesh import MeshError
@@ -65,10 +65,7 @@ async def upload_mesh(
     except MeshError as error:
         raise ApiError(422, str(error), hint="select another object, or fix this one and send it again") from None
     except OSError as error:
-        raise ApiError(
-            507, f"cannot store the mesh on the server: {error.strerror or error}",
-            hint="free disk space or start the server with a writable --data-dir",
-        ) from None
+        raise disk_refused("cannot store the mesh on the server", error) from None
     return MeshCreated(id=mesh_id, vertices=vertices, faces=face_count)
 
 
