@@ -75,8 +75,8 @@ VARIANTS = {
     "nfsd t<200": ("nfsd", dict(t_min=0.02, t_max_start=0.19, t_max_end=0.19)),  # cond + uncond
     "sds": ("sds", dict(t_min=0.2, t_max_end=0.5)),
 }
-# With --janus-guard: NFSD with the Janus guard (one more row per image: 4 at t ≥ 200, 3 below), measured
-# beside plain NFSD as above, and projected the same way.
+# With --janus-guard: NFSD with the Janus guard (one more row per image at t ≥ 200: 4 rows there; below 200 it
+# adds none, 2 rows as plain NFSD), measured beside plain NFSD as above, and projected the same way.
 GUARD_VARIANTS = {
     "guard": ("nfsd", dict(t_min=0.2, t_max_end=0.5)),
     "guard t<200": ("nfsd", dict(t_min=0.02, t_max_start=0.19, t_max_end=0.19)),

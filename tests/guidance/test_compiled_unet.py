@@ -52,6 +52,8 @@ def test_row_counts_follow_the_t_range_nfsds_negative_row_and_the_janus_guard():
     assert nfsd.row_counts(2, 20, 980) == [4, 5, 6]  # each image decides for itself
     assert sds.row_counts(1, 20, 980) == [2]
     assert make_guidance("nfsd", 7.5, janus_guard=True).row_counts(1, 300, 980) == [4]
+    assert make_guidance("nfsd", 7.5, janus_guard=True).row_counts(1, 20, 980) == [2, 4]  # both rows from t = 200
+    assert make_guidance("sds", 100.0, janus_guard=True).row_counts(1, 20, 980) == [2, 3]
 
 
 def test_static_rows_compile_one_graph_per_row_count_before_the_steps_and_none_during_them(own_tiny_prior):

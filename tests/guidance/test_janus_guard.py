@@ -8,6 +8,7 @@ import torch
 from nfsd_server.guidance.distillation import NFSDGuidance, SDSGuidance, make_guidance, predict_rows, view_negative_cameras
 from nfsd_server.guidance.prior import PromptKind
 from nfsd_server.guidance.score import (
+    clip_score,
     nfsd_direction,
     perp_neg_delta,
     perpendicular_component,
@@ -37,10 +38,18 @@ def test_perp_neg_delta_subtracts_only_the_perpendicular_part_of_the_view_negati
     assert torch.equal(got, per_row((2.0, -3.0), (2.0, 0.0)))
 
 
+def test_clip_score_clamps_each_element():
+    got = clip_score(per_row((3.0, -0.5), (-4.0, 1.5)), 1.0)
+    assert torch.equal(got, per_row((1.0, -0.5), (-1.0, 1.0)))
+    with pytest.raises(ValueError, match="the score clip limit must be > 0, got 0.0"):
+        clip_score(per_row((1.0, 1.0)), 0.0)
+
+
 def test_view_negative_weight_by_hand():
-    azimuth = torch.deg2rad(torch.tensor([0.0, 30.0, 45.0, 67.5, 90.0, -135.0, 180.0, 540.0]))
-    side = math.exp(-0.5) + 0.967  # f(1): a·e^(−b) + c with (a, b, c) = (1, 0.5, 0.967)
-    expected = torch.tensor([0.0, 0.0, 0.0, 0.5 * side, side, math.exp(-0.25) + 0.967, 1.967, 1.967])
+    azimuth = torch.deg2rad(torch.tensor([0.0, 30.0, 67.5, 90.0, 112.5, -135.0, 180.0, 540.0]))
+    f = lambda r: math.exp(-0.5 * r) + 0.967  # noqa: E731  a·e^(−b·r) + c with (a, b, c) = (1, 0.5, 0.967)
+    # 0 up to 90° (the front still shows there), half-way up the ramp at 112.5° (r = 0.75), full from 135°
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5 * f(0.75), f(0.5), f(0.0), f(0.0)])
     assert torch.allclose(view_negative_weight(azimuth), expected, atol=1e-5)
 
 
@@ -82,21 +91,23 @@ class RecordingPrior:
         return torch.arange(1, latents.shape[0] + 1, dtype=torch.float32).view(-1, 1, 1, 1).expand_as(latents).clone()
 
 
-def test_guard_adds_one_prompt_row_per_image_at_its_view_negative_in_the_same_call():
-    prior, cameras = RecordingPrior(), cameras_at(150.0, 0.0)
-    latents = torch.zeros(2, 4, 2, 2)
-    eps = predict_rows(prior, latents, torch.tensor([500, 100]), cameras, None, torch.tensor([True, False]),
-                       view_negative=True)
+def test_guard_adds_one_prompt_row_per_guarded_image_at_its_view_negative_in_the_same_call():
+    prior, cameras = RecordingPrior(), cameras_at(150.0, 0.0, 100.0)
+    latents = torch.zeros(3, 4, 2, 2)
+    eps = predict_rows(prior, latents, torch.tensor([500, 100, 900]), cameras, None, torch.tensor([True, False, True]),
+                       with_view_negative=torch.tensor([True, False, True]))
     (call,) = prior.calls
-    assert call.kinds.tolist() == [PromptKind.PROMPT] * 2 + [PromptKind.NULL] * 2 + [PromptKind.NEGATIVE] + [PromptKind.PROMPT] * 2
-    assert call.cameras.view[-2:].tolist() == [FRONT, BACK]
-    assert eps.rows_evaluated == 7
-    assert eps.view_negative[:, 0, 0, 0].tolist() == [6.0, 7.0]
-    assert eps.negative[:, 0, 0, 0].tolist() == [5.0, 0.0]
+    assert call.kinds.tolist() == [PromptKind.PROMPT] * 3 + [PromptKind.NULL] * 3 + [PromptKind.NEGATIVE] * 2 + [PromptKind.PROMPT] * 2
+    assert call.cameras.view[-2:].tolist() == [FRONT, FRONT]  # images 0 and 2 (150°, 100°) seen from the front
+    assert call.cameras.azimuth[-2:].tolist() == [0.0, 0.0]
+    assert eps.rows_evaluated == 10
+    assert eps.view_negative[:, 0, 0, 0].tolist() == [9.0, 0.0, 10.0]  # image 1 got no row: zeros
+    assert eps.negative[:, 0, 0, 0].tolist() == [7.0, 0.0, 8.0]
 
 
-@pytest.mark.parametrize("t, plain, guarded", [(500, 3, 4), (100, 2, 3)])
+@pytest.mark.parametrize("t, plain, guarded", [(500, 3, 4), (100, 2, 2)])
 def test_nfsd_rows_with_and_without_the_guard(t, plain, guarded):
+    # Below t = 200 the guard adds no row (distillation.py says why): NFSD's 2 rows stay 2.
     cameras, latents = cameras_at(170.0), torch.zeros(1, 4, 2, 2)
     for guard, rows in ((False, plain), (True, guarded)):
         guidance = make_guidance("nfsd", 7.5, janus_guard=guard)
@@ -104,17 +115,37 @@ def test_nfsd_rows_with_and_without_the_guard(t, plain, guarded):
         assert guidance.last_rows_evaluated == rows
 
 
-def test_guard_changes_the_direction_only_away_from_the_front():
-    # ε rows: cond 1, uncond 2, [negative 3], view negative = last row. Front camera: weight 0 → unguarded.
-    latents, t = torch.zeros(1, 2, 1, 1), torch.tensor([100])
+def test_guard_changes_the_direction_only_away_from_the_front_and_at_t_from_200():
+    # ε rows: cond 1, uncond 2, negative 3, view negative 4. Front camera: weight 0 → unguarded.
+    latents, t = torch.zeros(1, 2, 1, 1), torch.tensor([500])
     front, back = cameras_at(0.0), cameras_at(180.0)
     plain = NFSDGuidance(7.5).direction(RecordingPrior(), latents, latents, t, front, None)
     assert torch.equal(NFSDGuidance(7.5, janus_guard=True).direction(RecordingPrior(), latents, latents, t, front, None), plain)
-    # Behind: δ_C = (−1, −1) and δ_v = 3 − 2 = (1, 1) is parallel to it: no perpendicular part, no change either.
+    # Behind: δ_C = (−1, −1) and δ_v = 4 − 2 = (2, 2) is parallel to it: no perpendicular part, no change either.
     assert torch.equal(NFSDGuidance(7.5, janus_guard=True).direction(RecordingPrior(), latents, latents, t, back, None), plain)
-    guarded_sds = SDSGuidance(100.0, janus_guard=True)
-    guarded_sds.direction(RecordingPrior(), latents, latents, t, back, None)
-    assert guarded_sds.last_rows_evaluated == 3
+
+
+class PerpendicularPrior(RecordingPrior):
+    """ε_∅ = 0, ε_y = (1, 0) and, from the front view, ε_front = (0, 1): δ_v ⊥ δ_C, all of it subtracted."""
+
+
+    def predict_noise(self, latents, t, conditions):
+        self.calls.append(conditions)
+        eps = torch.zeros(latents.shape[0], 2, 1, 1)
+        is_prompt = conditions.kinds == PromptKind.PROMPT
+        eps[is_prompt & (conditions.cameras.view != FRONT), 0] = 1.0
+        eps[is_prompt & (conditions.cameras.view == FRONT), 1] = 1.0
+        return eps
+
+
+@pytest.mark.parametrize("t, guarded", [(500, True), (199, False)])
+def test_guard_subtracts_the_front_behind_from_t_200(t, guarded):
+    latents, behind = torch.zeros(1, 2, 1, 1), cameras_at(150.0)
+    direction = SDSGuidance(100.0, janus_guard=True).direction(PerpendicularPrior(), latents, latents, torch.tensor([t]), behind, None)
+    weight = float(view_negative_weight(torch.deg2rad(torch.tensor([150.0])))) if guarded else 0.0
+    assert not guarded or weight > 1.5
+    # SDS: ε_∅ + s·(δ_C − w·δ_v⊥) − noise = 100·((1, 0) − w·(0, 1))
+    assert torch.allclose(direction, per_row((100.0, -100.0 * weight)))
 
 
 def test_stable_diffusion_answers_the_view_negative_from_its_front_embedding(tiny_sd_prior):
@@ -123,7 +154,8 @@ def test_stable_diffusion_answers_the_view_negative_from_its_front_embedding(tin
     prompts = tiny_sd_prior.prepare_prompts("a hamburger", "ugly")
     back = cameras_at(180.0)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    eps = predict_rows(tiny_sd_prior, latents, torch.tensor([500]), back, prompts, torch.tensor([False]), view_negative=True)
+    eps = predict_rows(tiny_sd_prior, latents, torch.tensor([500]), back, prompts, torch.tensor([False]),
+                       with_view_negative=torch.tensor([True]))
     front = cameras_at(0.0)
     expected = tiny_sd_prior.predict_noise(latents, torch.tensor([500]), Conditions(torch.tensor([PromptKind.PROMPT]), front, prompts))
     assert torch.allclose(eps.view_negative, expected, atol=1e-5)

@@ -3,12 +3,15 @@
 Both share ``predict_rows``, which asks the prior for cond, uncond, (only where needed) negative and, with the
 Janus guard, view-negative noise predictions in ONE batched call: the expensive part of a step.
 
-The Janus guard (Perp-Neg view negatives): each image gets one more row, the prompt seen from its *view
-negative*, "front view" for a camera outside the front sector ("back view" for a front camera, weight 0 there
-today: the row keeps the batch shape fixed with no host sync). That row is an ordinary prompt row at a camera
-moved to the negative view, so every prior answers it as it answers the prompt: Stable Diffusion from its cached
-view-suffix embeddings, the arena from the suffix, the analytic prior (which sees the camera) from that camera.
-Its component perpendicular to δ_C is subtracted with an azimuth-dependent weight (``score.perp_neg_delta``).
+The Janus guard (Perp-Neg view negatives): each image with t ≥ ``GUARD_MIN_T`` gets one more row, the prompt
+seen from its *view negative*, "front view" for a camera outside the front sector ("back view" for a front
+camera, weight 0 there today: the row keeps the batch shape fixed with no host sync). That row is an ordinary
+prompt row at a camera moved to the negative view, so every prior answers it as it answers the prompt: Stable
+Diffusion from its cached view-suffix embeddings, the arena from the suffix, the analytic prior (which sees the
+camera) from that camera. Its component perpendicular to δ_C is subtracted with an azimuth-dependent weight
+(``score.perp_neg_delta``). Below t = 200 the guard is off: at that little noise the layout (which side has the
+face) is already decided and the prior only sharpens it, and there NFSD evaluates 2 rows, so a third would cost
+1.5× where the guard earns nothing; at t ≥ 200 it is 4 rows for NFSD's 3.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from torch import Tensor
 
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.score import (
-    FRONT_HALF_WIDTH_DEG, NFSD_SMALL_T, needs_negative, nfsd_direction, perp_neg_delta, sds_direction, view_negative_weight,
+    FRONT_HALF_WIDTH_DEG, GUARD_MIN_T, NFSD_SMALL_T, guard_active, needs_negative, nfsd_direction, perp_neg_delta,
+    sds_direction, view_negative_weight,
 )
 from nfsd_server.scene.cameras import BACK, FRONT, Cameras, look_at_origin
 from nfsd_server.devices import host_to_device
@@ -31,8 +35,8 @@ from nfsd_server.devices import host_to_device
 
 @dataclass
 class NoisePredictions:
-    """(B, C, h, w) each; ``negative`` rows are zero where the negative prompt was not evaluated;
-    ``view_negative`` is None unless asked for (the Janus guard)."""
+    """(B, C, h, w) each; ``negative`` rows are zero where the negative prompt was not evaluated; so are
+    ``view_negative`` rows where the view negative was not (all of it None unless asked for: the Janus guard)."""
 
     cond: Tensor
     uncond: Tensor
@@ -56,21 +60,27 @@ def view_negative_cameras(cameras: Cameras) -> Cameras:
                    elevation=cameras.elevation, azimuth=target, distance=cameras.distance, view=view, light_dir=light)
 
 
+def _scatter_rows(rows: Tensor, index: Tensor, like: Tensor) -> Tensor:
+    """``like``-shaped zeros with ``rows`` at batch positions ``index``."""
+    return torch.zeros_like(like).index_copy(0, index, rows) if index.numel() else torch.zeros_like(like)
+
+
 def predict_rows(
     prior: Prior, latents_noisy: Tensor, t: Tensor, cameras: Cameras, prompts: Any, with_negative: Tensor,
-    view_negative: bool = False,
+    with_view_negative: Tensor | None = None,
 ) -> NoisePredictions:
     """One prior call over rows [cond (B) | uncond (B) | negative (rows where ``with_negative``) | view negative
-    (B, with ``view_negative``: the prompt at ``view_negative_cameras``)].
+    (rows where ``with_view_negative``: the prompt at ``view_negative_cameras``)].
 
-    latents_noisy (B, C, h, w) on the prior's device; t (B,) long and with_negative (B,) bool on the CPU,
-    so choosing the rows needs no device sync (they are copied to the device without blocking).
+    latents_noisy (B, C, h, w) on the prior's device; t (B,) long and the (B,) bool masks on the CPU, so
+    choosing the rows needs no device sync (they are copied to the device without blocking).
     """
     batch, device = latents_noisy.shape[0], latents_noisy.device
     t, with_negative = t.cpu(), with_negative.cpu()
     neg_rows = torch.nonzero(with_negative, as_tuple=False).squeeze(1)
-    n_neg = neg_rows.numel()
-    n_view = batch if view_negative else 0
+    guarded = with_view_negative is not None
+    view_rows = torch.nonzero(with_view_negative.cpu(), as_tuple=False).squeeze(1) if guarded else neg_rows[:0]
+    n_neg, n_view = neg_rows.numel(), view_rows.numel()
     kinds = torch.cat(
         [
             torch.full((batch,), PromptKind.PROMPT, dtype=torch.long),
@@ -79,22 +89,25 @@ def predict_rows(
             torch.full((n_view,), PromptKind.PROMPT, dtype=torch.long),
         ]
     )
-    rows_t = host_to_device(torch.cat([t, t, t.index_select(0, neg_rows), t[:n_view]]), device)
-    neg_rows_device = host_to_device(neg_rows, device)
+    rows_t = host_to_device(torch.cat([t, t, t.index_select(0, neg_rows), t.index_select(0, view_rows)]), device)
+    neg_rows_device, view_rows_device = host_to_device(neg_rows, device), host_to_device(view_rows, device)
     rows_latents = torch.cat([latents_noisy, latents_noisy, latents_noisy.index_select(0, neg_rows_device),
-                              latents_noisy[:n_view]])
+                              latents_noisy.index_select(0, view_rows_device)])
     camera_parts = [cameras, cameras, cameras.index(neg_rows_device)]
-    if view_negative:
-        camera_parts.append(view_negative_cameras(cameras))
+    if n_view:
+        camera_parts.append(view_negative_cameras(cameras.index(view_rows_device)))
     rows_cameras = Cameras.cat(camera_parts)
     eps = prior.predict_noise(rows_latents, rows_t, Conditions(host_to_device(kinds, device), rows_cameras, prompts))
     eps_cond, eps_uncond = eps[:batch], eps[batch : 2 * batch]
-    eps_neg_rows, eps_view = eps[2 * batch : 2 * batch + n_neg], eps[2 * batch + n_neg :]
-    eps_neg = torch.zeros_like(eps_uncond)
-    if n_neg:
-        eps_neg = eps_neg.index_copy(0, neg_rows_device, eps_neg_rows)
-    return NoisePredictions(eps_cond, eps_uncond, eps_neg, rows_evaluated=eps.shape[0],
-                            view_negative=eps_view if view_negative else None)
+    eps_neg = _scatter_rows(eps[2 * batch : 2 * batch + n_neg], neg_rows_device, eps_uncond)
+    eps_view = _scatter_rows(eps[2 * batch + n_neg :], view_rows_device, eps_uncond) if guarded else None
+    return NoisePredictions(eps_cond, eps_uncond, eps_neg, rows_evaluated=eps.shape[0], view_negative=eps_view)
+
+
+def images_above(batch: int, t_lo: int, t_hi: int, threshold: int) -> range:
+    """How many of ``batch`` images can have t ≥ ``threshold`` when t is drawn from [t_lo, t_hi)."""
+    some_below, some_above = t_lo < threshold, t_hi - 1 >= threshold
+    return range(0 if some_below else batch, (batch if some_above else 0) + 1)
 
 
 class ScoreDistillation:
@@ -119,15 +132,17 @@ class ScoreDistillation:
 
     def row_counts(self, batch: int, t_lo: int, t_hi: int) -> list[int]:
         """Every row count the batched prior call can have for ``batch`` images with t in [t_lo, t_hi)."""
-        return [2 * batch + (batch if self.janus_guard else 0)]
+        views = images_above(batch, t_lo, t_hi, GUARD_MIN_T) if self.janus_guard else range(1)
+        return [2 * batch + n for n in views]
 
     def predictions(self, prior, latents_noisy, t, cameras, prompts, with_negative: Tensor) -> tuple[NoisePredictions, Tensor]:
-        """The batched prior call and δ_C (Perp-Neg guarded with ``janus_guard``), (B, C, h, w)."""
-        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative, view_negative=self.janus_guard)
+        """The batched prior call and δ_C (Perp-Neg guarded with ``janus_guard`` where t ≥ GUARD_MIN_T), (B, C, h, w)."""
+        guarded = guard_active(t) if self.janus_guard else None
+        eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative, with_view_negative=guarded)
         self.last_rows_evaluated = eps.rows_evaluated
         if eps.view_negative is None:
             return eps, eps.cond - eps.uncond
-        weight = view_negative_weight(cameras.azimuth)
+        weight = view_negative_weight(cameras.azimuth) * host_to_device(guarded, cameras.azimuth.device)
         return eps, perp_neg_delta(eps.cond, eps.uncond, eps.view_negative, weight)
 
 
@@ -137,10 +152,10 @@ class NFSDGuidance(ScoreDistillation):
     name = "nfsd"
 
     def row_counts(self, batch, t_lo, t_hi):
-        # An image gets a negative row when its t ≥ NFSD_SMALL_T: t in [t_lo, t_hi) decides how many can.
-        some_below, some_above = t_lo < NFSD_SMALL_T, t_hi - 1 >= NFSD_SMALL_T
-        base = 2 * batch + (batch if self.janus_guard else 0)
-        return [base + n for n in range(0 if some_below else batch, (batch if some_above else 0) + 1)]
+        # An image gets a negative row when its t ≥ NFSD_SMALL_T (and, guarded, a view-negative row: GUARD_MIN_T
+        # is the same threshold), so t in [t_lo, t_hi) decides how many can.
+        per_image = 2 if self.janus_guard else 1
+        return [2 * batch + per_image * n for n in images_above(batch, t_lo, t_hi, NFSD_SMALL_T)]
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
         t = t.cpu()  # the trainer samples t on the CPU: no sync here, none to pick the negative rows
@@ -155,6 +170,7 @@ class SDSGuidance(ScoreDistillation):
     name = "sds"
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
+        t = t.cpu()
         with_negative = torch.zeros(t.shape[0], dtype=torch.bool)
         eps, delta_cond = self.predictions(prior, latents_noisy, t, cameras, prompts, with_negative)
         return sds_direction(eps.cond, eps.uncond, noise, self.guidance_scale, delta_cond=delta_cond)

@@ -22,6 +22,15 @@ def needs_negative(t: Tensor) -> Tensor:
     return t >= NFSD_SMALL_T
 
 
+# The Janus guard's view negative is evaluated from here up (see guidance/distillation.py for why not below).
+GUARD_MIN_T = NFSD_SMALL_T
+
+
+def guard_active(t: Tensor) -> Tensor:
+    """(B,) bool: which batch elements get the Janus guard's view-negative row (t >= GUARD_MIN_T)."""
+    return t >= GUARD_MIN_T
+
+
 def nfsd_direction(
     eps_cond: Tensor, eps_uncond: Tensor, eps_neg: Tensor, t: Tensor, guidance_scale: float,
     delta_cond: Tensor | None = None,
@@ -52,6 +61,11 @@ def sds_direction(
 # behind and 1 at the side: threestudio's perp_neg_f_fsb (1.97 behind, 1.57 at the side).
 VIEW_NEGATIVE_DECAY = (1.0, 0.5, 0.967)
 FRONT_HALF_WIDTH_DEG = 45.0  # the "front view" sector (scene/cameras.py's suffix rule)
+# The weight ramps in from 0 at 90° (a front feature up to 45° wide still shows at the rim of every camera up
+# to there, so pushing "front view" away would erase the real one) to the full f(r) at 135° (behind the sector
+# from which any of it shows). Starting at the 45° front sector instead, as threestudio does on Stable
+# Diffusion, erased the arena ball's real face too: the side cameras outnumber the front ones 2:1.
+GUARD_RAMP_DEG = (90.0, 135.0)
 
 
 def perpendicular_component(vector: Tensor, onto: Tensor) -> Tensor:
@@ -66,12 +80,13 @@ def perpendicular_component(vector: Tensor, onto: Tensor) -> Tensor:
 def view_negative_weight(azimuth: Tensor) -> Tensor:
     """(B,) radians → (B,) weight of the "front view" negative for a camera at that azimuth (0 = front).
 
-    0 inside the front sector (|az| ≤ 45°: there the front is wanted), rising linearly to f(1) ≈ 1.57 at the
-    side (90°), then f(r) = a·exp(−b·r) + c with r = (180° − |az|)/90° up to f(0) ≈ 1.97 straight behind."""
+    f(r) = a·exp(−b·r) + c with r = (180° − |az|)/90° (f(1) ≈ 1.57 at the side, f(0) ≈ 1.97 straight behind),
+    times a ramp from 0 at |az| = 90° to 1 at 135° (``GUARD_RAMP_DEG``): 0 wherever the front can be seen."""
     degrees = torch.rad2deg(torch.remainder(azimuth + math.pi, 2 * math.pi) - math.pi).abs()
     a, b, c = VIEW_NEGATIVE_DECAY
     r = ((180.0 - degrees) / 90.0).clamp(0.0, 1.0)
-    ramp = ((degrees - FRONT_HALF_WIDTH_DEG) / (90.0 - FRONT_HALF_WIDTH_DEG)).clamp(0.0, 1.0)
+    start, full = GUARD_RAMP_DEG
+    ramp = ((degrees - start) / (full - start)).clamp(0.0, 1.0)
     return (a * torch.exp(-b * r) + c) * ramp
 
 
@@ -89,6 +104,15 @@ def perp_neg_delta(eps_cond: Tensor, eps_uncond: Tensor, eps_view_neg: Tensor, w
     weight = weight.to(delta_cond.dtype).view(-1, *([1] * (eps_cond.dim() - 1)))
     delta_view = torch.where(weight > 0, eps_view_neg - eps_uncond, torch.zeros_like(delta_cond))
     return delta_cond - weight * perpendicular_component(delta_view, delta_cond)
+
+
+def clip_score(grad: Tensor, limit: float) -> Tensor:
+    """Debiased-SDS score debiasing (Hong et al. 2023, as threestudio's ``grad_clip``): every element of the
+    weighted direction w(t)·(…) clamped to ±``limit``. Costs no prior row; the caller ramps ``limit`` up over the
+    run, so early steps, where a few large elements (an over-confident feature) would set the layout, are tamed."""
+    if not limit > 0:
+        raise ValueError(f"the score clip limit must be > 0, got {limit}")
+    return grad.clamp(-limit, limit)
 
 
 def timestep_weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
