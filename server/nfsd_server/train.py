@@ -33,7 +33,7 @@ from nfsd_server.checkpoints import (
 from nfsd_server.guidance.distillation import make_guidance
 from nfsd_server.guidance.nonfinite import NonFiniteWatch, nonfinite_hint
 from nfsd_server.guidance.prior import Prior
-from nfsd_server.guidance.score import distillation_loss, timestep_weight
+from nfsd_server.guidance.score import clip_score, distillation_loss, timestep_weight
 from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
@@ -95,6 +95,10 @@ class TrainConfig:
     orient_weight: tuple[float, float] = (10.0, 1000.0)
     orient_ramp_fraction: float = 0.5
     sparsity_weight: float = 1.0
+    # Debiased-SDS score clipping (``score.clip_score``): every element of w(t)·direction clamped to ±limit, the
+    # limit linear from score_clip[0] at the start to score_clip[1] at the end; None: no clipping (the default:
+    # benchmarks/arena.py measures it as a variant and it has not earned a place yet, README "Janus guard").
+    score_clip: tuple[float, float] | None = None
     background: str = "learned"
     orbit: OrbitConfig = field(default_factory=OrbitConfig)
     checkpoint_every: int = 200
@@ -124,6 +128,8 @@ class TrainConfig:
             raise ValueError("timestep range must satisfy 0 ≤ t_min < t_max_end ≤ t_max_start ≤ 1")
         if self.compile_rows not in COMPILE_ROWS:
             raise ValueError(f"compile_rows must be one of {COMPILE_ROWS}, got {self.compile_rows!r}")
+        if self.score_clip is not None and not 0 < self.score_clip[0] <= self.score_clip[1]:
+            raise ValueError(f"score_clip must be (start, end) with 0 < start ≤ end, got {self.score_clip}")
         if not self.t_anneal_power > 0:
             raise ValueError(f"t_anneal_power must be > 0 (0.5 square root, 1 linear), got {self.t_anneal_power}")
 
@@ -308,6 +314,9 @@ class Trainer:
                 latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
                 direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
                 grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
+                if config.score_clip is not None:
+                    start, end = config.score_clip
+                    grad = clip_score(grad, start + (end - start) * progress)
                 self.nonfinite.observe(direction, self.step + 1)
         with self.stage_timer("backward"):
             loss = distillation_loss(latents, grad)
