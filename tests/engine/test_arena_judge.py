@@ -9,7 +9,7 @@ from torch import nn
 from nfsd_server.arena_evaluation import evaluate_arena, feature_fractions, feature_scores, is_janus
 from nfsd_server.guidance.arena_objects import ARENA_OBJECTS
 
-BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a blue cube with a white label"]
+BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a blue cube with an orange label"]
 
 
 class HandMadeField(nn.Module):

@@ -16,7 +16,7 @@ from nfsd_server.guidance.arena import (
 from nfsd_server.guidance.arena_objects import ARENA_OBJECTS, SHADING_MODES, render_arena
 from nfsd_server.guidance.prior import Conditions, PromptKind
 from nfsd_server.guidance.registry import load_prior
-from nfsd_server.scene.cameras import BACK, make_cameras
+from nfsd_server.scene.cameras import BACK, SIDE, make_cameras
 
 BALL = "a red ball with a yellow face"
 
@@ -45,7 +45,8 @@ def test_view_weights_are_distributions_with_a_frontal_bias():
     for weights in (*VIEW_AZIMUTH_WEIGHTS.values(), MARGINAL_AZIMUTH_WEIGHTS):
         assert math.isclose(sum(weights), 1.0, abs_tol=1e-9) and len(weights) == len(AZIMUTHS_DEG)
     front_half = [i for i, az in enumerate(AZIMUTHS_DEG) if min(az, 360 - az) < 90]
-    assert sum(VIEW_AZIMUTH_WEIGHTS[BACK][i] for i in front_half) == pytest.approx(0.5)
+    assert sum(VIEW_AZIMUTH_WEIGHTS[BACK][i] for i in front_half) == pytest.approx(0.85)
+    assert sum(VIEW_AZIMUTH_WEIGHTS[SIDE][i] for i in front_half) == pytest.approx(0.6)
     assert math.isclose(float(mode_weights().sum()), 1.0, rel_tol=1e-6)
     assert len(mode_weights()) == len(SHADING_MODES)
 

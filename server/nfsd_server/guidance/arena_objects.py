@@ -67,8 +67,10 @@ ARENA_OBJECTS: dict[str, ArenaObject] = {
             face_patch,
         ),
         ArenaObject(
-            "a blue cube with a white label", box_sdf,
-            (Instance((0.10, 0.20, 0.85), (0.95, 0.95, 0.95), 0.25), Instance((0.15, 0.25, 0.75), (0.90, 0.90, 0.85), 0.22)),
+            # Orange, not white: a white label painted all round is a white cube on the white background, which
+            # the sparsity term then erases (silhouette IoU 0.01), so a Janus cube would read as a lost shape.
+            "a blue cube with an orange label", box_sdf,
+            (Instance((0.10, 0.20, 0.85), (0.95, 0.55, 0.10), 0.25), Instance((0.15, 0.25, 0.75), (0.90, 0.45, 0.05), 0.22)),
             front_label,
         ),
         # Without a feature: what ∅ also holds, so "with a yellow face" is what tells the prompt apart from ∅
