@@ -5,10 +5,11 @@ Janus guard, view-negative noise predictions in ONE batched call: the expensive 
 
 The Janus guard (Perp-Neg view negatives): each image with t ≥ ``GUARD_MIN_T`` gets one more row, the prompt
 seen from its *view negative*, "front view" for a camera outside the front sector ("back view" for a front
-camera, weight 0 there today: the row keeps the batch shape fixed with no host sync). That row is an ordinary
-prompt row at a camera moved to the negative view, so every prior answers it as it answers the prompt: Stable
-Diffusion from its cached view-suffix embeddings, the arena from the suffix, the analytic prior (which sees the
-camera) from that camera. Its component perpendicular to δ_C is subtracted with an azimuth-dependent weight
+camera). Within 90° of the front its weight is 0 today (``score.GUARD_RAMP_DEG``); the row is evaluated there all
+the same, so the batch shape needs no host sync on the cameras. That row is an ordinary prompt row at a camera
+moved to the negative view, so every prior answers it as it answers the prompt: Stable Diffusion from its cached
+view-suffix embeddings, the arena from the suffix, the analytic prior (which sees the camera) from that camera.
+Its component perpendicular to δ_C is subtracted with an azimuth-dependent weight
 (``score.perp_neg_delta``). Below t = 200 the guard is off: at that little noise the layout (which side has the
 face) is already decided and the prior only sharpens it, and there NFSD evaluates 2 rows, so a third would cost
 1.5× where the guard earns nothing; at t ≥ 200 it is 4 rows for NFSD's 3.
