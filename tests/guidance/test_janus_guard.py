@@ -128,7 +128,6 @@ def test_guard_changes_the_direction_only_away_from_the_front_and_at_t_from_200(
 class PerpendicularPrior(RecordingPrior):
     """ε_∅ = 0, ε_y = (1, 0) and, from the front view, ε_front = (0, 1): δ_v ⊥ δ_C, all of it subtracted."""
 
-
     def predict_noise(self, latents, t, conditions):
         self.calls.append(conditions)
         eps = torch.zeros(latents.shape[0], 2, 1, 1)
@@ -140,8 +139,9 @@ class PerpendicularPrior(RecordingPrior):
 
 @pytest.mark.parametrize("t, guarded", [(500, True), (199, False)])
 def test_guard_subtracts_the_front_behind_from_t_200(t, guarded):
-    latents, behind = torch.zeros(1, 2, 1, 1), cameras_at(150.0)
-    direction = SDSGuidance(100.0, janus_guard=True).direction(PerpendicularPrior(), latents, latents, torch.tensor([t]), behind, None)
+    latents, behind, guidance = torch.zeros(1, 2, 1, 1), cameras_at(150.0), SDSGuidance(100.0, janus_guard=True)
+    direction = guidance.direction(PerpendicularPrior(), latents, latents, torch.tensor([t]), behind, None)
+    assert guidance.last_rows_evaluated == (3 if guarded else 2)
     weight = float(view_negative_weight(torch.deg2rad(torch.tensor([150.0])))) if guarded else 0.0
     assert not guarded or weight > 1.5
     # SDS: ε_∅ + s·(δ_C − w·δ_v⊥) − noise = 100·((1, 0) − w·(0, 1))
