@@ -67,8 +67,9 @@ ARENA_OBJECTS: dict[str, ArenaObject] = {
             face_patch,
         ),
         ArenaObject(
-            # Orange, not white: a white label painted all round is a white cube on the white background, which
-            # the sparsity term then erases (silhouette IoU 0.01), so a Janus cube would read as a lost shape.
+            # Orange, not white: the judge tells the feature by its colour, and white is the background's (a
+            # faded or vanished cube read as all label). The cube collapses under NFSD with either (silhouette IoU
+            # 0.01 white, 0.02 orange at seed 0): a failure of its own, README "Priors".
             "a blue cube with an orange label", box_sdf,
             (Instance((0.10, 0.20, 0.85), (0.95, 0.55, 0.10), 0.25), Instance((0.15, 0.25, 0.75), (0.90, 0.45, 0.05), 0.22)),
             front_label,
