@@ -113,7 +113,7 @@ def main() -> None:
         args.variants = ["nfsd s=7.5", "nfsd+guard s=7.5", "sds s=100"]
 
     keep_freed_host_memory()
-    print(f"arena prior (latent {ArenaPrior().latent_size}²), draft preset, {args.steps} steps, seeds {args.seeds}, CPU, "
+    print(f"arena prior (latent {_worker_prior().latent_size}²), draft preset, {args.steps} steps, seeds {args.seeds}, CPU, "
           f"{args.jobs} process(es); default janus_guard={DEFAULT_GUARD}")
     header = (f"{'prompt':<31} {'variant':<17} {'seed':>4} {'janus':>5} {'sil_iou':>7} {'col_err':>7} {'front':>5} {'back':>5}"
               "  feature share at 0°,45°,…,315°")

@@ -171,7 +171,7 @@ class SDSGuidance(ScoreDistillation):
     name = "sds"
 
     def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
-        t = t.cpu()
+        t = t.cpu()  # the guard picks its rows from t on the host, as NFSD picks its negative rows
         with_negative = torch.zeros(t.shape[0], dtype=torch.bool)
         eps, delta_cond = self.predictions(prior, latents_noisy, t, cameras, prompts, with_negative)
         return sds_direction(eps.cond, eps.uncond, noise, self.guidance_scale, delta_cond=delta_cond)
