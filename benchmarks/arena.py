@@ -6,7 +6,8 @@ draft-preset NeRF on the CPU against ``ArenaPrior`` (view-ambiguous, frontal-bia
 azimuths), silhouette IoU and colour error against the nearest instance, and the feature score in front (0°)
 and behind (180°): how far the albedo moved from the body colour toward the feature's (0 plain, 1 feature),
 which also shows a face smeared faintly all around, or erased. Per variant it prints the Janus rate (share of
-runs that are Janus), mean IoU, mean colour error and mean feature scores. Runs go to ``--jobs`` processes of
+runs that are Janus), how many runs ended in each outcome (faithful, janus, faceless: the face erased, faded:
+colours collapsed to white), mean IoU, mean colour error and mean feature scores. Runs go to ``--jobs`` processes of
 one torch thread each (about 2.3 min of wall time per 600-step run on 2 cores with 2 jobs).
 
     .venv/bin/python benchmarks/arena.py [--steps 600] [--seeds 0 1 … 7] [--prompts "a red ball with a yellow face" ...]
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from nfsd_server.arena_evaluation import evaluate_arena, render_albedo
+from nfsd_server.arena_evaluation import OUTCOMES, evaluate_arena, render_albedo
 from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.guidance.arena import ArenaPrior
 from nfsd_server.guidance.arena_objects import ARENA_OBJECTS, ASYMMETRIC_PROMPTS
@@ -115,8 +116,8 @@ def main() -> None:
     keep_freed_host_memory()
     print(f"arena prior (latent {_worker_prior().latent_size}²), draft preset, {args.steps} steps, seeds {args.seeds}, CPU, "
           f"{args.jobs} process(es); default janus_guard={DEFAULT_GUARD}")
-    header = (f"{'prompt':<31} {'variant':<17} {'seed':>4} {'janus':>5} {'sil_iou':>7} {'col_err':>7} {'front':>5} {'back':>5}"
-              "  feature share at 0°,45°,…,315°")
+    header = (f"{'prompt':<31} {'variant':<17} {'seed':>4} {'outcome':>8} {'sil_iou':>7} {'col_err':>7} {'front':>5} "
+              f"{'back':>5}  feature share at 0°,45°,…,315°")
     print(header)
     print("-" * len(header))
     results: dict[str, list[dict[str, object]]] = {v: [] for v in args.variants}
@@ -127,7 +128,7 @@ def main() -> None:
         results[s["variant"]].append(s)
         shares = " ".join(f"{f:.2f}" for f in s["feature_fractions"])
         front, back = s["feature_scores"][0], s["feature_scores"][len(s["feature_scores"]) // 2]
-        print(f"{s['prompt']:<31} {s['variant']:<17} {s['seed']:>4} {'yes' if s['janus'] else 'no':>5} "
+        print(f"{s['prompt']:<31} {s['variant']:<17} {s['seed']:>4} {s['outcome']:>8} "
               f"{s['silhouette_iou']:7.3f} {s['color_error']:7.3f} {front:5.2f} {back:5.2f}  {shares}", flush=True)
 
     if args.jobs == 1:
@@ -155,7 +156,8 @@ def main() -> None:
         # Does a variant that avoids the second face keep the first? The true ball's patch covers half its disc.
         kept = [r["feature_fractions"][0] for r in results[variant] if not r["janus"]]
         kept_text = f"{statistics.mean(kept):.2f}" if kept else "n/a"
-        print(f"{variant:<17} janus rate {janus:.2f} ({len(results[variant])} runs)  mean IoU {iou:.3f}  "
+        outcomes = " ".join(f"{name} {sum(r['outcome'] == name for r in results[variant])}" for name in OUTCOMES)
+        print(f"{variant:<17} janus rate {janus:.2f} ({len(results[variant])} runs: {outcomes})  mean IoU {iou:.3f}  "
               f"mean colour error {color:.3f}  feature score front {front:.2f} back {back:.2f}  "
               f"front feature share where not Janus {kept_text}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -4,11 +4,17 @@ Everything is measured from albedo renders at eight azimuths 0°, 45°, …, 315
 arena object's exact renders (``guidance/arena_objects.py``) at the same cameras.
 
 Janus detector: a covered pixel shows the feature when its albedo is nearer to one of the object's feature
-colours than to any of its body colours; ``feature_fractions`` is the share of such pixels per azimuth. The
-feature is *seen* from an azimuth when that share exceeds ``JANUS_THRESHOLD``; a result is Janus when the
-feature is seen from two opposite azimuths (k and k + 180°). The true ball shows its patch on 50% of its disc
-from the front, ≤ 10% from a side (a grazing sliver) and 0% from behind; the true cube's label is invisible
-from the sides; so the true objects are never Janus, and a feature painted on the back always is.
+colours than to any of its body colours and to the background's white; ``feature_fractions`` is the share of
+such pixels per azimuth. The feature is *seen* from an azimuth when that share exceeds ``JANUS_THRESHOLD``; a
+result is Janus when the feature is seen from two opposite azimuths (k and k + 180°). The true ball shows its
+patch on 50% of its disc from the front, ≤ 10% from a side (a grazing sliver) and 0% from behind; the true
+cube's label is invisible from the sides; so the true objects are never Janus, and a feature painted on the
+back always is.
+
+Not being Janus is not success: ``outcome`` sorts every result into one of ``OUTCOMES``. A white object
+(the colour of the background it was trained on: the colours collapsed, not a face painted twice) is
+*faded*; one whose feature is not seen from the front (erased, as a guard that pushes too hard does) is
+*faceless*; only the rest, feature in front and not behind, is *faithful*.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from nfsd_server.scene.cameras import Cameras, camera_rays, make_cameras
 JUDGE_AZIMUTHS_DEG = tuple(45.0 * k for k in range(8))
 JUDGE_ELEVATION_DEG = 15.0
 JANUS_THRESHOLD = 0.2
+FADED_THRESHOLD = 0.5  # a result is faded when most of what it covers, over all views, is nearest white
+OUTCOMES = ("faithful", "janus", "faceless", "faded")
 
 
 def judge_cameras() -> Cameras:
@@ -34,14 +42,32 @@ def judge_cameras() -> Cameras:
 
 def feature_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
     """albedo (V, H, W, 3) in [0, 1], opacity (V, H, W) in [0, 1] → (V,) share of covered pixels (opacity > 0.5)
-    whose albedo is nearer a feature colour of ``obj`` than every body colour (0 where nothing is covered)."""
-    bodies = torch.tensor([inst.body for inst in obj.instances], dtype=albedo.dtype, device=albedo.device)
-    features = torch.tensor([inst.feature for inst in obj.instances], dtype=albedo.dtype, device=albedo.device)
-    to_body = torch.cdist(albedo.reshape(-1, 3), bodies).amin(-1)
-    to_feature = torch.cdist(albedo.reshape(-1, 3), features).amin(-1)
-    is_feature = (to_feature < to_body).view(opacity.shape)
+    whose albedo is nearer a feature colour of ``obj`` than every body colour and the background's white (0 where
+    nothing is covered)."""
+    return _covered_share(_nearest_colour(albedo, obj) == _FEATURE, opacity)
+
+
+def faded_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+    """(V,) share of covered pixels whose albedo is nearer the background's white than every body and feature
+    colour of ``obj``: what a NeRF whose colours collapsed to its training background shows."""
+    return _covered_share(_nearest_colour(albedo, obj) == _BACKGROUND, opacity)
+
+
+_BODY, _FEATURE, _BACKGROUND = range(3)
+
+
+def _nearest_colour(albedo: Tensor, obj: ArenaObject) -> Tensor:
+    """(V, H, W) long: which of body (any instance's), feature (any instance's) or background is nearest."""
+    palette = [[inst.body for inst in obj.instances], [inst.feature for inst in obj.instances], [BACKGROUND]]
+    pixels = albedo.reshape(-1, 3)
+    distances = torch.stack([torch.cdist(pixels, torch.tensor(colours, dtype=albedo.dtype, device=albedo.device)).amin(-1)
+                             for colours in palette], -1)
+    return distances.argmin(-1).view(albedo.shape[:-1])
+
+
+def _covered_share(mask: Tensor, opacity: Tensor) -> Tensor:
     covered = opacity > 0.5
-    return (is_feature & covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
+    return (mask & covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
 
 
 def feature_scores(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
@@ -61,6 +87,16 @@ def is_janus(fractions: Tensor, threshold: float = JANUS_THRESHOLD) -> bool:
     return bool((seen & seen.roll(len(seen) // 2)).any())
 
 
+def outcome(fractions: Tensor, faded: Tensor, has_feature: bool = True, threshold: float = JANUS_THRESHOLD) -> str:
+    """One of ``OUTCOMES`` from (V,) feature and faded fractions at evenly spaced azimuths, the first at 0°
+    (an object without a feature is faithful unless faded)."""
+    if is_janus(fractions, threshold):
+        return "janus"
+    if float(faded.mean()) > FADED_THRESHOLD:
+        return "faded"
+    return "faithful" if float(fractions[0]) > threshold or not has_feature else "faceless"
+
+
 @torch.no_grad()
 def render_albedo(field, size: int = 48) -> tuple[Tensor, Tensor]:
     """(albedo (V, H, W, 3) un-premultiplied, opacity (V, H, W)) of a field at the judge's cameras."""
@@ -78,8 +114,9 @@ def render_albedo(field, size: int = 48) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def evaluate_arena(field, obj: ArenaObject, size: int = 48) -> dict[str, object]:
-    """Janus (bool), feature fractions per azimuth, silhouette IoU, and colour error: the mean |Δ albedo| per
-    channel over pixels covered in both, against the nearest instance (so a face painted twice costs colour too)."""
+    """Janus (bool), the outcome (one of ``OUTCOMES``), feature fractions per azimuth, silhouette IoU, and colour
+    error: the mean |Δ albedo| per channel over pixels covered in both, against the nearest instance (so a face
+    painted twice costs colour too)."""
     albedo, opacity = render_albedo(field, size)
     cameras = judge_cameras().to(albedo.device)
     references, coverage = render_arena(obj, cameras, size)  # (V, I, M, 3, S, S)
@@ -87,10 +124,11 @@ def evaluate_arena(field, obj: ArenaObject, size: int = 48) -> dict[str, object]
     inside = (opacity > 0.5) & (coverage > 0.5)
     errors = [(albedo - ref).abs().mean(-1)[inside].mean() if inside.any() else torch.tensor(float("nan"))
               for ref in reference_albedo]
-    fractions = feature_fractions(albedo, opacity, obj)
+    fractions, faded = feature_fractions(albedo, opacity, obj), faded_fractions(albedo, opacity, obj)
     scores = feature_scores(albedo, opacity, obj) if obj.feature is not None else torch.zeros(len(fractions))
     return {
         "janus": is_janus(fractions),
+        "outcome": outcome(fractions, faded, has_feature=obj.feature is not None),
         "feature_fractions": [round(float(f), 3) for f in fractions],
         "feature_scores": [round(float(f), 3) for f in scores],
         "silhouette_iou": silhouette_iou(opacity, coverage),

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from nfsd_server.arena_evaluation import evaluate_arena, feature_fractions, feature_scores, is_janus
+from nfsd_server.arena_evaluation import (
+    evaluate_arena, faded_fractions, feature_fractions, feature_scores, is_janus, outcome,
+)
 from nfsd_server.guidance.arena_objects import ARENA_OBJECTS
 
 BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a blue cube with an orange label"]
@@ -15,9 +17,10 @@ BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a bl
 class HandMadeField(nn.Module):
     """A near-solid object from its SDF; albedo = body colour, feature colour where ``feature(points, normals)``."""
 
-    def __init__(self, obj, feature):
+    def __init__(self, obj, feature, body=None):
         super().__init__()
         self.bound, self.obj, self.feature = 1.0, obj, feature
+        self.body = obj.instances[0].body if body is None else body
         self.anchor = nn.Parameter(torch.zeros(()))  # a device for the judge to find
 
     def forward(self, points):
@@ -28,7 +31,7 @@ class HandMadeField(nn.Module):
             torch.stack([self.obj.sdf(points + o) - self.obj.sdf(points - o) for o in offsets], -1), dim=-1)
         instance = self.obj.instances[0]
         is_feature = self.feature(points, normals)[..., None]
-        albedo = torch.where(is_feature, torch.tensor(instance.feature), torch.tensor(instance.body))
+        albedo = torch.where(is_feature, torch.tensor(instance.feature), torch.tensor(self.body))
         return density, albedo
 
 
@@ -57,6 +60,24 @@ def test_feature_fractions_count_covered_pixels_nearer_a_feature_colour():
     assert torch.allclose(feature_fractions(albedo, opacity, BALL), torch.tensor([2 / 3]))
 
 
+def test_a_covered_white_pixel_is_faded_not_feature():
+    red, yellow, white = BALL.instances[0].body, BALL.instances[0].feature, (1.0, 1.0, 1.0)
+    albedo = torch.tensor([[[red, yellow], [white, (0.97, 0.95, 0.9)]]])  # all four covered
+    opacity = torch.ones(1, 2, 2)
+    assert torch.allclose(feature_fractions(albedo, opacity, BALL), torch.tensor([1 / 4]))
+    assert torch.allclose(faded_fractions(albedo, opacity, BALL), torch.tensor([2 / 4]))
+
+
+def test_outcome_by_hand():
+    none, front = torch.zeros(8), torch.tensor([0.5, 0.3, 0.1, 0.0, 0.0, 0.0, 0.1, 0.3])
+    assert outcome(front, torch.zeros(8)) == "faithful"
+    assert outcome(front.roll(2) + front.roll(-2), torch.zeros(8)) == "janus"  # seen from 90° and 270°
+    assert outcome(none, torch.zeros(8)) == "faceless"  # no Janus, but the face is gone
+    assert outcome(none, torch.full((8,), 0.6)) == "faded"
+    assert outcome(none, torch.full((8,), 0.4)) == "faceless"  # some white is not a collapse
+    assert outcome(none, torch.zeros(8), has_feature=False) == "faithful"
+
+
 def test_feature_score_is_the_way_from_body_to_feature_colour():
     red, yellow = torch.tensor(BALL.instances[0].body), torch.tensor(BALL.instances[0].feature)
     faded = red + 0.3 * (yellow - red)  # a face smeared at 30%: nearest colour says body, the score says 0.3
@@ -69,7 +90,7 @@ def test_feature_score_is_the_way_from_body_to_feature_colour():
 @pytest.mark.parametrize("obj", [BALL, CUBE], ids=["ball", "cube"])
 def test_true_object_is_not_janus_and_scores_well(obj):
     result = evaluate_arena(HandMadeField(obj, true_feature(obj)), obj, size=48)
-    assert not result["janus"]
+    assert not result["janus"] and result["outcome"] == "faithful"
     fractions = result["feature_fractions"]
     assert fractions[0] > 0.25 and fractions[4] == 0.0  # seen from the front, never from behind
     assert result["silhouette_iou"] > 0.9 and result["color_error"] < 0.05
@@ -79,7 +100,7 @@ def test_true_object_is_not_janus_and_scores_well(obj):
 def test_two_faced_object_is_janus_and_costs_colour(obj):
     good = evaluate_arena(HandMadeField(obj, true_feature(obj)), obj, size=48)
     janus = evaluate_arena(HandMadeField(obj, mirrored(obj)), obj, size=48)
-    assert janus["janus"] and janus["feature_fractions"][4] > 0.25
+    assert janus["janus"] and janus["outcome"] == "janus" and janus["feature_fractions"][4] > 0.25
     assert janus["color_error"] > good["color_error"] + 0.03  # the label is small: ~0.05 on the cube
     assert janus["silhouette_iou"] == pytest.approx(good["silhouette_iou"])  # same shape: IoU cannot see Janus
 
@@ -88,3 +109,14 @@ def test_feature_all_around_is_janus():
     everywhere = lambda points, normals: torch.ones(points.shape[:-1], dtype=torch.bool)  # noqa: E731
     assert evaluate_arena(HandMadeField(BALL, everywhere), BALL, size=48)["janus"]
     assert math.isclose(evaluate_arena(HandMadeField(BALL, everywhere), BALL, size=48)["feature_fractions"][2], 1.0)
+
+
+def test_a_plain_ball_is_faceless_and_a_white_one_faded_not_janus():
+    nowhere = lambda points, normals: torch.zeros(points.shape[:-1], dtype=torch.bool)  # noqa: E731
+    plain = evaluate_arena(HandMadeField(BALL, nowhere), BALL, size=32)
+    assert plain["outcome"] == "faceless" and max(plain["feature_fractions"]) == 0.0
+    # Colours collapsed to the training background: white is nearer the yellow face than the red body, which
+    # the judge once counted as a face seen from everywhere.
+    white = evaluate_arena(HandMadeField(BALL, nowhere, body=(0.97, 0.97, 0.97)), BALL, size=32)
+    assert white["outcome"] == "faded" and not white["janus"] and max(white["feature_fractions"]) == 0.0
+    assert white["color_error"] > plain["color_error"] + 0.3
