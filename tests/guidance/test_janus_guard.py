@@ -1,4 +1,4 @@
-"""The Janus guard: Perp-Neg maths by hand, its azimuth weights, and its one extra prior row per image."""
+"""The Janus guard: the view contrast's maths by hand, its weights, and its one extra prior row per image."""
 
 import math
 
@@ -8,12 +8,12 @@ import torch
 from nfsd_server.guidance.distillation import NFSDGuidance, SDSGuidance, make_guidance, predict_rows, view_negative_cameras
 from nfsd_server.guidance.prior import PromptKind
 from nfsd_server.guidance.score import (
+    VIEW_CONTRAST_GAIN,
     clip_score,
     nfsd_direction,
-    perp_neg_delta,
-    perpendicular_component,
     sds_direction,
-    view_negative_weight,
+    view_contrast_delta,
+    view_contrast_weight,
 )
 from nfsd_server.scene.cameras import BACK, FRONT, make_cameras
 
@@ -23,19 +23,22 @@ def per_row(*values):
     return torch.tensor(values, dtype=torch.float32).view(len(values), 2, 1, 1)
 
 
-def test_perpendicular_component_by_hand():
-    got = perpendicular_component(per_row((1.0, 1.0), (3.0, 4.0)), per_row((2.0, 0.0), (0.0, 0.0)))
-    # row 0: (1, 1) − (2/4)·(2, 0) = (0, 1); row 1: onto is zero → the vector itself
-    assert torch.equal(got, per_row((0.0, 1.0), (3.0, 4.0)))
+def test_view_contrast_delta_by_hand():
+    eps_uncond = per_row((1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0))
+    eps_cond = per_row((4.0, 5.0), (4.0, 5.0), (1.0, 1.0), (4.0, 5.0))  # δ_C = (3, 4), ‖δ_C‖ = 5; row 2: δ_C = 0
+    eps_view = per_row((3.9, 5.0), (-2.0, 5.0), (0.0, 9.0), (float("nan"), 0.0))
+    got = view_contrast_delta(eps_cond, eps_uncond, eps_view, torch.tensor([10.0, 10.0, 10.0, 0.0]))
+    # row 0: g = 10·(0.1, 0) = (1, 0), under the bound: (4, 4); row 1: g = 10·(6, 0) = (60, 0), shrunk to ‖δ_C‖ = 5:
+    # (8, 4); row 2: the prompt is satisfied (δ_C = 0), so however the views differ the guard is silent; row 3
+    # (weight 0): δ_C exactly, the NaN never read
+    assert torch.allclose(got, per_row((4.0, 4.0), (8.0, 4.0), (0.0, 0.0), (3.0, 4.0)), atol=1e-6)
 
 
-def test_perp_neg_delta_subtracts_only_the_perpendicular_part_of_the_view_negative():
-    eps_uncond = per_row((1.0, 1.0), (1.0, 1.0))
-    eps_cond = per_row((3.0, 1.0), (3.0, 1.0))  # δ_C = (2, 0)
-    eps_view = per_row((2.0, 3.0), (float("nan"), 0.0))  # row 0: δ_v = (1, 2) → ⊥ part (0, 2); row 1 unused
-    got = perp_neg_delta(eps_cond, eps_uncond, eps_view, torch.tensor([1.5, 0.0]))
-    # row 0: (2, 0) − 1.5·(0, 2) = (2, −3); row 1 (weight 0): δ_C exactly, the NaN never read
-    assert torch.equal(got, per_row((2.0, -3.0), (2.0, 0.0)))
+def test_view_contrast_weight_by_hand():
+    azimuth = torch.deg2rad(torch.tensor([0.0, 30.0, 90.0, 112.5, -135.0, 180.0, 540.0]))
+    # 0 up to 90° (the front still shows there), half-way up the ramp at 112.5°, the full gain from 135°
+    expected = VIEW_CONTRAST_GAIN * torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0])
+    assert torch.allclose(view_contrast_weight(azimuth), expected, atol=1e-5)
 
 
 def test_clip_score_clamps_each_element():
@@ -43,14 +46,6 @@ def test_clip_score_clamps_each_element():
     assert torch.equal(got, per_row((1.0, -0.5), (-1.0, 1.0)))
     with pytest.raises(ValueError, match="the score clip limit must be > 0, got 0.0"):
         clip_score(per_row((1.0, 1.0)), 0.0)
-
-
-def test_view_negative_weight_by_hand():
-    azimuth = torch.deg2rad(torch.tensor([0.0, 30.0, 67.5, 90.0, 112.5, -135.0, 180.0, 540.0]))
-    f = lambda r: math.exp(-0.5 * r) + 0.967  # noqa: E731  a·e^(−b·r) + c with (a, b, c) = (1, 0.5, 0.967)
-    # 0 up to 90° (the front still shows there), half-way up the ramp at 112.5° (r = 0.75), full from 135°
-    expected = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5 * f(0.75), f(0.5), f(0.0), f(0.0)])
-    assert torch.allclose(view_negative_weight(azimuth), expected, atol=1e-5)
 
 
 def test_directions_take_the_guarded_delta():
@@ -115,18 +110,21 @@ def test_nfsd_rows_with_and_without_the_guard(t, plain, guarded):
         assert guidance.last_rows_evaluated == rows
 
 
-def test_guard_changes_the_direction_only_away_from_the_front_and_at_t_from_200():
-    # ε rows: cond 1, uncond 2, negative 3, view negative 4. Front camera: weight 0 → unguarded.
-    latents, t = torch.zeros(1, 2, 1, 1), torch.tensor([500])
+@pytest.mark.parametrize("t, behind_expected", [(500, -16.0), (100, -5.5)])
+def test_guard_changes_the_direction_only_away_from_the_front_and_at_t_from_200(t, behind_expected):
+    # ε rows: cond 1, uncond 2, negative 3 (t ≥ 200), view negative 3 or 4. Front camera: weight 0 → unguarded.
+    latents, t = torch.zeros(1, 2, 1, 1), torch.tensor([t])
     front, back = cameras_at(0.0), cameras_at(180.0)
     plain = NFSDGuidance(7.5).direction(RecordingPrior(), latents, latents, t, front, None)
     assert torch.equal(NFSDGuidance(7.5, janus_guard=True).direction(RecordingPrior(), latents, latents, t, front, None), plain)
-    # Behind: δ_C = (−1, −1) and δ_v = 4 − 2 = (2, 2) is parallel to it: no perpendicular part, no change either.
-    assert torch.equal(NFSDGuidance(7.5, janus_guard=True).direction(RecordingPrior(), latents, latents, t, back, None), plain)
+    # Behind at t = 500: δ_C = 1 − 2 = −1 a pixel; the contrast 10·(1 − 4) = −30 a pixel is shrunk to ‖δ_C‖, so
+    # δ_C becomes −2, and NFSD's δ_D + s·δ_C = (2 − 3) + 7.5·(−2) = −16. At t = 100 no row: 2 + 7.5·(−1) = −5.5.
+    guarded = NFSDGuidance(7.5, janus_guard=True).direction(RecordingPrior(), latents, latents, t, back, None)
+    assert torch.equal(guarded, torch.full((1, 2, 1, 1), behind_expected))
 
 
-class PerpendicularPrior(RecordingPrior):
-    """ε_∅ = 0, ε_y = (1, 0) and, from the front view, ε_front = (0, 1): δ_v ⊥ δ_C, all of it subtracted."""
+class OrthogonalPrior(RecordingPrior):
+    """ε_∅ = 0, ε_y = (1, 0) and, from the front view, ε_front = (0, 1)."""
 
     def predict_noise(self, latents, t, conditions):
         self.calls.append(conditions)
@@ -138,14 +136,14 @@ class PerpendicularPrior(RecordingPrior):
 
 
 @pytest.mark.parametrize("t, guarded", [(500, True), (199, False)])
-def test_guard_subtracts_the_front_behind_from_t_200(t, guarded):
+def test_guard_steers_away_from_the_front_behind_from_t_200(t, guarded):
     latents, behind, guidance = torch.zeros(1, 2, 1, 1), cameras_at(150.0), SDSGuidance(100.0, janus_guard=True)
-    direction = guidance.direction(PerpendicularPrior(), latents, latents, torch.tensor([t]), behind, None)
+    direction = guidance.direction(OrthogonalPrior(), latents, latents, torch.tensor([t]), behind, None)
     assert guidance.last_rows_evaluated == (3 if guarded else 2)
-    weight = float(view_negative_weight(torch.deg2rad(torch.tensor([150.0])))) if guarded else 0.0
-    assert not guarded or weight > 1.5
-    # SDS: ε_∅ + s·(δ_C − w·δ_v⊥) − noise = 100·((1, 0) − w·(0, 1))
-    assert torch.allclose(direction, per_row((100.0, -100.0 * weight)))
+    # 150° is past the ramp: the contrast 10·((1, 0) − (0, 1)) is shrunk to ‖δ_C‖ = 1, (1, −1)/√2. SDS: ε_∅ +
+    # s·(δ_C + g) − noise = 100·(1 + 1/√2, −1/√2); below t = 200, 100·δ_C.
+    g = 1 / math.sqrt(2) if guarded else 0.0
+    assert torch.allclose(direction, per_row((100.0 * (1 + g), -100.0 * g)))
 
 
 def test_stable_diffusion_answers_the_view_negative_from_its_front_embedding(tiny_sd_prior):

@@ -3,16 +3,16 @@
 Both share ``predict_rows``, which asks the prior for cond, uncond, (only where needed) negative and, with the
 Janus guard, view-negative noise predictions in ONE batched call: the expensive part of a step.
 
-The Janus guard (Perp-Neg view negatives): each image with t ≥ ``GUARD_MIN_T`` gets one more row, the prompt
-seen from its *view negative*, "front view" for a camera outside the front sector ("back view" for a front
-camera). Within 90° of the front its weight is 0 today (``score.GUARD_RAMP_DEG``); the row is evaluated there all
-the same, so the batch shape needs no host sync on the cameras. That row is an ordinary prompt row at a camera
-moved to the negative view, so every prior answers it as it answers the prompt: Stable Diffusion from its cached
-view-suffix embeddings, the arena from the suffix, the analytic prior (which sees the camera) from that camera.
-Its component perpendicular to δ_C is subtracted with an azimuth-dependent weight
-(``score.perp_neg_delta``). Below t = 200 the guard is off: at that little noise the layout (which side has the
-face) is already decided and the prior only sharpens it, and there NFSD evaluates 2 rows, so a third would cost
-1.5× where the guard earns nothing; at t ≥ 200 it is 4 rows for NFSD's 3.
+The Janus guard (view negatives): each image with t ≥ ``GUARD_MIN_T`` gets one more row, the prompt seen from
+its *view negative*, "front view" for a camera outside the front sector ("back view" for a front camera). That
+row is an ordinary prompt row at a camera moved to the negative view, so every prior answers it as it answers
+the prompt: Stable Diffusion from its cached view-suffix embeddings, the arena from the suffix, the analytic
+prior (which sees the camera) from that camera. δ_C is steered along the view contrast ε_y − ε_view_negative,
+bounded by ‖δ_C‖ (``score.view_contrast_delta``, which says why not Perp-Neg's perpendicular part), with a gain
+that is 0 within 90° of the front (``score.GUARD_RAMP_DEG``); the row is evaluated there all the same, so the
+batch shape needs no host sync on the cameras. Below t = 200 the guard is off: at that little noise the layout
+(which side has the face) is already decided and the prior only sharpens it, and there NFSD evaluates 2 rows,
+so a third would cost 1.5× where the guard earns nothing; at t ≥ 200 it is 4 rows for NFSD's 3.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from torch import Tensor
 
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.score import (
-    FRONT_HALF_WIDTH_DEG, GUARD_MIN_T, NFSD_SMALL_T, guard_active, needs_negative, nfsd_direction, perp_neg_delta,
-    sds_direction, view_negative_weight,
+    FRONT_HALF_WIDTH_DEG, GUARD_MIN_T, NFSD_SMALL_T, guard_active, needs_negative, nfsd_direction, sds_direction,
+    view_contrast_delta, view_contrast_weight,
 )
 from nfsd_server.scene.cameras import BACK, FRONT, Cameras, look_at_origin
 from nfsd_server.devices import host_to_device
@@ -114,7 +114,7 @@ def images_above(batch: int, t_lo: int, t_hi: int, threshold: int) -> range:
 class ScoreDistillation:
     """Base: ``direction(...)`` returns the (unweighted) score-distillation direction, (B, C, h, w).
 
-    ``janus_guard``: Perp-Neg view negatives (one more prior row per image, see the module docstring)."""
+    ``janus_guard``: view negatives (one more prior row per image, see the module docstring)."""
 
     name: str
 
@@ -137,14 +137,15 @@ class ScoreDistillation:
         return [2 * batch + n for n in views]
 
     def predictions(self, prior, latents_noisy, t, cameras, prompts, with_negative: Tensor) -> tuple[NoisePredictions, Tensor]:
-        """The batched prior call and δ_C (Perp-Neg guarded with ``janus_guard`` where t ≥ GUARD_MIN_T), (B, C, h, w)."""
+        """The batched prior call and δ_C (steered by the view contrast with ``janus_guard`` where t ≥ GUARD_MIN_T),
+        (B, C, h, w)."""
         guarded = guard_active(t) if self.janus_guard else None
         eps = predict_rows(prior, latents_noisy, t, cameras, prompts, with_negative, with_view_negative=guarded)
         self.last_rows_evaluated = eps.rows_evaluated
         if eps.view_negative is None:
             return eps, eps.cond - eps.uncond
-        weight = view_negative_weight(cameras.azimuth) * host_to_device(guarded, cameras.azimuth.device)
-        return eps, perp_neg_delta(eps.cond, eps.uncond, eps.view_negative, weight)
+        weight = view_contrast_weight(cameras.azimuth) * host_to_device(guarded, cameras.azimuth.device)
+        return eps, view_contrast_delta(eps.cond, eps.uncond, eps.view_negative, weight)
 
 
 class NFSDGuidance(ScoreDistillation):

@@ -37,7 +37,7 @@ def nfsd_direction(
 ) -> Tensor:
     """NFSD direction δ_D + s·δ_C (paper Eq. 9–10).
 
-    δ_C = ε(z_t; y) − ε(z_t; ∅) unless ``delta_cond`` gives it (the Janus guard's ``perp_neg_delta``);
+    δ_C = ε(z_t; y) − ε(z_t; ∅) unless ``delta_cond`` gives it (the Janus guard's ``view_contrast_delta``);
     δ_D = ε(z_t; ∅) where t < 200, else ε(z_t; ∅) − ε(z_t; p_neg).
     Rows of ``eps_neg`` with t < 200 are ignored (they may hold anything, NaN included).
     """
@@ -57,53 +57,49 @@ def sds_direction(
     return eps_uncond + guidance_scale * delta_cond - noise
 
 
-# Janus guard (Perp-Neg, Armandpour et al. 2023): the view negative's weight a·exp(−b·r) + c, with r = 0 straight
-# behind and 1 at the side: threestudio's perp_neg_f_fsb (1.97 behind, 1.57 at the side).
-VIEW_NEGATIVE_DECAY = (1.0, 0.5, 0.967)
+# Janus guard: the view contrast. The guard's row is the prompt itself at the opposite view ("front view" seen
+# from behind), so ε_y − ε_view_negative holds the view and not the object; adding it steers each camera toward
+# what its own view shows and away from the opposite one. Perp-Neg (Armandpour et al. 2023, as threestudio) keeps
+# δ_C's direction and subtracts only the view negative's part perpendicular to it; on the arena that cannot work:
+# behind the ball at t ≥ 700, where the second face is painted, δ_C *is* the face (cos(δ_C, δ_v) = 0.99), and at
+# t ≤ 500, where the back already satisfies the prompt (‖δ_C‖ ≈ 0), its term is a push 10–40× larger than δ_C that
+# erased the real face too (benchmarks/janus_guard_probe.py prints both).
+# The contrast is small where the views' data barely differ (high t): hence the gain; it must never outgrow what
+# the prompt asks for, or it erases (low t): hence the bound. Both measured on the arena, README "Janus guard".
+VIEW_CONTRAST_GAIN = 10.0
+VIEW_CONTRAST_BOUND = 1.0  # ‖guard term‖ ≤ this × ‖δ_C‖, per image
 FRONT_HALF_WIDTH_DEG = 45.0  # the "front view" sector (scene/cameras.py's suffix rule)
-# The weight ramps in from 0 at 90° (a front feature up to 45° wide still shows at the rim of every camera up
-# to there, so pushing "front view" away would erase the real one) to the full f(r) at 135° (behind the sector
-# from which any of it shows). Starting at the 45° front sector instead, as threestudio does on Stable
-# Diffusion, erased the arena ball's real face too: the side cameras outnumber the front ones 2:1.
+# The gain ramps in from 0 at 90° to full at 135°, behind the sector from which any of a front feature up to 45°
+# wide shows: steering the cameras that still see the real face away from "front view" erased it (Perp-Neg from
+# 45° did on the arena), and with the gain at every camera, front ones steered away from "back view", 2 of 8 arena
+# balls faded to white where 1 did with the ramp.
 GUARD_RAMP_DEG = (90.0, 135.0)
 
 
-def perpendicular_component(vector: Tensor, onto: Tensor) -> Tensor:
-    """vector − (⟨vector, onto⟩ / ‖onto‖²)·onto per batch element; (B, …) each. A zero ``onto`` leaves ``vector``."""
-    _check_batch(vector, onto)
-    dot = (vector * onto).flatten(1).sum(-1)
-    norm2 = (onto * onto).flatten(1).sum(-1)
-    scale = torch.where(norm2 > 0, dot / norm2.clamp_min(torch.finfo(norm2.dtype).tiny), torch.zeros_like(dot))
-    return vector - scale.view(-1, *([1] * (vector.dim() - 1))) * onto
-
-
-def view_negative_weight(azimuth: Tensor) -> Tensor:
-    """(B,) radians → (B,) weight of the "front view" negative for a camera at that azimuth (0 = front).
-
-    f(r) = a·exp(−b·r) + c with r = (180° − |az|)/90° (f(1) ≈ 1.57 at the side, f(0) ≈ 1.97 straight behind),
-    times a ramp from 0 at |az| = 90° to 1 at 135° (``GUARD_RAMP_DEG``): 0 wherever the front can be seen."""
+def view_contrast_weight(azimuth: Tensor) -> Tensor:
+    """(B,) radians → (B,) the view contrast's gain for a camera at that azimuth (0 = front): 0 up to 90°, then
+    ramping to ``VIEW_CONTRAST_GAIN`` at 135° and beyond (``GUARD_RAMP_DEG``)."""
     degrees = torch.rad2deg(torch.remainder(azimuth + math.pi, 2 * math.pi) - math.pi).abs()
-    a, b, c = VIEW_NEGATIVE_DECAY
-    r = ((180.0 - degrees) / 90.0).clamp(0.0, 1.0)
     start, full = GUARD_RAMP_DEG
-    ramp = ((degrees - start) / (full - start)).clamp(0.0, 1.0)
-    return (a * torch.exp(-b * r) + c) * ramp
+    return VIEW_CONTRAST_GAIN * ((degrees - start) / (full - start)).clamp(0.0, 1.0)
 
 
-def perp_neg_delta(eps_cond: Tensor, eps_uncond: Tensor, eps_view_neg: Tensor, weight: Tensor) -> Tensor:
-    """δ_C − w·(δ_v)⊥δ_C with δ_C = ε_y − ε_∅, δ_v = ε_view_neg − ε_∅ (Perp-Neg Eq. 6 for one negative).
+def view_contrast_delta(eps_cond: Tensor, eps_uncond: Tensor, eps_view_neg: Tensor, weight: Tensor) -> Tensor:
+    """δ_C + g with δ_C = ε_y − ε_∅ and g = w·(ε_y − ε_view_neg) shrunk, per image, to ‖g‖ ≤ VIEW_CONTRAST_BOUND·‖δ_C‖.
 
-    Only the part of the view negative that is not the prompt's own direction is pushed away from, so the
-    prompt is kept and the unwanted view (the front, seen from behind) is removed. (B, C, H, W) each;
-    weight (B,) ≥ 0; rows of weight 0 are δ_C exactly, whatever ``eps_view_neg`` holds there (NaN included).
-    """
+    (B, C, H, W) each; weight (B,) ≥ 0; rows of weight 0 are δ_C exactly, whatever ``eps_view_neg`` holds there
+    (NaN included). Where the prompt is already satisfied (δ_C = 0) the guard is silent, however much the views
+    differ."""
     _check_batch(eps_cond, eps_uncond, eps_view_neg)
     if weight.shape != (eps_cond.shape[0],):
         raise ValueError(f"weight must be one per batch element, shape ({eps_cond.shape[0]},), got {tuple(weight.shape)}")
     delta_cond = eps_cond - eps_uncond
     weight = weight.to(delta_cond.dtype).view(-1, *([1] * (eps_cond.dim() - 1)))
-    delta_view = torch.where(weight > 0, eps_view_neg - eps_uncond, torch.zeros_like(delta_cond))
-    return delta_cond - weight * perpendicular_component(delta_view, delta_cond)
+    contrast = torch.where(weight > 0, weight * (eps_cond - eps_view_neg), torch.zeros_like(delta_cond))
+    limit = VIEW_CONTRAST_BOUND * delta_cond.flatten(1).norm(dim=1)
+    norm = contrast.flatten(1).norm(dim=1)
+    shrink = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
+    return delta_cond + shrink.view_as(weight) * contrast
 
 
 def clip_score(grad: Tensor, limit: float) -> Tensor:
