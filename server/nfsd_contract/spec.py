@@ -63,6 +63,9 @@ class FieldInfo:
     decides_result: bool = True
     # Means something only with an init mesh: left out of the metadata and the resume check without one.
     init_mesh_only: bool = False
+    # What a record or checkpoint from before the field existed ran with, where that is not today's default
+    # (the Janus guard was off before it was on by default). None: the default.
+    absent_means: Any = None
 
 
 def _field(info: FieldInfo, default: Any = dataclasses.MISSING) -> Any:
@@ -138,10 +141,11 @@ class JobSpec:
         init_mesh_only=True,
     ), False)
     janus_guard: bool = _field(FieldInfo(
-        "Janus Guard", "against multi-faced objects: the opposite view's prompt as a Perp-Neg negative (one more "
-        "UNet row per image at t ≥ 200); off by default: in the arena benchmark it cut two-faced results from 5 "
-        "in 8 to 3 in 8, short of the half it must earn, and thinned the real face",
-    ), False)
+        "Janus Guard", "against multi-faced objects: each view steered away from the opposite view's prompt (one "
+        "more UNet row per image at t ≥ 200, about 1.15× a step); in the arena benchmark two-faced results fell "
+        "from 4 in 8 to 0 in 8",
+        absent_means=False,
+    ), True)
 
     def __post_init__(self) -> None:
         for spec_field in FIELDS:  # an int is a fine float; store it as one, so records and echoes agree
@@ -173,7 +177,7 @@ class JobSpec:
         """A spec from ``to_dict``'s output (a record, a checkpoint); ValueError naming what is wrong."""
         check_known(values)
         try:
-            return cls(**values)
+            return cls(**with_absent_fields(values))
         except TypeError as error:  # a missing field
             raise ValueError(f"not a complete job: {error}") from None
 
@@ -201,12 +205,26 @@ class JobSpec:
             if field_info.init_mesh_only and self.init_mesh is None:
                 continue
             value = getattr(self, spec_field.name)
-            # A field newer than the checkpoint was, in effect, at its default then (e.g. no Janus guard).
-            has_default = spec_field.default is not dataclasses.MISSING
-            saved_value = saved.get(spec_field.name, spec_field.default if has_default else None)
+            saved_value = saved.get(spec_field.name, value_when_absent(spec_field))
             if saved_value != value:
                 found.append((spec_field.name, saved_value, value))
         return found
+
+
+def value_when_absent(spec_field: dataclasses.Field) -> Any:
+    """What a checkpoint or record saved before ``spec_field`` existed ran with: ``FieldInfo.absent_means``, else
+    the field's default (None for a field without one)."""
+    absent = info(spec_field).absent_means
+    if absent is not None:
+        return absent
+    return None if spec_field.default is dataclasses.MISSING else spec_field.default
+
+
+def with_absent_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a record's, a checkpoint's) with each field it lacks that has an ``absent_means`` set to it."""
+    absent = {spec_field.name: info(spec_field).absent_means for spec_field in FIELDS
+              if spec_field.name not in values and info(spec_field).absent_means is not None}
+    return absent | values
 
 
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(JobSpec)

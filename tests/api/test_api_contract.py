@@ -82,7 +82,7 @@ def test_api_contract_job_request(spec):
     assert (strength["minimum"], strength["maximum"]) == (0, 1)
     assert fields["keep_geometry"] == {"type": "boolean", "title": "Keep Geometry", "default": False,
                                        "description": fields["keep_geometry"]["description"]}
-    assert fields["janus_guard"]["type"] == "boolean" and fields["janus_guard"]["default"] is False
+    assert fields["janus_guard"]["type"] == "boolean" and fields["janus_guard"]["default"] is True
     for name in ("guidance_scale", "seed", "steps", "prior", "model", "init_mesh", "shape_strength"):  # optional, and null means "default"
         assert {"type": "null"} in fields[name]["anyOf"], name
 

@@ -109,6 +109,15 @@ def test_api_a_bad_job_record_is_set_aside_and_the_rest_serve(make_client, clien
     assert any("setting aside" in message and bad in message for message in caplog.messages)
 
 
+def test_api_a_job_recorded_before_the_janus_guard_existed_reads_back_without_it(make_client, client, tmp_path):
+    kept, record = _finished_job_record(client, tmp_path)
+    assert record["request"]["janus_guard"] is True  # today's default
+    old = _plant(tmp_path, record | {"request": {k: v for k, v in record["request"].items() if k != "janus_guard"}})
+    restarted = make_client(data_dir=tmp_path / "jobs")
+    assert restarted.get(f"/v1/jobs/{old}").json()["request"]["janus_guard"] is False
+    assert restarted.get(f"/v1/jobs/{kept}").json()["request"]["janus_guard"] is True
+
+
 def test_api_a_result_swapped_for_a_link_outside_the_job_folder_is_not_served(client, tmp_path):
     job_id, record = _finished_job_record(client, tmp_path)
     secret = tmp_path / "secret.txt"

@@ -219,12 +219,13 @@ def test_a_checkpoint_from_before_mesh_hashes_resumes_only_without_an_init_mesh(
     from nfsd_server.checkpoints import CheckpointError
     from nfsd_server.resume import check_checkpoint_matches
 
-    settings = resolve_spec("a red ball", preset="draft", steps=2, seed=0)
+    settings = resolve_spec("a red ball", preset="draft", steps=2, seed=0, janus_guard=False)
     newer = ("init_mesh", "shape_strength", "keep_geometry", "encoder", "dtype", "janus_guard")
     old_info = {"step": 1, "settings": {key: value for key, value in asdict(settings).items() if key not in newer}}
     check_checkpoint_matches(old_info, replace(settings, shape_strength=0.9), tmp_path)  # nothing to compare it with
-    with pytest.raises(CheckpointError, match="was trained with janus_guard=False, not True"):  # absent = its default
-        check_checkpoint_matches(old_info, replace(settings, janus_guard=True), tmp_path)
+    # Absent: the guard was off then, though it is on by default now.
+    with pytest.raises(CheckpointError, match="was trained with janus_guard=False, not True"):
+        check_checkpoint_matches(old_info, resolve_spec("a red ball", preset="draft", steps=2, seed=0), tmp_path)
 
     mesh = tmp_path / "cube.ply"
     trimesh.creation.box(extents=(2.0, 2.0, 2.0)).export(mesh)

@@ -60,10 +60,10 @@ def test_static_rows_compile_one_graph_per_row_count_before_the_steps_and_none_d
     counter = GraphCounter()
     own_tiny_prior.unet = StandInUNet(own_tiny_prior.unet)  # what is counted is graphs, not what is in them
     own_tiny_prior.compile(backend=counter)
-    # t from 0.1: NFSD calls the UNet with 2 rows (t < 200) and 3 (t ≥ 200).
+    # t from 0.1: NFSD with the Janus guard (the default) calls the UNet with 2 rows (t < 200) and 4 (t ≥ 200).
     config = TrainConfig(compile_unet=True, t_min=0.1, t_max_start=0.98, t_max_end=0.5, progress_every=1)
     trainer = Trainer(resolve_spec("a hamburger", preset="draft", steps=2, seed=0), own_tiny_prior, None, config)
-    assert trainer.unet_row_counts() == [2, 3]
+    assert trainer.unet_row_counts() == [2, 4]
     stages, graphs_at_stage = [], []
 
     def on_stage(name):
@@ -74,8 +74,8 @@ def test_static_rows_compile_one_graph_per_row_count_before_the_steps_and_none_d
     trainer.run(Callbacks(on_stage=on_stage, on_progress=lambda *_: rows_seen.append(trainer.guidance.last_rows_evaluated)))
     assert stages == ["compiling", "training"]
     assert graphs_at_stage == [0, 2]  # both graphs compiled before "training"…
-    assert counter.graphs == 2 and set(rows_seen) <= {2, 3}  # …and none while the steps ran
-    assert own_tiny_prior.rows_to_compile([2, 3]) == []  # the next job on this warm prior compiles nothing
+    assert counter.graphs == 2 and set(rows_seen) <= {2, 4}  # …and none while the steps ran
+    assert own_tiny_prior.rows_to_compile([2, 4]) == []  # the next job on this warm prior compiles nothing
     Trainer(resolve_spec("a hamburger", preset="draft", steps=1, seed=1), own_tiny_prior, None, config).warm_up()
     assert counter.graphs == 2
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from nfsd_contract.spec import with_absent_fields
 from nfsd_server.api.schemas import JobSpec, JobState
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"  # a job's id, and the name of its folder in the data dir
@@ -50,6 +51,12 @@ class JobRecord(BaseModel):
     glb_name: str | None
     metadata: dict[str, Any] | None
     resumed_from_step: int | None = Field(default=None, ge=0, strict=True)
+
+    @field_validator("request", mode="before")
+    @classmethod
+    def _fields_newer_than_the_record(cls, value: Any) -> Any:
+        # A job recorded before a field existed ran with FieldInfo.absent_means (no Janus guard), not today's default.
+        return with_absent_fields(value) if isinstance(value, dict) else value
 
     @field_validator("glb_name")
     @classmethod
