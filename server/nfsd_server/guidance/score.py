@@ -61,9 +61,9 @@ def sds_direction(
 # from behind), so ε_y − ε_view_negative holds the view and not the object; adding it steers each camera toward
 # what its own view shows and away from the opposite one. Perp-Neg (Armandpour et al. 2023, as threestudio) keeps
 # δ_C's direction and subtracts only the view negative's part perpendicular to it; on the arena that cannot work:
-# behind the ball at t ≥ 700, where the second face is painted, δ_C *is* the face (cos(δ_C, δ_v) = 0.99), and at
-# t ≤ 500, where the back already satisfies the prompt (‖δ_C‖ ≈ 0), its term is a push 10–40× larger than δ_C that
-# erased the real face too (benchmarks/janus_guard_probe.py prints both).
+# behind the ball at t ≥ 700, where the second face is painted, δ_C *is* the face (cos(δ_C, δ_v) = 0.97), and at
+# t ≤ 300, where the back already satisfies the prompt (‖δ_C‖ ≈ 0), its term is a push away from the face that
+# the prompt never asked for, and it erased the real face too (benchmarks/janus_guard_probe.py prints both).
 # The contrast is small where the views' data barely differ (high t): hence the gain; it must never outgrow what
 # the prompt asks for, or it erases (low t): hence the bound. Both measured on the arena, README "Janus guard".
 VIEW_CONTRAST_GAIN = 10.0
