@@ -30,7 +30,7 @@ from nfsd_server.guidance.score import (
     FRONT_HALF_WIDTH_DEG, GUARD_MIN_T, NFSD_SMALL_T, guard_active, needs_negative, nfsd_direction, sds_direction,
     view_contrast_delta, view_contrast_weight,
 )
-from nfsd_server.scene.cameras import BACK, FRONT, Cameras, look_at_origin
+from nfsd_server.scene.cameras import BACK, FRONT, Cameras, degrees_from_front, look_at_origin
 from nfsd_server.devices import host_to_device
 
 
@@ -49,10 +49,9 @@ class NoisePredictions:
 def view_negative_cameras(cameras: Cameras) -> Cameras:
     """Each camera moved to its view negative: azimuth 180° and view BACK for a front camera (|az| ≤ 45°), else
     azimuth 0° and view FRONT (overhead cameras too); elevation, distance and fov kept, the light turned along."""
-    azimuth = torch.remainder(cameras.azimuth + math.pi, 2 * math.pi) - math.pi
-    is_front = azimuth.abs() <= math.radians(FRONT_HALF_WIDTH_DEG)
-    target = torch.where(is_front, torch.full_like(azimuth, math.pi), torch.zeros_like(azimuth))
-    turn = target - azimuth
+    is_front = degrees_from_front(cameras.azimuth) <= FRONT_HALF_WIDTH_DEG
+    target = torch.where(is_front, torch.full_like(cameras.azimuth, math.pi), torch.zeros_like(cameras.azimuth))
+    turn = target - cameras.azimuth  # whole turns in it cancel in cos and sin
     cos, sin = torch.cos(turn), torch.sin(turn)
     lx, ly, lz = cameras.light_dir.unbind(-1)
     light = torch.stack([cos * lx - sin * ly, sin * lx + cos * ly, lz], dim=-1)

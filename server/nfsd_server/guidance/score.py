@@ -7,10 +7,10 @@ stop-gradient loss ``distillation_loss``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from nfsd_server.scene.cameras import degrees_from_front
 
 # NFSD (Katzir et al. 2024, Eq. 9): below this timestep the unconditional prediction is almost
 # all "in-domain" direction δ_D, above it the noise term must be cancelled with the negative prompt.
@@ -79,9 +79,8 @@ GUARD_RAMP_DEG = (90.0, 135.0)
 def view_contrast_weight(azimuth: Tensor) -> Tensor:
     """(B,) radians → (B,) the view contrast's gain for a camera at that azimuth (0 = front): 0 up to 90°, then
     ramping to ``VIEW_CONTRAST_GAIN`` at 135° and beyond (``GUARD_RAMP_DEG``)."""
-    degrees = torch.rad2deg(torch.remainder(azimuth + math.pi, 2 * math.pi) - math.pi).abs()
     start, full = GUARD_RAMP_DEG
-    return VIEW_CONTRAST_GAIN * ((degrees - start) / (full - start)).clamp(0.0, 1.0)
+    return VIEW_CONTRAST_GAIN * ((degrees_from_front(azimuth) - start) / (full - start)).clamp(0.0, 1.0)
 
 
 def view_contrast_delta(eps_cond: Tensor, eps_uncond: Tensor, eps_view_neg: Tensor, weight: Tensor) -> Tensor:

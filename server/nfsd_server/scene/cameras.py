@@ -73,9 +73,14 @@ class Cameras:
         return Cameras(**{name: torch.cat([getattr(b, name) for b in batches]) for name in Cameras.__dataclass_fields__})
 
 
+def degrees_from_front(azimuth: Tensor) -> Tensor:
+    """(B,) radians, any turn → (B,) |azimuth| in degrees wrapped to [0, 180]: 0 at the front, 180 behind."""
+    return torch.rad2deg(torch.remainder(azimuth + math.pi, 2 * math.pi) - math.pi).abs()
+
+
 def view_index(elevation: Tensor, azimuth: Tensor, overhead_deg: float = OVERHEAD_ELEVATION_DEG) -> Tensor:
     """(B,) long view id: overhead above ``overhead_deg``, else front/side/back by |azimuth| (45°/135° cuts)."""
-    az = torch.rad2deg(torch.remainder(azimuth + math.pi, 2 * math.pi) - math.pi).abs()
+    az = degrees_from_front(azimuth)
     view = torch.full_like(az, SIDE, dtype=torch.long)
     view[az < 45.0] = FRONT
     view[az > 135.0] = BACK
