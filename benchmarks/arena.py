@@ -28,35 +28,38 @@ from pathlib import Path
 
 import torch
 
-from nfsd_server.arena_evaluation import OUTCOMES, evaluate_arena, render_albedo
-from nfsd_server.devices import keep_freed_host_memory
-from nfsd_server.guidance.arena import ArenaPrior
-from nfsd_server.guidance.arena_objects import ARENA_OBJECTS, ASYMMETRIC_PROMPTS
 from nfsd_contract import JobSpec, resolve_spec
-from nfsd_server.train import TrainConfig, Trainer
+from nfsd_lab.arena import ArenaPrior
+from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena, render_albedo
+from nfsd_lab.arena_objects import ARENA_OBJECTS, ASYMMETRIC_PROMPTS
+from nfsd_lab.experiments import score_clip_hook
+from nfsd_server.devices import keep_freed_host_memory
+from nfsd_server.train import Trainer
 
-# name → (method, guidance scale, janus guard, TrainConfig changes)
-DEBIASED_CLIP = (1.0, 2.0)  # Debiased-SDS score clipping, ramped over the run (TrainConfig.score_clip)
+# name → (method, guidance scale, janus guard, Debiased-SDS score clip (start, end) or None)
+DEBIASED_CLIP = (1.0, 2.0)  # ramped over the run (nfsd_lab.experiments.score_clip_hook)
 VARIANTS = {
-    "nfsd s=7.5": ("nfsd", 7.5, False, {}),
-    "nfsd+guard s=7.5": ("nfsd", 7.5, True, {}),
-    "nfsd+guard+clip s=7.5": ("nfsd", 7.5, True, {"score_clip": DEBIASED_CLIP}),
-    "nfsd+clip s=7.5": ("nfsd", 7.5, False, {"score_clip": DEBIASED_CLIP}),
-    "sds s=100": ("sds", 100.0, False, {}),
-    "sds s=7.5": ("sds", 7.5, False, {}),
-    "sds+guard s=100": ("sds", 100.0, True, {}),
+    "nfsd s=7.5": ("nfsd", 7.5, False, None),
+    "nfsd+guard s=7.5": ("nfsd", 7.5, True, None),
+    "nfsd+guard+clip s=7.5": ("nfsd", 7.5, True, DEBIASED_CLIP),
+    "nfsd+clip s=7.5": ("nfsd", 7.5, False, DEBIASED_CLIP),
+    "sds s=100": ("sds", 100.0, False, None),
+    "sds s=7.5": ("sds", 7.5, False, None),
+    "sds+guard s=100": ("sds", 100.0, True, None),
 }
 DEFAULT_GUARD = JobSpec.__dataclass_fields__["janus_guard"].default
 DEFAULT_VARIANT = "nfsd+guard s=7.5" if DEFAULT_GUARD else "nfsd s=7.5"
 
 
 def run(prompt: str, variant: str, steps: int, seed: int, judge_size: int, strips: str | None = None) -> dict[str, object]:
-    method, scale, guard, changes = VARIANTS[variant]
+    method, scale, guard, score_clip = VARIANTS[variant]
     prior = _worker_prior()
     # The settings' prior is only recorded; the trainer distils from the prior it is handed.
     settings = resolve_spec(prompt, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft",
                             janus_guard=guard)
-    trainer = Trainer(settings, prior, None, config=TrainConfig(**changes))
+    trainer = Trainer(settings, prior, None)
+    if score_clip is not None:
+        trainer.grad_hook = score_clip_hook(*score_clip)
     trainer.run()
     result = evaluate_arena(trainer.field, ARENA_OBJECTS[prompt], size=judge_size)
     if strips:

@@ -29,8 +29,8 @@ import statistics
 
 import torch
 
-from nfsd_server.guidance.arena import AZIMUTHS_DEG, ArenaPrior
-from nfsd_server.guidance.arena_objects import ASYMMETRIC_PROMPTS
+from nfsd_lab.arena import AZIMUTHS_DEG, ArenaPrior
+from nfsd_lab.arena_objects import ASYMMETRIC_PROMPTS
 from nfsd_server.guidance.distillation import view_negative_cameras
 from nfsd_server.guidance.prior import Conditions, PromptKind
 from nfsd_server.guidance.score import view_contrast_delta, view_contrast_weight

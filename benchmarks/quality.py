@@ -27,7 +27,7 @@ import torch
 from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.distillation import NFSDGuidance, predict_rows
-from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
+from nfsd_lab.evaluation import evaluate_nerf, evaluate_shape
 from nfsd_server.guidance.references import REFERENCES
 from nfsd_contract import resolve_spec
 from nfsd_server.train import Trainer

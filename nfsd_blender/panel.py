@@ -119,7 +119,7 @@ def draw_form(layout, props):
     col.prop(props, "steps")
     col.prop(props, "poly_budget")
     col.prop(props, "texture_size")
-    col.prop(props, "remesh")  # issue #25
+    col.prop(props, "remesh")
 
 
 def model_notice(context, props) -> str:

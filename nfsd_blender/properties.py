@@ -114,7 +114,7 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
         name="Texture", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
         default=str(contract.DEFAULT_TEXTURE_SIZE),
     )
-    # Issue #25: topology after import (nfsd_blender/remesh.py), within the same Poly Budget.
+    # Topology after import (nfsd_blender/remesh.py), within the same Poly Budget.
     remesh: EnumProperty(name="Remesh", items=remesh.MODES, default=remesh.KEEP,
                          description="Applied after import with Blender's own remeshers; the maps are re-baked")
     variations: IntProperty(

@@ -141,9 +141,9 @@ class JobSpec:
         init_mesh_only=True,
     ), False)
     janus_guard: bool = _field(FieldInfo(
-        "Janus Guard", "against multi-faced objects: each view steered away from the opposite view's prompt (one "
-        "more UNet row per image at t ≥ 200, about 1.15× a step); in the arena benchmark two-faced results fell "
-        "from 4 in 8 to 0 in 8",
+        "Janus Guard", "against multi-faced objects (a face on the back as well as the front): each view is steered "
+        "away from the opposite view's prompt; costs one more denoiser row per image at high noise. Turn it off "
+        "for objects that look alike from every side",
         absent_means=False,
     ), True)
 

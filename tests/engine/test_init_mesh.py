@@ -10,7 +10,7 @@ import torch
 import trimesh
 
 import nfsd_contract as contract
-from nfsd_server.evaluation import evaluate_nerf, evaluate_shape
+from nfsd_lab.evaluation import evaluate_nerf, evaluate_shape
 from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf
 from nfsd_server.scene.init_mesh import (
     MeshError,

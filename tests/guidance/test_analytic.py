@@ -13,7 +13,7 @@ from nfsd_server.guidance.analytic import (
     mixture_noise_posterior,
     scaled_linear_alphas_cumprod,
 )
-from nfsd_server.evaluation import evaluate_nerf
+from nfsd_lab.evaluation import evaluate_nerf
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.references import REFERENCES, render_reference

@@ -9,7 +9,6 @@ from nfsd_server.guidance.distillation import NFSDGuidance, SDSGuidance, make_gu
 from nfsd_server.guidance.prior import PromptKind
 from nfsd_server.guidance.score import (
     VIEW_CONTRAST_GAIN,
-    clip_score,
     nfsd_direction,
     sds_direction,
     view_contrast_delta,
@@ -39,13 +38,6 @@ def test_view_contrast_weight_by_hand():
     # 0 up to 90° (the front still shows there), half-way up the ramp at 112.5°, the full gain from 135°
     expected = VIEW_CONTRAST_GAIN * torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0])
     assert torch.allclose(view_contrast_weight(azimuth), expected, atol=1e-5)
-
-
-def test_clip_score_clamps_each_element():
-    got = clip_score(per_row((3.0, -0.5), (-4.0, 1.5)), 1.0)
-    assert torch.equal(got, per_row((1.0, -0.5), (-1.0, 1.0)))
-    with pytest.raises(ValueError, match="the score clip limit must be > 0, got 0.0"):
-        clip_score(per_row((1.0, 1.0)), 0.0)
 
 
 def test_directions_take_the_guarded_delta():

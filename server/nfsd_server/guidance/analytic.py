@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, RecipeOverrides
 from nfsd_server.guidance.registry import register_prior
 from nfsd_server.guidance.references import REFERENCES, Reference, reference_for, render_reference
 
@@ -89,17 +89,14 @@ class AnalyticPrior(Prior):
     """Exact ε-prediction for the reference-object distribution; no weights, any device."""
 
     accepts_shading = False  # the references are unlit
-    # The lowest t (fraction of T) training draws, instead of the recipe's 0.3. Below t = 200 NFSD's δ_D is
-    # ε(∅) alone, the exact Gaussian pull toward the reference; at t ≥ 300 the ∅ mixture's responsibilities are
-    # spread over all references, so δ_C and ε(∅) − ε(neg) do not vanish at the reference and the colour drifts
-    # (a red ball ends magenta: colour error 0.06 → 0.35 with t ≥ 0.3, benchmarks/quality.py).
-    t_min = 0.02
-    # Camera distances instead of the recipe's 2.0–2.5: at those the green torus collapses to nothing on this prior
-    # (silhouette IoU 0.91 → 0.27; 0.87 back at these), a cause not yet found. A real model gets the recipe's.
-    distance_range = (3.0, 3.6)
-    # Linear t_max annealing instead of the recipe's square root: √ lowers t_max sooner, and the torus loses its
-    # hole's share (silhouette IoU 0.91 → 0.87 at 300 steps; linear gives back 0.91 exactly).
-    t_anneal_power = 1.0
+
+    def recipe_overrides(self) -> RecipeOverrides:
+        # t_min 0.02: below t = 200 NFSD's δ_D is ε(∅) alone, the exact pull toward the reference; at t ≥ 300 the ∅
+        # mixture's responsibilities are spread over all references and the colour drifts (a red ball ends
+        # magenta). Distances 3.0–3.6: at the recipe's 2.0–2.5 the green torus collapses on this prior, a cause not
+        # yet found. Linear annealing: the square root lowers t_max too soon for the torus's hole.
+        # (benchmarks/quality.py measures each; README "Priors".)
+        return RecipeOverrides(t_min=0.02, t_anneal_power=1.0, distance_range=(3.0, 3.6))
 
     latent_channels = 4
     latent_scale = LATENT_SCALE

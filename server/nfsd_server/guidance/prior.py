@@ -9,7 +9,7 @@ single batched call per step.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any, Iterable
 
@@ -38,6 +38,27 @@ class Conditions:
     prompts: Any
 
 
+@dataclass(frozen=True)
+class RecipeOverrides:
+    """What a prior asks of the training recipe where its data differ from a real model's; None keeps the
+    recipe's value. ``t_min`` only ever lowers the recipe's."""
+
+    t_min: float | None = None
+    t_anneal_power: float | None = None
+    distance_range: tuple[float, float] | None = None
+
+    def apply(self, config):
+        """``config`` (a ``TrainConfig``) with these overrides."""
+        changes = {}
+        if self.t_min is not None and self.t_min < config.t_min:
+            changes["t_min"] = self.t_min
+        if self.t_anneal_power is not None:
+            changes["t_anneal_power"] = self.t_anneal_power
+        if self.distance_range is not None:
+            changes["orbit"] = replace(config.orbit, distance_range=self.distance_range)
+        return replace(config, **changes) if changes else config
+
+
 class Prior(abc.ABC):
     """A frozen denoiser: encodes renders to its latent space and predicts the noise in noisy latents."""
 
@@ -54,6 +75,10 @@ class Prior(abc.ABC):
     latent_channels: int | None = None
     #: Image pixels per latent pixel along a side (8 for Stable Diffusion's VAE).
     latent_scale: int = 8
+
+    def recipe_overrides(self) -> RecipeOverrides:
+        """How training must differ for this prior; a real model changes nothing."""
+        return RecipeOverrides()
 
     @property
     def num_train_timesteps(self) -> int:

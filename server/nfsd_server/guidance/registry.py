@@ -1,7 +1,9 @@
 """Priors by name: ``register_prior`` (a decorator on a factory) and ``load_prior``.
 
-Apart from the interface (``prior.py``), so the interface never imports its implementations; the built-in
-ones are imported here, lazily, so ``import nfsd_server`` stays cheap (no diffusers at import time).
+Apart from the interface (``prior.py``), so the interface never imports its implementations. The product's
+priors are imported here, lazily, so ``import nfsd_server`` stays cheap (no diffusers at import time). Other
+packages (the lab's arena prior) register theirs with ``register_prior`` when they are imported; this module
+never imports them.
 """
 
 from __future__ import annotations
@@ -37,4 +39,4 @@ def load_prior(name: str, model: str | None = None, device: torch.device | str |
 
 
 def _import_builtin_priors() -> None:
-    from nfsd_server.guidance import analytic, arena, stable_diffusion  # noqa: F401
+    from nfsd_server.guidance import analytic, stable_diffusion  # noqa: F401

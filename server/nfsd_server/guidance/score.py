@@ -59,20 +59,15 @@ def sds_direction(
 
 # Janus guard: the view contrast. The guard's row is the prompt itself at the opposite view ("front view" seen
 # from behind), so ε_y − ε_view_negative holds the view and not the object; adding it steers each camera toward
-# what its own view shows and away from the opposite one. Perp-Neg (Armandpour et al. 2023, as threestudio) keeps
-# δ_C's direction and subtracts only the view negative's part perpendicular to it; on the arena that cannot work:
-# behind the ball at t ≥ 700, where the second face is painted, δ_C *is* the face (cos(δ_C, δ_v) = 0.97), and at
-# t ≤ 300, where the back already satisfies the prompt (‖δ_C‖ ≈ 0), its term is a push away from the face that
-# the prompt never asked for, and it erased the real face too (benchmarks/janus_guard_probe.py prints both).
-# The contrast is small where the views' data barely differ (high t): hence the gain; it must never outgrow what
-# the prompt asks for, or it erases (low t): hence the bound. Both measured on the arena, README "Janus guard".
+# what its own view shows and away from the opposite one. Not Perp-Neg (Armandpour et al. 2023), which keeps δ_C's
+# direction: where the second face is being painted, δ_C *is* the face. The contrast is small where the views'
+# data barely differ (high t): hence the gain; it must never outgrow what the prompt asks for, or it erases the
+# real feature (low t): hence the bound. The measurements behind both: README "Janus guard".
 VIEW_CONTRAST_GAIN = 10.0
 VIEW_CONTRAST_BOUND = 1.0  # ‖guard term‖ ≤ this × ‖δ_C‖, per image
 FRONT_HALF_WIDTH_DEG = 45.0  # the "front view" sector (scene/cameras.py's suffix rule)
 # The gain ramps in from 0 at 90° to full at 135°, behind the sector from which any of a front feature up to 45°
-# wide shows: steering the cameras that still see the real face away from "front view" erased it (Perp-Neg from
-# 45° did on the arena), and with the gain at every camera, front ones steered away from "back view", 2 of 8 arena
-# balls faded to white where 1 did with the ramp.
+# wide shows: steering cameras that still see the real face away from "front view" would erase it.
 GUARD_RAMP_DEG = (90.0, 135.0)
 
 
@@ -99,15 +94,6 @@ def view_contrast_delta(eps_cond: Tensor, eps_uncond: Tensor, eps_view_neg: Tens
     norm = contrast.flatten(1).norm(dim=1)
     shrink = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
     return delta_cond + shrink.view_as(weight) * contrast
-
-
-def clip_score(grad: Tensor, limit: float) -> Tensor:
-    """Debiased-SDS score debiasing (Hong et al. 2023, as threestudio's ``grad_clip``): every element of the
-    weighted direction w(t)·(…) clamped to ±``limit``. Costs no prior row; the caller ramps ``limit`` up over the
-    run, so early steps, where a few large elements (an over-confident feature) would set the layout, are tamed."""
-    if not limit > 0:
-        raise ValueError(f"the score clip limit must be > 0, got {limit}")
-    return grad.clamp(-limit, limit)
 
 
 def timestep_weight(alphas_cumprod: Tensor, t: Tensor) -> Tensor:

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from nfsd_server.arena_evaluation import (
+from nfsd_lab.arena_evaluation import (
     evaluate_arena, faded_fractions, feature_fractions, feature_scores, is_janus, outcome,
 )
-from nfsd_server.guidance.arena_objects import ARENA_OBJECTS
+from nfsd_lab.arena_objects import ARENA_OBJECTS
 
 BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a blue cube with an orange label"]
 

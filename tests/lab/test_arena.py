@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from nfsd_server.guidance.analytic import mixture_noise_posterior
-from nfsd_server.guidance.arena import (
+from nfsd_lab.arena import (
     AZIMUTHS_DEG,
     MARGINAL_AZIMUTH_WEIGHTS,
     VIEW_AZIMUTH_WEIGHTS,
     ArenaPrior,
     mode_weights,
 )
-from nfsd_server.guidance.arena_objects import ARENA_OBJECTS, SHADING_MODES, render_arena
+from nfsd_lab.arena_objects import ARENA_OBJECTS, SHADING_MODES, render_arena
 from nfsd_server.guidance.prior import Conditions, PromptKind
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.scene.cameras import BACK, SIDE, make_cameras
@@ -99,7 +99,7 @@ def test_feature_is_on_the_front_only():
 
 
 def test_unknown_prompt_and_options_are_clear_errors():
-    import nfsd_server.guidance.arena  # noqa: F401  (registers "arena")
+    import nfsd_lab.arena  # noqa: F401  (registers "arena")
 
     prior = load_prior("arena", device="cpu")
     with pytest.raises(ValueError, match="arena prior does not know the prompt 'a hamburger'.*a red ball with a yellow face"):

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nfsd_server.evaluation import silhouette_iou
-from nfsd_server.guidance.arena_objects import ArenaObject, render_arena
+from nfsd_lab.evaluation import silhouette_iou
+from nfsd_lab.arena_objects import ArenaObject, render_arena
 from nfsd_server.guidance.references import BACKGROUND
 from nfsd_server.scene.cameras import Cameras, camera_rays, make_cameras
 

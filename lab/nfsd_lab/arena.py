@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfsd_lab.arena_objects import ARENA_OBJECTS, SHADING_MODES, ArenaObject, arena_object_for, render_arena
 from nfsd_server.guidance.analytic import AnalyticPrior, degrade, images_to_latents, mixture_noise_posterior
-from nfsd_server.guidance.arena_objects import ARENA_OBJECTS, SHADING_MODES, ArenaObject, arena_object_for, render_arena
 from nfsd_server.guidance.prior import Conditions, PromptKind
 from nfsd_server.guidance.registry import register_prior
 from nfsd_server.scene.cameras import BACK, FRONT, OVERHEAD, SIDE, Cameras, make_cameras
