@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+# Models that ship inside the backend, by short name: ordinary diffusers folders (nfsd_server/models/). The
+# micro Stable Diffusion is trained on the lab's procedural world (lab/nfsd_lab/micro/, README "Priors").
+BUNDLED_MODELS = {"micro": Path(__file__).resolve().parent / "models" / "micro"}
 BENCHMARK_PREFIX = "random:"  # random-weight architectures for benchmarks (guidance/random_models.py)
 # The hub's rule for repo ids: an optional namespace, a name; letters, digits, '-', '_', '.'; ≤ 96 each.
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
@@ -35,6 +38,13 @@ def looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
 
 
+def resolve_bundled(model: str) -> str:
+    """The folder of a bundled model's short name ("micro"); any other name unchanged. A bundled name wins
+    over a hub id of the same spelling."""
+    folder = BUNDLED_MODELS.get(model)
+    return str(folder) if folder is not None else model
+
+
 def check_benchmark_allowed(model: str | None, allowed: bool) -> None:
     if model is not None and model.startswith(BENCHMARK_PREFIX) and not allowed:
         raise BenchmarkModelRefused(
@@ -46,6 +56,11 @@ def check_benchmark_allowed(model: str | None, allowed: bool) -> None:
 def check_model(model: str) -> None:
     """ValueError (one line) unless ``model`` is a diffusers folder, or a hub id that is cached or reachable."""
     if model.startswith(BENCHMARK_PREFIX):
+        return
+    if model in BUNDLED_MODELS:
+        if not (BUNDLED_MODELS[model] / "model_index.json").is_file():
+            raise ValueError(f"the bundled model {model!r} is missing from this install "
+                             f"({BUNDLED_MODELS[model]}); reinstall the backend")
         return
     if looks_like_path(model) or _exists(model):
         _check_folder(model)

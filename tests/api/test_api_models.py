@@ -51,6 +51,18 @@ def test_models_need_the_token(make_client):
     assert client.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
+def test_the_bundled_micro_model_is_offered_offline_under_its_short_name(make_client):
+    from nfsd_server.model_source import BUNDLED_MODELS
+
+    micro = _by_id(make_client().get("/v1/models"))["micro"]
+    weights = sum(f.stat().st_size for f in BUNDLED_MODELS["micro"].rglob("*") if f.is_file())
+    assert micro == {
+        "id": "micro", "label": "micro (bundled, offline)", "prior": "stable-diffusion", "model": "micro",
+        "source": "builtin", "cached": True, "size_bytes": weights, "download_bytes": None, "default": False,
+        "taesd_cached": True,
+    }
+
+
 def test_default_model_not_cached_says_how_big_the_download_is(make_client):
     models = _by_id(make_client(default_prior="stable-diffusion").get("/v1/models"))
     assert models["analytic"] == {
@@ -98,7 +110,8 @@ def test_taesd_cached_says_whether_the_fast_encoder_needs_a_download(make_client
     _fake_cached_pipeline("someone/tiny-sd", b"x" * 10)
     models = _by_id(make_client(data_dir=data_dir).get("/v1/models"))
     assert {key: entry["taesd_cached"] for key, entry in models.items()} == {
-        "analytic": True, DEFAULT_MODEL: False, "someone/tiny-sd": False, str(plain): False, str(own): True,
+        "analytic": True, "micro": True, DEFAULT_MODEL: False, "someone/tiny-sd": False, str(plain): False,
+        str(own): True,
     }
 
     # Only part of TAESD in the cache (an interrupted download) is still a download.
@@ -110,5 +123,6 @@ def test_taesd_cached_says_whether_the_fast_encoder_needs_a_download(make_client
     models = _by_id(make_client(data_dir=data_dir).get("/v1/models"))
     assert TAESD_MODEL not in models  # an encoder, not a model to pick
     assert {key: entry["taesd_cached"] for key, entry in models.items()} == {
-        "analytic": True, DEFAULT_MODEL: True, "someone/tiny-sd": True, str(plain): True, str(own): True,
+        "analytic": True, "micro": True, DEFAULT_MODEL: True, "someone/tiny-sd": True, str(plain): True,
+        str(own): True,
     }

@@ -13,6 +13,7 @@ from nfsd_contract import DEFAULT_MODEL
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.schemas import ErrorBody
 from nfsd_server.guidance.stable_diffusion import TAESD_MODEL, TAESD_SUBFOLDER
+from nfsd_server.model_source import BUNDLED_MODELS
 
 router = APIRouter(
     prefix="/v1",
@@ -31,7 +32,7 @@ TAESD_WEIGHTS_STEM = "diffusion_pytorch_model."  # .safetensors or .bin
 
 
 class ModelInfo(BaseModel):
-    id: str = Field(description="Stable key: 'analytic', a hub id, or a local folder's path.")
+    id: str = Field(description="Stable key: 'analytic', a bundled model's name, a hub id, or a local folder's path.")
     label: str = Field(description="What the picker shows.")
     prior: str = Field(description="The job's 'prior' for this model.")
     model: str | None = Field(description="The job's 'model' (hub id or folder); null for the analytic prior.")
@@ -91,11 +92,19 @@ def list_models(data_dir: Path, default_prior: str, default_model: str | None) -
         id="analytic", label="Analytic (offline test shapes)", prior="analytic", model=None, source="builtin",
         cached=True, size_bytes=0, download_bytes=None, default=default_prior == "analytic", taesd_cached=True,
     )]
+    for name, folder in BUNDLED_MODELS.items():
+        if (folder / PIPELINE_FILE).is_file():
+            models.append(ModelInfo(
+                id=name, label=f"{name} (bundled, offline)", prior="stable-diffusion", model=name, source="builtin",
+                cached=True, size_bytes=_folder_bytes(folder), download_bytes=None,
+                default=default_prior == "stable-diffusion" and default_model == name,
+                taesd_cached=(folder / TAESD_SUBFOLDER).is_dir(),
+            ))
     hub_ids = list(dict.fromkeys([*KNOWN_DOWNLOAD_BYTES, *sorted(cached)]))
     local = sorted(p for p in (data_dir / LOCAL_MODELS_DIR).glob("*") if (p / PIPELINE_FILE).is_file())
     if Path(default_model).is_dir():
         local = [Path(default_model), *[p for p in local if p != Path(default_model)]]
-    elif default_model not in hub_ids:
+    elif default_model not in hub_ids and default_model not in BUNDLED_MODELS:
         hub_ids.append(default_model)
     for repo_id in hub_ids:
         is_cached = repo_id in cached

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,6 +21,7 @@ from nfsd_contract import DEFAULT_MODEL, ENCODERS
 from nfsd_server.guidance.dtype_policy import ComponentDtypes, resolve_dtypes, text_encoder_device
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
 from nfsd_server.guidance.registry import register_prior
+from nfsd_server.model_source import resolve_bundled
 from nfsd_server.scene.cameras import VIEW_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # TAESD for SD 1.x/2.x latents (diffusers AutoencoderTiny). A model folder may carry its own as taesd/.
 TAESD_MODEL = "madebyollin/taesd"
 TAESD_SUBFOLDER = "taesd"
+# A model trained on a closed set of words may list them here ({"words": [...]}); prompts are then checked.
+VOCABULARY_FILE = "vocabulary.json"
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -46,8 +50,9 @@ class PromptEmbeddings:
 
 class StableDiffusionPrior(Prior):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtypes: ComponentDtypes,
-                 encode_size: int | None = None, taesd=None):
+                 encode_size: int | None = None, taesd=None, vocabulary: frozenset[str] | None = None):
         self.device, self.dtypes = device, dtypes
+        self.vocabulary = vocabulary
         self.text_device = text_encoder_device(device)
         placements = ((unet, dtypes.unet, device), (vae, dtypes.vae, device),
                       (text_encoder, dtypes.text_encoder, self.text_device))
@@ -67,6 +72,7 @@ class StableDiffusionPrior(Prior):
             vae.to(memory_format=torch.channels_last)
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+        self.scheduler_config = dict(scheduler.config)  # the noise schedule, for samplers built beside the prior
         # SD 2.x 768 and many fine-tunes predict v, not ε; the distillation maths needs ε (see predict_noise).
         self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -125,7 +131,8 @@ class StableDiffusionPrior(Prior):
                 raise ModelLoadError(_explain_load_failure(model, name, error)) from error
         taesd = load_taesd(model, dtypes) if encoder == "taesd" else None
         log.info("loaded Stable Diffusion %r on %s (%s), RGB encoder %s", model, device, dtypes, encoder)
-        return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size, taesd=taesd)
+        return cls(**components, device=device, dtypes=dtypes, encode_size=encode_size, taesd=taesd,
+                   vocabulary=read_vocabulary(model))
 
     def compile(self, dynamic_rows: bool = False, backend: str | Callable = "inductor") -> None:
         """torch.compile the UNet in place (nn.Module.compile), so every job sharing this warm prior gets it once.
@@ -176,9 +183,22 @@ class StableDiffusionPrior(Prior):
                 f"{limit}, so the view suffix would be cut off: shorten the prompt by {counts[longest] - limit} tokens"
             )
 
+    def _check_vocabulary(self, text: str, what: str) -> None:
+        if self.vocabulary is None:
+            return
+        unknown = [word for word in dict.fromkeys(re.findall(r"[a-z]+", text.lower())) if word not in self.vocabulary]
+        if unknown:
+            known = ", ".join(sorted(word for word in self.vocabulary if word.isalpha()))
+            raise ValueError(
+                f"this model was trained on a closed vocabulary and does not know {', '.join(map(repr, unknown))} in "
+                f"the {what}; it knows: {known} (e.g. 'a red ball', 'a blue cube with a white label')"
+            )
+
     def prepare_prompts(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
         if not prompt.strip():
             raise ValueError("prompt is empty; describe the object to generate, e.g. 'a hamburger'")
+        self._check_vocabulary(prompt, "prompt")
+        self._check_vocabulary(negative_prompt, "negative prompt")
         texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
         self._check_fits(texts)
         views = self._embed(texts)
@@ -252,6 +272,22 @@ def _check_local_folder(model: str) -> None:
             f"model folder {str(folder)!r} is not a Stable Diffusion (diffusers) folder: missing {', '.join(missing)}/; "
             "save one with StableDiffusionPipeline.save_pretrained(folder)"
         )
+
+
+def read_vocabulary(model: str) -> frozenset[str] | None:
+    """The words a local model folder declares in VOCABULARY_FILE, or None (an open vocabulary)."""
+    if not _looks_like_path(model):
+        return None
+    path = Path(model).expanduser() / VOCABULARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        words = json.loads(path.read_text())["words"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{str(path)!r} is not a vocabulary file ({{\"words\": [...]}}): {error}") from error
+    if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+        raise ModelLoadError(f"{str(path)!r}: \"words\" must be a list of strings")
+    return frozenset(word.lower() for word in words)
 
 
 PICKLED_WEIGHTS = ("*.bin", "*.ckpt", "*.pt", "*.pth")
@@ -333,4 +369,5 @@ def load_stable_diffusion(
         taesd = build_random_taesd(name) if encoder == "taesd" else None
         return StableDiffusionPrior(**build_random_stable_diffusion(name), device=device,
                                     dtypes=dtypes, encode_size=encode_size, taesd=taesd)
-    return StableDiffusionPrior.from_pretrained(model or DEFAULT_MODEL, device, dtypes, encode_size, encoder)
+    source = resolve_bundled(model or DEFAULT_MODEL)
+    return StableDiffusionPrior.from_pretrained(source, device, dtypes, encode_size, encoder)
