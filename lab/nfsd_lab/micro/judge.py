@@ -1,0 +1,82 @@
+"""The micro model's independent judge: true renders decide what an image shows; nothing of the model is used.
+
+Shape: the image's silhouette (pixels far from its border's colour) against the coverage of every shape's true
+renders from 8 azimuths × 3 elevations at three distances; the best IoU names the shape. Colour: the median of the
+silhouette's pixels against every colour word's colour, unlit and as the trainer's light dims it (× 0.7); the
+nearest names the colour. The judge knows the whole world, held-out pairs too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from nfsd_lab.micro.world import COLORS, SHAPES, Truth, render_truth
+from nfsd_server.scene.cameras import make_cameras
+
+BANK_AZIMUTHS = tuple(45.0 * k for k in range(8))
+BANK_ELEVATIONS = (0.0, 30.0, 60.0)
+BANK_DISTANCES = (2.0, 2.25, 2.5)  # the world's OrbitConfig range, at its middle FOV
+BANK_FOV = 45.0
+FOREGROUND_THRESHOLD = 0.12  # mean |Δ| per channel from the border colour
+
+
+@dataclass(frozen=True)
+class Verdict:
+    shape: str
+    color: str
+    silhouette_iou: float  # with the best true render of its shape
+
+
+@lru_cache(maxsize=2)
+def bank(size: int = 32) -> tuple[Tensor, list[str]]:
+    """(coverage (K, S, S) of true renders, the shape of each row)."""
+    grid = torch.cartesian_prod(torch.tensor(BANK_ELEVATIONS), torch.tensor(BANK_AZIMUTHS), torch.tensor(BANK_DISTANCES))
+    n = len(grid)
+    cameras = make_cameras(grid[:, 0], grid[:, 1], grid[:, 2], torch.full((n,), BANK_FOV))
+    masks, labels = [], []
+    for shape in SHAPES:
+        _, coverage = render_truth(Truth(shape, "red", None), cameras, size)
+        masks.append(coverage > 0.5)
+        labels.extend([shape] * n)
+    return torch.cat(masks), labels
+
+
+def silhouettes(images: Tensor) -> Tensor:
+    """(N, S, S) bool: pixels unlike the image's border (the background)."""
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]  # (N, 3, 1, 1)
+    return (images - background).abs().mean(1) > FOREGROUND_THRESHOLD
+
+
+def judge(images: Tensor) -> list[Verdict]:
+    """images (N, 3, S, S) in [0, 1] → the shape and colour each one shows, by the true renders."""
+    images = images.float()
+    masks, labels = bank(images.shape[-1])
+    mine = silhouettes(images)
+    intersection = torch.einsum("nhw,khw->nk", mine.float(), masks.float())
+    union = mine.flatten(1).sum(-1, keepdim=True) + masks.flatten(1).sum(-1) - intersection
+    iou = intersection / union.clamp_min(1)
+    best = iou.argmax(-1)
+    names = list(COLORS)
+    palette = torch.tensor([COLORS[name] for name in names])
+    palette = torch.cat([palette, palette * 0.7])
+    verdicts = []
+    for i in range(len(images)):
+        pixels = images[i].permute(1, 2, 0)[mine[i]]
+        median = pixels.median(0).values if len(pixels) else images[i].mean((1, 2))
+        color = names[int((palette - median).norm(dim=-1).argmin()) % len(names)]
+        verdicts.append(Verdict(labels[int(best[i])], color, float(iou[i, best[i]])))
+    return verdicts
+
+
+def accuracy(verdicts: list[Verdict], truths: list[Truth]) -> dict[str, float]:
+    """Shares of verdicts whose shape, colour and both match the truths."""
+    n = max(1, len(truths))
+    shape = sum(v.shape == t.shape for v, t in zip(verdicts, truths)) / n
+    color = sum(v.color == t.color for v, t in zip(verdicts, truths)) / n
+    both = sum(v.shape == t.shape and v.color == t.color for v, t in zip(verdicts, truths)) / n
+    return {"shape": shape, "color": color, "both": both}

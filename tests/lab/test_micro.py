@@ -1,0 +1,50 @@
+"""The bundled micro Stable Diffusion: loaded through the real loader, drawing what its captions say."""
+
+import pytest
+import torch
+
+from nfsd_lab.micro.judge import judge, silhouettes
+from nfsd_lab.micro.sampling import ddim_sample
+from nfsd_lab.micro.world import Truth, render_truth, sample_world, vocabulary
+from nfsd_server.guidance.registry import load_prior
+from nfsd_server.model_source import BUNDLED_MODELS, check_model
+from nfsd_server.scene.cameras import make_cameras
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return load_prior("stable-diffusion", "micro", "cpu")
+
+
+def test_the_bundled_folder_loads_as_an_ordinary_stable_diffusion(micro):
+    assert type(micro).__name__ == "StableDiffusionPrior"
+    assert (micro.image_size, micro.latent_side(), micro.latent_channels) == (32, 8, 4)
+    assert micro.vocabulary == frozenset(vocabulary())
+    check_model("micro")  # a bundled name passes the job's model check
+    taesd = load_prior("stable-diffusion", str(BUNDLED_MODELS["micro"]), "cpu", encoder="taesd")
+    latents = taesd.encode(torch.full((1, 3, 32, 32), 0.5))
+    assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+
+
+def test_words_outside_the_vocabulary_are_named_with_what_it_knows(micro):
+    with pytest.raises(ValueError, match=r"does not know 'hamburger' in the prompt; it knows: .*ball.*red"):
+        micro.prepare_prompts("a hamburger", "")
+
+
+def test_a_ddim_sample_of_a_red_ball_is_judged_a_red_ball(micro):
+    verdict, = judge(ddim_sample(micro, ["a red ball"], steps=20, seed=0))
+    assert (verdict.shape, verdict.color) == ("ball", "red")
+    assert verdict.silhouette_iou > 0.6
+
+
+def test_the_judge_reads_true_renders_it_was_not_built_from():
+    cameras = make_cameras(torch.tensor([20.0]), torch.tensor([70.0]), torch.tensor([2.4]), torch.tensor([42.0]))
+    images = torch.cat([render_truth(Truth(shape, color, None), cameras, 32)[0]
+                        for shape, color in (("cube", "green"), ("torus", "purple"), ("cone", "orange"))])
+    assert [(v.shape, v.color) for v in judge(images)] == [("cube", "green"), ("torus", "purple"), ("cone", "orange")]
+
+
+def test_silhouettes_separate_the_object_from_a_pale_background():
+    images, _, _ = sample_world(4, seed=3)
+    masks = silhouettes(images.float() / 255)
+    assert masks.any(dim=(1, 2)).all() and not masks[:, 0, :].any()
