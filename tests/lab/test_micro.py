@@ -48,3 +48,20 @@ def test_silhouettes_separate_the_object_from_a_pale_background():
     images, _, _ = sample_world(4, seed=3)
     masks = silhouettes(images.float() / 255)
     assert masks.any(dim=(1, 2)).all() and not masks[:, 0, :].any()
+
+
+def test_training_writes_a_loadable_folder_and_a_rerun_resumes_instead_of_repeating(tmp_path):
+    import json
+
+    from nfsd_lab.micro.train import main
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--work", str(work), "--out", str(out), "--scale", "0.001", "--images", "16"]
+    main(argv)
+    card = json.loads((out / "training.json").read_text())
+    assert {name: stage["steps"] for name, stage in card["stages"].items()} == {"vae": 2, "unet": 6, "taesd": 2}
+    first = (work / "unet.ckpt.safetensors").read_bytes()
+    main(argv)  # every stage is complete: the rerun loads its checkpoints and trains nothing
+    assert (work / "unet.ckpt.safetensors").read_bytes() == first
+    prior = load_prior("stable-diffusion", str(out), "cpu", encoder="taesd")
+    assert prior.image_size == 32 and prior.vocabulary == frozenset(vocabulary())

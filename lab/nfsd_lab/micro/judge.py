@@ -80,3 +80,23 @@ def accuracy(verdicts: list[Verdict], truths: list[Truth]) -> dict[str, float]:
     color = sum(v.color == t.color for v, t in zip(verdicts, truths)) / n
     both = sum(v.shape == t.shape and v.color == t.color for v, t in zip(verdicts, truths)) / n
     return {"shape": shape, "color": color, "both": both}
+
+
+def arena_object(truth: Truth):
+    """The nominal object of ``truth`` as the arena judge's ``ArenaObject``, so a 3D result is judged by
+    ``arena_evaluation.evaluate_arena`` (Janus, outcome, silhouette IoU, colour error) like the arena's."""
+    from nfsd_lab.arena_objects import ArenaObject, Instance
+    from nfsd_lab.micro.world import FEATURE_COLORS, FEATURE_SIZES, FEATURES, object_caption
+
+    body = COLORS[truth.color]
+    if truth.feature_color is None:
+        return ArenaObject(object_caption(truth.color, truth.shape), SHAPES[truth.shape], (Instance(body, body, 0.0),))
+    low, high = FEATURE_SIZES[truth.shape]
+    return ArenaObject(object_caption(truth.color, truth.shape, truth.feature_color), SHAPES[truth.shape],
+                       (Instance(body, FEATURE_COLORS[truth.feature_color], (low + high) / 2),), FEATURES[truth.shape][2])
+
+
+def r_precision(views: Tensor, truth: Truth) -> float:
+    """Share of views (V, 3, S, S) on white that the judge reads as the truth's shape and colour."""
+    verdicts = judge(views)
+    return sum(v.shape == truth.shape and v.color == truth.color for v in verdicts) / max(1, len(verdicts))
