@@ -142,6 +142,21 @@ class Stage:
         return self.meta
 
 
+def set_cosine_lr(optimizer, base: float, step: int, steps: int, warmup: int = 0) -> None:
+    scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = base * scale * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def take_step(optimizer, loss: torch.Tensor, parameters) -> float:
+    """One clipped AdamW step on ``loss``; its value for the log."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
 # --- stages -----------------------------------------------------------------------------------------------------
 
 def _render_chunk(job: tuple[int, int, int, int]) -> tuple[torch.Tensor, list[str]]:
@@ -190,19 +205,14 @@ def stage_vae(recipe: Recipe, work: Path, images: torch.Tensor):
     stage = Stage("vae", work, recipe.vae_steps, {"vae": vae}, optimizer, recipe.checkpoint_every)
 
     def step(i: int) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.vae_lr * 0.5 * (1 + math.cos(math.pi * i / recipe.vae_steps))
+        set_cosine_lr(optimizer, recipe.vae_lr, i, recipe.vae_steps)
         generator = generator_for(recipe.seed, "vae", i)
         _, x = batch_images(images, generator, recipe.vae_batch)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(z).sample
         loss = F.mse_loss(reconstruction, x) + 0.5 * F.l1_loss(reconstruction, x) + recipe.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        return float(loss)
+        return take_step(optimizer, loss, vae.parameters())
 
     meta = stage.run(step)
     return vae.eval().requires_grad_(False), meta
@@ -257,9 +267,7 @@ def stage_unet(recipe: Recipe, work: Path, vae, images: torch.Tensor, captions: 
     count = len(images)
 
     def step(i: int) -> float:
-        warmup = min(1.0, (i + 1) / 200)
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.unet_lr * warmup * 0.5 * (1 + math.cos(math.pi * i / recipe.unet_steps))
+        set_cosine_lr(optimizer, recipe.unet_lr, i, recipe.unet_steps, warmup=200)
         generator = generator_for(recipe.seed, "unet", i)
         rows = torch.randint(2 * count, (recipe.unet_batch,), generator=generator)  # the second half: mirrors
         z0 = (means[rows] + stds[rows] * torch.randn(means[rows].shape, generator=generator)) * scaling_factor
@@ -272,14 +280,11 @@ def stage_unet(recipe: Recipe, work: Path, vae, images: torch.Tensor, captions: 
         prediction = unet(zt, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         weight = (torch.minimum(snr[t], torch.full_like(snr[t], recipe.min_snr_gamma)) / snr[t]).view(-1, 1, 1, 1)
         loss = (weight * (prediction - noise) ** 2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        value = take_step(optimizer, loss, parameters)
         decay = min(recipe.ema_decay, (1 + i) / (10 + i))
         with torch.no_grad():
             torch._foreach_lerp_(averaged, online, 1 - decay)
-        return float(loss)
+        return value
 
     meta = stage.run(step)
     meta["scaling_factor"] = scaling_factor
@@ -295,19 +300,14 @@ def stage_taesd(recipe: Recipe, work: Path, vae, images: torch.Tensor, scaling_f
     stage = Stage("taesd", work, recipe.taesd_steps, {"taesd": taesd}, optimizer, recipe.checkpoint_every)
 
     def step(i: int) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.taesd_lr * 0.5 * (1 + math.cos(math.pi * i / recipe.taesd_steps))
+        set_cosine_lr(optimizer, recipe.taesd_lr, i, recipe.taesd_steps)
         _, x = batch_images(images, generator_for(recipe.seed, "taesd", i), recipe.taesd_batch)
         with torch.no_grad():
             target = vae.encode(x).latent_dist.mean * scaling_factor
         encoded = taesd.encode(x).latents
         decoded = taesd.decode(target).sample  # the decoder learns the VAE's latents, as TAESD is distilled
         loss = F.mse_loss(encoded, target) + F.mse_loss(decoded, x) + 0.5 * F.l1_loss(decoded, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(taesd.parameters(), 1.0)
-        optimizer.step()
-        return float(loss)
+        return take_step(optimizer, loss, taesd.parameters())
 
     meta = stage.run(step)
     return taesd.eval(), meta
