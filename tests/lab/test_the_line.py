@@ -56,3 +56,7 @@ def test_the_backend_wheel_holds_the_engine_and_not_the_lab(tmp_path):
     names = zipfile.ZipFile(build_backend_wheel(tmp_path)).namelist()
     assert "nfsd_server/train.py" in names and "nfsd_contract/spec.py" in names
     assert not [name for name in names if name.startswith("nfsd_lab") or "arena" in name]
+    # The bundled micro model ships whole (an artist's offline model), its world and trainer do not.
+    bundled = sorted(p.relative_to(ROOT / "server").as_posix()
+                     for p in (ROOT / "server" / "nfsd_server" / "models" / "micro").rglob("*") if p.is_file())
+    assert bundled and set(bundled) <= set(names)
