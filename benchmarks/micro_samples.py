@@ -20,22 +20,10 @@ from PIL import Image
 
 from nfsd_lab.micro.judge import accuracy, judge
 from nfsd_lab.micro.sampling import ddim_sample
-from nfsd_lab.micro.world import DEGRADATIONS, FEATURES, HELD_OUT, Truth, feature_color_for, sample_world, training_pairs
+from nfsd_lab.micro.world import DEGRADATIONS, caption_truths, sample_world
 from nfsd_server.guidance.registry import load_prior
 
 GRID = Path(__file__).resolve().parents[1] / "docs" / "micro_samples.png"
-
-
-def caption_truths(held_out: bool) -> list[tuple[str, Truth]]:
-    from nfsd_lab.micro.world import object_caption
-
-    rows = []
-    for color, shape in (HELD_OUT if held_out else training_pairs()):
-        rows.append((object_caption(color, shape), Truth(shape, color, None)))
-        if shape in FEATURES:
-            feature = feature_color_for(shape, color)
-            rows.append((object_caption(color, shape, feature), Truth(shape, color, feature)))
-    return rows
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8, zoom: int = 3) -> None:

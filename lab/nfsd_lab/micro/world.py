@@ -112,15 +112,21 @@ def feature_color_for(shape: str, body: str) -> str:
     return "white" if color == body else color
 
 
+def caption_truths(held_out: bool = False) -> list[tuple[str, "Truth"]]:
+    """Every object caption (no view words) with its truth, of the training pairs or of the held-out pairs."""
+    pairs = list(HELD_OUT) if held_out else training_pairs()
+    rows = []
+    for color, shape in pairs:
+        rows.append((object_caption(color, shape), Truth(shape, color, None)))
+        if shape in FEATURES:
+            feature = feature_color_for(shape, color)
+            rows.append((object_caption(color, shape, feature), Truth(shape, color, feature)))
+    return rows
+
+
 def all_captions(held_out: bool = False) -> list[str]:
     """Every object caption (no view words) of the training pairs, or of the held-out pairs."""
-    pairs = list(HELD_OUT) if held_out else training_pairs()
-    captions = []
-    for color, shape in pairs:
-        captions.append(object_caption(color, shape))
-        if shape in FEATURES:
-            captions.append(object_caption(color, shape, feature_color_for(shape, color)))
-    return captions
+    return [caption for caption, _ in caption_truths(held_out)]
 
 
 def vocabulary() -> list[str]:
