@@ -23,8 +23,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 
 from nfsd_contract import JobSpec, resolve_spec
-from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena, render_albedo
-from nfsd_lab.micro.judge import arena_object, r_precision
+from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena
+from nfsd_lab.micro.judge import arena_object, field_views, r_precision
 from nfsd_lab.micro.world import FEATURES, Truth, feature_color_for, object_caption
 from nfsd_server.devices import keep_freed_host_memory
 from nfsd_server.guidance.registry import load_prior
@@ -59,10 +59,8 @@ def run(caption: str, variant: str, steps: int, seed: int) -> dict[str, object]:
     minutes = (time.perf_counter() - started) / 60
     truth = TRUTHS[caption]
     result = evaluate_arena(trainer.field, arena_object(truth), size=48)
-    albedo, opacity = render_albedo(trainer.field, 32)
-    views = (albedo * opacity[..., None] + (1 - opacity[..., None])).permute(0, 3, 1, 2)
     return {"caption": caption, "variant": variant, "seed": seed, "minutes": minutes,
-            "r_precision": r_precision(views, truth), **result}
+            "r_precision": r_precision(field_views(trainer.field), truth), **result}
 
 
 def _one_thread() -> None:

@@ -98,13 +98,14 @@ def outcome(fractions: Tensor, faded: Tensor, has_feature: bool = True, threshol
 
 
 @torch.no_grad()
-def render_albedo(field, size: int = 48) -> tuple[Tensor, Tensor]:
-    """(albedo (V, H, W, 3) un-premultiplied, opacity (V, H, W)) of a field at the judge's cameras."""
+def render_albedo(field, size: int = 48, cameras: Cameras | None = None) -> tuple[Tensor, Tensor]:
+    """(albedo (V, H, W, 3) un-premultiplied, opacity (V, H, W)) of a field at ``cameras`` (default: the
+    judge's)."""
     from nfsd_server.scene.field import SolidBackground
     from nfsd_server.scene.renderer import RendererConfig, StratifiedRenderer
 
     device = next(iter(field.parameters()), torch.empty(0)).device
-    cameras = judge_cameras().to(device)
+    cameras = (judge_cameras() if cameras is None else cameras).to(device)
     origins, directions = camera_rays(cameras, size, size)
     background = torch.tensor(BACKGROUND, device=device)
     render = StratifiedRenderer(RendererConfig(n_samples=96))(field, SolidBackground(BACKGROUND).to(device), origins, directions)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nfsd_contract import PRESETS as PRESET_NAMES
 from nfsd_server.scene.encoding import HashGridConfig
@@ -29,6 +29,17 @@ class Preset:
     def __post_init__(self) -> None:
         if not 0.0 <= self.latent_fraction <= 1.0:
             raise ValueError(f"latent_fraction must be in [0, 1], got {self.latent_fraction}")
+
+    def fitted_to(self, image_side: int, latent_side: int | None) -> Preset:
+        """This preset for a prior that judges ``image_side`` px images through a ``latent_side`` latent (None:
+        no latent space), read from the model's config, never its name. RGB renders stop at ``image_side`` (the
+        prior resizes anything larger down to it: pixels nobody judges), and the latent-first phase is dropped
+        where a latent render would be coarser than the RGB render it replaces: at 8 × 8 the field cannot learn a
+        silhouette (a 32 px micro model's ball: IoU 0.66–0.70 latent-first, 0.94–0.95 RGB only;
+        benchmarks/micro_3d.py). SD 2.1-base (64 latent) keeps every preset as it is."""
+        schedule = tuple((fraction, min(side, image_side)) for fraction, side in self.resolution_schedule)
+        coarse_latent = latent_side is None or latent_side < schedule[0][1]
+        return replace(self, resolution_schedule=schedule, latent_fraction=0.0 if coarse_latent else self.latent_fraction)
 
 
 PRESETS = {

@@ -34,7 +34,7 @@ from nfsd_server.guidance.distillation import make_guidance
 from nfsd_server.guidance.nonfinite import NonFiniteWatch, nonfinite_hint
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
-from nfsd_server.presets import PRESETS
+from nfsd_server.presets import PRESETS, Preset
 from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_cameras, sample_orbit_cameras
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
@@ -190,16 +190,18 @@ class Trainer:
 
     def __init__(
         self, spec: JobSpec, prior: Prior, out_dir: Path | None, config: TrainConfig | None = None,
-        init_mesh_path: Path | None = None,
+        init_mesh_path: Path | None = None, preset: Preset | None = None,
     ):
         """``init_mesh_path``: the file ``spec.init_mesh`` names (a server resolves its mesh id to one); None →
-        ``spec.init_mesh`` is the path itself (the CLI's)."""
+        ``spec.init_mesh`` is the path itself (the CLI's). ``preset``: None → the spec's preset fitted to the
+        prior (``Preset.fitted_to``); experiments pass their own as is."""
         self.spec, self.prior, self.out_dir = spec, prior, out_dir
         self.init_mesh_path = (init_mesh_path or Path(spec.init_mesh)) if spec.init_mesh else None
         self.config = config = config or TrainConfig()
         self.device = prior.device
         self.total = spec.steps
-        self.preset = PRESETS[spec.preset]
+        self.preset = preset or PRESETS[spec.preset].fitted_to(
+            prior.image_size, prior.latent_side() if prior.latent_channels else None)
         self.metadata = {**spec.metadata(), "software": f"nfsd_server {__version__}"}
         self.generator = torch.Generator().manual_seed(spec.seed)
         # An init mesh shapes the field's density and adds a shape loss; see scene/init_mesh.py.

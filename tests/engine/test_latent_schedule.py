@@ -1,5 +1,6 @@
 """The latent-first schedule (which steps render latents, which encode RGB) and the RGB phase's encoder."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -22,6 +23,27 @@ def test_the_switch_point_is_a_fraction_of_the_run():
         Preset(**{**vars(PRESETS["draft"]), "latent_fraction": 1.5})
 
 
+def test_a_preset_is_fitted_to_the_models_config():
+    standard = PRESETS["standard"]
+    # SD 2.1-base (512 px, 64 latent): every preset as it is.
+    assert all(preset.fitted_to(512, 64) == preset for preset in PRESETS.values())
+    # A 32 px model with an 8 × 8 latent (the bundled micro model): RGB at its side, no latent-first phase.
+    micro = standard.fitted_to(32, 8)
+    assert micro.resolution_schedule == ((0.0, 32), (0.5, 32)) and micro.latent_fraction == 0.0
+    assert (micro.grid, micro.n_samples) == (standard.grid, standard.n_samples)
+    # Latent renders as fine as the first RGB side keep the phase; no latent space drops it.
+    assert PRESETS["draft"].fitted_to(256, 32).latent_fraction == 0.75
+    assert PRESETS["draft"].fitted_to(256, None).latent_fraction == 0.0
+
+
+def test_the_trainer_fits_its_preset_to_the_prior(tiny_sd_prior):
+    trainer = Trainer(resolve_spec("a red ball", preset="standard", steps=2, seed=0, prior="stable-diffusion",
+                                   model="tiny"), tiny_sd_prior, None)
+    assert trainer.preset == PRESETS["standard"].fitted_to(16, 8)
+    assert trainer.field.config.latent_channels == 0 and trainer.phase(0) == "rgb"
+    trainer.train_step()  # renders at the model's 16 px, not the preset's 64
+
+
 class CountingEncode:
     def __init__(self, encode):
         self.encode, self.calls = encode, []
@@ -32,9 +54,9 @@ class CountingEncode:
 
 
 def _trainer(denoiser, steps=6, **settings):
-    trainer = Trainer(resolve_spec("a red ball", preset="draft", steps=steps, seed=0, **settings), denoiser, None)
-    trainer.preset = PRESETS["draft"].__class__(**{**vars(trainer.preset), "latent_fraction": 0.5})
-    return trainer
+    preset = dataclasses.replace(PRESETS["draft"], latent_fraction=0.5)  # as is: not fitted to the small prior
+    return Trainer(resolve_spec("a red ball", preset="draft", steps=steps, seed=0, **settings), denoiser, None,
+                   preset=preset)
 
 
 def test_latent_steps_render_at_the_latent_side_and_never_encode():

@@ -10,6 +10,7 @@ from nfsd_server.guidance import random_models
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.stable_diffusion import ModelLoadError, StableDiffusionPrior
 from nfsd_contract import resolve_spec
+from nfsd_server.presets import PRESETS
 from nfsd_server.train import Callbacks, TrainConfig, Trainer
 
 
@@ -18,7 +19,7 @@ def draft(steps, seed=0):
 
 
 def test_stage_timer_sees_each_stage_of_every_step_in_order(tiny_sd_prior):
-    trainer = Trainer(draft(4), tiny_sd_prior, out_dir=None)
+    trainer = Trainer(draft(4), tiny_sd_prior, out_dir=None, preset=PRESETS["draft"])  # latent-first as is
     seen = []
 
     class Record:

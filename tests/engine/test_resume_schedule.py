@@ -5,7 +5,8 @@ import torch
 from nfsd_server.guidance.analytic import AnalyticPrior
 from nfsd_server.guidance.registry import load_prior
 from nfsd_contract import resolve_spec
-from nfsd_server.train import CHECKPOINT_NAME, Trainer, train
+from nfsd_server.presets import PRESETS
+from nfsd_server.train import CHECKPOINT_NAME, Trainer
 
 
 def recording(trainer):
@@ -27,7 +28,7 @@ def recording(trainer):
 
 
 def test_a_finished_run_resumed_with_more_steps_stays_at_the_end_of_its_schedules(tmp_path):
-    prior = AnalyticPrior(latent_size=8)
+    prior = AnalyticPrior(latent_size=32)  # its 32 latent keeps the draft latent-first phase
     settings = resolve_spec("a red ball", preset="draft", steps=12, seed=0, prior="analytic")
     first = Trainer(settings, prior, tmp_path)
     end_of_first = recording(first)
@@ -50,7 +51,7 @@ def test_a_finished_run_resumed_with_more_steps_stays_at_the_end_of_its_schedule
 
 
 def test_a_cancelled_run_resumed_with_more_steps_continues_from_where_it_was(tmp_path):
-    prior = AnalyticPrior(latent_size=8)
+    prior = AnalyticPrior(latent_size=32)  # its 32 latent keeps the draft latent-first phase
     first = Trainer(resolve_spec("a red ball", preset="draft", steps=8, seed=0, prior="analytic"), prior, tmp_path)
     for _ in range(4):
         first.train_step()
@@ -66,8 +67,10 @@ def test_resume_with_another_encoder_uses_that_encoders_colour_map(tiny_sd_dir, 
     vae_prior = load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encoder="vae")
     taesd_prior = load_prior("stable-diffusion", str(tiny_sd_dir), "cpu", encoder="taesd")
     common = dict(preset="draft", seed=0, prior="stable-diffusion", model=str(tiny_sd_dir))
-    train(resolve_spec("a red ball", steps=2, encoder="vae", **common), vae_prior, tmp_path)
-    trainer = Trainer(resolve_spec("a red ball", steps=4, encoder="taesd", **common), taesd_prior, tmp_path)
+    latent_first = PRESETS["draft"]  # as is: fitted to the tiny model's 8 × 8 latent it would render RGB only
+    Trainer(resolve_spec("a red ball", steps=2, encoder="vae", **common), vae_prior, tmp_path, preset=latent_first).run()
+    trainer = Trainer(resolve_spec("a red ball", steps=4, encoder="taesd", **common), taesd_prior, tmp_path,
+                      preset=latent_first)
     trainer.load_checkpoint(tmp_path / CHECKPOINT_NAME)
     weight, bias = taesd_prior.latent_color_map()
     assert not torch.allclose(weight, vae_prior.latent_color_map()[0])  # the two encoders differ

@@ -65,3 +65,21 @@ def test_training_writes_a_loadable_folder_and_a_rerun_resumes_instead_of_repeat
     assert (work / "unet.ckpt.safetensors").read_bytes() == first
     prior = load_prior("stable-diffusion", str(out), "cpu", encoder="taesd")
     assert prior.image_size == 32 and prior.vocabulary == frozenset(vocabulary())
+
+
+def test_a_short_distillation_on_the_micro_model_puts_density_where_the_ball_is(micro):
+    from nfsd_contract import resolve_spec
+    from nfsd_lab.arena_evaluation import evaluate_arena
+    from nfsd_lab.micro.judge import arena_object
+    from nfsd_server.train import Trainer
+
+    def iou(shape):
+        return evaluate_arena(trainer.field, arena_object(Truth(shape, "red", None)), size=32)["silhouette_iou"]
+
+    spec = resolve_spec("a red ball", steps=150, seed=0, preset="draft", prior="stable-diffusion", model="micro")
+    trainer = Trainer(spec, micro, None)
+    before = iou("ball")  # the field starts as a soft central blob
+    trainer.run()  # ~15 s: three eighths of a draft run
+    after = iou("ball")
+    assert after > 0.8 and after > before + 0.1, (before, after)
+    assert after > iou("cube") + 0.05  # the ball, not just any blob

@@ -65,9 +65,7 @@ def make_trainer(prior, preset, mode, sphere_mesh, monkeypatch, latent_fraction)
         monkeypatch.setattr(train_module, "shape_guide_for", cached_guide)
     settings = resolve_spec("a red ball", preset=preset, steps=10, seed=0, prior="stable-diffusion",
                             model="tiny", encoder="taesd", **mesh_settings)
-    trainer = Trainer(settings, prior, None)
-    trainer.preset = dataclasses.replace(trainer.preset, latent_fraction=latent_fraction)
-    return trainer
+    return Trainer(settings, prior, None, preset=dataclasses.replace(SMALL_PRESETS[preset], latent_fraction=latent_fraction))
 
 
 def render_inputs(args, kwargs) -> dict:

@@ -3,7 +3,9 @@
 Shape: the image's silhouette (pixels far from its border's colour) against the coverage of every shape's true
 renders from 8 azimuths × 3 elevations at three distances; the best IoU names the shape. Colour: the median of the
 silhouette's pixels against every colour word's colour, unlit and as the trainer's light dims it (× 0.7); the
-nearest names the colour. The judge knows the whole world, held-out pairs too.
+nearest in CIELAB (ΔE, where distance follows what an eye tells apart: in RGB a bright red lies nearer orange)
+names the colour. The judge knows the whole world, held-out pairs too. ``field_views`` renders a 3D result at
+the bank's own distance, so its silhouettes are comparable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ BANK_ELEVATIONS = (0.0, 30.0, 60.0)
 BANK_DISTANCES = (2.0, 2.25, 2.5)  # the world's OrbitConfig range, at its middle FOV
 BANK_FOV = 45.0
 FOREGROUND_THRESHOLD = 0.12  # mean |Δ| per channel from the border colour
+VIEW_ELEVATION = 15.0  # a 3D result's views: 8 azimuths at the bank's middle distance
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,15 @@ def silhouettes(images: Tensor) -> Tensor:
     return (images - background).abs().mean(1) > FOREGROUND_THRESHOLD
 
 
+def cielab(rgb: Tensor) -> Tensor:
+    """(..., 3) sRGB in [0, 1] → (..., 3) CIELAB (D65)."""
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ to_xyz.T / torch.tensor([0.9505, 1.0, 1.089])
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
 def judge(images: Tensor) -> list[Verdict]:
     """images (N, 3, S, S) in [0, 1] → the shape and colour each one shows, by the true renders."""
     images = images.float()
@@ -63,12 +75,12 @@ def judge(images: Tensor) -> list[Verdict]:
     best = iou.argmax(-1)
     names = list(COLORS)
     palette = torch.tensor([COLORS[name] for name in names])
-    palette = torch.cat([palette, palette * 0.7])
+    palette = cielab(torch.cat([palette, palette * 0.7]))
     verdicts = []
     for i in range(len(images)):
         pixels = images[i].permute(1, 2, 0)[mine[i]]
         median = pixels.median(0).values if len(pixels) else images[i].mean((1, 2))
-        color = names[int((palette - median).norm(dim=-1).argmin()) % len(names)]
+        color = names[int((palette - cielab(median)).norm(dim=-1).argmin()) % len(names)]
         verdicts.append(Verdict(labels[int(best[i])], color, float(iou[i, best[i]])))
     return verdicts
 
@@ -94,6 +106,17 @@ def arena_object(truth: Truth):
     low, high = FEATURE_SIZES[truth.shape]
     return ArenaObject(object_caption(truth.color, truth.shape, truth.feature_color), SHAPES[truth.shape],
                        (Instance(body, FEATURE_COLORS[truth.feature_color], (low + high) / 2),), FEATURES[truth.shape][2])
+
+
+@torch.no_grad()
+def field_views(field, size: int = 32) -> Tensor:
+    """(8, 3, S, S): a NeRF's albedo on white from 8 azimuths at the bank's middle distance and FOV."""
+    from nfsd_lab.arena_evaluation import render_albedo
+
+    cameras = make_cameras(torch.full((8,), VIEW_ELEVATION), torch.tensor(BANK_AZIMUTHS),
+                           torch.full((8,), BANK_DISTANCES[1]), torch.full((8,), BANK_FOV))
+    albedo, opacity = render_albedo(field, size, cameras)
+    return (albedo * opacity[..., None] + (1 - opacity[..., None])).permute(0, 3, 1, 2)
 
 
 def r_precision(views: Tensor, truth: Truth) -> float:
