@@ -4,7 +4,9 @@ matched to this machine, and a health check that starts the backend once.
 It is built beside the working install (``<target>.installing``) and swapped in only after the health check
 passes, so a failed or cancelled install leaves the previous backend as it was. Every command's output goes to a
 log file the panel can open. Extra pip arguments come from ``NFSD_PIP_ARGS`` (split like a shell line), e.g.
-``--no-index --find-links /path/to/wheelhouse`` for a machine without internet.
+``--no-index --find-links /path/to/wheelhouse`` for a machine without internet. Where those arguments or the
+user's pip configuration name an index, torch comes from it; else from PyTorch's index for the machine, falling
+back to the standard index when PyTorch's cannot be used (a mirror, a firewall that lets only PyPI through).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ DIST_NAME = "nfsd-blender"  # the backend's distribution name (pyproject.toml)
 MIN_PYTHON = (3, 11)
 MARKER = "nfsd-install.json"  # in the environment: the wheel it was built from, written once it passed its check
 SIZE_EVERY_S = 2.0  # how often the environment's size is measured for the panel (a walk of its files)
+PIP_TMP = ".pip-tmp"  # pip's TMPDIR inside the new environment, so downloads in flight count in its size
+# Options (and pip environment variables / configuration keys) by which a user names where packages come from.
+INDEX_OPTIONS = ("--index-url", "-i", "--extra-index-url", "--no-index", "--find-links", "-f")
+INDEX_ENV = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_FIND_LINKS")
+INDEX_CONFIG_KEYS = ("index-url", "extra-index-url", "no-index", "find-links")
 
 
 @dataclass(frozen=True)
@@ -42,19 +49,51 @@ class TorchChoice:
     label: str
     index_url: str | None  # None: the package index's default torch
     reason: str
+    expected_mb: float  # the finished environment's size, for the progress bar (measured installs, rounded up)
 
 
 def torch_choice(system: str, nvidia_driver: bool) -> TorchChoice:
     """The torch build for ``system`` (``platform.system()``) with or without an NVIDIA driver."""
     if system == "Darwin":
-        return TorchChoice("MPS", None, "macOS: the standard torch runs on the Apple GPU through MPS")
+        return TorchChoice("MPS", None, "macOS: the standard torch runs on the Apple GPU through MPS (about 1.2 GB)",
+                           1200)
     if nvidia_driver and system == "Windows":
         return TorchChoice("CUDA", f"{PYTORCH_INDEX}/cu128",
-                           "NVIDIA driver found: PyTorch's CUDA build (the index's Windows torch is CPU-only)")
+                           "NVIDIA driver found: PyTorch's CUDA build (about 5 GB; the index's Windows torch is "
+                           "CPU-only)", 5000)
     if nvidia_driver:
-        return TorchChoice("CUDA", None, "NVIDIA driver found: the standard Linux torch, which is the CUDA build")
+        return TorchChoice("CUDA", None, "NVIDIA driver found: the standard Linux torch, which is the CUDA build "
+                           "(about 6 GB)", 6000)
     return TorchChoice("CPU", f"{PYTORCH_INDEX}/cpu",
-                       "no NVIDIA driver found: the CPU build (a few hundred MB instead of several GB)")
+                       "no NVIDIA driver found: the CPU build (about 1.4 GB installed instead of about 6 GB)", 1400)
+
+
+def names_an_index(pip_args: list[str], environ: dict[str, str], pip_config: str) -> bool:
+    """True when the user's pip arguments, pip environment variables or ``pip config list`` output say where
+    packages come from: then torch is installed from there, never from an index of ours."""
+    if any(arg.split("=", 1)[0] in INDEX_OPTIONS for arg in pip_args):
+        return True
+    if any(environ.get(name) for name in INDEX_ENV):
+        return True
+    keys = (line.split("=", 1)[0].strip() for line in pip_config.splitlines())
+    return any(key.rsplit(".", 1)[-1] in INDEX_CONFIG_KEYS for key in keys)
+
+
+def pip_config(python: str) -> str:
+    """``pip config list`` for ``python``: the user's pip configuration files as pip itself reads them."""
+    try:
+        return subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60,
+                              check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def pip_error(output: str) -> str:
+    """pip's own reason from a failed command's output: its last "ERROR:" line (without the prefix), else its
+    last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or ["pip printed nothing"])[-1][:300]
 
 
 def detect_machine() -> tuple[str, bool]:
@@ -105,7 +144,11 @@ def installed_version(python: Path) -> str:
 
 
 class InstallFailed(Exception):
-    pass
+    """An install step failed: the panel's sentence, and the tool's own reason in a few words."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class InstallCancelled(Exception):
@@ -126,6 +169,17 @@ class Installer(threading.Thread):
         self.staging = self.target.with_name(self.target.name + ".installing")
         self.cancel_event = threading.Event()
         self.phase, self.megabytes, self.state, self.error, self.version = "starting", 0.0, "running", "", ""
+
+    @property
+    def fraction(self) -> float:
+        """How far the install is, by the new environment's size against the build's expected size; it stops at
+        0.99 until the health check has passed (a size is an estimate, not a promise)."""
+        return 1.0 if self.state == "done" else min(0.99, self.megabytes / self.choice.expected_mb)
+
+    @property
+    def progress_text(self) -> str:
+        """The panel's line: the step, and the size so far against the expected size."""
+        return f"{self.phase}… · {self.megabytes:.0f} of about {self.choice.expected_mb:.0f} MB"
 
     @property
     def python_path(self) -> Path:
@@ -160,11 +214,11 @@ class Installer(threading.Thread):
             return
         shutil.rmtree(self.staging, ignore_errors=True)
         python = venv_python(self.staging)
-        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *self.pip_args]
-        index = ["--index-url", self.choice.index_url] if self.choice.index_url else []
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
         self._run("creating the environment", [self.python, "-m", "venv", str(self.staging)])
-        self._run(f"installing torch ({self.choice.label})", [*pip, *index, "torch"])
-        self._run("installing the backend", [*pip, str(self.wheel)])
+        self._install_torch(pip)
+        self._run("installing the backend", [*pip, *self.pip_args, str(self.wheel)])
+        shutil.rmtree(self.staging / PIP_TMP, ignore_errors=True)
         if installed_version(python) != version:
             raise InstallFailed(f"the backend {version} is not in the new environment; see the log: {self.log_path}")
         if not self._healthy(python):
@@ -173,6 +227,28 @@ class Installer(threading.Thread):
         (self.staging / MARKER).write_text(json.dumps({"wheel": self.wheel.name, "wheel_sha256": wheel_sha256}))
         _swap(self.staging, self.target)
         self.version = version
+
+    def _install_torch(self, pip: list[str]) -> None:
+        """Torch from the user's index where they name one, else PyTorch's index for this machine, else (when
+        PyTorch's index cannot be used) the standard index; the error names both attempts."""
+        phase = f"installing torch ({self.choice.label})"
+        if not self.choice.index_url or names_an_index(self.pip_args, dict(os.environ), pip_config(pip[0])):
+            self._run(phase, [*pip, *self.pip_args, "torch"])
+            return
+        host = self.choice.index_url.split("/")[2]
+        try:
+            self._run(phase, [*pip, "--index-url", self.choice.index_url, *self.pip_args, "torch"])
+            return
+        except InstallFailed as error:
+            first = error.reason
+        self._log.write(f"== {host} could not be used ({first}); trying the standard package index\n")
+        try:
+            self._run(f"{phase} from the standard index", [*pip, *self.pip_args, "torch"])
+        except InstallFailed as error:
+            raise InstallFailed(
+                f"{phase} failed: {host}: {first}; the standard index: {error.reason}. Set NFSD_PIP_ARGS to your "
+                f"own index or wheel folder (e.g. --index-url URL); the log: {self.log_path}", error.reason,
+            ) from error
 
     def _healthy(self, python: Path) -> bool:
         """Start the backend once from ``python`` and ask its health (the step a Generate would take)."""
@@ -197,7 +273,13 @@ class Installer(threading.Thread):
         self.phase = phase
         self._log.write(f"== {phase}: {shlex.join(cmd)}\n")
         self._log.flush()
-        proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        started_at = self._log.tell()
+        tmp = self.staging / PIP_TMP
+        env = dict(os.environ)
+        if self.staging.is_dir():  # pip downloads into TMPDIR: there its bytes count while they arrive
+            tmp.mkdir(exist_ok=True)
+            env["TMPDIR"] = env["TEMP"] = env["TMP"] = str(tmp)
+        proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         measured = 0.0
         while proc.poll() is None:
             if self.cancel_event.wait(0.2):
@@ -208,7 +290,11 @@ class Installer(threading.Thread):
                 self.megabytes, measured = _folder_mb(self.staging), time.monotonic()
         self.megabytes = _folder_mb(self.staging)
         if proc.returncode != 0:
-            raise InstallFailed(f"{phase} failed (exit status {proc.returncode}); see the log: {self.log_path}")
+            self._log.flush()
+            with open(self.log_path, encoding="utf-8", errors="replace") as log:
+                log.seek(started_at)
+                reason = pip_error(log.read())
+            raise InstallFailed(f"{phase} failed: {reason}; the log: {self.log_path}", reason)
 
 
 def _marker(target: Path) -> dict:

@@ -92,7 +92,7 @@ def draw_backend(layout, context):
         row.operator("nfsd.install_backend", icon="IMPORT")
         running = session.install_running()
         if running is not None:
-            box.label(text=f"{running.phase}… · {running.megabytes:.0f} MB (details in the add-on preferences)")
+            box.label(text=f"{running.progress_text} ({running.fraction:.0%}; details in the add-on preferences)")
 
 
 def draw_model(layout, props):

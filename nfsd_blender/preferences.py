@@ -105,11 +105,10 @@ def draw_install(layout, prefs):
 
     running = session.install_running()
     if running is not None:
-        text = f"{running.phase}… · {running.megabytes:.0f} MB"
         if hasattr(layout, "progress"):
-            layout.progress(factor=0.0, text=text)
+            layout.progress(factor=running.fraction, text=running.progress_text)
         else:
-            layout.label(text=text)
+            layout.label(text=running.progress_text)
         layout.operator("nfsd.cancel_install", icon="CANCEL")
         return
     choice = installer.torch_choice(*installer.detect_machine())

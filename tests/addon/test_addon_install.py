@@ -136,3 +136,86 @@ def _fail_at(phase, run):
             job_dir.mkdir(parents=True)
 
     return fake
+
+
+@pytest.mark.parametrize("pip_args, environ, config, named", [
+    ([], {}, "", False),
+    (["--no-cache-dir"], {}, "", False),
+    (["--index-url", "https://mirror.example/simple"], {}, "", True),
+    (["--index-url=https://mirror.example/simple"], {}, "", True),
+    (["--no-index", "--find-links", "/wheels"], {}, "", True),
+    ([], {"PIP_INDEX_URL": "https://mirror.example/simple"}, "", True),
+    ([], {}, "global.index-url='https://mirror.example/simple'\n", True),
+    ([], {}, "global.timeout='60'\n", False),
+])
+def test_the_users_own_index_is_never_overridden(pip_args, environ, config, named):
+    assert installer.names_an_index(pip_args, environ, config) is named
+
+
+def _torch_steps(monkeypatch, tmp_path, pip_args, fail_hosts=()):
+    """The torch step's commands, with ``_run`` failing for commands that name an index in ``fail_hosts``."""
+    import queue
+
+    job = installer.Installer(sys.executable, tmp_path / "w.whl", tmp_path / "env", tmp_path / "install.log", "",
+                              installer.torch_choice("Linux", False), queue.Queue(), pip_args=pip_args)
+    commands = []
+
+    def run(phase, cmd):
+        commands.append((phase, cmd))
+        if any(host in " ".join(cmd) for host in fail_hosts):
+            raise installer.InstallFailed(f"{phase} failed", "No matching distribution found for filelock")
+
+    monkeypatch.setattr(job, "_run", run)
+    monkeypatch.setattr(installer, "pip_config", lambda python: "")  # this machine's own pip.conf aside
+    for name in installer.INDEX_ENV:
+        monkeypatch.delenv(name, raising=False)
+    job._log = open(tmp_path / "install.log", "a")
+    return job, commands
+
+
+def test_torch_falls_back_to_the_standard_index_when_pytorchs_cannot_be_used(monkeypatch, tmp_path):
+    job, commands = _torch_steps(monkeypatch, tmp_path, ["--no-cache-dir"], fail_hosts=["download.pytorch.org"])
+    job._install_torch(["python", "-m", "pip", "install"])
+    assert [cmd[-4:] for _, cmd in commands] == [
+        ["--index-url", "https://download.pytorch.org/whl/cpu", "--no-cache-dir", "torch"],
+        ["pip", "install", "--no-cache-dir", "torch"],  # the user's arguments after ours: theirs win
+    ]
+    job._log.close()
+    assert "could not be used (No matching distribution found for filelock)" in (tmp_path / "install.log").read_text()
+
+
+def test_a_torch_step_that_fails_everywhere_says_both_reasons_and_what_to_set(monkeypatch, tmp_path):
+    job, _ = _torch_steps(monkeypatch, tmp_path, [], fail_hosts=["pip"])
+    with pytest.raises(installer.InstallFailed) as error:
+        job._install_torch(["python", "-m", "pip", "install"])
+    message = str(error.value)
+    assert message.startswith("installing torch (CPU) failed: download.pytorch.org: No matching distribution")
+    assert "the standard index: No matching distribution found for filelock" in message
+    assert "NFSD_PIP_ARGS" in message
+
+
+def test_a_named_index_is_the_only_one_torch_comes_from(monkeypatch, tmp_path):
+    job, commands = _torch_steps(monkeypatch, tmp_path, ["--index-url", "https://mirror.example/simple"])
+    job._install_torch(["python", "-m", "pip", "install"])
+    assert [cmd for _, cmd in commands] == [
+        ["python", "-m", "pip", "install", "--index-url", "https://mirror.example/simple", "torch"]]
+
+
+def test_downloads_in_flight_count_in_the_size_and_a_failure_says_pips_reason(monkeypatch, tmp_path):
+    import queue
+
+    monkeypatch.setattr(installer, "SIZE_EVERY_S", 0.05)
+    job = installer.Installer(sys.executable, tmp_path / "w.whl", tmp_path / "env", tmp_path / "install.log", "",
+                              installer.torch_choice("Linux", False), queue.Queue(), pip_args=[])
+    job.staging.mkdir()
+    with open(job.log_path, "a") as job._log:
+        download = "import os, time; open(os.path.join(os.environ['TMPDIR'], 'torch.whl'), 'wb').write(bytes(3_000_000))"
+        job._run("installing torch (CPU)", [sys.executable, "-c", download])
+        assert job.megabytes >= 3.0 and 0 < job.fraction < 0.01
+        assert (job.staging / installer.PIP_TMP / "torch.whl").is_file()
+        failing = "print('Looking in indexes: x'); print('ERROR: No matching distribution found for filelock'); raise SystemExit(1)"
+        with pytest.raises(installer.InstallFailed) as error:
+            job._run("installing torch (CPU)", [sys.executable, "-c", failing])
+    assert error.value.reason == "No matching distribution found for filelock"
+    assert str(error.value).startswith("installing torch (CPU) failed: No matching distribution found for filelock")
+    assert job.progress_text == "installing torch (CPU)… · 3 of about 1400 MB"
