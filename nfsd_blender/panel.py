@@ -13,6 +13,9 @@ from .session import PREVIEW_IMAGE, busy
 
 ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
             "cached": True}
+# What every backend holds before its model list is known: the analytic prior and the bundled micro model.
+OFFLINE_MODELS = [ANALYTIC, {"id": "micro", "label": "Micro demo model (bundled, offline)",
+                             "prior": "stable-diffusion", "model": "micro", "cached": True}]
 
 
 def model_label(entry) -> str:
@@ -30,7 +33,7 @@ def current_model(props):
     """The /v1/models entry the form points at, or None for 'the preferences' default'."""
     if not props.prior and not props.model:
         return None
-    for entry in session.current.models or [ANALYTIC]:
+    for entry in session.current.models or OFFLINE_MODELS:
         if entry.get("prior") == props.prior and (entry.get("model") or "") == props.model:
             return entry
     return {"label": props.model or props.prior, "prior": props.prior, "model": props.model, "cached": True}
@@ -44,7 +47,7 @@ class NFSD_MT_models(bpy.types.Menu):
         layout = self.layout
         op = layout.operator("nfsd.set_model", text="Preferences' default")
         op.prior, op.model = "", ""
-        for entry in session.current.models or [ANALYTIC]:
+        for entry in session.current.models or OFFLINE_MODELS:
             op = layout.operator("nfsd.set_model", text=model_label(entry),
                                  icon="CHECKMARK" if entry.get("cached") else "IMPORT")
             op.prior, op.model = entry.get("prior") or "", entry.get("model") or ""

@@ -16,6 +16,9 @@ from nfsd_server.pipeline import Callbacks, preview_saver, run_generation
 # The command line's own defaults: a run on a CPU in minutes, and a seed you can repeat. The add-on's are the
 # contract's (the standard preset, a random seed).
 CLI_DEFAULTS = {"preset": "draft", "seed": 0}
+# Where no prior and no model are named, the command runs offline on the bundled micro Stable Diffusion (a real
+# diffusion model that knows a small world; README "The micro model"). A named model means Stable Diffusion.
+CLI_PRIOR, CLI_MODEL = "stable-diffusion", "micro"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,9 +55,9 @@ def _field_options(spec_field) -> dict:
         options["metavar"] = "FILE"
         options["help"] += f" ({', '.join(contract.INIT_MESH_FORMATS)}; OBJ/PLY +Z up, GLB +Y up)"
     if spec_field.name == "prior":
-        options["help"] = options["help"].replace("the server's default", "analytic")
+        options["help"] = options["help"].split("; if left out:")[0] + f"; if left out: {CLI_PRIOR}"
     if spec_field.name == "model":
-        options["help"] = options["help"].replace("the server's default", contract.DEFAULT_MODEL)
+        options["help"] = options["help"].replace("the server's default", f"{CLI_MODEL}, bundled and offline")
     return options
 
 
@@ -68,7 +71,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """The one validation of the job; its message names the field, shown here as the flag."""
     request = {spec_field.name: getattr(args, spec_field.name) for spec_field in FIELDS}
     try:
-        return resolve_spec(**request, default_prior="analytic", default_model=contract.DEFAULT_MODEL)
+        return resolve_spec(**request, default_prior=CLI_PRIOR, default_model=CLI_MODEL)
     except ValueError as error:
         message = str(error)
         for spec_field in FIELDS:

@@ -188,6 +188,18 @@ def _before_generate(log):
     return [e[1] for e in log[start:end] if e[0] == "label"]
 
 
+def test_2_before_the_server_answers_the_menu_offers_both_offline_models(props):
+    build_request = addon_module("properties").build_request
+    addon_module("session").current.models = None
+    menu = ui_recorder.draw(bpy.types.NFSD_MT_models)
+    assert [e[2] for e in menu if e[0] == "operator"] == [
+        "Preferences' default", "Analytic (offline test shapes)", "Micro demo model (bundled, offline)", None]
+    assert bpy.ops.nfsd.set_model(prior="stable-diffusion", model="micro") == {"FINISHED"}
+    request = build_request(props, addon_module("preferences").get_prefs())
+    assert (request["prior"], request["model"]) == ("stable-diffusion", "micro")
+    bpy.ops.nfsd.set_model(prior="analytic", model="")
+
+
 def test_2_model_picker_shows_what_needs_a_download(props):
     build_request = addon_module("properties").build_request
     addon_module("session").current.models = [

@@ -57,7 +57,7 @@ def test_the_bundled_micro_model_is_offered_offline_under_its_short_name(make_cl
     micro = _by_id(make_client().get("/v1/models"))["micro"]
     weights = sum(f.stat().st_size for f in BUNDLED_MODELS["micro"].rglob("*") if f.is_file())
     assert micro == {
-        "id": "micro", "label": "micro (bundled, offline)", "prior": "stable-diffusion", "model": "micro",
+        "id": "micro", "label": "Micro demo model (bundled, offline)", "prior": "stable-diffusion", "model": "micro",
         "source": "builtin", "cached": True, "size_bytes": weights, "download_bytes": None, "default": False,
         "taesd_cached": True,
     }

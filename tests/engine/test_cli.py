@@ -27,7 +27,7 @@ def nfsd(*args, cwd=None, timeout=600):
                      marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
         (["generate", "a red ball", "--device", "tpu"], "unknown device 'tpu'; expected one of cuda, mps, cpu"),
         (["generate", "a red ball", "--encoder", "tiny"], "invalid choice: 'tiny'"),
-        (["generate", "a red ball", "--encoder", "taesd"], "the analytic prior has one fixed encoder, not 'taesd'"),
+        (["generate", "a red ball", "--prior", "analytic", "--encoder", "taesd"], "the analytic prior has one fixed encoder, not 'taesd'"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(args, message, tmp_path):
@@ -165,3 +165,16 @@ def test_generate_from_an_init_mesh_lands_where_the_mesh_was(tmp_path):
     low, high = (np.asarray(mesh.bounds) @ y_up_to_z_up.T).min(axis=0), (np.asarray(mesh.bounds) @ y_up_to_z_up.T).max(axis=0)
     np.testing.assert_allclose((low + high) / 2, (3.0, -1.0, 2.0), atol=0.1)  # the cube's centre, not the origin
     np.testing.assert_allclose(high - low, (2.0, 2.0, 2.0), rtol=0.1)  # and its size
+
+
+def test_the_offline_default_is_the_bundled_micro_model_and_the_analytic_prior_a_flag():
+    from nfsd_server.cli import build_parser
+    from nfsd_server.generate_command import spec_from_args
+
+    def spec(*args):
+        return spec_from_args(build_parser("generate").parse_args(["generate", "a red ball", *args]))
+
+    default = spec()
+    assert (default.prior, default.model, default.preset, default.encoder) == ("stable-diffusion", "micro", "draft", "taesd")
+    assert (spec("--prior", "analytic").prior, spec("--prior", "analytic").model) == ("analytic", None)
+    assert spec("--model", "org/other").model == "org/other"

@@ -162,3 +162,23 @@ def test_each_row_gets_its_own_cameras_view_embedding(tiny_sd_prior, monkeypatch
         assert torch.equal(embeddings[row], prompts.prompt_views[view]), row
         assert torch.equal(embeddings[4 + row], prompts.null[0])
         assert torch.equal(embeddings[8 + row], prompts.negative[0])
+
+
+def test_a_declared_vocabulary_names_unknown_words_with_the_models_own_summary(tiny_sd_dir, tmp_path):
+    import json
+    import shutil
+
+    from nfsd_server.guidance.stable_diffusion import ModelLoadError, read_vocabulary
+
+    folder = tmp_path / "closed"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "vocabulary.json").write_text(json.dumps({"words": ["a", "red", "ball"]}))
+    listed = load_prior("stable-diffusion", str(folder), "cpu")
+    with pytest.raises(ValueError, match=r"does not know 'blue', 'cube' in the prompt; it knows: a, ball, red$"):
+        listed.prepare_prompts("a blue cube", "")
+    (folder / "vocabulary.json").write_text(json.dumps({"words": ["a", "red", "ball"], "summary": "red balls only"}))
+    with pytest.raises(ValueError, match=r"in the negative prompt; it knows: red balls only$"):
+        load_prior("stable-diffusion", str(folder), "cpu").prepare_prompts("a red ball", "ugly")
+    (folder / "vocabulary.json").write_text(json.dumps({"words": ["a"], "summary": 3}))
+    with pytest.raises(ModelLoadError, match='"summary" must be a string'):
+        read_vocabulary(str(folder))

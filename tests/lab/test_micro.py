@@ -19,7 +19,7 @@ def micro():
 def test_the_bundled_folder_loads_as_an_ordinary_stable_diffusion(micro):
     assert type(micro).__name__ == "StableDiffusionPrior"
     assert (micro.image_size, micro.latent_side(), micro.latent_channels) == (32, 8, 4)
-    assert micro.vocabulary == frozenset(vocabulary())
+    assert micro.vocabulary.words == frozenset(vocabulary())
     check_model("micro")  # a bundled name passes the job's model check
     taesd = load_prior("stable-diffusion", str(BUNDLED_MODELS["micro"]), "cpu", encoder="taesd")
     latents = taesd.encode(torch.full((1, 3, 32, 32), 0.5))
@@ -64,7 +64,7 @@ def test_training_writes_a_loadable_folder_and_a_rerun_resumes_instead_of_repeat
     main(argv)  # every stage is complete: the rerun loads its checkpoints and trains nothing
     assert (work / "unet.ckpt.safetensors").read_bytes() == first
     prior = load_prior("stable-diffusion", str(out), "cpu", encoder="taesd")
-    assert prior.image_size == 32 and prior.vocabulary == frozenset(vocabulary())
+    assert prior.image_size == 32 and prior.vocabulary.words == frozenset(vocabulary())
 
 
 def test_a_short_distillation_on_the_micro_model_puts_density_where_the_ball_is(micro):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from nfsd_lab.micro.tokenizer import MAX_LENGTH, write_word_tokenizer
-from nfsd_lab.micro.world import HELD_OUT, sample_world, vocabulary
+from nfsd_lab.micro.world import HELD_OUT, sample_world, vocabulary, vocabulary_summary
 from nfsd_server.guidance.random_models import SCHEDULER
 
 log = logging.getLogger("micro")
@@ -331,7 +331,7 @@ def export(out: Path, recipe: Recipe, vae, unet, text_encoder, tokenizer_dir: Pa
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "DDPMScheduler"],
     }, indent=1))
-    (out / "vocabulary.json").write_text(json.dumps({"words": vocabulary()}, indent=1))
+    (out / "vocabulary.json").write_text(json.dumps({"words": vocabulary(), "summary": vocabulary_summary()}, indent=1))
     (out / "training.json").write_text(json.dumps({
         "recipe": asdict(recipe), "held_out": HELD_OUT, "scaling_factor": scaling_factor,
         "stages": {name: {"steps": meta["step"], "seconds": round(meta["seconds"], 1), "losses": meta["losses"]}

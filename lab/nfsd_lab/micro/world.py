@@ -129,6 +129,13 @@ def all_captions(held_out: bool = False) -> list[str]:
     return [caption for caption, _ in caption_truths(held_out)]
 
 
+def vocabulary_summary() -> str:
+    """The model card's line on what prompts the model takes (the engine shows it beside an unknown word)."""
+    features = "; ".join(f"'with a {color} {word}' on a {shape}" for shape, (word, color, _) in FEATURES.items())
+    return (f"shapes {', '.join(SHAPES)}; colours {', '.join(COLORS)}; {features} (e.g. 'a red ball', "
+            "'a blue cube with a white label')")
+
+
 def vocabulary() -> list[str]:
     """Every word a caption (with view words) or the trainer's negative prompt can hold, in a fixed order."""
     texts = all_captions() + all_captions(held_out=True) + list(VIEW_SUFFIXES) + [NFSD_NEGATIVE_PROMPT]

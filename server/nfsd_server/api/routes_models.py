@@ -85,6 +85,11 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def bundled_label(name: str) -> str:
+    """The model menu's line for a bundled model: the offline demo that needs no download."""
+    return f"{name.capitalize()} demo model (bundled, offline)"
+
+
 def list_models(data_dir: Path, default_prior: str, default_model: str | None) -> ModelList:
     cached, taesd_cached, cache_dir = _hub_cache()
     default_model = default_model or DEFAULT_MODEL
@@ -95,7 +100,7 @@ def list_models(data_dir: Path, default_prior: str, default_model: str | None) -
     for name, folder in BUNDLED_MODELS.items():
         if (folder / PIPELINE_FILE).is_file():
             models.append(ModelInfo(
-                id=name, label=f"{name} (bundled, offline)", prior="stable-diffusion", model=name, source="builtin",
+                id=name, label=bundled_label(name), prior="stable-diffusion", model=name, source="builtin",
                 cached=True, size_bytes=_folder_bytes(folder), download_bytes=None,
                 default=default_prior == "stable-diffusion" and default_model == name,
                 taesd_cached=(folder / TAESD_SUBFOLDER).is_dir(),

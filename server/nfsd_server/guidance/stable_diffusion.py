@@ -39,6 +39,14 @@ class ModelLoadError(ValueError):
     """The model could not be loaded; the message says which model, what is wrong and how to fix it."""
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """A closed-vocabulary model's words, and its author's line on what prompts it takes ('' → list the words)."""
+
+    words: frozenset[str]
+    summary: str = ""
+
+
 @dataclass
 class PromptEmbeddings:
     """CLIP embeddings, computed once per job: prompt with each view suffix (V, L, D), ∅ (1, L, D), negative (1, L, D)."""
@@ -50,7 +58,7 @@ class PromptEmbeddings:
 
 class StableDiffusionPrior(Prior):
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, device: torch.device, dtypes: ComponentDtypes,
-                 encode_size: int | None = None, taesd=None, vocabulary: frozenset[str] | None = None):
+                 encode_size: int | None = None, taesd=None, vocabulary: Vocabulary | None = None):
         self.device, self.dtypes = device, dtypes
         self.vocabulary = vocabulary
         self.text_device = text_encoder_device(device)
@@ -186,12 +194,13 @@ class StableDiffusionPrior(Prior):
     def _check_vocabulary(self, text: str, what: str) -> None:
         if self.vocabulary is None:
             return
-        unknown = [word for word in dict.fromkeys(re.findall(r"[a-z]+", text.lower())) if word not in self.vocabulary]
+        words = self.vocabulary.words
+        unknown = [word for word in dict.fromkeys(re.findall(r"[a-z]+", text.lower())) if word not in words]
         if unknown:
-            known = ", ".join(sorted(word for word in self.vocabulary if word.isalpha()))
+            known = self.vocabulary.summary or ", ".join(sorted(word for word in words if word.isalpha()))
             raise ValueError(
                 f"this model was trained on a closed vocabulary and does not know {', '.join(map(repr, unknown))} in "
-                f"the {what}; it knows: {known} (e.g. 'a red ball', 'a blue cube with a white label')"
+                f"the {what}; it knows: {known}"
             )
 
     def prepare_prompts(self, prompt: str, negative_prompt: str) -> PromptEmbeddings:
@@ -274,20 +283,24 @@ def _check_local_folder(model: str) -> None:
         )
 
 
-def read_vocabulary(model: str) -> frozenset[str] | None:
-    """The words a local model folder declares in VOCABULARY_FILE, or None (an open vocabulary)."""
+def read_vocabulary(model: str) -> Vocabulary | None:
+    """The words (and optional "summary" line) a local model folder declares in VOCABULARY_FILE, or None (an open
+    vocabulary)."""
     if not _looks_like_path(model):
         return None
     path = Path(model).expanduser() / VOCABULARY_FILE
     if not path.is_file():
         return None
     try:
-        words = json.loads(path.read_text())["words"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        declared = json.loads(path.read_text())
+        words, summary = declared["words"], declared.get("summary", "")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelLoadError(f"{str(path)!r} is not a vocabulary file ({{\"words\": [...]}}): {error}") from error
     if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
         raise ModelLoadError(f"{str(path)!r}: \"words\" must be a list of strings")
-    return frozenset(word.lower() for word in words)
+    if not isinstance(summary, str):
+        raise ModelLoadError(f"{str(path)!r}: \"summary\" must be a string")
+    return Vocabulary(frozenset(word.lower() for word in words), summary)
 
 
 PICKLED_WEIGHTS = ("*.bin", "*.ckpt", "*.pt", "*.pth")
