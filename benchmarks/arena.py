@@ -33,7 +33,7 @@ from nfsd_lab.arena import ArenaPrior
 from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena, render_albedo
 from nfsd_lab.arena_objects import ARENA_OBJECTS, ASYMMETRIC_PROMPTS
 from nfsd_lab.experiments import score_clip_hook
-from nfsd_server.devices import keep_freed_host_memory
+from nfsd_lab.workers import one_torch_thread
 from nfsd_server.train import Trainer
 
 # name → (method, guidance scale, janus guard, Debiased-SDS score clip (start, end) or None)
@@ -88,11 +88,6 @@ def _worker_prior() -> ArenaPrior:
     return _PRIOR
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-    keep_freed_host_memory()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # 600 steps: at 300 the face had not formed anywhere yet (a uniformly orange ball, feature share ≤ 0.08).
@@ -138,7 +133,7 @@ def main() -> None:
         for prompt, variant, seed in runs:
             report(run(prompt, variant, args.steps, seed, judge_size, args.strips))
     else:  # one torch thread per process: independent runs scale better across cores than one run's ops do
-        with ProcessPoolExecutor(args.jobs, initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(args.jobs, initializer=one_torch_thread) as pool:
             futures = [pool.submit(run, prompt, variant, args.steps, seed, judge_size, args.strips)
                        for prompt, variant, seed in runs]
             for future in as_completed(futures):

@@ -20,13 +20,11 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-import torch
-
 from nfsd_contract import JobSpec, resolve_spec
 from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena
 from nfsd_lab.micro.judge import arena_object, field_views, r_precision
-from nfsd_lab.micro.world import FEATURES, Truth, feature_color_for, object_caption
-from nfsd_server.devices import keep_freed_host_memory
+from nfsd_lab.micro.world import Truth, feature_color_for, object_caption
+from nfsd_lab.workers import one_torch_thread
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.train import Trainer
 
@@ -63,11 +61,6 @@ def run(caption: str, variant: str, steps: int, seed: int) -> dict[str, object]:
             "r_precision": r_precision(field_views(trainer.field), truth), **result}
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-    keep_freed_host_memory()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
@@ -84,7 +77,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {v: [] for v in args.variants}
     started = time.perf_counter()
     runs = [(c, v, s) for s in args.seeds for c in args.captions for v in args.variants]
-    with ProcessPoolExecutor(args.jobs, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(args.jobs, initializer=one_torch_thread) as pool:
         futures = [pool.submit(run, c, v, args.steps, s) for c, v, s in runs]
         for future in as_completed(futures):
             r = future.result()

@@ -13,9 +13,9 @@ from .session import PREVIEW_IMAGE, busy
 
 ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
             "cached": True}
-# What every backend holds before its model list is known: the analytic prior and the bundled micro model.
-OFFLINE_MODELS = [ANALYTIC, {"id": "micro", "label": "Micro demo model (bundled, offline)",
-                             "prior": "stable-diffusion", "model": "micro", "cached": True}]
+# What every backend holds before its model list is known: the analytic prior and the bundled models.
+OFFLINE_MODELS = [ANALYTIC, *({"id": name, "label": label, "prior": "stable-diffusion", "model": name, "cached": True}
+                              for name, label in contract.BUNDLED_MODEL_LABELS.items())]
 
 
 def model_label(entry) -> str:

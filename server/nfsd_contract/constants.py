@@ -28,6 +28,8 @@ DEFAULT_PRESET = "standard"
 PRIORS = ("stable-diffusion", "analytic")
 DEFAULT_PRIOR = "stable-diffusion"
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+# Models that ship inside the backend (offline, no download), by short name → the model menu's line.
+BUNDLED_MODEL_LABELS = {"micro": "Micro demo model (bundled, offline)"}
 
 # The UNet's precision (the server's dtype policy decides the rest): auto = fp16 on CUDA, fp32 elsewhere.
 DTYPES = ("auto", "fp16", "bf16", "fp32")

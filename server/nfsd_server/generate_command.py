@@ -19,6 +19,7 @@ CLI_DEFAULTS = {"preset": "draft", "seed": 0}
 # Where no prior and no model are named, the command runs offline on the bundled micro Stable Diffusion (a real
 # diffusion model that knows a small world; README "The micro model"). A named model means Stable Diffusion.
 CLI_PRIOR, CLI_MODEL = "stable-diffusion", "micro"
+assert CLI_MODEL in contract.BUNDLED_MODEL_LABELS, "the CLI's offline default must ship with the backend"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

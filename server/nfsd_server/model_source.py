@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from nfsd_contract import BUNDLED_MODEL_LABELS
+
 # Models that ship inside the backend, by short name: ordinary diffusers folders (nfsd_server/models/). The
 # micro Stable Diffusion is trained on the lab's procedural world (lab/nfsd_lab/micro/, README "Priors").
-BUNDLED_MODELS = {"micro": Path(__file__).resolve().parent / "models" / "micro"}
+BUNDLED_MODELS = {name: Path(__file__).resolve().parent / "models" / name for name in BUNDLED_MODEL_LABELS}
 BENCHMARK_PREFIX = "random:"  # random-weight architectures for benchmarks (guidance/random_models.py)
 # The hub's rule for repo ids: an optional namespace, a name; letters, digits, '-', '_', '.'; ≤ 96 each.
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")

@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from nfsd_contract import DEFAULT_MODEL
+from nfsd_contract import BUNDLED_MODEL_LABELS, DEFAULT_MODEL
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.schemas import ErrorBody
 from nfsd_server.guidance.stable_diffusion import TAESD_MODEL, TAESD_SUBFOLDER
@@ -85,11 +85,6 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def bundled_label(name: str) -> str:
-    """The model menu's line for a bundled model: the offline demo that needs no download."""
-    return f"{name.capitalize()} demo model (bundled, offline)"
-
-
 def list_models(data_dir: Path, default_prior: str, default_model: str | None) -> ModelList:
     cached, taesd_cached, cache_dir = _hub_cache()
     default_model = default_model or DEFAULT_MODEL
@@ -100,7 +95,7 @@ def list_models(data_dir: Path, default_prior: str, default_model: str | None) -
     for name, folder in BUNDLED_MODELS.items():
         if (folder / PIPELINE_FILE).is_file():
             models.append(ModelInfo(
-                id=name, label=bundled_label(name), prior="stable-diffusion", model=name, source="builtin",
+                id=name, label=BUNDLED_MODEL_LABELS[name], prior="stable-diffusion", model=name, source="builtin",
                 cached=True, size_bytes=_folder_bytes(folder), download_bytes=None,
                 default=default_prior == "stable-diffusion" and default_model == name,
                 taesd_cached=(folder / TAESD_SUBFOLDER).is_dir(),
