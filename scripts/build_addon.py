@@ -13,6 +13,8 @@ the zip, and prints the zip's path. The zip needs no checkout and no backend ins
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -38,9 +40,42 @@ def find_cli() -> Path:
 BACKEND_DIR = "backend"  # the folder in the zip that holds the backend wheel (nfsd_blender/installer.py reads it)
 
 
+def required_build_tools() -> dict[str, tuple[int, ...]]:
+    """pyproject's ``[build-system] requires`` as {name: minimum version}: the build skips pip's isolation (it must
+    work offline), so this Python's own setuptools builds the wheel and must be new enough."""
+    import tomllib
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    minimums = {}
+    for requirement in requires:
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*", requirement)
+        if match is None:
+            raise SystemExit(f"pyproject's build-system requirement {requirement!r} is not 'name>=version'")
+        minimums[match[1]] = tuple(int(part) for part in match[2].split("."))
+    return minimums
+
+
+def check_build_tools(version_of=importlib.metadata.version) -> None:
+    """SystemExit naming the command to run where this Python lacks what the backend's build needs."""
+    for name, minimum in required_build_tools().items():
+        wanted = ".".join(map(str, minimum))
+        try:
+            found = version_of(name)
+        except importlib.metadata.PackageNotFoundError:
+            found = None
+        numbers = tuple(int(part) for part in re.findall(r"\d+", found or "")[:len(minimum)])
+        if found is None or numbers < minimum:
+            have = "is not installed" if found is None else f"is {found}"
+            raise SystemExit(
+                f"building the backend wheel needs {name} >= {wanted} in this Python ({sys.executable}); it {have}. "
+                f"Run: {sys.executable} -m pip install '{name}>={wanted}'"
+            )
+
+
 def build_backend_wheel(out_dir: Path) -> Path:
     """``pip wheel`` the backend from a copy of what it is built from (the checkout stays free of build/ and
     egg-info), without its dependencies: Install Backend takes those from the package index."""
+    check_build_tools()
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "src"
         skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")

@@ -64,7 +64,7 @@ def test_enums_and_limits_match_the_served_schema(served):
     assert _enum(spec, "texture_size") == contract.TEXTURE_SIZES
     assert _enum(spec, "prior") == contract.PRIORS
     assert _enum(spec, "dtype") == contract.DTYPES
-    assert _enum(spec, "encoder") == contract.ENCODERS
+    assert _enum(spec, "encoder") == contract.ENCODERS + (contract.ANALYTIC_ENCODER,)  # the last: analytic only
     assert _bounds(spec, "seed") == (0, contract.MAX_SEED)
     assert _bounds(spec, "steps") == (1, contract.MAX_STEPS)
     assert _bounds(spec, "poly_budget") == (contract.MIN_POLY_BUDGET, contract.MAX_POLY_BUDGET)
@@ -164,7 +164,7 @@ def test_the_job_field_list_is_written_once():
 def test_a_spec_survives_its_record_and_refuses_a_damaged_one():
     spec = contract.resolve_spec("a red ball", seed=3, method="sds", preset="draft")
     assert contract.JobSpec.from_dict(spec.to_dict()) == spec
-    assert (spec.guidance_scale, spec.steps, spec.encoder, spec.model) == (100.0, 400, "vae", None)
+    assert (spec.guidance_scale, spec.steps, spec.encoder, spec.model) == (100.0, 400, "pooling", None)
     with pytest.raises(ValueError, match=r"unknown job field\(s\) \['colour'\]"):
         contract.JobSpec.from_dict(spec.to_dict() | {"colour": "red"})
     with pytest.raises(ValueError, match="not a complete job"):
@@ -202,3 +202,29 @@ def test_the_backend_install_holds_no_blender_modules_and_the_zip_carries_the_co
     names = zipfile.ZipFile(archive).namelist()
     assert "nfsd_contract/spec.py" in names and "contract.py" in names
     assert not any(name.startswith(("server/", "nfsd_server")) for name in names)
+
+
+def test_the_addon_build_says_which_setuptools_it_needs():
+    """The build skips pip's isolation (offline), so a fresh venv's setuptools 65 would fail deep in pip on
+    pyproject's SPDX license string; the build says what to install instead, and the dev extra carries it."""
+    import importlib.metadata
+    import tomllib
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import build_addon
+    finally:
+        sys.path.pop(0)
+    assert build_addon.required_build_tools() == {"setuptools": (77,)}
+    with pytest.raises(SystemExit, match=r"needs setuptools >= 77 .* it is 65\.5\.0\. Run: .* -m pip install 'setuptools>=77'"):
+        build_addon.check_build_tools(version_of=lambda name: "65.5.0")
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    with pytest.raises(SystemExit, match="it is not installed"):
+        build_addon.check_build_tools(version_of=missing)
+    build_addon.check_build_tools(version_of=lambda name: "77.0.3")
+    build_addon.check_build_tools()  # this venv: the dev extra's setuptools
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert "setuptools>=77" in [requirement.split("#")[0].strip() for requirement in dev]
