@@ -41,7 +41,9 @@ from .constants import (
 )
 
 CONCRETE_ENCODERS = tuple(name for name in ENCODERS if name != "auto")  # what a resolved job runs
-ANALYTIC_ENCODER = "vae"  # the analytic prior's one fixed encoder (its own pooling map, not a choice)
+# The analytic prior's one fixed encoder: its own 8× pooling + colour map, no network (records say so). Requests
+# that say "vae" for it (older clients and records, from when that named "the prior's own") mean the same.
+ANALYTIC_ENCODER = "pooling"
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,9 @@ class JobSpec:
     encoder: str = _field(FieldInfo(
         "RGB Encoder", "what encodes RGB renders after the latent phase: auto (the preset's: "
         + ", ".join(f"{encoder} for {preset}" for preset, encoder in PRESET_ENCODERS.items())
-        + "), vae (the model's own, exact) or taesd (madebyollin/taesd, much cheaper, approximate)",
-        choices=ENCODERS, decides_result=False,
+        + "), vae (the model's own, exact) or taesd (madebyollin/taesd, much cheaper, approximate); "
+        f"the analytic prior always uses its own ({ANALYTIC_ENCODER})",
+        choices=ENCODERS + (ANALYTIC_ENCODER,), decides_result=False,
     ))
     init_mesh: str | None = _field(FieldInfo(
         "Init Mesh", "start from this mesh: a file (CLI) or an id from POST /v1/meshes (server); null → none",
@@ -156,12 +159,17 @@ class JobSpec:
             check_visible(self.prompt, "the prompt")
         for spec_field in FIELDS:
             check_value(spec_field, getattr(self, spec_field.name))
-        if self.encoder not in CONCRETE_ENCODERS:
+        if self.prior == "analytic" and self.encoder == "vae":
+            object.__setattr__(self, "encoder", ANALYTIC_ENCODER)
+        if self.encoder not in CONCRETE_ENCODERS + (ANALYTIC_ENCODER,):
             raise ValueError(f"encoder must be one of {CONCRETE_ENCODERS}, got {self.encoder!r} (resolve_spec resolves auto)")
+        if self.prior != "analytic" and self.encoder == ANALYTIC_ENCODER:
+            raise ValueError(f"encoder {ANALYTIC_ENCODER} is the analytic prior's own; a Stable Diffusion model takes "
+                             f"one of {CONCRETE_ENCODERS}")
         if self.prior == "analytic" and self.encoder != ANALYTIC_ENCODER:
             raise ValueError(
-                f"the analytic prior has one fixed encoder, not {self.encoder!r}; use encoder {ANALYTIC_ENCODER} "
-                "(or a Stable Diffusion model)"
+                f"the analytic prior has one fixed encoder, not {self.encoder!r}; use encoder auto (its own, "
+                f"{ANALYTIC_ENCODER}) or a Stable Diffusion model"
             )
         if self.prior == "analytic" and self.model is not None:
             raise ValueError(f"the analytic prior takes no model, got {self.model!r}")

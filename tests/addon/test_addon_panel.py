@@ -27,8 +27,8 @@ def test_7_progress_names_each_phase(props):
         (events.Phase("starting backend"), "starting backend…"),
         (events.Submitted("p1", request), "queued"),
         (events.Status("p1", {**status, "state": "queued", "queue_position": 2}), "queued (3 ahead)"),
-        (events.Model({"cached": False, "download_bytes": 5_160_000_000}), None),
-        (events.Status("p1", {**status, "state": "running"}), "downloading model (5.2 GB), then loading…"),
+        (events.Taesd(True), None),
+        (events.Status("p1", {**status, "state": "running"}), "downloading model (9.8 MB), then loading…"),
         (events.Status("p1", {**status, "state": "running", "step": 100, "eta_s": 1858.2}),
          "training 100/400 · ETA 30:58"),
         (events.Reconnecting("p1", 2, "refused"), "reconnecting to the server (try 2)…"),
@@ -64,7 +64,7 @@ def test_7_history_holds_the_job_as_the_server_runs_it_and_reruns_it(props, pref
     echo = resolved(seed=5, method="sds", steps=None)
     queued.put(events.Status("h1", {"state": "done", "step": 0, "total": echo["steps"], "request": echo}))
     session.poll_timer()
-    assert (item.guidance_scale, item.steps, item.encoder) == (100.0, contract.PRESET_STEPS["standard"], "vae")
+    assert (item.guidance_scale, item.steps, item.encoder) == (100.0, contract.PRESET_STEPS["standard"], "pooling")
     assert _job_fields(item) == {**echo, "model": "", "init_mesh": ""}
     # Re-run: the job as it ran, the preferences' precision and encoder, and never the mesh of a selection job
     item.init_mesh, item.keep_geometry = "mesh-1", True
@@ -80,14 +80,10 @@ def test_7_progress_counts_a_taesd_download(props):
     status = {"state": "running", "step": 0, "total": 400, "eta_s": None, "queue_position": None,
               "has_preview": False, "request": resolved(steps=400)}
     with Busy():
-        for event in (events.Model({"cached": True}), events.Taesd(True), events.Status("p1", status)):
+        for event in (events.Taesd(True), events.Status("p1", status)):
             queued.put(event)
         session.poll_timer()
         assert _progress_text() == "downloading model (9.8 MB), then loading…"
-        queued.put(events.Model({"cached": False, "download_bytes": 50_000_000}))
-        session.poll_timer()
-        assert _progress_text() == "downloading model (59.8 MB), then loading…"
-        queued.put(events.Model({"cached": True}))
         queued.put(events.Taesd(False))
         session.poll_timer()
         assert _progress_text() == "loading model…"

@@ -59,7 +59,7 @@ def test_api_contract_job_request(spec):
         "texture_size", "prior", "model", "dtype", "encoder", "init_mesh", "shape_strength", "keep_geometry",
         "janus_guard",
     }
-    assert fields["encoder"]["enum"] == ["auto", "vae", "taesd"] and fields["encoder"]["default"] == "auto"
+    assert fields["encoder"]["enum"] == ["auto", "vae", "taesd", "pooling"] and fields["encoder"]["default"] == "auto"
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
     assert (fields["prompt"]["minLength"], fields["prompt"]["maxLength"]) == (1, 1000)
     assert fields["negative_prompt"]["default"] == NFSD_NEGATIVE_PROMPT

@@ -113,20 +113,32 @@ def test_missing_taesd_is_an_error_that_says_how_to_fix_it(tiny_sd_dir, tmp_path
 
 
 def test_encoder_is_a_validated_job_setting():
-    assert resolve_spec("a red ball").encoder == "vae"  # the analytic prior's one fixed encoder
+    assert resolve_spec("a red ball").encoder == "pooling"  # the analytic prior's one fixed encoder
     assert resolve_spec("a red ball", model="x/y", encoder="taesd").encoder == "taesd"
     assert resolve_spec("a red ball", model="x/y", preset="high", encoder="vae").encoder == "vae"
-    with pytest.raises(ValueError, match=r"encoder must be one of \('auto', 'vae', 'taesd'\), got 'tiny'"):
+    with pytest.raises(ValueError, match=r"encoder must be one of \('auto', 'vae', 'taesd', 'pooling'\), got 'tiny'"):
         resolve_spec("a red ball", model="x/y", encoder="tiny")
-    with pytest.raises(ValueError, match="analytic prior has one fixed encoder"):
+    with pytest.raises(ValueError, match="analytic prior has one fixed encoder, not 'taesd'; use encoder auto"):
         resolve_spec("a red ball", prior="analytic", encoder="taesd")
+    with pytest.raises(ValueError, match=r"encoder pooling is the analytic prior's own; a Stable Diffusion model takes"):
+        resolve_spec("a red ball", model="x/y", encoder="pooling")
+
+
+def test_an_analytic_asset_records_the_encoder_it_ran():
+    """No VAE runs under the analytic prior, so its record says "pooling"; a record or request from when "vae"
+    named the analytic prior's own encoder still loads, as what it always meant."""
+    spec = resolve_spec("a red ball", prior="analytic")
+    assert spec.encoder == "pooling" and spec.to_dict()["encoder"] == "pooling"
+    assert JobSpec.from_dict(spec.to_dict() | {"encoder": "vae"}).encoder == "pooling"
+    assert resolve_spec("a red ball", prior="analytic", encoder="vae").encoder == "pooling"
+    assert load_prior("analytic", device="cpu", encoder="pooling").latent_channels == 4
 
 
 def test_auto_encoder_is_the_presets_choice():
     # A documented choice (README): TAESD where a step's cost matters most, the exact VAE for the high preset.
     chosen = {name: resolve_spec("a red ball", model="x/y", preset=name).encoder for name in PRESETS}
     assert chosen == {"draft": "taesd", "standard": "taesd", "high": "vae"}
-    assert {resolve_spec("a red ball", preset=name).encoder for name in PRESETS} == {"vae"}  # analytic
+    assert {resolve_spec("a red ball", preset=name).encoder for name in PRESETS} == {"pooling"}  # analytic
     assert resolve_spec("a red ball", model="x/y", preset="high", encoder="taesd").encoder == "taesd"
     resolved = resolve_spec("a red ball", model="x/y")
     with pytest.raises(ValueError, match=r"encoder must be one of \('vae', 'taesd'\), got 'auto'"):

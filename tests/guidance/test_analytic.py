@@ -109,7 +109,7 @@ def test_colour_map_is_exact_and_the_generic_fit_finds_it():
 
 
 def test_analytic_prior_has_no_taesd():
-    with pytest.raises(ValueError, match="one fixed encoder.*use encoder vae"):
+    with pytest.raises(ValueError, match="one fixed encoder.*use encoder auto"):
         load_prior("analytic", device="cpu", encoder="taesd")
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfsd_contract import ANALYTIC_ENCODER
 from nfsd_server.guidance.prior import Conditions, Prior, PromptKind, RecipeOverrides
 from nfsd_server.guidance.registry import register_prior
 from nfsd_server.guidance.references import REFERENCES, Reference, reference_for, render_reference
@@ -158,7 +159,7 @@ class AnalyticPrior(Prior):
 @register_prior("analytic")
 def load_analytic(
     model: str | None, device: torch.device, latent_size: int = 32, sigma: float = 0.1, dtype: str = "auto",
-    encoder: str = "vae",
+    encoder: str = ANALYTIC_ENCODER,
 ) -> AnalyticPrior:
     if model is not None:
         raise ValueError(
@@ -166,8 +167,9 @@ def load_analytic(
         )
     if dtype not in ("auto", "fp32"):  # a closed form in fp32: nothing to trade for speed
         raise ValueError(f"the analytic prior runs in fp32 only (got dtype {dtype!r}); use dtype auto or fp32")
-    if encoder != "vae":  # "vae" names the prior's own encoder, here the fixed map
+    if encoder not in (ANALYTIC_ENCODER, "vae"):  # "vae": what older records and clients call it
         raise ValueError(
-            f"the analytic prior has one fixed encoder (8× pooling + a 3→4 map), not {encoder!r}; use encoder vae"
+            f"the analytic prior has one fixed encoder (8× pooling + a 3→4 map), not {encoder!r}; use encoder auto "
+            f"(or {ANALYTIC_ENCODER})"
         )
     return AnalyticPrior(device, latent_size=latent_size, sigma=sigma)
