@@ -37,22 +37,36 @@ def _remove_new(before) -> None:
             coll.remove(block)
 
 
-def import_glb(context, path, prompt, job_id, metadata):
-    """Import ``path``; on any failure remove what was made (and an NFSD collection made for it) and re-raise."""
+def show_status(context, text) -> None:
+    """Blender's status bar while a step blocks the UI (it does not redraw by itself meanwhile); None clears it."""
+    workspace = getattr(context, "workspace", None)
+    if workspace is None:  # headless
+        return
+    workspace.status_text_set(None if text is None else f"NFSD: {text}")
+    if bpy.ops.wm.redraw_timer.poll():  # a window to draw (not from a timer, not headless)
+        bpy.ops.wm.redraw_timer(type="DRAW_WIN_SWAP", iterations=1)
+
+
+def import_glb(context, path, prompt, job_id, metadata, report=None):
+    """Import ``path``; on any failure remove what was made (and an NFSD collection made for it) and re-raise.
+    ``report(text)``: each slow phase of a remesh (default: Blender's status bar)."""
     scene = context.scene
     had_collection = bpy.data.collections.get(COLLECTION) is not None
     before = _snapshot()
+    report = report or (lambda text: show_status(context, text))
     try:
-        return _import(context, scene, path, prompt, job_id, metadata, before)
+        return _import(context, scene, path, prompt, job_id, metadata, before, report)
     except Exception:
         _remove_new(before)
         coll = bpy.data.collections.get(COLLECTION)
         if coll is not None and not had_collection and not coll.all_objects:
             bpy.data.collections.remove(coll)
         raise
+    finally:
+        show_status(context, None)
 
 
-def _import(context, scene, path, prompt, job_id, metadata, before):
+def _import(context, scene, path, prompt, job_id, metadata, before, report):
     bpy.ops.import_scene.gltf(filepath=path)
     new = [ob for ob in bpy.data.objects if ob not in before["objects"]]
     if not new:
@@ -75,7 +89,7 @@ def _import(context, scene, path, prompt, job_id, metadata, before):
     _normalise_metadata(main, metadata)
     if main.type == "MESH":
         imported = main
-        main = remesh.remesh(context, main, _remesh_mode(scene), _poly_budget(main, metadata))
+        main = remesh.remesh(context, main, _remesh_mode(scene), _poly_budget(main, metadata), report)
         new = [main if ob is imported else ob for ob in new]
     for mat in [m for m in bpy.data.materials if m not in before["materials"]]:
         mat.name = f"{name} material"

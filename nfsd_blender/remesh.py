@@ -25,9 +25,10 @@ MERGE_DISTANCE = 2e-4  # Blender units; QuadriFlow's own zero-length test is 1e-
 CAGE_OF_SIZE = 0.02  # ray start above the new surface, relative to the object's size: covers remesh deviation
 
 
-def remesh(context, obj, mode: str, poly_budget: int):
+def remesh(context, obj, mode: str, poly_budget: int, report=lambda text: None):
     """The object to keep: ``obj`` itself for KEEP, else a remeshed, re-baked replacement with its name,
-    transform, collections and custom properties (``obj`` and its own data are removed)."""
+    transform, collections and custom properties (``obj`` and its own data are removed). ``report(text)`` is told
+    each phase before it runs (they block Blender for seconds: the caller shows them)."""
     if mode == KEEP:
         return obj
     if mode not in (QUADS, VOXEL):
@@ -35,11 +36,14 @@ def remesh(context, obj, mode: str, poly_budget: int):
     target_quads = max(poly_budget // TRIANGLES_PER_QUAD, 1)
     low = _copy_for_remesh(context, obj)
     if mode == QUADS:
+        report(f"Remeshing to {target_quads} quads with QuadriFlow…")
         _quadriflow(context, low, target_quads)
     else:
+        report(f"Remeshing to {target_quads} quads (voxel)…")
         _voxel(context, low, target_quads)
+    report("Unwrapping UVs…")
     _smart_uvs(context, low)
-    _rebake(context, obj, low)
+    _rebake(context, obj, low, report)
     name = obj.name
     _remove_with_data(obj)
     low.name = low.data.name = name
@@ -117,7 +121,7 @@ def _smart_uvs(context, low) -> None:
     bpy.ops.object.shade_smooth()
 
 
-def _rebake(context, source, low) -> None:
+def _rebake(context, source, low, report=lambda text: None) -> None:
     """Bake each of the source material's images onto ``low`` into a new image of the same role, size and colour
     space, in a copy of the source's material."""
     material = source.material_slots[0].material
@@ -144,6 +148,7 @@ def _rebake(context, source, low) -> None:
     for node in material.node_tree.nodes:
         # The ORM image is on two nodes (roughness/metallic and occlusion): bake it once.
         if node.type == "TEX_IMAGE" and node.image in new_images and node.image not in baked:
+            report(f"Baking map {len(baked) + 1} of {len(new_images)}…")
             _bake_one(context, source, low, material, baked_material, node, new_images[node.image])
             baked.add(node.image)
     scene.render.engine = engine
@@ -152,16 +157,27 @@ def _rebake(context, source, low) -> None:
 
 
 def _bake_one(context, source, low, material, baked_material, source_node, target) -> None:
-    target_node = next(n for n in baked_material.node_tree.nodes if n.type == "TEX_IMAGE" and n.image == target)
-    baked_material.node_tree.nodes.active = target_node
+    """Bake into ``target`` through a material holding nothing but it: were ``low`` to wear ``baked_material``,
+    which shows ``target``, Cycles would read the image it writes ("Circular dependency for image")."""
+    holder = bpy.data.materials.new("NFSD bake target")
+    if holder.node_tree is None:
+        holder.use_nodes = True
+    target_node = holder.node_tree.nodes.new("ShaderNodeTexImage")
+    target_node.image = target
+    holder.node_tree.nodes.active = target_node
+    low.data.materials[0] = holder
     source.select_set(True)
     low.select_set(True)
     context.view_layer.objects.active = low
-    if _is_normal_map(source_node):
-        bpy.ops.object.bake(type="NORMAL", normal_space="TANGENT")
-    else:
-        with _emitting(material, source_node):
-            bpy.ops.object.bake(type="EMIT")
+    try:
+        if _is_normal_map(source_node):
+            bpy.ops.object.bake(type="NORMAL", normal_space="TANGENT")
+        else:
+            with _emitting(material, source_node):
+                bpy.ops.object.bake(type="EMIT")
+    finally:
+        low.data.materials[0] = baked_material
+        bpy.data.materials.remove(holder)
 
 
 def _is_normal_map(node) -> bool:
@@ -211,6 +227,8 @@ def _remove_with_data(obj) -> None:
     for material in materials:
         if material.users == 0:
             bpy.data.materials.remove(material)
-    for image in images:
-        if image.users == 0:
-            bpy.data.images.remove(image)
+    # Not by ``image.users``: Blender 4.2 still counts a user for a removed material's images.
+    in_use = {node.image for m in bpy.data.materials if m.node_tree for node in m.node_tree.nodes
+              if node.type == "TEX_IMAGE"}
+    for image in images - in_use:
+        bpy.data.images.remove(image)
