@@ -38,11 +38,26 @@ def _detail_message(detail: Any) -> str:
     return str(detail)
 
 
+def refused_token(token: str) -> BackendError:
+    """The one wording for a server that will not take our token (a 401, or health saying so)."""
+    what = "refused the token" if token else "needs a token"
+    return BackendError(f"The server {what}: copy the server's token (its --token or NFSD_TOKEN) into the add-on "
+                        "preferences", status=401)
+
+
+# What to do about a server that does not answer, by where it runs.
+UNREACHABLE_HINTS = {
+    "LOCAL": "the local backend stopped answering; press Stop Backend, then Start Backend, in the add-on preferences",
+    "REMOTE": "check the URL in the add-on preferences, and that the server is running there",
+}
+
+
 class Client:
-    def __init__(self, base_url: str, token: str = "", timeout: float = 10.0):
+    def __init__(self, base_url: str, token: str = "", timeout: float = 10.0, mode: str = "REMOTE"):
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.unreachable_hint = UNREACHABLE_HINTS[mode]
 
     def _request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[bytes, str]:
         data = json.dumps(body).encode() if body is not None else raw
@@ -67,14 +82,14 @@ class Client:
             except (ValueError, UnicodeDecodeError):
                 if raw:
                     message = raw.decode(errors="replace")[:200]
-            if err.code == 401 and not hint:
-                hint = "check the token in the add-on preferences"
+            if err.code == 401:
+                raise refused_token(self.token) from None
             raise BackendError(message, hint, err.code) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise BackendError(
                 f"Cannot reach the server at {self.base_url}: {reason}",
-                "start the backend or check the URL in the add-on preferences",
+                self.unreachable_hint,
                 transient=True,
             ) from None
 

@@ -32,13 +32,6 @@ class Models:
 
 
 @dataclass(frozen=True)
-class Model:
-    """The /v1/models entry the job will run with (is it downloaded yet?)."""
-
-    entry: dict
-
-
-@dataclass(frozen=True)
 class Taesd:
     """Whether the job downloads TAESD before it trains."""
 
@@ -142,6 +135,13 @@ class Cancelled(JobEvent):
 @dataclass(frozen=True)
 class Interrupted(JobEvent):
     """The job cannot be followed any more (the backend stopped, the server forgot it); nothing failed."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class NotDownloaded:
+    """The job's model turned out not to be on the server, so nothing was submitted: one sentence, one action."""
 
     message: str
 

@@ -13,10 +13,10 @@ import time
 
 from . import contract
 from .backend import BACKEND
-from .client import BackendError, Client
+from .client import BackendError, Client, refused_token
 from .events import (
-    Backend, Cancelled, Done, DownloadEnded, DownloadStatus, Error, Failed, Info, Interrupted, Model, Models, Phase,
-    Preview, Reconnecting, Status, Submitted, Taesd,
+    Backend, Cancelled, Done, DownloadEnded, DownloadStatus, Error, Failed, Info, Interrupted, Models,
+    NotDownloaded, Phase, Preview, Reconnecting, Status, Submitted, Taesd,
 )
 
 EVENTS: queue.Queue = queue.Queue()
@@ -45,7 +45,7 @@ def make_client(settings: Settings, events: queue.Queue | None = None) -> Client
             if events is not None:
                 events.put(Phase("starting backend"))
             BACKEND.start(settings.python_path, settings.data_dir, settings.prior, settings.model)
-        return Client(BACKEND.url, BACKEND.token)
+        return Client(BACKEND.url, BACKEND.token, mode="LOCAL")
     return Client(settings.url, settings.token)
 
 
@@ -63,6 +63,11 @@ def request_encoder(prior: str, choice: str) -> str:
     """The request's ``encoder`` for the preference ``choice``, which picks Stable Diffusion's RGB encoder; the
     analytic prior has one fixed encoder (the server refuses another), so it gets the default."""
     return choice if prior == "stable-diffusion" else contract.DEFAULT_ENCODER
+
+
+def not_downloaded(entry: dict) -> str:
+    """What Generate says when the job's model must be downloaded first (before or after the model list is known)."""
+    return f"{entry['label']} is not downloaded yet: press Download above Generate"
 
 
 def needs_taesd(request: dict, prior: str) -> bool:
@@ -88,7 +93,7 @@ def server_info(settings: Settings, start: bool, events: queue.Queue = EVENTS) -
         client = make_client(settings)
         health = client.health()
         if health.get("authenticated") is False:  # health answers anyone: "up" is not "will take our jobs"
-            raise BackendError("The server refused the token", "check the token in the add-on preferences", 401)
+            raise refused_token(client.token)
         events.put(Info(health, client.models(), downloads=_downloads_or_none(client)))
     except BackendError as err:
         events.put(Info(None, None, str(err)))
@@ -150,8 +155,8 @@ class JobWorker(threading.Thread):
                 self.events.put(Backend(client.health()))  # for the panel's "ready on CUDA" line
             except BackendError:
                 pass
-            if self.requests:
-                self._announce_model(client)
+            if self.requests and not self._announce_model(client):
+                return
             for request in self.requests:
                 if self.cancel_event.is_set():
                     break
@@ -168,20 +173,25 @@ class JobWorker(threading.Thread):
         except Exception as err:  # noqa: BLE001  (a bug must not leave the panel spinning)
             self.events.put(Error(self.job_id, f"Unexpected error: {err!r}"))
 
-    def _announce_model(self, client: Client) -> None:
-        """Tell the panel whether the model (and TAESD) must be downloaded first; a server that cannot say
-        delays nothing: the job runs and its status tells the rest."""
+    def _announce_model(self, client: Client) -> bool:
+        """Tell the panel whether the model (and TAESD) must be downloaded first; False (nothing is submitted) when
+        the model is not on the server, as Generate refuses when the list is known before. A server that cannot
+        say delays nothing: the job runs and its status tells the rest."""
         request = self.requests[0]
         try:
             models = client.models()
         except BackendError:
-            return
+            return True
         self.events.put(Models(models))
         prior = request.get("prior") or self.settings.prior
         entry = find_model(models, prior, request.get("model") or "")
-        if entry is not None:
-            self.events.put(Model(entry))
-            self.events.put(Taesd(downloads_taesd(entry, request, prior)))
+        if entry is None:
+            return True
+        if not entry.get("cached", True):
+            self.events.put(NotDownloaded(not_downloaded(entry)))
+            return False
+        self.events.put(Taesd(downloads_taesd(entry, request, prior)))
+        return True
 
     def _status(self, client: Client, job_id: str) -> dict | None:
         """``client.status`` retried with back-off while the failure is transient; None once stopped."""

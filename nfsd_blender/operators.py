@@ -9,7 +9,7 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 
 from . import contract, session
-from .jobs import glb_problem
+from .jobs import glb_problem, not_downloaded
 from .backend import BACKEND
 from .preferences import get_prefs, install_log, output_dir, python_path
 from .properties import NO_INIT_MESH, build_request
@@ -47,8 +47,7 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
             return refuse(self, props, "No backend found: press Install Backend, or pick its Python")
         prior, model, entry = session.job_model(context, props)
         if entry is not None and not entry.get("cached", True):
-            return refuse(self, props, f"{entry['label']} is not downloaded yet: press Download above Generate, "
-                          "or pick a downloaded model (or Analytic) in Model")
+            return refuse(self, props, not_downloaded(entry))
         requests = [build_request(props, prefs, (props.seed + i) % (contract.MAX_SEED + 1))
                     for i in range(props.variations)]
         session.start_job(context, requests)
@@ -171,6 +170,8 @@ class NFSD_OT_set_model(bpy.types.Operator):
     def execute(self, context):
         props = context.scene.nfsd
         props.prior, props.model = self.prior, self.model
+        if not session.busy():  # the last refusal or failure was about the model before
+            props.error = props.error_details = ""
         return {"FINISHED"}
 
 

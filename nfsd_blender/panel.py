@@ -172,7 +172,7 @@ def taesd_notice(context, props) -> str:
 def progress_text(props):
     started = session.current.export_started
     elapsed = time.monotonic() - started if started is not None and props.job_state == "exporting" else None
-    download = int(props.job_download_gb * 1e9) + (contract.TAESD_DOWNLOAD_BYTES if props.job_download_taesd else 0)
+    download = contract.TAESD_DOWNLOAD_BYTES if props.job_download_taesd else 0  # the model itself: Download first
     return progress.phase(
         props.job_state, props.job_step, props.job_total, props.job_eta if props.job_eta >= 0 else None,
         props.job_queue_position, props.job_phase, download, elapsed, props.job_reconnect,

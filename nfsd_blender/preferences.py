@@ -32,26 +32,33 @@ ENCODER_LABELS = {
 }
 
 
+def _backend_changed(_self, _context):
+    from . import session  # session imports this module
+
+    session.backend_changed()
+
+
 class NFSD_Preferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
     mode: EnumProperty(
         name="Backend",
         items=[("LOCAL", "Local", "Start the server on this machine"), ("REMOTE", "Remote", "Use a running server")],
-        default="LOCAL",
+        default="LOCAL", update=_backend_changed,
     )
     python_path: StringProperty(
         name="Backend Python", subtype="FILE_PATH", default=backend.detect_python(),
         description="Python with the nfsd_server package installed; empty = find it (the nfsd command on PATH, "
-        "~/nfsd-backend)",
+        "~/nfsd-backend)", update=_backend_changed,
     )
     data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default=_default_data_dir())
     install_dir: StringProperty(
         name="Install Into", subtype="DIR_PATH", default=str(backend.DEFAULT_VENV),
         description="The folder Install Backend makes its Python environment in (the backend is found there)",
     )
-    url: StringProperty(name="URL", default=f"http://{contract.DEFAULT_HOST}:{contract.DEFAULT_PORT}")
-    token: StringProperty(name="Token", subtype="PASSWORD")
+    url: StringProperty(name="URL", default=f"http://{contract.DEFAULT_HOST}:{contract.DEFAULT_PORT}",
+                        update=_backend_changed)
+    token: StringProperty(name="Token", subtype="PASSWORD", update=_backend_changed)
     default_prior: EnumProperty(
         name="Prior",
         items=[(name, PRIOR_LABELS[name], "") for name in contract.PRIORS],

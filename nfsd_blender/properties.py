@@ -135,7 +135,6 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
     job_index: IntProperty(description="Which of the batch's variations runs now, from 0")
     job_count: IntProperty(default=1, description="How many variations the batch holds")
     job_reconnect: IntProperty(description="Retry count while the server is unreachable; 0 = connected")
-    job_download_gb: FloatProperty(description="Size of the model download the job waits for; 0 = cached")
     job_download_taesd: BoolProperty(description="The job also downloads TAESD first (the server has no copy)")
     error: StringProperty()
     error_details: StringProperty(description="The full text behind the one-line error, for Copy Details")

@@ -21,6 +21,7 @@ from bpy.app.handlers import persistent
 
 from . import contract, events, importer, jobs
 from .backend import BACKEND
+from .client import refused_token
 from .backend import DEFAULT_VENV as backend_venv_default
 from .preferences import get_prefs, install_log as installer_log, output_dir, python_path, settings_from_prefs
 from .properties import build_request, fill_item, item_metadata
@@ -165,6 +166,16 @@ def start_info(context, start: bool) -> None:
     _ensure_timer()
 
 
+def backend_changed() -> None:
+    """The preferences now point at another backend (mode, URL, token, Python): what the old one said, its
+    models and the errors about reaching it no longer apply. A running job keeps its own worker and errors."""
+    current.server, current.server_error, current.models = {}, "", []
+    if not busy():
+        for scene in bpy.data.scenes:
+            scene.nfsd.error = scene.nfsd.error_details = ""
+    get_prefs().status = server_status_text()
+
+
 def stop_backend() -> None:
     """Stop the local backend (cancelling the running generation) and forget what it said."""
     if busy():
@@ -196,7 +207,6 @@ def _reset_job(props, state):
     props.job_step = props.job_total = props.job_reconnect = 0
     props.job_queue_position = -1
     props.job_eta = -1.0
-    props.job_download_gb = 0.0
     props.job_download_taesd = False
 
 
@@ -219,17 +229,12 @@ def token_problem(health: dict | None) -> str:
     """'' unless the server's /v1/health says our token is not the one it was started with (health answers
     anyone, so an answer alone does not mean the server will take our jobs)."""
     if health and health.get("authenticated") is False:
-        return "the server refused the token (check the token in the add-on preferences)"
+        return str(refused_token(get_prefs().token if get_prefs().mode == "REMOTE" else BACKEND.token))
     return ""
 
 
 def _models(props, item, event: events.Models):
     current.models = event.models
-
-
-def _model(props, item, event: events.Model):
-    entry = event.entry
-    props.job_download_gb = 0.0 if entry.get("cached", True) else (entry.get("download_bytes") or 0) / 1e9
 
 
 def _taesd(props, item, event: events.Taesd):
@@ -335,8 +340,6 @@ def _failed(props, item, event: events.Failed):
     props.job_phase = ""
     err = event.status.get("error") or "The job failed"
     message = f"{err} ({event.status['hint']})" if event.status.get("hint") else err
-    if props.job_download_gb:
-        message += " — the model is not downloaded; pick a downloaded model or Analytic in Model"
     set_error(props, message, message)
     if item:
         item.state, item.error = "failed", props.error
@@ -355,6 +358,11 @@ def _interrupted(props, item, event: events.Interrupted):
     set_error(props, f"{event.message}; press Generate to start again")
     if item:
         item.state = "interrupted"
+
+
+def _not_downloaded(props, item, event: events.NotDownloaded):
+    _reset_job(props, "")
+    set_error(props, event.message)
 
 
 def _error(props, item, event: events.Error):
@@ -384,10 +392,11 @@ def _download_ended(props, item, event: events.DownloadEnded):
 
 
 HANDLERS = {
-    events.Phase: _phase, events.Backend: _backend, events.Models: _models, events.Model: _model,
+    events.Phase: _phase, events.Backend: _backend, events.Models: _models,
     events.Taesd: _taesd, events.Info: _info, events.Submitted: _submitted, events.Status: _status,
     events.Reconnecting: _reconnecting, events.Preview: _preview, events.Done: _done, events.Failed: _failed,
-    events.Cancelled: _cancelled, events.Interrupted: _interrupted, events.Error: _error,
+    events.Cancelled: _cancelled, events.Interrupted: _interrupted, events.NotDownloaded: _not_downloaded,
+    events.Error: _error,
     events.DownloadStatus: _download_status, events.DownloadEnded: _download_ended,
     events.InstallEnded: _install_ended,
 }
@@ -430,8 +439,8 @@ def _redraw():
 def server_status_text() -> str:
     """One line: booting / ready on <device> / stopped / remote, or the last error."""
     prefs = get_prefs()
-    if prefs.mode == "REMOTE":
-        where = f"remote {prefs.url}"
+    if prefs.mode == "REMOTE":  # the URL once: an error that names it already says where
+        where = "remote" if prefs.url.rstrip("/") in current.server_error else f"remote {prefs.url}"
     elif BACKEND.booting:
         return "Backend: booting…"
     elif BACKEND.running:
@@ -478,6 +487,8 @@ def reconcile_on_load(_dummy=None):
     """A file saved mid-job reopens with the job as it was: follow it (starting the local backend, which resumes
     it) if the server still has it, else say it was interrupted; Cancel works either way. A running generation
     carries on into a file that has none of its own (File › New), so its result is not lost silently."""
+    for scene in bpy.data.scenes:  # the file's last message was about that session; History keeps each job's own
+        scene.nfsd.error = scene.nfsd.error_details = ""
     old = current.worker
     if old is not None and old.is_alive():
         if not any(_pending(scene.nfsd) or scene.nfsd.job_state in ACTIVE for scene in bpy.data.scenes):

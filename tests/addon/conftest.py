@@ -58,6 +58,7 @@ def _reset(prefs):
     p.error = p.error_details = p.job_state = p.job_phase = p.job_id = ""
     p.prior = p.model = ""
     p.variations = 1
+    p.job_index, p.job_count = 0, 1  # a batch of variations before must not show as "3 of 3" here
     p.preset = addon_module("contract").DEFAULT_PRESET
     prefs.encoder = addon_module("contract").DEFAULT_ENCODER
     p.history.clear()

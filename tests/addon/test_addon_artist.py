@@ -258,17 +258,30 @@ def test_2_rgb_encoder_choice_is_sent_and_a_taesd_download_is_announced(props, p
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == []
 
 
-def test_2_failed_job_with_a_missing_model_says_so(props, fake_server):
+def test_2_a_first_generate_on_a_model_the_server_lacks_offers_the_download_in_one_sentence(props, fake_server):
+    """Before the model list is known Generate cannot refuse; the worker asks first, submits nothing, and the panel
+    says what Generate says once the list is known, with Download beside it."""
+    session = addon_module("session")
     props.prompt = "a red ball"
     bpy.ops.nfsd.set_model(prior="stable-diffusion", model="org/big")
+    assert not session.current.models
+    assert bpy.ops.nfsd.generate() == {"FINISHED"}
+    pump(lambda: not session.busy() and props.error, 10, "the refusal")
+    assert props.error == "org/big is not downloaded yet: press Download above Generate"
+    assert fake_server.posted == [] and props.job_state == "" and len(props.history) == 0
+    log = ui_recorder.draw(bpy.types.NFSD_PT_main)
+    assert _before_generate(log) == ["org/big is not downloaded (5.2 GB)", "First job downloads TAESD (9.8 MB)"]
+    assert any(e[:2] == ("operator", "nfsd.download_model") for e in log)
+    with pytest.raises(RuntimeError, match="^Error: org/big is not downloaded yet: press Download above Generate"):
+        bpy.ops.nfsd.generate()  # the same sentence, now from the operator
+
+
+def test_2_a_failed_jobs_error_is_the_servers_own_line(props, fake_server):
+    props.prompt = "a red ball"
+    bpy.ops.nfsd.set_model(prior="analytic", model="")
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
     pump(lambda: props.job_state == "failed", 10, "the failure")
-    assert round(props.job_download_gb, 2) == 5.16
-    assert props.job_download_taesd  # standard preset, encoder auto → TAESD, which the server has not got
-    assert fake_server.posted[0]["encoder"] == "auto"
-    assert props.error == ("out of memory (try the draft preset) — the model is not downloaded; pick a downloaded "
-                           "model or Analytic in Model")
-    assert addon_module("session").current.models[0]["id"] == "org/big"
+    assert props.error == "out of memory (try the draft preset)"
 
 
 # --- variations: N seeds queued on the server -------------------------------------------------------------------
@@ -276,6 +289,7 @@ def test_2_failed_job_with_a_missing_model_says_so(props, fake_server):
 
 def test_variations_submit_one_job_per_seed(props, fake_server):
     props.prompt, props.seed, props.variations = "a red ball", 41, 3
+    bpy.ops.nfsd.set_model(prior="analytic", model="")  # the fake server's default model is not downloaded
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert ("operator", "nfsd.generate", "Generate 3 Variations", True) in log
     assert bpy.ops.nfsd.generate() == {"FINISHED"}

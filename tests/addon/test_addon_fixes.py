@@ -106,7 +106,8 @@ def test_check_server_with_a_wrong_token_is_not_ready(tmp_path):
     finally:
         server.server.shutdown()
     assert queued.get_nowait() == events.Info(
-        None, None, "The server refused the token (check the token in the add-on preferences)")
+        None, None, "The server refused the token: copy the server's token (its --token or NFSD_TOKEN) into the add-on "
+        "preferences")
 
 
 def test_a_422_says_its_problem_once():

@@ -149,3 +149,35 @@ def test_a_long_history_error_is_wrapped(props):
     props.history_index = 0
     lines = [e[1] for e in ui_recorder.draw(bpy.types.NFSD_PT_history) if e[0] == "label"]
     assert len(lines) > 1 and " ".join(lines) == item.error and max(map(len, lines)) <= 48
+
+
+def test_errors_about_another_backend_or_another_model_do_not_stay(props, prefs, tmp_path):
+    """An error says what went wrong with the last thing tried: switching backend, picking another model or
+    reopening the file makes it old news (History keeps each job's own)."""
+    session = addon_module("session")
+    dead = "http://127.0.0.1:1"
+    props.prompt = "a red ball"
+    bpy.ops.nfsd.set_model(prior="analytic", model="")
+
+    def fail_on_a_dead_url():
+        prefs.mode, prefs.url = "REMOTE", dead
+        assert bpy.ops.nfsd.generate() == {"FINISHED"}
+        pump(lambda: not session.busy() and bpy.context.scene.nfsd.error, 20, "the unreachable server's error")
+        assert "Cannot reach the server at http://127.0.0.1:1" in bpy.context.scene.nfsd.error
+
+    fail_on_a_dead_url()
+    line = session.server_status_text()
+    assert line.count(dead) == 1 and "start the backend" not in line and "is running there" in line
+    prefs.mode = "LOCAL"
+    assert props.error == "" and dead not in session.server_status_text()
+
+    fail_on_a_dead_url()
+    path = str(tmp_path / "scene.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    reopened = bpy.context.scene.nfsd
+    assert reopened.error == "" and reopened.error_details == ""
+
+    session.set_error(reopened, "org/big is not downloaded yet: press Download above Generate")
+    assert bpy.ops.nfsd.set_model(prior="analytic", model="") == {"FINISHED"}
+    assert reopened.error == ""

@@ -177,9 +177,19 @@ def test_the_worker_says_when_taesd_is_downloaded_first(tmp_path, taesd_cached, 
     queued: queue.Queue = queue.Queue()
     request = contract.job_request("a red ball", preset="standard", prior="stable-diffusion", encoder=encoder)
     settings = jobs.Settings("REMOTE", "", str(tmp_path), "", "", "stable-diffusion", "")
-    jobs.JobWorker(settings, [request], queued)._announce_model(_ModelsOnly([entry]))
+    assert jobs.JobWorker(settings, [request], queued)._announce_model(_ModelsOnly([entry]))
+    assert [queued.get_nowait() for _ in range(queued.qsize())] == [events.Models([entry]), events.Taesd(announced)]
+
+
+def test_the_worker_submits_nothing_for_a_model_the_server_lacks(tmp_path):
+    entry = {"id": "org/sd", "label": "SD (hub)", "prior": "stable-diffusion", "model": "org/sd", "cached": False,
+             "default": True, "taesd_cached": True}
+    queued: queue.Queue = queue.Queue()
+    request = contract.job_request("a red ball", prior="stable-diffusion")
+    settings = jobs.Settings("REMOTE", "", str(tmp_path), "", "", "stable-diffusion", "")
+    assert not jobs.JobWorker(settings, [request], queued)._announce_model(_ModelsOnly([entry]))
     assert [queued.get_nowait() for _ in range(queued.qsize())] == [
-        events.Models([entry]), events.Model(entry), events.Taesd(announced)]
+        events.Models([entry]), events.NotDownloaded("SD (hub) is not downloaded yet: press Download above Generate")]
 
 
 class InfoServer:
