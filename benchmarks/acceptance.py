@@ -33,7 +33,8 @@ from nfsd_contract import resolve_spec
 from nfsd_server.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import PeakRSS, StageTimer, latent_shape_of, unet_floor
+from activation_memory import PeakRSS
+from step_cost import StageTimer, latent_shape_of, unet_floor
 
 
 def run(args: argparse.Namespace, model: str, device: torch.device) -> list[str]:

@@ -1,4 +1,5 @@
-"""HTTP client for the nfsd_server /v1 API: plain urllib + json, no bpy (testable without Blender)."""
+"""HTTP client for the nfsd_server API (under the contract's ``API_PREFIX``): plain urllib + json, no bpy (testable
+without Blender)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import urllib.error
 import urllib.request
 from typing import Any
+
+from .contract import API_PREFIX
 
 
 class BackendError(Exception):
@@ -61,7 +64,7 @@ class Client:
 
     def _request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[bytes, str]:
         data = json.dumps(body).encode() if body is not None else raw
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req = urllib.request.Request(self.base_url + API_PREFIX + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
         if self.token:
@@ -101,54 +104,54 @@ class Client:
             raise BackendError(f"The server sent a reply that is not JSON for {path}") from None
 
     def health(self) -> dict:
-        return self._json("GET", "/v1/health")
+        return self._json("GET", "/health")
 
     def upload_mesh(self, data: bytes, file_type: str) -> str:
         """Send a mesh file (GLB, OBJ or PLY bytes); returns the id a job's ``init_mesh`` takes."""
-        raw, _ = self._request("POST", f"/v1/meshes?format={file_type}", raw=data)
+        raw, _ = self._request("POST", f"/meshes?format={file_type}", raw=data)
         try:
             return json.loads(raw)["id"]
         except (ValueError, KeyError, TypeError):
             raise BackendError("The server sent a reply without a mesh id for /v1/meshes") from None
 
     def submit(self, request: dict) -> str:
-        return self._json("POST", "/v1/jobs", request)["id"]
+        return self._json("POST", "/jobs", request)["id"]
 
     def jobs(self) -> list[dict]:
-        return self._json("GET", "/v1/jobs")["jobs"]
+        return self._json("GET", "/jobs")["jobs"]
 
     def status(self, job_id: str) -> dict:
-        return self._json("GET", f"/v1/jobs/{job_id}")
+        return self._json("GET", f"/jobs/{job_id}")
 
     def cancel(self, job_id: str) -> dict:
-        return self._json("DELETE", f"/v1/jobs/{job_id}")
+        return self._json("DELETE", f"/jobs/{job_id}")
 
     def preview(self, job_id: str) -> bytes:
-        return self._request("GET", f"/v1/jobs/{job_id}/preview.png")[0]
+        return self._request("GET", f"/jobs/{job_id}/preview.png")[0]
 
     def result_glb(self, job_id: str) -> bytes:
-        return self._request("GET", f"/v1/jobs/{job_id}/result.glb")[0]
+        return self._request("GET", f"/jobs/{job_id}/result.glb")[0]
 
     def models(self) -> list[dict]:
         """``GET /v1/models``: what the server can load and whether each is already downloaded."""
-        return self._json("GET", "/v1/models")["models"]
+        return self._json("GET", "/models")["models"]
 
     def downloads(self) -> list[dict]:
         """``GET /v1/models/downloads``: the server's model downloads (state, bytes done of total)."""
-        reply = self._json("GET", "/v1/models/downloads")
+        reply = self._json("GET", "/models/downloads")
         if not isinstance(reply, dict) or not isinstance(reply.get("downloads"), list):
             raise BackendError("The server sent no download list for /v1/models/downloads",
                                "update the backend (Install Backend in the add-on preferences)")
         return reply["downloads"]
 
     def start_download(self, model: str) -> dict:
-        return self._json("POST", "/v1/models/downloads", {"model": model})
+        return self._json("POST", "/models/downloads", {"model": model})
 
     def download(self, download_id: str) -> dict:
-        return self._json("GET", f"/v1/models/downloads/{download_id}")
+        return self._json("GET", f"/models/downloads/{download_id}")
 
     def cancel_download(self, download_id: str) -> dict:
-        return self._json("DELETE", f"/v1/models/downloads/{download_id}")
+        return self._json("DELETE", f"/models/downloads/{download_id}")
 
     def result_json(self, job_id: str) -> dict:
-        return self._json("GET", f"/v1/jobs/{job_id}/result.json")
+        return self._json("GET", f"/jobs/{job_id}/result.json")

@@ -32,10 +32,13 @@ ENCODER_LABELS = {
 }
 
 
-def _backend_changed(_self, _context):
-    from . import session  # session imports this module
+# Called when the preferences point at another backend; session (which imports this module) registers its own.
+ON_BACKEND_CHANGED: list = []
 
-    session.backend_changed()
+
+def _backend_changed(_self, _context):
+    for callback in ON_BACKEND_CHANGED:
+        callback()
 
 
 class NFSD_Preferences(bpy.types.AddonPreferences):

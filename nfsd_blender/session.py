@@ -23,7 +23,9 @@ from . import contract, events, importer, jobs
 from .backend import BACKEND
 from .client import refused_token
 from .backend import DEFAULT_VENV as backend_venv_default
-from .preferences import get_prefs, install_log as installer_log, output_dir, python_path, settings_from_prefs
+from .preferences import (
+    ON_BACKEND_CHANGED, get_prefs, install_log as installer_log, output_dir, python_path, settings_from_prefs,
+)
 from .properties import build_request, fill_item, item_metadata
 
 PREVIEW_IMAGE = "NFSD Preview"
@@ -537,11 +539,14 @@ def _adopt(props, worker) -> None:
 def register():
     current.thumbs = bpy.utils.previews.new()
     bpy.app.handlers.load_post.append(reconcile_on_load)
+    ON_BACKEND_CHANGED.append(backend_changed)
 
 
 def unregister():
     if reconcile_on_load in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(reconcile_on_load)
+    if backend_changed in ON_BACKEND_CHANGED:
+        ON_BACKEND_CHANGED.remove(backend_changed)
     if bpy.app.timers.is_registered(poll_timer):
         bpy.app.timers.unregister(poll_timer)
     if current.worker is not None:

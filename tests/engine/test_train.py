@@ -178,15 +178,18 @@ def test_resume_refuses_other_shape_settings_and_knows_the_init_mesh_by_content(
         (dict(init_mesh=None), ", not None;"),
         (dict(shape_strength=0.8), "was trained with shape_strength=0.5, not 0.8;"),
         (dict(keep_geometry=True), "was trained with keep_geometry=False, not True;"),
-        (dict(prior="stable-diffusion", model="org/sd"), "was trained with prior='analytic', not 'stable-diffusion';"),
+        (dict(prior="stable-diffusion", model="org/sd", encoder="vae"),
+         "was trained with prior='analytic', not 'stable-diffusion';"),
     ]
     for changes, message in refused:
         with pytest.raises(CheckpointError) as error:
             check_checkpoint_matches(info, replace(settings, **changes), path)
         assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
-    on_sd = {**info, "settings": {**info["settings"], "prior": "stable-diffusion", "model": "org/sd-a"}}
+    on_sd = {**info, "settings": {**info["settings"], "prior": "stable-diffusion", "model": "org/sd-a",
+                                  "encoder": "vae"}}
     with pytest.raises(CheckpointError, match="was trained with model='org/sd-a', not 'org/sd-b'"):
-        check_checkpoint_matches(on_sd, replace(settings, prior="stable-diffusion", model="org/sd-b"), path)
+        check_checkpoint_matches(on_sd, replace(settings, prior="stable-diffusion", model="org/sd-b", encoder="vae"),
+                                 path)
 
     # encoder and dtype change a step's cost, not the target; the same mesh content by any path is the same mesh.
     check_checkpoint_matches(on_sd, replace(settings, prior="stable-diffusion", model="org/sd-a", encoder="taesd",

@@ -92,7 +92,7 @@ def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tm
     for settings in (analytic, analytic, tiny):
         executor.run(settings, tmp_path, callbacks=Callbacks())
     assert used[0] is used[1] and used[2] is not used[0]
-    assert loads == [("analytic", None, "cpu", "auto", "vae"),
+    assert loads == [("analytic", None, "cpu", "auto", "pooling"),
                      ("stable-diffusion", "tiny/sd", "cpu", "fp32", tiny.encoder)]
     assert [key.label for key in executor._priors.warm_keys()] == ["stable-diffusion:tiny/sd"]
     executor.close()

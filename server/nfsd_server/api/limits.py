@@ -19,16 +19,16 @@ import asyncio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nfsd_contract import MAX_INIT_MESH_BYTES
+from nfsd_contract import API_PREFIX, MAX_INIT_MESH_BYTES
 from nfsd_server.api.auth import token_problem
 
 # A job request is at most ~40 KB even with every string at its maximum and fully \u-escaped.
 MAX_BODY_BYTES = 64 * 1024
 # Routes whose bodies are files, with their own caps (checked again by the route, which names the fix).
-BODY_CAPS = {"/v1/meshes": MAX_INIT_MESH_BYTES + 1}
-OPEN_PATHS = frozenset({"/v1/health"})  # the only /v1 route that needs no token
+BODY_CAPS = {f"{API_PREFIX}/meshes": MAX_INIT_MESH_BYTES + 1}
+OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})  # the only API route that needs no token
 # Routes whose bodies are files, not JSON: the type they must declare.
-UPLOAD_TYPES = {"/v1/meshes": "application/octet-stream"}
+UPLOAD_TYPES = {f"{API_PREFIX}/meshes": "application/octet-stream"}
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # A client that sends no byte of its body for this long is dropped (a byte a second would otherwise hold a
 # connection for as long as it likes).
@@ -38,7 +38,7 @@ BODY_IDLE_TIMEOUT_S = 30.0
 def content_type_problem(path: str, method: str, headers: dict[str, str]) -> str | None:
     """Why this request's body type is refused (415), or None. ``headers``: lower-case names."""
     has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-    if method not in BODY_METHODS or not path.startswith("/v1/") or not has_body:
+    if method not in BODY_METHODS or not path.startswith(f"{API_PREFIX}/") or not has_body:
         return None
     content_type = headers.get("content-type")
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
@@ -78,7 +78,7 @@ class GuardMiddleware:
             hint = f"connect by one of {sorted(self.allowed_hosts)} (the address the server is bound to)"
             await self._refuse(scope, receive, send, 421, detail, hint)
             return
-        if scope["path"].startswith("/v1/") and scope["path"] not in OPEN_PATHS:
+        if scope["path"].startswith(f"{API_PREFIX}/") and scope["path"] not in OPEN_PATHS:
             problem = token_problem(headers.get("authorization"), self.token)
             if problem is not None:
                 # Closed with the answer: the body will never be read, so it must not be drained either.

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from huggingface_hub.utils import validate_repo_id
 from pydantic import BaseModel, Field, field_validator
 
+from nfsd_contract import API_PREFIX
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError, disk_refused
 from nfsd_server.api.limits import MAX_BODY_BYTES
@@ -17,7 +18,7 @@ from nfsd_server.downloads import Download, DownloadManager, DownloadNotFound
 from nfsd_server.model_source import _HUB_ID
 
 router = APIRouter(
-    prefix="/v1/models/downloads",
+    prefix=f"{API_PREFIX}/models/downloads",
     tags=["models"],
     dependencies=[Depends(require_token)],
     responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},

@@ -6,11 +6,12 @@ import psutil
 import torch
 from fastapi import APIRouter, Request
 
+from nfsd_contract import API_PREFIX
 from nfsd_server import __version__
 from nfsd_server.api.auth import token_problem
 from nfsd_server.api.schemas import Health, MemoryUsage
 
-router = APIRouter(prefix="/v1", tags=["health"])
+router = APIRouter(prefix=API_PREFIX, tags=["health"])
 
 
 @router.get("/health", response_model=Health)

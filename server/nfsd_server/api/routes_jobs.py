@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from nfsd_contract import API_PREFIX
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError, disk_refused
 from nfsd_server.api.jobs import JobManager, JobNotFound, QueueFull, ResultNotReady
@@ -28,7 +29,7 @@ from nfsd_server.files import read_regular_file
 from nfsd_server.model_source import BenchmarkModelRefused
 
 router = APIRouter(
-    prefix="/v1/jobs",
+    prefix=f"{API_PREFIX}/jobs",
     tags=["jobs"],
     dependencies=[Depends(require_token)],
     responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},
@@ -75,7 +76,7 @@ def submit_job(body: JobRequest, response: Response, jobs: JobManager = Depends(
         raise ApiError(422, str(error), hint="fix the request's settings and submit again") from None
     except OSError as error:
         raise disk_refused("cannot record the job in its job folder", error) from None
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = f"{API_PREFIX}/jobs/{job.id}"
     return JobCreated(id=job.id)
 
 

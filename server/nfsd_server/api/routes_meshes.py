@@ -20,7 +20,7 @@ from nfsd_server.scene.init_mesh import MeshError
 MeshFormat = Literal[contract.INIT_MESH_FORMATS]  # type: ignore[valid-type]
 
 router = APIRouter(
-    prefix="/v1/meshes",
+    prefix=f"{contract.API_PREFIX}/meshes",
     tags=["meshes"],
     dependencies=[Depends(require_token)],
     responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},

@@ -9,14 +9,14 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from nfsd_contract import BUNDLED_MODEL_LABELS, DEFAULT_MODEL
+from nfsd_contract import API_PREFIX, BUNDLED_MODEL_LABELS, DEFAULT_MODEL
 from nfsd_server.api.auth import require_token
 from nfsd_server.api.schemas import ErrorBody
 from nfsd_server.guidance.stable_diffusion import TAESD_MODEL, TAESD_SUBFOLDER
 from nfsd_server.model_source import BUNDLED_MODELS
 
 router = APIRouter(
-    prefix="/v1",
+    prefix=API_PREFIX,
     tags=["models"],
     dependencies=[Depends(require_token)],
     responses={401: {"model": ErrorBody, "description": "Missing or wrong bearer token"}},

@@ -58,7 +58,7 @@ def resolve_dtypes(name: str, device: torch.device | str) -> ComponentDtypes:
 def text_encoder_device(device: torch.device | str) -> torch.device:
     """Where the text encoder lives: the CPU when the UNet is on CUDA (seconds once per job for 6 prompts with
     SD 2.1's OpenCLIP-H; 1.27 GiB of VRAM freed: the standard preset's projected peak, from weights + the
-    activations step_cost.py --activation-memory measures, drops from ~7.6 GiB to ~6.4 GiB), else next to the
+    activations benchmarks/activation_memory.py measures, drops from ~7.6 GiB to ~6.4 GiB), else next to the
     UNet (CPU; MPS shares memory anyway)."""
     device = torch.device(device)
     return torch.device("cpu") if device.type == "cuda" else device
