@@ -27,6 +27,7 @@ caption). Last line: ``nfsd_nn=… sds75_nn=… sds100_nn=…`` (the distance to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from nfsd_lab.micro.world import Truth, caption_truths, render_truth
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.score import nfsd_direction, sds_direction, timestep_weight
 from nfsd_server.scene.cameras import make_cameras
+from nfsd_server.train import TrainConfig, timestep_range
 
 GRID = Path(__file__).resolve().parents[1] / "docs" / "distill_2d.png"
 
@@ -94,26 +96,25 @@ def distill(prior, captions: list[str], variant: Variant, seeds: list[int], step
     optimizer = (torch.optim.Adam if optimizer_name == "adam" else torch.optim.SGD)([latents], lr=lr)
     generator = torch.Generator().manual_seed(1234)
     total = prior.num_train_timesteps
-    rows = len(latents)
+    schedule = dataclasses.replace(TrainConfig(), t_min=t_min)  # the trainer's annealed t range
+    # NFSD's negative rows only where its domain term is used: s·δ_C alone needs cond and ∅.
+    embeddings = [cond, null] + ([negative] if variant.method == "nfsd" and variant.domain_term else [])
     for step in range(steps):
-        progress = step / max(1, steps - 1)
-        t_max = 0.98 + (0.5 - 0.98) * progress**0.5  # the trainer's annealing (TrainConfig's defaults)
-        t = torch.randint(int(t_min * total), max(int(t_max * total), int(t_min * total) + 1), (rows,),
-                          generator=generator)
+        t_lo, t_hi = timestep_range(schedule, step / max(1, steps - 1), total)
+        t = torch.randint(t_lo, t_hi, (len(latents),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         alphas = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = alphas.sqrt() * latents.detach() + (1 - alphas).sqrt() * noise
         with torch.no_grad():
+            eps = prior._denoise(torch.cat([noisy] * len(embeddings)), t.repeat(len(embeddings)),
+                                 torch.cat(embeddings)).chunk(len(embeddings))
             if variant.method == "sds":
-                eps_cond, eps_null = prior._denoise(torch.cat([noisy] * 2), t.repeat(2), torch.cat([cond, null])).chunk(2)
-                direction = sds_direction(eps_cond, eps_null, noise, variant.guidance)
+                direction = sds_direction(eps[0], eps[1], noise, variant.guidance)
+            elif not variant.domain_term:
+                direction = variant.guidance * (eps[0] - eps[1])
             else:
-                eps_cond, eps_null, eps_neg = prior._denoise(torch.cat([noisy] * 3), t.repeat(3),
-                                                             torch.cat([cond, null, negative])).chunk(3)
                 t_rule = t if variant.small_t_rule else torch.full_like(t, total - 1)
-                direction = nfsd_direction(eps_cond, eps_null, eps_neg, t_rule, variant.guidance)
-                if not variant.domain_term:
-                    direction = variant.guidance * (eps_cond - eps_null)
+                direction = nfsd_direction(eps[0], eps[1], eps[2], t_rule, variant.guidance)
         optimizer.zero_grad()
         latents.grad = timestep_weight(prior.alphas_cumprod, t) * direction
         optimizer.step()

@@ -112,7 +112,7 @@ class Client:
         try:
             return json.loads(raw)["id"]
         except (ValueError, KeyError, TypeError):
-            raise BackendError("The server sent a reply without a mesh id for /v1/meshes") from None
+            raise BackendError(f"The server sent a reply without a mesh id for {API_PREFIX}/meshes") from None
 
     def submit(self, request: dict) -> str:
         return self._json("POST", "/jobs", request)["id"]
@@ -140,7 +140,7 @@ class Client:
         """``GET /v1/models/downloads``: the server's model downloads (state, bytes done of total)."""
         reply = self._json("GET", "/models/downloads")
         if not isinstance(reply, dict) or not isinstance(reply.get("downloads"), list):
-            raise BackendError("The server sent no download list for /v1/models/downloads",
+            raise BackendError(f"The server sent no download list for {API_PREFIX}/models/downloads",
                                "update the backend (Install Backend in the add-on preferences)")
         return reply["downloads"]
 
