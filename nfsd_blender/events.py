@@ -1,7 +1,7 @@
 """What the worker threads tell Blender's main thread (no bpy): one small frozen record per kind of news.
 
 ``jobs`` puts them on ``jobs.EVENTS``; ``session.poll_timer`` takes them off on the main thread and applies each
-with the handler ``session.HANDLERS`` names for its class. A ``JobEvent`` is about one job, whose history entry
+with the handler ``handlers.HANDLERS`` names for its class. A ``JobEvent`` is about one job, whose history entry
 the handler gets along with it.
 """
 
@@ -83,9 +83,12 @@ class JobEvent:
 
 @dataclass(frozen=True)
 class Submitted(JobEvent):
-    """The server accepted ``request`` (a POST /v1/jobs body) as ``job_id``."""
+    """The server accepted ``request`` (a POST /v1/jobs body) as ``job_id``: variation ``variation`` of its batch,
+    to be placed on the object named ``place_on`` ('': at the cursor)."""
 
     request: dict
+    variation: int = 0
+    place_on: str = ""
 
 
 @dataclass(frozen=True)

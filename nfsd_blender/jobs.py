@@ -134,14 +134,15 @@ class DownloadWorker(threading.Thread):
 class JobWorker(threading.Thread):
     """Submits ``requests`` (the server queues them: variations run one after another) and polls each to the end.
 
-    With ``resume`` (job ids) it submits nothing and follows jobs a saved scene was waiting on.
+    With ``resume`` (job ids) it submits nothing and follows jobs a saved scene was waiting on. ``place_on`` names
+    the object the results go onto ('': the cursor); it travels in each job's record, never back to this thread.
     """
 
     def __init__(self, settings: Settings, requests: list[dict], events: queue.Queue = EVENTS,
-                 resume: list[str] | None = None):
+                 resume: list[str] | None = None, place_on: str = ""):
         super().__init__(daemon=True)
         self.settings, self.requests, self.events = settings, list(requests), events
-        self.resume = list(resume or [])
+        self.resume, self.place_on = list(resume or []), place_on
         self.cancel_event = threading.Event()
         self.stop_event = threading.Event()
         self.job_id: str | None = None
@@ -157,12 +158,12 @@ class JobWorker(threading.Thread):
                 pass
             if self.requests and not self._announce_model(client):
                 return
-            for request in self.requests:
+            for variation, request in enumerate(self.requests):
                 if self.cancel_event.is_set():
                     break
                 self.job_id = client.submit(request)
                 self.job_ids.append(self.job_id)
-                self.events.put(Submitted(self.job_id, request))
+                self.events.put(Submitted(self.job_id, request, variation, self.place_on))
             self.job_ids += self.resume
             for job_id in list(self.job_ids):
                 self.job_id = job_id

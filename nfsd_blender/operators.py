@@ -8,7 +8,7 @@ import subprocess
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from . import contract, session
+from . import contract, placement, session, state
 from .jobs import glb_problem, not_downloaded
 from .backend import BACKEND
 from .preferences import get_prefs, install_log, output_dir, python_path
@@ -22,7 +22,7 @@ class WhenIdle:
 
     @classmethod
     def poll(cls, context):
-        if session.busy():
+        if state.busy():
             cls.poll_message_set(BUSY_MESSAGE)
             return False
         return True
@@ -56,7 +56,7 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
 
 def refuse(operator, props, message) -> set:
     """An operator's early exit: the reason in the panel and the status bar."""
-    session.set_error(props, message)
+    state.set_error(props, message)
     operator.report({"ERROR"}, message)
     return {"CANCELLED"}
 
@@ -68,7 +68,7 @@ class NFSD_OT_download_model(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if session.downloading():
+        if state.downloading():
             cls.poll_message_set("A download is running")
             return False
         return True
@@ -87,7 +87,7 @@ class NFSD_OT_cancel_download(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return session.downloading()
+        return state.downloading()
 
     def execute(self, context):
         session.cancel_download()
@@ -101,7 +101,7 @@ class NFSD_OT_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return session.busy()
+        return state.busy()
 
     def execute(self, context):
         session.cancel(context.scene.nfsd)
@@ -170,7 +170,7 @@ class NFSD_OT_set_model(bpy.types.Operator):
     def execute(self, context):
         props = context.scene.nfsd
         props.prior, props.model = self.prior, self.model
-        if not session.busy():  # the last refusal or failure was about the model before
+        if not state.busy():  # the last refusal or failure was about the model before
             props.error = props.error_details = ""
         return {"FINISHED"}
 
@@ -219,7 +219,7 @@ class NFSD_OT_install_backend(WhenIdle, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if session.install_running() is not None:
+        if state.install_running() is not None:
             cls.poll_message_set("The backend is being installed")
             return False
         return super().poll(context)
@@ -239,10 +239,10 @@ class NFSD_OT_cancel_install(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return session.install_running() is not None
+        return state.install_running() is not None
 
     def execute(self, context):
-        session.current.install.cancel_event.set()
+        state.current.install.cancel_event.set()
         return {"FINISHED"}
 
 
@@ -297,7 +297,7 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
             return {"CANCELLED"}
         downloaded = item.glb_path and os.path.isfile(bpy.path.abspath(item.glb_path))
         if item.state == "done" and item.job_id and not (downloaded and _whole_glb(item.glb_path)):
-            if session.busy():
+            if state.busy():
                 self.report({"ERROR"}, BUSY_MESSAGE)
                 return {"CANCELLED"}
             session.fetch_again(context, item)  # missing or broken: the server still has the result
@@ -307,9 +307,9 @@ class NFSD_OT_history_reimport(bpy.types.Operator):
             self.report({"ERROR"}, "No downloaded result for this entry")
             return {"CANCELLED"}
         try:
-            session.import_item(context, item)
+            placement.place(placement.import_item(context, item), item)
         except Exception as err:  # noqa: BLE001  (one line, not the importer's traceback)
-            session.import_failed(context.scene.nfsd, err)
+            placement.import_failed(context.scene.nfsd, err)
             self.report({"ERROR"}, context.scene.nfsd.error)
             return {"CANCELLED"}
         return {"FINISHED"}

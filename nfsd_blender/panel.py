@@ -5,11 +5,12 @@ import time
 
 import bpy
 
-from . import contract, jobs, progress, session
+from . import contract, jobs, progress, session, state
 from .backend import BACKEND
 from .preferences import get_prefs, python_path
 from .properties import build_request
-from .session import PREVIEW_IMAGE, busy
+from .handlers import PREVIEW_IMAGE, server_status_text
+from .state import busy
 
 ANALYTIC = {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
             "cached": True}
@@ -20,7 +21,7 @@ OFFLINE_MODELS = [ANALYTIC, *({"id": name, "label": label, "prior": "stable-diff
 
 def model_label(entry) -> str:
     """The Model menu's line: downloaded (its size), downloading (percent), or what a download weighs."""
-    running = session.download_of(entry.get("model"))
+    running = state.download_of(entry.get("model"))
     if running and running.get("state") in ("planning", "running") and not entry.get("cached"):
         return f"{entry['label']} ({progress.download(running)[0]})"
     size = progress.format_size(entry.get("size_bytes") if entry.get("cached") else entry.get("download_bytes"))
@@ -33,7 +34,7 @@ def current_model(props):
     """The /v1/models entry the form points at, or None for 'the preferences' default'."""
     if not props.prior and not props.model:
         return None
-    for entry in session.current.models or OFFLINE_MODELS:
+    for entry in state.current.models or OFFLINE_MODELS:
         if entry.get("prior") == props.prior and (entry.get("model") or "") == props.model:
             return entry
     return {"label": props.model or props.prior, "prior": props.prior, "model": props.model, "cached": True}
@@ -47,7 +48,7 @@ class NFSD_MT_models(bpy.types.Menu):
         layout = self.layout
         op = layout.operator("nfsd.set_model", text="Preferences' default")
         op.prior, op.model = "", ""
-        for entry in session.current.models or OFFLINE_MODELS:
+        for entry in state.current.models or OFFLINE_MODELS:
             op = layout.operator("nfsd.set_model", text=model_label(entry),
                                  icon="CHECKMARK" if entry.get("cached") else "IMPORT")
             op.prior, op.model = entry.get("prior") or "", entry.get("model") or ""
@@ -69,7 +70,7 @@ class NFSD_UL_history(bpy.types.UIList):
 
 def _thumbnail(path) -> int:
     """The icon id of a history entry's last preview (0 when there is none)."""
-    pcoll = session.current.thumbs
+    pcoll = state.current.thumbs
     if pcoll is None or not path:
         return 0
     path = bpy.path.abspath(path)
@@ -84,7 +85,7 @@ def draw_backend(layout, context):
     """Status line (booting / ready on CUDA / stopped / remote), the output folder, and the first-run help."""
     prefs = get_prefs(context)
     row = layout.row(align=True)
-    row.label(text=session.server_status_text(), icon="NETWORK_DRIVE" if prefs.mode == "REMOTE" else "CONSOLE")
+    row.label(text=server_status_text(), icon="NETWORK_DRIVE" if prefs.mode == "REMOTE" else "CONSOLE")
     row.operator("nfsd.check_health", text="", icon="FILE_REFRESH")
     row.operator("nfsd.open_output", text="", icon="FILE_FOLDER")
     if prefs.mode == "LOCAL" and not BACKEND.running and not python_path(prefs):
@@ -93,7 +94,7 @@ def draw_backend(layout, context):
         row = box.row(align=True)
         row.operator("nfsd.pick_python", text="Pick its Python…", icon="FILEBROWSER")
         row.operator("nfsd.install_backend", icon="IMPORT")
-        running = session.install_running()
+        running = state.install_running()
         if running is not None:
             box.label(text=f"{running.progress_text} ({running.fraction:.0%}; details in the add-on preferences)")
 
@@ -138,8 +139,8 @@ def model_notice(context, props) -> str:
 
 
 def draw_model_notice(layout, context, props):
-    if session.downloading() or any(d.get("state") in ("planning", "running") for d in session.current.downloads):
-        running = next((d for d in session.current.downloads if d.get("state") in ("planning", "running")), None)
+    if state.downloading() or any(d.get("state") in ("planning", "running") for d in state.current.downloads):
+        running = next((d for d in state.current.downloads if d.get("state") in ("planning", "running")), None)
         if running is not None:
             text, frac = progress.download(running)
             text = f"{running['model']}: {text}"
@@ -147,7 +148,7 @@ def draw_model_notice(layout, context, props):
                 layout.progress(factor=frac, text=text)
             else:
                 layout.label(text=text)
-        if session.downloading():
+        if state.downloading():
             layout.operator("nfsd.cancel_download", icon="CANCEL")
         return
     notice = model_notice(context, props)
@@ -163,14 +164,14 @@ def draw_model_notice(layout, context, props):
 def taesd_notice(context, props) -> str:
     """One line when the job the form would submit fetches TAESD first (the server said it has none), else ''."""
     request = build_request(props, get_prefs(context))
-    entry = jobs.find_model(session.current.models, request["prior"], request["model"] or "")
+    entry = jobs.find_model(state.current.models, request["prior"], request["model"] or "")
     if not jobs.downloads_taesd(entry, request, request["prior"]):
         return ""
     return f"First job downloads TAESD ({progress.format_size(contract.TAESD_DOWNLOAD_BYTES)})"
 
 
 def progress_text(props):
-    started = session.current.export_started
+    started = state.current.export_started
     elapsed = time.monotonic() - started if started is not None and props.job_state == "exporting" else None
     download = contract.TAESD_DOWNLOAD_BYTES if props.job_download_taesd else 0  # the model itself: Download first
     return progress.phase(

@@ -5,7 +5,7 @@ import os
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import backend, contract, installer, jobs, progress
+from . import backend, contract, installer, jobs, progress, state
 
 
 def _default_data_dir() -> str:
@@ -111,9 +111,7 @@ class NFSD_Preferences(bpy.types.AddonPreferences):
 
 def draw_install(layout, prefs):
     """Install Backend: the button, which torch build and why, then phase · MB with Cancel, and the log."""
-    from . import session  # registers after this module
-
-    running = session.install_running()
+    running = state.install_running()
     if running is not None:
         if hasattr(layout, "progress"):
             layout.progress(factor=running.fraction, text=running.progress_text)

@@ -72,6 +72,8 @@ def _one_job(state, step, total, eta_s, queue_position, client_phase, download_b
     if state == "exporting":
         took = format_duration(elapsed_s)
         return "exporting mesh and texture" + (f" · {took}" if took else ""), 1.0
+    if state == "fetching":  # the server is done; its result is on the way here
+        return "downloading result…", 1.0
     if state == "starting":  # the job has not reached the server yet
         return "sending the job to the server…", 0.0
     return state or "starting", frac

@@ -47,6 +47,9 @@ NFSD_HistoryItem = type("NFSD_HistoryItem", (bpy.types.PropertyGroup,), {
         "error": StringProperty(),
         "glb_path": StringProperty(subtype="FILE_PATH"),
         "preview_path": StringProperty(subtype="FILE_PATH"),
+        # where the result goes (placement.py): onto this object, else at the cursor beside the batch's first
+        "place_on": StringProperty(),
+        "variation": IntProperty(min=0),
     },
 })
 

@@ -6,10 +6,9 @@ kept and only its texture is generated (on its UVs, or xatlas's when it has none
 """
 
 import bpy
-from mathutils import Matrix
 from bpy.props import EnumProperty, FloatProperty, PointerProperty
 
-from . import contract, jobs, operators, panel, session
+from . import contract, jobs, operators, panel, session, state
 from .client import BackendError
 from .events import Error
 from .preferences import get_prefs, settings_from_prefs
@@ -52,11 +51,11 @@ def world_mesh_obj(context, obj) -> bytes:
 
 
 class SelectionJobWorker(jobs.JobWorker):
-    """Uploads the mesh first, then runs the job as usual; places the imported result on the main thread."""
+    """Uploads the mesh first, then runs the job as usual; its result goes onto ``place_on`` (placement.py)."""
 
-    def __init__(self, settings, request, mesh_obj: bytes, source_name: str, mode: str):
-        super().__init__(settings, [request])
-        self.mesh_obj, self.source_name, self.mode = mesh_obj, source_name, mode
+    def __init__(self, settings, request, mesh_obj: bytes, source_name: str):
+        super().__init__(settings, [request], place_on=source_name)
+        self.mesh_obj = mesh_obj
 
     def run(self) -> None:
         try:
@@ -66,20 +65,6 @@ class SelectionJobWorker(jobs.JobWorker):
             self.events.put(Error(None, str(err)))
             return
         super().run()
-
-    def on_imported(self, context, result) -> None:
-        """Main thread: the result's geometry is in world space; give it the source's transform instead."""
-        source = bpy.data.objects.get(self.source_name)
-        result["nfsd_source_object"] = self.source_name
-        result["nfsd_mode"] = self.mode.lower()
-        if source is None:  # deleted while the job ran: leave the result where the world coordinates put it
-            result.matrix_world = Matrix.Identity(4)
-            return
-        result.matrix_world = Matrix.Identity(4)
-        result.data.transform(source.matrix_world.inverted())
-        result.matrix_world = source.matrix_world.copy()
-        source.hide_set(True)
-        source.hide_render = True
 
 
 def active_mesh(context):
@@ -95,7 +80,7 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return active_mesh(context) is not None and not session.busy()
+        return active_mesh(context) is not None and not state.busy()
 
     def execute(self, context):
         props, chosen = context.scene.nfsd, context.scene.nfsd_selection
@@ -109,7 +94,7 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
         request = build_request(
             props, get_prefs(context), shape_strength=chosen.strength, keep_geometry=chosen.mode == "TEXTURE"
         )
-        worker = SelectionJobWorker(settings_from_prefs(context), request, data, obj.name, chosen.mode)
+        worker = SelectionJobWorker(settings_from_prefs(context), request, data, obj.name)
         session.start_job(context, [request], worker=worker)
         return {"FINISHED"}
 
@@ -129,7 +114,7 @@ class NFSD_PT_selection(panel.SidebarPanel, bpy.types.Panel):
         obj = context.active_object
         chosen = context.scene.nfsd_selection
         layout = self.layout
-        layout.enabled = not session.busy()
+        layout.enabled = not state.busy()
         layout.label(text=obj.name if obj is not None else "(no mesh selected)", icon="MESH_DATA")
         layout.row().prop(chosen, "mode", expand=True)
         if chosen.mode == "SHAPE":

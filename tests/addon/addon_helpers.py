@@ -20,7 +20,7 @@ PKG = "bl_ext.user_default.nfsd_blender"
 
 # The start of a script run as `python -c` in a fresh process: the zip in argv[1] installed and enabled in headless
 # bpy with no source checkout importable (the venv's editable install dropped: a finder, or a path entry holding
-# the contract); `pkg`, `prefs` and `session` defined.
+# the contract); `pkg`, `prefs`, `session` and `state` defined.
 FROM_THE_ZIP_ALONE = textwrap.dedent("""
     import json, os, sys, importlib.util, time
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
@@ -30,7 +30,7 @@ FROM_THE_ZIP_ALONE = textwrap.dedent("""
     assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
                                                     enable_on_install=True) == {"FINISHED"}
     pkg = "bl_ext.user_default.nfsd_blender"
-    session = sys.modules[pkg + ".session"]
+    session, state = sys.modules[pkg + ".session"], sys.modules[pkg + ".state"]
     prefs = bpy.context.preferences.addons[pkg].preferences
 """)
 
@@ -99,13 +99,13 @@ class Busy:
 
     def __enter__(self):
         self.thread.start()
-        addon_module("session").current.worker = self.thread
+        addon_module("state").current.worker = self.thread
         return self
 
     def __exit__(self, *exc):
         self.event.set()
         self.thread.join()
-        addon_module("session").current.worker = None
+        addon_module("state").current.worker = None
 
 
 def resolved(**request):

@@ -43,7 +43,7 @@ def props(prefs):
 def _reset(prefs):
     import bpy
 
-    current = addon_module("session").current
+    current = addon_module("state").current
     if current.worker is not None:
         current.worker.stop_event.set()
         current.worker.join(10)

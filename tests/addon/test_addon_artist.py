@@ -33,7 +33,7 @@ FIRST_RUN = FROM_THE_ZIP_ALONE + textwrap.dedent("""
             break
         time.sleep(0.1)
     bpy.ops.nfsd.cancel()
-    while time.monotonic() < deadline and session.busy():
+    while time.monotonic() < deadline and state.busy():
         session.poll_timer()
         time.sleep(0.1)
     session.poll_timer()
@@ -143,13 +143,14 @@ def test_5_import_failure_is_one_line_in_history_and_nothing_left(props, tmp_pat
 
 
 def test_6_check_server_timer_stops(props, prefs):
+    state = addon_module("state")
     session = addon_module("session")
     for _ in range(20):  # the race needed the worker to answer before the flag was set: try it many times
         assert bpy.ops.nfsd.check_health() == {"FINISHED"}
         for _ in range(100):
             if session.poll_timer() is None:
                 break
-            session.current.info.join(1)
+            state.current.info.join(1)
         else:
             raise AssertionError("the timer kept running after Check Server answered")
     assert prefs.status == "Backend: stopped (starts on Generate)"
@@ -159,6 +160,7 @@ def test_6_check_server_timer_stops(props, prefs):
 
 
 def test_4_generate_while_start_backend_boots_spawns_one_backend(props, prefs, tmp_path):
+    state = addon_module("state")
     session, backend = addon_module("session"), addon_module("backend").BACKEND
     spawns = tmp_path / "spawns"
     prefs.python_path = str(executable(tmp_path / "python", f"""#!/bin/sh
@@ -170,7 +172,7 @@ cat > /dev/null
     props.prompt = "a red ball"
     assert bpy.ops.nfsd.start_backend() == {"FINISHED"}
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
-    pump(lambda: not session.busy() and not session.current.info.is_alive(), 30, "start and generate to finish")
+    pump(lambda: not state.busy() and not state.current.info.is_alive(), 30, "start and generate to finish")
     pids = [int(line) for line in spawns.read_text().split()]
     assert len(pids) == 1 and backend.running
     assert props.job_state == "error" and "Cannot reach the server at http://127.0.0.1:1" in props.error
@@ -190,7 +192,7 @@ def _before_generate(log):
 
 def test_2_before_the_server_answers_the_menu_offers_both_offline_models(props):
     build_request = addon_module("properties").build_request
-    addon_module("session").current.models = None
+    addon_module("state").current.models = None
     menu = ui_recorder.draw(bpy.types.NFSD_MT_models)
     assert [e[2] for e in menu if e[0] == "operator"] == [
         "Preferences' default", "Analytic (offline test shapes)", "Micro demo model (bundled, offline)", None]
@@ -202,7 +204,7 @@ def test_2_before_the_server_answers_the_menu_offers_both_offline_models(props):
 
 def test_2_model_picker_shows_what_needs_a_download(props):
     build_request = addon_module("properties").build_request
-    addon_module("session").current.models = [
+    addon_module("state").current.models = [
         {"id": "analytic", "label": "Analytic (offline test shapes)", "prior": "analytic", "model": None,
          "cached": True, "size_bytes": 0, "download_bytes": None},
         {"id": "org/big", "label": "org/big", "prior": "stable-diffusion", "model": "org/big", "cached": False,
@@ -229,7 +231,7 @@ def test_2_model_picker_shows_what_needs_a_download(props):
 
 def test_2_rgb_encoder_choice_is_sent_and_a_taesd_download_is_announced(props, prefs):
     build_request, contract = addon_module("properties").build_request, addon_module("contract")
-    current = addon_module("session").current
+    current = addon_module("state").current
     items = prefs.bl_rna.properties["encoder"].enum_items
     assert [item.identifier for item in items] == list(contract.ENCODERS)
     assert [item.name for item in items] == ["Auto", "VAE", "TAESD"]
@@ -261,12 +263,13 @@ def test_2_rgb_encoder_choice_is_sent_and_a_taesd_download_is_announced(props, p
 def test_2_a_first_generate_on_a_model_the_server_lacks_offers_the_download_in_one_sentence(props, fake_server):
     """Before the model list is known Generate cannot refuse; the worker asks first, submits nothing, and the panel
     says what Generate says once the list is known, with Download beside it."""
+    state = addon_module("state")
     session = addon_module("session")
     props.prompt = "a red ball"
     bpy.ops.nfsd.set_model(prior="stable-diffusion", model="org/big")
-    assert not session.current.models
+    assert not state.current.models
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
-    pump(lambda: not session.busy() and props.error, 10, "the refusal")
+    pump(lambda: not state.busy() and props.error, 10, "the refusal")
     assert props.error == "org/big is not downloaded yet: press Download above Generate"
     assert fake_server.posted == [] and props.job_state == "" and len(props.history) == 0
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
@@ -288,13 +291,14 @@ def test_2_a_failed_jobs_error_is_the_servers_own_line(props, fake_server):
 
 
 def test_variations_submit_one_job_per_seed(props, fake_server):
+    state = addon_module("state")
     props.prompt, props.seed, props.variations = "a red ball", 41, 3
     bpy.ops.nfsd.set_model(prior="analytic", model="")  # the fake server's default model is not downloaded
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert ("operator", "nfsd.generate", "Generate 3 Variations", True) in log
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
     session = addon_module("session")
-    pump(lambda: not session.busy() and len(props.history) == 3 and props.history[-1].state == "failed", 20,
+    pump(lambda: not state.busy() and len(props.history) == 3 and props.history[-1].state == "failed", 20,
          "three failed variations")
     assert [body["seed"] for body in fake_server.posted] == [41, 42, 43]
     assert [item.job_id for item in props.history] == ["j1", "j2", "j3"]

@@ -40,7 +40,7 @@ def test_health_needs_no_token(url):
 
 
 def test_a_refused_token_has_one_wording_whatever_the_server_says(url):
-    """Every 401 (and health's authenticated: false, in session.token_problem) reads the same, one action."""
+    """Every 401 (and health's authenticated: false, in handlers.token_problem) reads the same, one action."""
     with pytest.raises(BackendError) as err:
         Client(url, "wrong").status("abc")
     assert err.value.status == 401 and err.value.hint is None

@@ -80,22 +80,23 @@ def server(prefs):
 
 
 def test_the_default_model_says_it_is_missing_and_generate_offers_the_download(props, prefs, server):
+    state = addon_module("state")
     session = addon_module("session")
     props.prompt = "a hamburger"
     # Nobody asked the server yet: the panel says so instead of implying the model is there.
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == [
         f"Refresh Models to see whether {SD} is downloaded"]
     assert bpy.ops.nfsd.refresh_models() == {"FINISHED"}
-    pump(lambda: session.current.models, 10, "the model list")
+    pump(lambda: state.current.models, 10, "the model list")
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert _before_generate(log) == [f"{SD} is not downloaded (5.2 GB)"]
     assert any(e[:2] == ("operator", "nfsd.download_model") for e in log)
     with pytest.raises(RuntimeError, match="is not downloaded yet: press Download above Generate"):
         bpy.ops.nfsd.generate()
-    assert not session.busy()
+    assert not state.busy()
 
     assert bpy.ops.nfsd.download_model() == {"FINISHED"}
-    pump(lambda: (session.download_of(SD) or {}).get("state") == "running", 10, "the download to run")
+    pump(lambda: (state.download_of(SD) or {}).get("state") == "running", 10, "the download to run")
     assert server.posted == [SD]
     menu = [e[2] for e in ui_recorder.draw(bpy.types.NFSD_MT_models) if e[0] == "operator"]
     assert f"{SD} (downloading 41% of 4.9 GB)" in menu
@@ -103,17 +104,18 @@ def test_the_default_model_says_it_is_missing_and_generate_offers_the_download(p
     assert ("progress", f"{SD}: downloading 41% of 4.9 GB", pytest.approx(2 / 4.861, abs=1e-3)) in main
     assert any(e[:2] == ("operator", "nfsd.cancel_download") for e in main)
     server.release.set()
-    pump(lambda: not session.downloading(), 10, "the download to finish")
-    assert session.current.models[0]["cached"] is True
+    pump(lambda: not state.downloading(), 10, "the download to finish")
+    assert state.current.models[0]["cached"] is True
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == []
 
 
 def test_cancel_download_tells_the_server(props, prefs, server):
+    state = addon_module("state")
     session = addon_module("session")
-    session.current.models = [server.entry()]
+    state.current.models = [server.entry()]
     assert bpy.ops.nfsd.download_model() == {"FINISHED"}
-    pump(lambda: (session.download_of(SD) or {}).get("state") == "running", 10, "the download to run")
+    pump(lambda: (state.download_of(SD) or {}).get("state") == "running", 10, "the download to run")
     assert bpy.ops.nfsd.cancel_download() == {"FINISHED"}
-    pump(lambda: not session.downloading(), 10, "the cancel")
-    assert server.deleted == 1 and session.download_of(SD)["state"] == "cancelled"
+    pump(lambda: not state.downloading(), 10, "the cancel")
+    assert server.deleted == 1 and state.download_of(SD)["state"] == "cancelled"
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == [f"{SD} is not downloaded (5.2 GB)"]

@@ -51,8 +51,8 @@ INSTALL_RUN = FROM_THE_ZIP_ALONE + textwrap.dedent("""
 
     def install():
         assert bpy.ops.nfsd.install_backend() == {"FINISHED"}
-        pump(lambda: session.install_running() is None, 240)
-        return {"phase": session.current.install.phase, "state": session.current.install.state,
+        pump(lambda: state.install_running() is None, 240)
+        return {"phase": state.current.install.phase, "state": state.current.install.state,
                 "python": prefs.python_path, "status": prefs.install_status, "error": props.error}
 
     first = install()
@@ -63,7 +63,7 @@ INSTALL_RUN = FROM_THE_ZIP_ALONE + textwrap.dedent("""
     pump(lambda: props.job_state in ("error", "failed") or props.job_state == "running" and props.job_step > 0, 120)
     trained = props.job_step
     bpy.ops.nfsd.cancel()
-    pump(lambda: not session.busy(), 60)
+    pump(lambda: not state.busy(), 60)
     print(json.dumps({"first": first, "again": again, "trained": trained, "state": props.job_state,
                       "error": props.error}))
     bpy.ops.preferences.addon_disable(module=pkg)

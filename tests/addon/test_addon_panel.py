@@ -52,6 +52,7 @@ def _job_fields(item) -> dict:
 
 
 def test_7_history_holds_the_job_as_the_server_runs_it_and_reruns_it(props, prefs, fake_server):
+    state = addon_module("state")
     session, events, queued = addon_module("session"), addon_module("events"), addon_module("jobs").EVENTS
     contract = addon_module("contract")
     request = contract.job_request("a red ball", seed=5, prior="analytic", method="sds")
@@ -70,7 +71,7 @@ def test_7_history_holds_the_job_as_the_server_runs_it_and_reruns_it(props, pref
     item.init_mesh, item.keep_geometry = "mesh-1", True
     props.history_index = 0
     assert bpy.ops.nfsd.history_rerun() == {"FINISHED"}
-    pump(lambda: not session.busy(), 20, "the re-run")
+    pump(lambda: not state.busy(), 20, "the re-run")
     assert fake_server.posted == [{**echo, "dtype": prefs.dtype, "encoder": contract.DEFAULT_ENCODER,
                                    "shape_strength": None}]
 
@@ -185,7 +186,7 @@ def test_every_draw_runs_in_every_state(props, prefs, state, busy, tmp_path):
     image.filepath_raw, image.file_format = str(preview), "PNG"
     image.save()
     item.preview_path = str(preview) if state == "running" else ""
-    addon_module("session").current.models = [] if state == "" else [
+    addon_module("state").current.models = [] if state == "" else [
         {"id": "org/big", "label": "org/big", "prior": "stable-diffusion", "model": "org/big", "cached": False,
          "download_bytes": 5_160_000_000}]
     for mode in ("LOCAL", "REMOTE"):
@@ -223,6 +224,7 @@ def test_status_line_says_where_the_backend_runs(props, prefs, fake_server):
 
 
 def test_history_thumbnail_delete_and_clear(props, tmp_path):
+    state = addon_module("state")
     session = addon_module("session")
     png = tmp_path / "h1_preview.png"
     image = bpy.data.images.new("h1 preview", 8, 8)
@@ -237,7 +239,7 @@ def test_history_thumbnail_delete_and_clear(props, tmp_path):
     assert first[0][:2] == ("label", "prompt h1")
     assert props.history[0].preview_path == str(png)
     # drawing loaded the thumbnail (headless Blender has no icons, so its icon_id is 0 and a mesh icon shows)
-    assert tuple(session.current.thumbs[str(png)].image_size) == (8, 8)
+    assert tuple(state.current.thumbs[str(png)].image_size) == (8, 8)
     props.history_index = 1
     assert bpy.ops.nfsd.history_delete() == {"FINISHED"}
     assert [item.job_id for item in props.history] == ["h1", "h3"]
