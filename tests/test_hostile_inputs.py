@@ -136,7 +136,7 @@ class _Killed(Exception):
 def test_farm_workers_checkpoint_by_time_so_a_kill_loses_little(tmp_path, monkeypatch):
     from nfsd_server.checkpoints import read_checkpoint_info
     from nfsd_server.farm import WORKER_TRAIN_CONFIG, worker_generate
-    from nfsd_server.farm.batch_command import LocalExecutor
+    from nfsd_server.farm.batch_command import local_executor
     from nfsd_server.guidance.registry import load_prior
     from nfsd_server.train import CHECKPOINT_NAME, Callbacks, TrainConfig, train
 
@@ -152,6 +152,6 @@ def test_farm_workers_checkpoint_by_time_so_a_kill_loses_little(tmp_path, monkey
     assert read_checkpoint_info(tmp_path / CHECKPOINT_NAME)["step"] == 1
 
     passed = {}
-    monkeypatch.setattr("nfsd_server.farm.batch_command.run_job", lambda *a, **k: passed.update(k))
-    LocalExecutor("cpu", load_prior_fn=lambda *a, **k: None).run(spec, tmp_path, Callbacks())
+    monkeypatch.setattr("nfsd_server.pipeline.run_job", lambda *a, **k: passed.update(k))
+    local_executor("cpu", load_prior_fn=lambda *a, **k: None).run(spec, tmp_path, Callbacks())
     assert passed["generate"] is worker_generate and WORKER_TRAIN_CONFIG.checkpoint_every_s == 60.0

@@ -16,6 +16,7 @@ from .spec import (
     check_text,
     check_value,
     check_visible,
+    field_applies,
     field_named,
     info,
     job_request,

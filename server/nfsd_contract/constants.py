@@ -62,5 +62,10 @@ MAX_INIT_MESH_BYTES = 50 * 1024 * 1024
 # How strongly the mesh holds the shape, 0 (only the prompt) .. 1 (the mesh's shape, detail from the prompt).
 DEFAULT_SHAPE_STRENGTH = 0.7
 
+# An edit of a finished asset: how far it may move from its source, 0 (not at all) .. 1 (as far as the prompt pulls).
+DEFAULT_EDIT_STRENGTH = 0.5
+# An edit's steps when it names none: this share of its preset's (it starts from a finished asset).
+EDIT_STEPS_FRACTION = 0.25
+
 JOB_STATES = ("queued", "running", "exporting", "done", "failed", "cancelled")
 FINISHED_STATES = frozenset({"done", "failed", "cancelled"})

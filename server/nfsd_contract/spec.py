@@ -16,6 +16,8 @@ from typing import Any
 
 from .constants import (
     DEFAULT_DTYPE,
+    DEFAULT_EDIT_STRENGTH,
+    EDIT_STEPS_FRACTION,
     DEFAULT_ENCODER,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_POLY_BUDGET,
@@ -65,6 +67,8 @@ class FieldInfo:
     decides_result: bool = True
     # Means something only with an init mesh: left out of the metadata and the resume check without one.
     init_mesh_only: bool = False
+    # Means something only in an edit (``edit_of`` set): left out of the metadata without one.
+    edit_only: bool = False
     # What a record or checkpoint from before the field existed ran with, where that is not today's default
     # (the Janus guard was off before it was on by default). None: the default.
     absent_means: Any = None
@@ -100,7 +104,7 @@ class JobSpec:
         minimum=0, maximum=MAX_SEED, nullable=True,
     ))
     steps: int = _field(FieldInfo(
-        "Steps", "training steps; null → the preset's", minimum=1, maximum=MAX_STEPS, nullable=True,
+        "Steps", f"training steps; null → the preset's ({EDIT_STEPS_FRACTION:.0%} of them for an edit)", minimum=1, maximum=MAX_STEPS, nullable=True,
         decides_result=False,
     ))
     preset: str = _field(FieldInfo("Preset", "scale: draft (CPU minutes), standard, high", choices=PRESETS), DEFAULT_PRESET)
@@ -149,6 +153,23 @@ class JobSpec:
         "for objects that look alike from every side",
         absent_means=False,
     ), True)
+    edit_of: str | None = _field(FieldInfo(
+        "Edit Of", "edit a finished asset instead of starting anew: its job id (server) or its checkpoint file "
+        "(CLI); the prompt says what it should become; null → a new asset",
+        min_length=1, max_length=MAX_MODEL_CHARS, nullable=True,
+    ), None)
+    source_prompt: str | None = _field(FieldInfo(
+        "Source Prompt", "what the edited asset shows now; null → its own job's prompt",
+        min_length=1, max_length=MAX_PROMPT_CHARS, nullable=True, edit_only=True,
+    ), None)
+    edit_strength: float = _field(FieldInfo(
+        "Edit Strength", f"0..1, how far an edit may move the asset's shape from its source; null → "
+        f"{DEFAULT_EDIT_STRENGTH:g}", minimum=0, maximum=1, nullable=True, edit_only=True,
+    ), DEFAULT_EDIT_STRENGTH)
+    keep_shape: bool = _field(FieldInfo(
+        "Keep Shape", "an edit changes colour only: the source's geometry is kept exactly (a recolour)",
+        edit_only=True,
+    ), False)
 
     def __post_init__(self) -> None:
         for spec_field in FIELDS:  # an int is a fine float; store it as one, so records and echoes agree
@@ -175,6 +196,12 @@ class JobSpec:
             raise ValueError(f"the analytic prior takes no model, got {self.model!r}")
         if self.keep_geometry and self.init_mesh is None:
             raise ValueError("keep_geometry needs an init_mesh: the geometry to keep and texture")
+        if self.edit_of is not None and self.init_mesh is not None:
+            raise ValueError("an edit starts from its source asset; init_mesh cannot be given with edit_of")
+        if self.edit_of is None and (self.keep_shape or self.source_prompt is not None):
+            raise ValueError("keep_shape and source_prompt belong to an edit; give edit_of (the asset to edit)")
+        if isinstance(self.source_prompt, str):
+            check_visible(self.source_prompt, "the source prompt")
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by name: the job record, the status echo, the checkpoint's settings."""
@@ -192,14 +219,15 @@ class JobSpec:
     def metadata(self) -> dict[str, Any]:
         """What the result records so an artist can reproduce it: every field, the init-mesh ones only when there
         was a mesh, and then its file name, not a path on the server."""
-        values = self.to_dict()
-        if self.init_mesh is None:
-            for spec_field in FIELDS:
-                if info(spec_field).init_mesh_only or spec_field.name == "init_mesh":
-                    del values[spec_field.name]
-        else:
-            values["init_mesh"] = self.init_mesh.replace("\\", "/").rsplit("/", 1)[-1]
+        values = {name: value for name, value in self.to_dict().items() if self.applies(name)}
+        for name in ("init_mesh", "edit_of"):  # a file on the server's disk is named by its file name
+            if values.get(name) is not None:
+                values[name] = values[name].replace("\\", "/").rsplit("/", 1)[-1]
         return values
+
+    def applies(self, name: str) -> bool:
+        """Whether field ``name`` means something for this job (``field_applies``)."""
+        return field_applies(name, init_mesh=self.init_mesh, edit_of=self.edit_of)
 
     def differences(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """(field, saved value, this value) for every field that decides the result and differs from ``saved``
@@ -217,6 +245,15 @@ class JobSpec:
             if saved_value != value:
                 found.append((spec_field.name, saved_value, value))
         return found
+
+
+def field_applies(name: str, *, init_mesh: str | None, edit_of: str | None) -> bool:
+    """Whether field ``name`` means something for a job with this ``init_mesh`` and ``edit_of`` (None or '' for
+    none): the init-mesh fields only with a mesh, the edit fields only in an edit."""
+    field_info = info(name)
+    if (field_info.init_mesh_only or name == "init_mesh") and not init_mesh:
+        return False
+    return not ((field_info.edit_only or name == "edit_of") and not edit_of)
 
 
 def value_when_absent(spec_field: dataclasses.Field) -> Any:
@@ -356,11 +393,20 @@ def resolve_spec(
         "model": (values["model"] or default_model) if prior == "stable-diffusion" else None,
         "guidance_scale": DEFAULT_GUIDANCE_SCALE[values["method"]] if guidance_scale is None else guidance_scale,
         "seed": secrets.randbelow(MAX_SEED + 1) if values["seed"] is None else values["seed"],
-        "steps": PRESET_STEPS[values["preset"]] if values["steps"] is None else values["steps"],
+        "steps": _preset_steps(values["preset"], values["edit_of"] is not None) if values["steps"] is None
+        else values["steps"],
         "encoder": encoder,
         "init_mesh": None if values["init_mesh"] is None else str(values["init_mesh"]),
         "shape_strength": DEFAULT_SHAPE_STRENGTH if values["shape_strength"] is None else values["shape_strength"],
+        "edit_of": None if values["edit_of"] is None else str(values["edit_of"]),
+        "source_prompt": None if values["source_prompt"] is None else strip_spaces(values["source_prompt"]),
+        "edit_strength": DEFAULT_EDIT_STRENGTH if values["edit_strength"] is None else values["edit_strength"],
     })
+
+
+def _preset_steps(preset: str, edit: bool) -> int:
+    steps = PRESET_STEPS[preset]
+    return max(1, round(steps * EDIT_STEPS_FRACTION)) if edit else steps
 
 
 def job_request(prompt: str, **fields: Any) -> dict[str, Any]:

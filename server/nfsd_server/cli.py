@@ -1,4 +1,4 @@
-"""`nfsd` command line: generate, export, serve.
+"""`nfsd` command line: generate, edit, export, serve, batch.
 
 Each subcommand lives next to the code it drives and offers ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only wires them. Bad arguments print one line and exit 2.
@@ -15,6 +15,7 @@ from nfsd_server.errors import UsageError
 
 SUBCOMMANDS = {
     "generate": ("nfsd_server.generate_command", "train a NeRF for a prompt and export a GLB"),
+    "edit": ("nfsd_server.edit_command", "change a finished asset toward a new prompt, from its checkpoint"),
     "export": ("nfsd_server.export.command", "re-export a GLB from a training checkpoint"),
     "serve": ("nfsd_server.api.server", "run the HTTP job server the Blender add-on talks to"),
     "batch": ("nfsd_server.farm.batch_command", "generate every prompt of a file × N seeds, on a Ray cluster or here"),

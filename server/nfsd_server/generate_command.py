@@ -11,6 +11,7 @@ import nfsd_contract as contract
 from nfsd_contract import FIELDS, JobSpec, info, request_default, resolve_spec, value_type
 from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
+from nfsd_server.edit import EditSource, edit_defaults
 from nfsd_server.pipeline import Callbacks, preview_saver, run_generation
 
 # The command line's own defaults: a run on a CPU in minutes, and a seed you can repeat. The add-on's are the
@@ -22,12 +23,20 @@ CLI_PRIOR, CLI_MODEL = "stable-diffusion", "micro"
 assert CLI_MODEL in contract.BUNDLED_MODEL_LABELS, "the CLI's offline default must ship with the backend"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The prompt, one option per job field (derived from the contract's field list), and the run's own."""
+def add_arguments(parser: argparse.ArgumentParser, edit: bool = False) -> None:
+    """The prompt, one option per job field (derived from the contract's field list), and the run's own.
+    ``edit``: `nfsd edit`'s (its source is its first argument; the preset is the source's unless given)."""
     for spec_field in FIELDS:
-        parser.add_argument(*_field_flags(spec_field), **_field_options(spec_field))
+        if edit and spec_field.name == "edit_of":
+            continue
+        options = _field_options(spec_field)
+        if edit and spec_field.name == "preset":
+            options["default"], options["help"] = None, options["help"].split(" (default:")[0] + " (default: the source's)"
+        parser.add_argument(*_field_flags(spec_field), **options)
     parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: cuda when available)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: ./out)")
+    out_help = "output folder (default: the source's folder + '-edit', numbered if taken)" if edit \
+        else "output folder (default: ./out)"
+    parser.add_argument("--out", type=Path, default=None if edit else Path("out"), help=out_help)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
 
@@ -47,11 +56,14 @@ def _field_options(spec_field) -> dict:
     if kind is bool:  # --flag alone is on; --flag on|off says it outright (for a default that is on)
         return {"nargs": "?", "const": True, "default": default, "type": _on_off, "metavar": "on|off",
                 "help": f"{help_text} (default: {'on' if default else 'off'})"}
-    options = {"default": default, "type": Path if spec_field.name == "init_mesh" else kind, "help": help_text}
+    options = {"default": default, "type": Path if spec_field.name in ("init_mesh", "edit_of") else kind,
+               "help": help_text}
     if field_info.choices:
         options["choices"] = field_info.choices
     if default is not None:
         options["help"] += f" (default: {default})"
+    if spec_field.name == "edit_of":
+        options["metavar"] = "CHECKPOINT"
     if spec_field.name == "init_mesh":
         options["metavar"] = "FILE"
         options["help"] += f" ({', '.join(contract.INIT_MESH_FORMATS)}; OBJ/PLY +Z up, GLB +Y up)"
@@ -69,8 +81,11 @@ def _on_off(text: str) -> bool:
 
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
-    """The one validation of the job; its message names the field, shown here as the flag."""
+    """The one validation of the job; its message names the field, shown here as the flag. An edit inherits
+    what its source was made with where the flags say nothing (``edit.edit_defaults``)."""
     request = {spec_field.name: getattr(args, spec_field.name) for spec_field in FIELDS}
+    if request["edit_of"] is not None:
+        request = edit_defaults(edit_source(request["edit_of"]), request)
     try:
         return resolve_spec(**request, default_prior=CLI_PRIOR, default_model=CLI_MODEL)
     except ValueError as error:
@@ -82,6 +97,17 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         raise UsageError(message) from error
 
 
+def edit_source(path) -> "EditSource":
+    """The edit's source checkpoint, read and checked before any model loads."""
+    from nfsd_server.checkpoints import CheckpointError
+    from nfsd_server.edit import EditError, read_edit_source
+
+    try:
+        return read_edit_source(path)
+    except (CheckpointError, EditError) as error:
+        raise UsageError(f"the asset to edit: {error}") from None
+
+
 def check_init_mesh_file(path: str) -> None:
     """Read and check the mesh before any model loads, so a bad file costs a second, not a training run."""
     from nfsd_server.scene.init_mesh import MeshError, load_mesh
@@ -90,6 +116,16 @@ def check_init_mesh_file(path: str) -> None:
         load_mesh(path)
     except MeshError as error:
         raise UsageError(f"--init-mesh: {error}") from error
+
+
+def edit_out_dir(source_checkpoint: Path) -> Path:
+    """``<source folder>-edit``, or ``-edit-2``, ``-edit-3``… where that one exists already."""
+    folder = source_checkpoint.resolve().parent
+    for number in range(1, 1000):
+        candidate = folder.with_name(folder.name + "-edit" + (f"-{number}" if number > 1 else ""))
+        if not candidate.exists():
+            return candidate
+    raise UsageError(f"no free folder beside {str(folder)!r} for the edit; pass --out")
 
 
 def writable_dir(path: Path) -> Path:
@@ -124,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from nfsd_server.checkpoints import CheckpointError
     from nfsd_server.guidance.registry import load_prior
     from nfsd_server.model_source import check_model
+    from nfsd_server.train import CHECKPOINT_NAME
 
     spec = spec_from_args(args)
     try:
@@ -137,15 +174,22 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
     if spec.init_mesh:
         check_init_mesh_file(spec.init_mesh)
-    out_dir = writable_dir(args.out)
+    # An edit's own folder beside its source is made once the prompt is known good (no empty folder is left).
+    out_dir = writable_dir(args.out) if args.out is not None else edit_out_dir(Path(spec.edit_of))
+    if spec.edit_of and (out_dir / CHECKPOINT_NAME).resolve() == Path(spec.edit_of).resolve():
+        raise UsageError(f"--out {str(out_dir)!r} holds the source being edited; an edit never overwrites its "
+                         "source: pick another --out")
     if args.resume:
         check_resumable(out_dir, spec)
     previews = out_dir / "previews"
     try:
         prior = load_prior(spec.prior, spec.model, device, dtype=spec.dtype, encoder=spec.encoder)
         prior.prepare_prompts(spec.prompt, spec.negative_prompt)  # fail on a bad prompt before training
+        if spec.source_prompt is not None:
+            prior.prepare_prompts(spec.source_prompt, spec.negative_prompt)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    out_dir = writable_dir(out_dir)
 
     bar = tqdm(total=spec.steps, desc="training", unit="step")
 

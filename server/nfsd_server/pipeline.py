@@ -2,7 +2,8 @@
 
 ``run_job`` is what every runner calls — the CLI, the server's job runner, the Ray worker and ``nfsd batch``:
 it takes the job's prior from the runner's warm cache, honours a cancel that came during the load, trains and
-exports.
+exports. ``InProcessExecutor`` runs it here for the server and for ``nfsd batch`` without a cluster (a Ray
+cluster is the other executor, ``farm.ray_jobs``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import numpy as np
 from nfsd_contract import JobSpec
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.warm import PriorKey, WarmPriors
+from nfsd_server.job_files import JobFiles
 from nfsd_server.presets import PRESETS
 from nfsd_server.train import Callbacks, GenerationCancelled, TrainConfig, train
 
 __all__ = [
-    "Callbacks", "GenerationCancelled", "GenerationResult", "png_bytes", "preview_saver", "run_generation", "run_job",
+    "Callbacks", "GenerationCancelled", "GenerationResult", "InProcessExecutor", "JobFiles", "png_bytes",
+    "preview_saver", "run_generation", "run_job",
 ]
 
 
@@ -40,7 +43,7 @@ def run_job(
     *,
     device: str,
     resume: bool = False,
-    init_mesh_path: Path | None = None,
+    files: JobFiles = JobFiles(),
     generate: Callable[..., GenerationResult] | None = None,
 ) -> GenerationResult:
     """Load (or reuse) the job's prior on ``device``, then train and export into ``folder``.
@@ -55,7 +58,25 @@ def run_job(
     if callbacks.should_cancel and callbacks.should_cancel():
         raise GenerationCancelled("cancelled while loading the model")
     generate = generate or run_generation
-    return generate(spec, prior, folder, callbacks, resume=resume, init_mesh_path=init_mesh_path)
+    return generate(spec, prior, folder, callbacks, resume=resume, files=files)
+
+
+class InProcessExecutor:
+    """Runs one job at a time in this process, on ``device``, the last priors kept warm in ``priors`` between
+    jobs; ``generate`` (default ``run_generation``) is the train-and-export step."""
+
+    slots = 1
+
+    def __init__(self, device: str, priors: WarmPriors, generate: Callable[..., GenerationResult] | None = None):
+        self.device, self.priors, self._generate = device, priors, generate
+
+    def run(self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
+            files: JobFiles = JobFiles()) -> GenerationResult:
+        return run_job(spec, self.priors, out_dir, callbacks, device=self.device, resume=resume, files=files,
+                       generate=self._generate)
+
+    def close(self) -> None:
+        self.priors.clear()
 
 
 def run_generation(
@@ -65,16 +86,16 @@ def run_generation(
     callbacks: Callbacks | None = None,
     resume: bool = False,
     config: TrainConfig | None = None,
-    init_mesh_path: Path | None = None,
+    files: JobFiles = JobFiles(),
 ) -> GenerationResult:
     """Train, then export ``out_dir/<slug>.glb``. Raises GenerationCancelled if cancelled before the export.
 
-    ``init_mesh_path``: the file ``spec.init_mesh`` names (None → ``spec.init_mesh`` is the path)."""
+    ``files``: what the spec's init mesh and edit source name on this machine (``JobFiles``)."""
     from nfsd_server.export import ExportSettings, export_glb, slugify
 
     callbacks = callbacks or Callbacks()
     out_dir = Path(out_dir)
-    result = train(spec, prior, out_dir, callbacks, resume=resume, config=config, init_mesh_path=init_mesh_path)
+    result = train(spec, prior, out_dir, callbacks, resume=resume, config=config, files=files)
     if callbacks.should_cancel and callbacks.should_cancel():
         raise GenerationCancelled("cancelled before export")
     if callbacks.on_stage:
@@ -86,7 +107,7 @@ def run_generation(
     )
     out_path = out_dir / f"{slugify(spec.prompt)}.glb"
     if spec.init_mesh:
-        mesh_file = init_mesh_path or Path(spec.init_mesh)
+        mesh_file = files.mesh_file(spec)
         report = export_from_init_mesh(
             mesh_file, spec.keep_geometry, result.field, result.metadata, out_path, export_settings
         )

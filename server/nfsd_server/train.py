@@ -1,15 +1,16 @@
-"""The optimisation loop: a NeRF distilled from a diffusion prior with NFSD or SDS.
+"""The optimisation loop: a NeRF distilled from a diffusion prior with NFSD or SDS, or an edit of a finished one
+with DDS (its source rendered alongside, ``edit.py``).
 
 One step: sample cameras → render → encode → add noise at t → prior (one batched call) → direction
 → w(t)-weighted stop-gradient loss → backward into the NeRF → Adam. Everything random comes from one
-CPU generator seeded by the job seed, so the same seed and settings give the same NeRF on CPU.
-Just over 400 lines, kept whole: the schedules, one step and the loop read together; what a checkpoint means for a
-resume or a re-export is ``resume.py``'s.
+CPU generator seeded by the job seed, so the same seed and settings give the same NeRF on CPU. What a checkpoint
+means for a resume or a re-export is ``resume.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +31,8 @@ from nfsd_server.checkpoints import (
     unflatten_optimizer,
     write_checkpoint,
 )
-from nfsd_server.guidance.distillation import make_guidance
+from nfsd_server.edit import EDIT_ANCHOR_WEIGHT, read_edit_source
+from nfsd_server.guidance.distillation import DeltaDenoising, make_guidance
 from nfsd_server.guidance.nonfinite import NonFiniteWatch, nonfinite_hint
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.score import distillation_loss, timestep_weight
@@ -39,6 +41,7 @@ from nfsd_server.scene.cameras import Cameras, OrbitConfig, camera_rays, make_ca
 from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
 from nfsd_server.eta import EtaClock
+from nfsd_server.job_files import JobFiles
 from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
 from nfsd_server.scene.regularisers import orientation_loss, sparsity_loss
 from nfsd_server.resume import check_checkpoint_matches
@@ -97,6 +100,9 @@ class TrainConfig:
     sparsity_weight: float = 1.0
     background: str = "learned"
     orbit: OrbitConfig = field(default_factory=OrbitConfig)
+    # An edit's learning rates are this multiple of a new run's: it starts from a finished asset and has a
+    # quarter of the steps (benchmarks/edit_dds.py measured 1×, 3×, 5×, 10×).
+    edit_lr_scale: float = 3.0
     checkpoint_every: int = 200
     # Also checkpoint once this many seconds passed since the last one (None: by steps only): for workers that
     # may be killed, which would otherwise lose up to checkpoint_every steps.
@@ -190,13 +196,15 @@ class Trainer:
 
     def __init__(
         self, spec: JobSpec, prior: Prior, out_dir: Path | None, config: TrainConfig | None = None,
-        init_mesh_path: Path | None = None, preset: Preset | None = None,
+        files: JobFiles = JobFiles(), preset: Preset | None = None,
     ):
-        """``init_mesh_path``: the file ``spec.init_mesh`` names (a server resolves its mesh id to one); None →
-        ``spec.init_mesh`` is the path itself (the CLI's). ``preset``: None → the spec's preset fitted to the
+        """``files``: what ``spec.init_mesh`` and ``spec.edit_of`` name on this machine (a server resolves its
+        ids to files; the CLI's are the paths themselves). ``preset``: None → the spec's preset fitted to the
         prior (``Preset.fitted_to``); experiments pass their own as is."""
         self.spec, self.prior, self.out_dir = spec, prior, out_dir
-        self.init_mesh_path = (init_mesh_path or Path(spec.init_mesh)) if spec.init_mesh else None
+        self.init_mesh_path = files.mesh_file(spec)
+        # An edit starts from its source's field and keeps a frozen copy of it to compare against (edit.py).
+        self.edit = read_edit_source(files.source_file(spec)) if spec.edit_of else None
         self.config = config = config or TrainConfig()
         self.device = prior.device
         self.total = spec.steps
@@ -212,6 +220,9 @@ class Trainer:
         field_config = FieldConfig(grid=self.preset.grid, hidden_dim=self.preset.hidden_dim, latent_channels=latent_channels)
         if self.shape_guide is not None:
             field_config = self.shape_guide.field_config(field_config)
+        if self.edit is not None:
+            field_config = self.edit.field_config
+            config = self.config = replace(config, background=self.edit.background_kind)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
             torch.manual_seed(spec.seed)
             self.field = NeRFField(field_config).to(self.device)
@@ -222,26 +233,42 @@ class Trainer:
         renderer_config = RendererConfig(n_samples=self.preset.n_samples,
                                          fixed_budget=True if config.capture_render else None)
         self.renderer: Renderer = make_renderer(renderer_config, self.device)
+        self.source_field = self.source_background = self.source_renderer = None
+        if self.edit is not None:
+            self._start_from_source(renderer_config)
         if self.field.config.latent_channels:
             self.field.set_latent_map(*(tensor.to(self.device) for tensor in prior.latent_color_map()))
+        # Keep shape: only colour trains (the encoding and density are the source's, exactly).
+        keep_shape = self.edit is not None and spec.keep_shape
+        lr_scale = config.edit_lr_scale if self.edit is not None else 1.0
+        lr_encoding, lr_networks = config.lr_encoding * lr_scale, config.lr_networks * lr_scale
+        groups = [{"params": self.field.albedo_net.parameters(), "lr": lr_networks}] if keep_shape else [
+            {"params": self.field.encoding.parameters(), "lr": lr_encoding},
+            {"params": [*self.field.density_net.parameters(), *self.field.albedo_net.parameters()],
+             "lr": lr_networks},
+        ]
+        if keep_shape:
+            self.field.encoding.requires_grad_(False)
+            self.field.density_net.requires_grad_(False)
         self.optimizer = torch.optim.Adam(
             [
-                {"params": self.field.encoding.parameters(), "lr": config.lr_encoding},
-                {"params": [*self.field.density_net.parameters(), *self.field.albedo_net.parameters()],
-                 "lr": config.lr_networks},
-                {"params": self.background.parameters(), "lr": config.lr_networks},
+                *groups,
+                {"params": self.background.parameters(), "lr": lr_networks},
             ],
             betas=(0.9, 0.99),
             eps=1e-15,
             fused=self.device.type == "cuda" or None,  # one kernel for every parameter instead of several each
         )
-        self.guidance = make_guidance(spec.method, spec.guidance_scale, janus_guard=spec.janus_guard)
+        self.guidance = DeltaDenoising(spec.guidance_scale, janus_guard=spec.janus_guard) if self.edit is not None \
+            else make_guidance(spec.method, spec.guidance_scale, janus_guard=spec.janus_guard)
         self.step = 0
         self.saved_step = 0  # the step of the checkpoint in out_dir (none yet at 0: nothing to lose)
         self.saved_at = time.perf_counter()  # when that checkpoint was written (or training began)
         # (step, schedule progress) where a run with another total was resumed; None: progress = step / total.
         self.resumed: tuple[int, float] | None = None
         self.prompts = prior.prepare_prompts(spec.prompt, spec.negative_prompt)
+        self.source_prompts = None if self.edit is None else prior.prepare_prompts(
+            spec.source_prompt or self.edit.spec.prompt, spec.negative_prompt)
         # Priors trained on unlit references (the analytic one) can only judge albedo renders.
         self.lighting = prior.accepts_shading
         self.config = config = prior.recipe_overrides().apply(config)
@@ -268,8 +295,23 @@ class Trainer:
         return schedule_progress(self.step if step is None else step, self.total, self.resumed)
 
     def phase(self, step: int | None = None) -> str:
-        """"latent" or "rgb" for ``step`` (default: the next one)."""
+        """"latent" or "rgb" for ``step`` (default: the next one); an edit's source is past its latent phase."""
+        if self.edit is not None:
+            return "rgb"
         return schedule_phase(self.preset.latent_fraction, bool(self.field.config.latent_channels), self.progress(step))
+
+    def _start_from_source(self, renderer_config: RendererConfig) -> None:
+        """The edit's field, background and sampler start as the source's; frozen copies render the source."""
+        sections = self.edit.sections
+        try:
+            self.field.load_state_dict(sections["field"])
+            self.background.load_state_dict(sections.get("background", {}))
+            self.renderer.load_state_dict(sections.get("renderer", {}))
+        except RuntimeError as error:
+            raise CheckpointError(f"checkpoint {str(self.edit.path)!r} does not fit this engine: {error}"[:500]) from None
+        self.source_field = copy.deepcopy(self.field).requires_grad_(False).eval()
+        self.source_background = copy.deepcopy(self.background).requires_grad_(False).eval()
+        self.source_renderer = copy.deepcopy(self.renderer)
 
     def train_step(self) -> Tensor:
         config, generator = self.config, self.generator
@@ -293,18 +335,31 @@ class Trainer:
             origins, directions = camera_rays(cameras, side, side)
             jitter = self.renderer.draw_jitter(origins[..., 0].numel(), generator, self.device)
             render = self.render(origins, directions, shading, cameras.light_dir, jitter, latent_phase)
+            source = None
+            if self.edit is not None:  # the frozen source from the same rays, the same jitter
+                with torch.no_grad():
+                    source = self.source_renderer(self.source_field, self.source_background, origins, directions,
+                                                  shading, cameras.light_dir, jitter=jitter, count_render=False)
         if latent_phase:
             latents = render.latent.permute(0, 3, 1, 2)
         else:
             with self.stage_timer("encode"):
                 latents = self.prior.encode(render.rgb.permute(0, 3, 1, 2))
+                if source is not None:
+                    with torch.no_grad():
+                        source_latents = self.prior.encode(source.rgb.permute(0, 3, 1, 2))
         with self.stage_timer("unet"):
             noise = host_to_device(torch.randn(latents.shape, generator=generator), self.device)
             t_device = host_to_device(t, self.device)
             alphas = self.prior.alphas_cumprod[t_device].view(-1, 1, 1, 1)
             with torch.no_grad():
                 latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
-                direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
+                if isinstance(self.guidance, DeltaDenoising):  # the same ε at the same t: what they share cancels
+                    source_noisy = alphas.sqrt() * source_latents + (1 - alphas).sqrt() * noise
+                    direction = self.guidance.direction(self.prior, latents_noisy, source_noisy, t, cameras,
+                                                        self.prompts, self.source_prompts)
+                else:
+                    direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
                 grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction
                 if self.grad_hook is not None:
                     grad = self.grad_hook(grad, progress)
@@ -315,6 +370,8 @@ class Trainer:
             if shape_loss is not None:
                 loss = loss + shape_loss
             loss = loss + self.regularisers(render, directions, progress, latents[0].numel())
+            if source is not None and not self.spec.keep_shape:
+                loss = loss + self.edit_anchor(render, source)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         with self.stage_timer("optimizer"):
@@ -354,6 +411,11 @@ class Trainer:
             orient = orientation_loss(render.normals.reshape(-1, 3), directions.reshape(-1, 3), opacity)
             loss = loss + orientation_weight(self.config, progress) * scale * orient
         return loss
+
+    def edit_anchor(self, render: RenderOutput, source: RenderOutput) -> Tensor:
+        """The pull toward the source's silhouette, weaker as ``edit_strength`` grows (none at 1)."""
+        weight = EDIT_ANCHOR_WEIGHT * (1.0 - self.spec.edit_strength)
+        return weight * ((render.opacity - source.opacity) ** 2).sum() / render.opacity.shape[0]
 
     def unet_row_counts(self) -> list[int]:
         """Every row count this run's batched prior calls can have (its t range from now to the end)."""
@@ -438,6 +500,8 @@ class Trainer:
             "settings": self.spec.to_dict(),
             "init_mesh_path": None if self.init_mesh_path is None else str(self.init_mesh_path),
             "init_mesh_sha256": self.init_mesh_sha256,  # the mesh by content: its path may differ at resume
+            "edit_source_path": None if self.edit is None else str(self.edit.path),
+            "edit_source_sha256": None if self.edit is None else self.edit.sha256,
             "config": asdict(self.config),
             "field_config": asdict(self.field.config),
             "background_kind": self.config.background,
@@ -451,6 +515,9 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         sections, info = read_checkpoint(path)
         check_checkpoint_matches(info, self.spec, path, self.init_mesh_path, self.init_mesh_sha256)
+        if self.edit is not None and info.get("edit_source_sha256") != self.edit.sha256:
+            raise CheckpointError(f"checkpoint {str(path)!r} edited another version of {str(self.edit.path)!r}; "
+                                  "start the edit again")
         try:
             self.field.load_state_dict(sections.get("field", {}))
             self.background.load_state_dict(sections.get("background", {}))
@@ -476,10 +543,10 @@ def train(
     callbacks: Callbacks | None = None,
     resume: bool = False,
     config: TrainConfig | None = None,
-    init_mesh_path: Path | None = None,
+    files: JobFiles = JobFiles(),
 ) -> TrainResult:
     """Train a NeRF for ``spec.prompt``; with ``resume`` continue from ``out_dir/CHECKPOINT_NAME`` if present."""
-    trainer = Trainer(spec, prior, out_dir, config, init_mesh_path)
+    trainer = Trainer(spec, prior, out_dir, config, files)
     if resume and out_dir is not None and (out_dir / LEGACY_NAME).exists() and not (out_dir / CHECKPOINT_NAME).exists():
         raise CheckpointError(
             f"{str(out_dir / LEGACY_NAME)!r} is an old pickle checkpoint, which is not loaded (unpickling can run "

@@ -102,16 +102,18 @@ class FakePipeline:
         self.cancelled_at: dict[str, int] = {}
         self.specs_seen: list = []  # every JobSpec a job ran with
         self.init_mesh_paths: list = []  # and the file its init mesh id named
+        self.files_seen: list = []  # every JobFiles a job ran with
 
     def __call__(
-        self, settings, prior, out_dir: Path, callbacks, resume: bool = False, init_mesh_path: Path | None = None
+        self, settings, prior, out_dir: Path, callbacks, resume: bool = False, files=None
     ) -> GenerationResult:
         from nfsd_server.checkpoints import read_checkpoint_info, write_checkpoint
         from nfsd_server.train import CHECKPOINT_NAME
 
         self.started.append(settings.prompt)
         self.specs_seen.append(settings)
-        self.init_mesh_paths.append(init_mesh_path)
+        self.init_mesh_paths.append(files.init_mesh)
+        self.files_seen.append(files)
         callbacks.on_stage("training")
         prior.prepare_prompts(settings.prompt, settings.negative_prompt)
         total = settings.steps

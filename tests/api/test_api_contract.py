@@ -57,7 +57,7 @@ def test_api_contract_job_request(spec):
     assert set(fields) == {
         "prompt", "negative_prompt", "method", "guidance_scale", "seed", "steps", "preset", "poly_budget",
         "texture_size", "prior", "model", "dtype", "encoder", "init_mesh", "shape_strength", "keep_geometry",
-        "janus_guard",
+        "janus_guard", "edit_of", "source_prompt", "edit_strength", "keep_shape",
     }
     assert fields["encoder"]["enum"] == ["auto", "vae", "taesd", "pooling"] and fields["encoder"]["default"] == "auto"
     assert fields["dtype"]["enum"] == ["auto", "fp16", "bf16", "fp32"] and fields["dtype"]["default"] == "auto"
@@ -78,6 +78,8 @@ def test_api_contract_job_request(spec):
     assert (steps["minimum"], steps["maximum"]) == (1, 100000)
     mesh_id = next(option for option in fields["init_mesh"]["anyOf"] if option.get("type") == "string")
     assert mesh_id["pattern"] == "^[0-9a-f]{32}$"  # an id from POST /v1/meshes
+    source_job = next(option for option in fields["edit_of"]["anyOf"] if option.get("type") == "string")
+    assert source_job["pattern"] == "^[0-9a-f]{32}$"  # a job id, not a path on the server
     strength = next(option for option in fields["shape_strength"]["anyOf"] if option.get("type") == "number")
     assert (strength["minimum"], strength["maximum"]) == (0, 1)
     assert fields["keep_geometry"] == {"type": "boolean", "title": "Keep Geometry", "default": False,

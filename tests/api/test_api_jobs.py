@@ -269,10 +269,10 @@ def test_api_health_reports_server_settings_and_withholds_details_without_the_to
 def test_api_only_model_loading_errors_get_the_model_hint(client, monkeypatch):
     import errno
 
-    def disk_full_while_training(spec, prior, out_dir, callbacks, resume=False, init_mesh_path=None):
+    def disk_full_while_training(spec, prior, out_dir, callbacks, resume=False, files=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(client.app.state.manager, "_run_fn", disk_full_while_training)
+    monkeypatch.setattr(client.app.state.manager._executor, "_generate", disk_full_while_training)
     full = wait_state(client, submit(client), "failed")
     assert "hub id" not in full["hint"] and "disk is full" in full["hint"]
     bad_model = wait_state(client, submit(client, prior="stable-diffusion", model="/nonexistent/model"), "failed")

@@ -86,7 +86,7 @@ def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tm
         return object()
 
     monkeypatch.setattr("nfsd_server.pipeline.run_generation", lambda spec, prior, *args, **kwargs: used.append(prior))
-    executor = batch_command.LocalExecutor("cpu", load_prior_fn=load_prior)
+    executor = batch_command.local_executor("cpu", load_prior_fn=load_prior)
     analytic = resolve_spec("a red ball", prior="analytic", seed=0)
     tiny = resolve_spec("a red ball", model="tiny/sd", dtype="fp32", seed=0)
     for settings in (analytic, analytic, tiny):
@@ -94,6 +94,6 @@ def test_batch_in_process_keeps_one_prior_warm_and_loads_another_in_its_place(tm
     assert used[0] is used[1] and used[2] is not used[0]
     assert loads == [("analytic", None, "cpu", "auto", "pooling"),
                      ("stable-diffusion", "tiny/sd", "cpu", "fp32", tiny.encoder)]
-    assert [key.label for key in executor._priors.warm_keys()] == ["stable-diffusion:tiny/sd"]
+    assert [key.label for key in executor.priors.warm_keys()] == ["stable-diffusion:tiny/sd"]
     executor.close()
-    assert executor._priors.warm_keys() == []
+    assert executor.priors.warm_keys() == []

@@ -24,7 +24,7 @@ class TwoSlotExecutor:
         self.started: list[str] = []
 
     def run(
-        self, spec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False, init_mesh_path: Path | None = None
+        self, spec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False, files=None
     ) -> GenerationResult:
         self.started.append(spec.prompt)
         step = 0

@@ -21,7 +21,7 @@ def worker(monkeypatch):
         loads.append((name, model, device))
         return object()
 
-    def run_generation(spec, prior, out_dir, callbacks, resume=False, init_mesh_path=None, config=None):
+    def run_generation(spec, prior, out_dir, callbacks, resume=False, files=None, config=None):
         priors_used.append(prior)
         assert config.checkpoint_every_s == 60.0  # a killed worker loses at most a minute
         callbacks.on_stage("training")

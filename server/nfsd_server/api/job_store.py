@@ -258,7 +258,7 @@ class JobStore:
 
         With ``older_than_s``: what is older than that. Without: the retention policy. A job's age runs from
         when it finished, a mesh's and a set-aside folder's from their mtime. Unfinished jobs are never
-        deleted, nor the meshes they name: they read them when they run, export and resume.
+        deleted, nor the meshes and the edits' sources they name: they read them when they run, export and resume.
         """
         finished = sorted(
             (job for job in self.jobs.values() if job.state in FINISHED_STATES),
@@ -273,6 +273,10 @@ class JobStore:
         }
         if older_than_s is None and self.max_finished is not None:
             doomed.update({job.id: job for job in finished[: max(0, len(finished) - self.max_finished)]})
+        # An edit that is still to run or resume reads its source's checkpoint: the source stays until it ends.
+        for job in self.jobs.values():
+            if job.state not in FINISHED_STATES and job.spec.edit_of is not None:
+                doomed.pop(job.spec.edit_of, None)
         for job_id in doomed:
             del self.jobs[job_id]
         meshes: list[str] = []

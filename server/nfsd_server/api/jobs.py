@@ -1,12 +1,12 @@
 """The job runner: a queue, worker threads that own the accelerator, warm priors, and the state machine.
 
-Without an executor one worker thread runs jobs in submission order; with one (a Ray cluster) there is a
-thread per executor slot. Every state change goes through ``JobManager._set_state`` (checked against
+Jobs run through an executor: by default ``InProcessExecutor`` (one worker thread, jobs in submission order,
+its priors kept warm here); with a Ray cluster's, a thread per executor slot. Every state change goes through ``JobManager._set_state`` (checked against
 ``TRANSITIONS`` and written to the job's record atomically by the ``JobStore``), so the file on disk always
 says what the API says. Cancellation is cooperative: ``DELETE`` sets a flag the training loop reads once per
-step. A request is validated and resolved once, at ``submit``; the job carries the resulting ``JobSpec``.
-Just over 400 lines, kept whole: ``JobManager`` is the state machine, and every transition should read in one
-file (records, recovery and retention are ``job_store.py``'s; failure messages ``errors.py``'s).
+step. A request is validated and resolved once, at ``submit``; the job carries the resulting ``JobSpec``, and
+the files its ids name (an uploaded mesh, an edit's source job) are resolved when it runs (``JobFiles``).
+Records, recovery and retention are ``job_store.py``'s; failure messages ``errors.py``'s.
 """
 
 from __future__ import annotations
@@ -31,12 +31,17 @@ from nfsd_server.api.job_store import PREVIEW_FILE, Job, JobStore, Purged, check
 from nfsd_server.api.mesh_store import mesh_path
 from nfsd_server.api.records import inside
 from nfsd_server.api.schemas import JobRequest, JobStatus
+from nfsd_server.checkpoints import CheckpointError
 from nfsd_server.devices import default_device
+from nfsd_server.edit import EditError, edit_defaults, read_edit_source
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
 from nfsd_server.model_source import check_benchmark_allowed, check_model
-from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, png_bytes, run_generation, run_job
+from nfsd_server.pipeline import (
+    Callbacks, GenerationCancelled, GenerationResult, InProcessExecutor, JobFiles, png_bytes, run_generation,
+)
+from nfsd_server.train import CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "exporting": frozenset({"done", "failed", "cancelled", "queued"}),
 }
 FREE_SPACE_CHECK_S = 5.0  # while a job trains, how often the data dir's free space is checked
-# run_generation's signature: (spec, prior, job folder, callbacks, *, resume, init_mesh_path) → result.
+# run_generation's signature: (spec, prior, job folder, callbacks, *, resume, files) → result.
 RunFn = Callable[..., GenerationResult]
 
 
@@ -75,7 +80,7 @@ class Executor(Protocol):
 
     def run(
         self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
-        init_mesh_path: Path | None = None,
+        files: JobFiles = JobFiles(),
     ) -> GenerationResult: ...
 
 
@@ -129,11 +134,13 @@ class JobManager:
         self.default_prior = default_prior
         self.default_model = default_model
         self.device = str(torch.device(device)) if device else str(default_device())
-        self._executor = executor
-        if executor is not None:
-            self.device = executor.device
-        self._run_fn: RunFn = run_fn or run_generation
-        self._priors = WarmPriors(load_prior_fn or load_checked_prior, capacity=max(1, max_warm_models))
+        # The priors kept warm between jobs: this process's own, unless an executor elsewhere owns its models.
+        self._priors: WarmPriors | None = None
+        if executor is None:
+            self._priors = WarmPriors(load_prior_fn or load_checked_prior, capacity=max(1, max_warm_models))
+            executor = InProcessExecutor(self.device, self._priors, run_fn or run_generation)
+        self._executor: Executor = executor
+        self.device = executor.device
         self.max_queued = max_queued
         self.allow_benchmark_models = allow_benchmark_models
         self._lock = threading.Condition()
@@ -150,7 +157,7 @@ class JobManager:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        for index in range(self._executor.slots if self._executor else 1):
+        for index in range(self._executor.slots):
             thread = threading.Thread(target=self._work, name=f"nfsd-job-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -166,7 +173,8 @@ class JobManager:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("the running job did not stop within %.0f s; it resumes at the next start", timeout)
-        self._priors.clear()
+        if self._priors is not None:
+            self._priors.clear()
 
     def _recover(self) -> None:
         """List the jobs a previous run left and queue again what it did not finish: queued jobs as they were,
@@ -219,7 +227,31 @@ class JobManager:
         exactly what will run (and a seed to reuse). ValueError naming the field."""
         check_benchmark_allowed(request.model, self.allow_benchmark_models)
         mesh_path(self.data_dir, request.init_mesh)  # an id whose upload is gone: refused now, not at run time
-        return resolve_spec(**request.model_dump(), default_prior=self.default_prior, default_model=self.default_model)
+        values = request.model_dump()
+        if request.edit_of is not None:  # the edit asks the model that made its source, about its prompt
+            with self._lock:
+                path = self._edit_source_path(request.edit_of)
+            try:
+                values = edit_defaults(read_edit_source(path), values)
+            except (CheckpointError, EditError) as error:
+                raise ValueError(f"edit_of: {error}") from None
+        return resolve_spec(**values, default_prior=self.default_prior, default_model=self.default_model)
+
+    def _edit_source_path(self, job_id: str | None) -> Path | None:
+        """Caller holds the lock. The checkpoint of finished job ``job_id`` (None for None); ValueError saying why
+        it cannot be edited."""
+        if job_id is None:
+            return None
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise ValueError(f"edit_of {job_id!r} is not a job on this server (finished jobs are kept "
+                             f"{self.store.retention_days or 'forever'} days)")
+        if job.state != "done":
+            raise ValueError(f"edit_of {job_id!r} is {job.state}; only a done job's asset can be edited")
+        path = inside(job.folder, CHECKPOINT_NAME)
+        if not path.is_file():
+            raise ValueError(f"edit_of {job_id!r} has no checkpoint left to start from; generate it again")
+        return path
 
     def submit(self, request: JobRequest) -> Job:
         spec = self.resolve(request)  # before the folder exists: a rejected request leaves nothing behind
@@ -231,8 +263,10 @@ class JobManager:
             try:
                 if len(self._pending) >= self.max_queued:
                     raise QueueFull(len(self._pending))
-                # Again under the lock the purge holds: it may have deleted an old upload since resolve().
+                # Again under the lock the purge holds: it may have deleted an old upload (or the edit's source)
+                # since resolve().
                 mesh_path(self.data_dir, spec.init_mesh)
+                self._edit_source_path(spec.edit_of)
                 # A job that cannot be recorded would vanish at the next start: refuse it, leaving nothing behind.
                 self.store.write(job)
             except (OSError, QueueFull, ValueError):
@@ -295,7 +329,7 @@ class JobManager:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "models_loaded": [key.label for key in self._priors.warm_keys()],
+                "models_loaded": [key.label for key in self._priors.warm_keys()] if self._priors else [],
                 "queue_length": len(self._pending),
                 "running_job": self._running[0] if self._running else None,
             }
@@ -391,15 +425,10 @@ class JobManager:
         )
         try:
             self.store.check_free_space(job)
-            init_mesh_path = mesh_path(self.data_dir, job.spec.init_mesh)
+            with self._lock:
+                files = JobFiles(mesh_path(self.data_dir, job.spec.init_mesh), self._edit_source_path(job.spec.edit_of))
             resume = job.resumed_from_step is not None
-            if self._executor is not None:
-                result = self._executor.run(job.spec, job.folder, callbacks, resume=resume, init_mesh_path=init_mesh_path)
-            else:
-                result = run_job(
-                    job.spec, self._priors, job.folder, callbacks, device=self.device, resume=resume,
-                    init_mesh_path=init_mesh_path, generate=self._run_fn,
-                )
+            result = self._executor.run(job.spec, job.folder, callbacks, resume=resume, files=files)
             glb_name = self._keep_in_folder(job, Path(result.glb_path))
         except GenerationCancelled:
             with self._lock:

@@ -13,9 +13,8 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from nfsd_contract.spec import with_absent_fields
-from nfsd_server.api.schemas import JobSpec, JobState
+from nfsd_server.api.schemas import JOB_ID_PATTERN, JobSpec, JobState
 
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"  # a job's id, and the name of its folder in the data dir
 
 
 class UnsafePath(ValueError):

@@ -16,14 +16,21 @@ from nfsd_contract import (
 )
 from nfsd_server.api.mesh_store import MESH_ID_PATTERN
 
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"  # a job's id, and the name of its folder in the data dir
 JobState = Literal[contract.JOB_STATES]  # type: ignore[valid-type]
 __all__ = ["FINISHED_STATES", "JobState", "JobRequest", "JobSpec", "JobStatus"]
 # Documented in the schema so clients (and the fuzzer) know the rule; enforced by the validator below,
 # which gives a readable message instead of a regex dump.
 _NO_CONTROL_CHARS = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
-# What only HTTP adds to a field: a mesh is named by the id POST /v1/meshes returned, not by a path.
-_HTTP_ONLY = {"init_mesh": {"pattern": MESH_ID_PATTERN, "description": "Start from this mesh: an id from "
-              "POST /v1/meshes (the artist's selected object); null → none."}}
+# What only HTTP adds to a field: a mesh is named by the id POST /v1/meshes returned, an edit's source by its
+# job id, not by a path.
+_HTTP_ONLY = {
+    "init_mesh": {"pattern": MESH_ID_PATTERN, "description": "Start from this mesh: an id from "
+                  "POST /v1/meshes (the artist's selected object); null → none."},
+    "edit_of": {"pattern": JOB_ID_PATTERN, "description": "Edit this finished job's asset: its job id (the server "
+                "keeps a job's checkpoint while it is kept); the prompt says what it should become; null → a new "
+                "asset."},
+}
 
 
 def _request_field(spec_field) -> tuple[Any, Any]:
@@ -43,7 +50,7 @@ def _request_field(spec_field) -> tuple[Any, Any]:
         limits["min_length"] = field_info.min_length
     if field_info.max_length is not None:
         limits["max_length"] = field_info.max_length
-    if spec_field.name in ("prompt", "negative_prompt"):
+    if spec_field.name in ("prompt", "negative_prompt", "source_prompt"):
         limits["json_schema_extra"] = {"pattern": _NO_CONTROL_CHARS}
     description = field_info.help[:1].upper() + field_info.help[1:] + "."
     limits |= {"description": description} | _HTTP_ONLY.get(spec_field.name, {})

@@ -20,7 +20,7 @@ import numpy as np
 from nfsd_contract import JobSpec
 from nfsd_server.guidance.warm import WarmPriors
 from nfsd_server.farm import worker_generate
-from nfsd_server.pipeline import Callbacks, GenerationCancelled, run_job
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, JobFiles, run_job
 
 
 @dataclass
@@ -61,11 +61,11 @@ class GenerationWorker:
         }
 
     def run(
-        self, job_key: str, spec: JobSpec, out_dir: str, resume: bool, init_mesh_path: str | None = None
+        self, job_key: str, spec: JobSpec, out_dir: str, resume: bool, files: JobFiles = JobFiles()
     ) -> dict[str, Any]:
         """Train and export; ``{"state": "done", ...}`` or ``{"state": "cancelled"}``. Errors propagate.
 
-        ``init_mesh_path`` (like ``out_dir``) must be a path this worker can read."""
+        ``files`` (like ``out_dir``) must be paths this worker can read."""
         mailbox = self._mailbox(job_key)
         folder = Path(out_dir)
         if not folder.is_dir():
@@ -89,8 +89,8 @@ class GenerationWorker:
         callbacks = Callbacks(on_progress, on_preview, on_stage, mailbox.cancelled.is_set)
         try:
             result = run_job(
-                spec, self._priors, folder, callbacks, device=self.device, resume=resume,
-                init_mesh_path=None if init_mesh_path is None else Path(init_mesh_path), generate=worker_generate,
+                spec, self._priors, folder, callbacks, device=self.device, resume=resume, files=files,
+                generate=worker_generate,
             )
         except GenerationCancelled:
             return {"state": "cancelled"}

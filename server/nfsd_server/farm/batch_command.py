@@ -22,7 +22,7 @@ from nfsd_server.errors import UsageError
 from nfsd_contract import JobSpec
 from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
 from nfsd_server.farm import worker_generate
-from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, preview_saver, run_job
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, InProcessExecutor, preview_saver
 
 SUMMARY_FILE = "summary.json"
 # generate's options that batch replaces (prompt → the file, out, seed → --seed/--seeds) or cannot honour (resume).
@@ -130,28 +130,12 @@ def local_device(name: str | None) -> str:
         raise UsageError(str(error)) from None
 
 
-class LocalExecutor:
-    """Without ``--ray``: one job at a time in this process, the last prior kept warm (as the server does)."""
+def local_executor(device: str, load_prior_fn: LoadPriorFn | None = None) -> InProcessExecutor:
+    """Without ``--ray``: the server's in-process executor, one prior kept warm (as a Ray worker keeps), with the
+    farm's training config (checkpoints by time too)."""
+    from nfsd_server.guidance.registry import load_prior
 
-    slots = 1
-
-    def __init__(self, device: str, load_prior_fn: LoadPriorFn | None = None):
-        from nfsd_server.guidance.registry import load_prior
-
-        self.device = device
-        self._priors = WarmPriors(load_prior_fn or load_prior, capacity=1)  # one model: as the Ray worker
-
-    def run(
-        self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
-        init_mesh_path: Path | None = None,
-    ) -> GenerationResult:
-        return run_job(
-            spec, self._priors, out_dir, callbacks, device=self.device, resume=resume, init_mesh_path=init_mesh_path,
-            generate=worker_generate,
-        )
-
-    def close(self) -> None:
-        self._priors.clear()
+    return InProcessExecutor(device, WarmPriors(load_prior_fn or load_prior, capacity=1), worker_generate)
 
 
 class BatchRunner:
@@ -242,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
         executor = connect_executor(args.ray, args.workers)
     else:
-        executor = LocalExecutor(device)
+        executor = local_executor(device)
     header = {"prompts_file": str(args.prompts), "ray": args.ray, "workers": executor.slots}
     print(f"{len(jobs)} jobs ({len(prompts)} prompts × {args.seeds} seeds) on {executor.slots} worker(s)", flush=True)
     runner = BatchRunner(jobs, executor, out_dir, header)

@@ -24,7 +24,7 @@ from nfsd_server.farm.cluster import (
     worker_options,
 )
 from nfsd_contract import JobSpec
-from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult
+from nfsd_server.pipeline import Callbacks, GenerationCancelled, GenerationResult, JobFiles
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class RayExecutor:
 
     def run(
         self, spec: JobSpec, out_dir: Path, callbacks: Callbacks, *, resume: bool = False,
-        init_mesh_path: Path | None = None,
+        files: JobFiles = JobFiles(),
     ) -> GenerationResult:
         ray = self._ray
         job_key = str(Path(out_dir).resolve())
@@ -124,7 +124,7 @@ class RayExecutor:
                 self._running[job_key] = identity
             try:
                 outcome = self._drive(
-                    actor, job_key, spec, out_dir, callbacks, resume=resume or attempt > 0, init_mesh_path=init_mesh_path
+                    actor, job_key, spec, out_dir, callbacks, resume=resume or attempt > 0, files=files
                 )
             except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as error:
                 lost.append(describe_worker(identity))
@@ -153,12 +153,11 @@ class RayExecutor:
 
     def _drive(
         self, actor, job_key: str, spec: JobSpec, out_dir: Path, callbacks: Callbacks, resume: bool,
-        init_mesh_path: Path | None,
+        files: JobFiles,
     ) -> dict:
         """Start the job on ``actor`` and relay its news until it ends; raises what the job raised."""
         ray = self._ray
-        mesh = None if init_mesh_path is None else str(init_mesh_path)
-        task = actor.run.remote(job_key, spec, str(out_dir), resume, mesh)
+        task = actor.run.remote(job_key, spec, str(out_dir), resume, files)
         cancel_sent = False
         try:
             while True:

@@ -1,4 +1,4 @@
-"""NFSD and SDS as guidance objects: noisy latents in, distillation direction out.
+"""NFSD and SDS as guidance objects: noisy latents in, distillation direction out; DDS for edits.
 
 Both share ``predict_rows``, which asks the prior for cond, uncond, (only where needed) negative and, with the
 Janus guard, view-negative noise predictions in ONE batched call: the expensive part of a step.
@@ -175,6 +175,66 @@ class SDSGuidance(ScoreDistillation):
         with_negative = torch.zeros(t.shape[0], dtype=torch.bool)
         eps, delta_cond = self.predictions(prior, latents_noisy, t, cameras, prompts, with_negative)
         return sds_direction(eps.cond, eps.uncond, noise, self.guidance_scale, delta_cond=delta_cond)
+
+
+class DeltaDenoising:
+    """Delta Denoising Score (Hertz et al. 2023) for an edit: the edit's render z and its frozen source's z̃,
+    noised with the same ε at the same t, give s·(δ_C(z_t; y_edit) − δ_C(z̃_t; y_source)). In NFSD's terms the
+    noise and domain parts of the two scores are alike wherever the renders agree and cancel; what is left is
+    what the new prompt asks beyond the old one. One prior call of 4B rows (y and ∅ for each render), and with
+    ``janus_guard`` one view-negative row more per edit image at t ≥ GUARD_MIN_T, steering the edit's δ_C as a
+    new run's (a feature the edit adds goes on the front only)."""
+
+    name = "dds"
+
+    def __init__(self, guidance_scale: float, janus_guard: bool = False):
+        if not guidance_scale > 0:
+            raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
+        self.guidance_scale = guidance_scale
+        self.janus_guard = janus_guard
+        self.last_rows_evaluated = 0
+
+    def row_counts(self, batch: int, t_lo: int, t_hi: int) -> list[int]:
+        views = images_above(batch, t_lo, t_hi, GUARD_MIN_T) if self.janus_guard else range(1)
+        return [4 * batch + n for n in views]
+
+    def deltas(self, prior: Prior, latents_noisy: Tensor, source_noisy: Tensor, t: Tensor, cameras: Cameras,
+               prompts: Any, source_prompts: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """(δ_C(z_t; y_edit) (guarded), δ_C(z̃_t; y_source), ε(z_t; ∅)), each (B, C, h, w), from one batched call."""
+        batch, device = latents_noisy.shape[0], latents_noisy.device
+        t = t.cpu()
+        guarded = guard_active(t) if self.janus_guard else torch.zeros(batch, dtype=torch.bool)
+        view_rows = torch.nonzero(guarded, as_tuple=False).squeeze(1)
+        view_rows_device = host_to_device(view_rows, device)
+        pair = [torch.full((batch,), PromptKind.PROMPT, dtype=torch.long),
+                torch.full((batch,), PromptKind.NULL, dtype=torch.long)]
+        edit_kinds = torch.cat([*pair, torch.full((view_rows.numel(),), PromptKind.PROMPT, dtype=torch.long)])
+        edit_cameras = [cameras, cameras]
+        if view_rows.numel():
+            edit_cameras.append(view_negative_cameras(cameras.index(view_rows_device)))
+        edit_rows = torch.cat([latents_noisy, latents_noisy, latents_noisy.index_select(0, view_rows_device)])
+        edit, source = prior.predict_noise_groups([
+            (edit_rows, host_to_device(torch.cat([t, t, t.index_select(0, view_rows)]), device),
+             Conditions(host_to_device(edit_kinds, device), Cameras.cat(edit_cameras), prompts)),
+            (torch.cat([source_noisy, source_noisy]), host_to_device(torch.cat([t, t]), device),
+             Conditions(host_to_device(torch.cat(pair), device), Cameras.cat([cameras, cameras]), source_prompts)),
+        ])
+        self.last_rows_evaluated = len(edit_rows) + 2 * batch
+        cond, uncond = edit[:batch], edit[batch : 2 * batch]
+        if self.janus_guard:
+            view_negative = _scatter_rows(edit[2 * batch :], view_rows_device, uncond)
+            weight = view_contrast_weight(cameras.azimuth) * host_to_device(guarded, cameras.azimuth.device)
+            delta_edit = view_contrast_delta(cond, uncond, view_negative, weight)
+        else:
+            delta_edit = cond - uncond
+        return delta_edit, source[:batch] - source[batch:], uncond
+
+    def direction(self, prior: Prior, latents_noisy: Tensor, source_noisy: Tensor, t: Tensor, cameras: Cameras,
+                  prompts: Any, source_prompts: Any) -> Tensor:
+        """latents_noisy, source_noisy (B, C, h, w) on the prior's device, noised alike; t (B,) long."""
+        delta_edit, delta_source, _ = self.deltas(prior, latents_noisy, source_noisy, t, cameras, prompts,
+                                                  source_prompts)
+        return self.guidance_scale * (delta_edit - delta_source)
 
 
 GUIDANCES: dict[str, type[ScoreDistillation]] = {"nfsd": NFSDGuidance, "sds": SDSGuidance}

@@ -99,6 +99,13 @@ class Prior(abc.ABC):
     def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
         """latents_noisy: (N, C, h, w); t: (N,) long → ε prediction (N, C, h, w) in float32, no grad."""
 
+    def predict_noise_groups(self, groups: list[tuple[Tensor, Tensor, Conditions]]) -> list[Tensor]:
+        """``predict_noise`` for several groups of rows (latents_noisy, t, conditions), each with its own prompts
+        (an edit asks about its source's prompt and its target's): one prediction per group. This default calls
+        ``predict_noise`` per group; a prior whose network takes rows of different prompts together answers in
+        one call (Stable Diffusion does)."""
+        return [self.predict_noise(latents, t, conditions) for latents, t, conditions in groups]
+
     def latent_side(self, image_side: int | None = None) -> int:
         """The latent side for an image side (default: the prior's ``image_size``), e.g. 512 → 64 for SD 2.1-base."""
         return (image_side or self.image_size) // self.latent_scale

@@ -241,18 +241,32 @@ class StableDiffusionPrior(Prior):
 
     @torch.no_grad()
     def predict_noise(self, latents_noisy: Tensor, t: Tensor, conditions: Conditions) -> Tensor:
+        return self._predict(latents_noisy, t, self._row_embeddings(conditions))
+
+    @torch.no_grad()
+    def predict_noise_groups(self, groups: list[tuple[Tensor, Tensor, Conditions]]) -> list[Tensor]:
+        """Every group's rows in one UNet call: each row carries its own text embedding anyway."""
+        latents, t, conditions = zip(*groups)
+        embeddings = torch.cat([self._row_embeddings(condition) for condition in conditions])
+        prediction = self._predict(torch.cat(latents), torch.cat(t), embeddings)
+        return list(prediction.split([len(rows) for rows in latents]))
+
+    @staticmethod
+    def _row_embeddings(conditions: Conditions) -> Tensor:
+        """(N, L, D): each row's text embedding, by its kind and (for the prompt) its camera's view suffix."""
         prompts: PromptEmbeddings = conditions.prompts
         kinds = conditions.kinds
         embeddings = prompts.prompt_views[conditions.cameras.view.to(prompts.prompt_views.device)]
         embeddings = torch.where((kinds == PromptKind.NULL)[:, None, None], prompts.null, embeddings)
-        embeddings = torch.where((kinds == PromptKind.NEGATIVE)[:, None, None], prompts.negative, embeddings)
+        return torch.where((kinds == PromptKind.NEGATIVE)[:, None, None], prompts.negative, embeddings)
+
+    def _predict(self, latents_noisy: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         prediction = self._denoise(latents_noisy, t, embeddings)
         if self.prediction_type == "v_prediction":
             # v = √ᾱ·ε − √(1−ᾱ)·z0 and z_t = √ᾱ·z0 + √(1−ᾱ)·ε  ⇒  ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t.
             alphas = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             prediction = alphas.sqrt() * prediction + (1.0 - alphas).sqrt() * latents_noisy.float()
         return prediction
-
 
     def _denoise(self, latents_noisy: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         """The UNet's raw prediction (rows, C, h, w) in fp32; every call (warm-ups too) passes the same layouts."""
