@@ -7,7 +7,7 @@ import without Blender: the backend shares the contract module with the add-on.
 import atexit
 import importlib
 
-_MODULE_NAMES = ("preferences", "properties", "session", "reopen", "operators", "panel", "selection")
+_MODULE_NAMES = ("preferences", "properties", "session", "reopen", "operators", "panel", "selection", "edit")
 
 
 def _modules():

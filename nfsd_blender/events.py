@@ -82,13 +82,22 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a job's result goes: onto the object named ``on`` (From Selection), beside the one named ``beside``
+    (an Edit), else at the 3D cursor."""
+
+    on: str = ""
+    beside: str = ""
+
+
+@dataclass(frozen=True)
 class Submitted(JobEvent):
     """The server accepted ``request`` (a POST /v1/jobs body) as ``job_id``: variation ``variation`` of its batch,
-    to be placed on the object named ``place_on`` ('': at the cursor)."""
+    its result to be placed as ``placement`` says."""
 
     request: dict
     variation: int = 0
-    place_on: str = ""
+    placement: Placement = Placement()
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def _submitted(props, item, event: events.Submitted):
     item = props.history.add()
     item.job_id = event.job_id
     fill_item(item, event.request)
-    item.variation, item.place_on = event.variation, event.place_on
+    item.variation, item.place_on, item.place_beside = event.variation, event.placement.on, event.placement.beside
     enter(props, item, "queued")
     props.history_index = len(props.history) - 1
 

@@ -16,7 +16,7 @@ from .backend import BACKEND
 from .client import BackendError, Client, refused_token
 from .events import (
     Backend, Cancelled, Done, DownloadEnded, DownloadStatus, Error, Failed, Info, Interrupted, Models,
-    NotDownloaded, Phase, Preview, Reconnecting, Status, Submitted, Taesd,
+    NotDownloaded, Phase, Placement, Preview, Reconnecting, Status, Submitted, Taesd,
 )
 
 EVENTS: queue.Queue = queue.Queue()
@@ -134,15 +134,15 @@ class DownloadWorker(threading.Thread):
 class JobWorker(threading.Thread):
     """Submits ``requests`` (the server queues them: variations run one after another) and polls each to the end.
 
-    With ``resume`` (job ids) it submits nothing and follows jobs a saved scene was waiting on. ``place_on`` names
-    the object the results go onto ('': the cursor); it travels in each job's record, never back to this thread.
+    With ``resume`` (job ids) it submits nothing and follows jobs a saved scene was waiting on. ``placement`` says
+    where the results go; it travels in each job's record, never back to this thread.
     """
 
     def __init__(self, settings: Settings, requests: list[dict], events: queue.Queue = EVENTS,
-                 resume: list[str] | None = None, place_on: str = ""):
+                 resume: list[str] | None = None, placement: Placement = Placement()):
         super().__init__(daemon=True)
         self.settings, self.requests, self.events = settings, list(requests), events
-        self.resume, self.place_on = list(resume or []), place_on
+        self.resume, self.placement = list(resume or []), placement
         self.cancel_event = threading.Event()
         self.stop_event = threading.Event()
         self.job_id: str | None = None
@@ -163,7 +163,7 @@ class JobWorker(threading.Thread):
                     break
                 self.job_id = client.submit(request)
                 self.job_ids.append(self.job_id)
-                self.events.put(Submitted(self.job_id, request, variation, self.place_on))
+                self.events.put(Submitted(self.job_id, request, variation, self.placement))
             self.job_ids += self.resume
             for job_id in list(self.job_ids):
                 self.job_id = job_id

@@ -35,23 +35,31 @@ class NFSD_OT_generate(WhenIdle, bpy.types.Operator):
 
     def execute(self, context):
         props = context.scene.nfsd
-        if not props.prompt.strip():
-            return refuse(self, props, "Type a prompt first")
-        if len(props.prompt) > contract.MAX_PROMPT_CHARS:
-            return refuse(self, props, f"The prompt is {len(props.prompt)} characters long; shorten it to "
-                          f"{contract.MAX_PROMPT_CHARS} or fewer")
-        prefs = get_prefs(context)
-        if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
-            if prefs.python_path:
-                return refuse(self, props, f"Backend Python not found: {prefs.python_path}; pick it again")
-            return refuse(self, props, "No backend found: press Install Backend, or pick its Python")
-        prior, model, entry = session.job_model(context, props)
-        if entry is not None and not entry.get("cached", True):
-            return refuse(self, props, not_downloaded(entry))
-        requests = [build_request(props, prefs, (props.seed + i) % (contract.MAX_SEED + 1))
+        problem = request_problem(context, props)
+        if problem:
+            return refuse(self, props, problem)
+        requests = [build_request(props, get_prefs(context), (props.seed + i) % (contract.MAX_SEED + 1))
                     for i in range(props.variations)]
         session.start_job(context, requests)
         return {"FINISHED"}
+
+
+def request_problem(context, props, form_model: bool = True) -> str:
+    """'' when the form can be submitted, else why not, in one sentence (Generate, From Selection and Edit ask;
+    ``form_model`` False: the job runs another model than the form's, as an edit runs its source's)."""
+    if not props.prompt.strip():
+        return "Type a prompt first"
+    if len(props.prompt) > contract.MAX_PROMPT_CHARS:
+        return f"The prompt is {len(props.prompt)} characters long; shorten it to {contract.MAX_PROMPT_CHARS} or fewer"
+    prefs = get_prefs(context)
+    if prefs.mode == "LOCAL" and not BACKEND.running and not os.path.isfile(python_path(prefs)):
+        if prefs.python_path:
+            return f"Backend Python not found: {prefs.python_path}; pick it again"
+        return "No backend found: press Install Backend, or pick its Python"
+    prior, model, entry = session.job_model(context, props)
+    if form_model and entry is not None and not entry.get("cached", True):
+        return not_downloaded(entry)
+    return ""
 
 
 def refuse(operator, props, message) -> set:

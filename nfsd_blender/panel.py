@@ -253,6 +253,7 @@ class NFSD_PT_history(SidebarPanel, bpy.types.Panel):
         row.operator("nfsd.history_reimport", text="Re-import")
         row.operator("nfsd.history_rerun", text="Re-run").new_seed = False
         row.operator("nfsd.history_rerun", text="New Seed").new_seed = True
+        row.operator("nfsd.edit", text="Edit").from_history = True
         if 0 <= props.history_index < len(props.history):
             item = props.history[props.history_index]
             for i, line in enumerate(_wrap(item.error)):

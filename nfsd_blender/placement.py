@@ -1,5 +1,6 @@
 """A finished job's result in the scene: imported from its GLB and placed as its History entry says (``place_on``:
-the object it was generated from; else at the 3D cursor, variation ``variation`` beside the first).
+the object it was generated from; ``place_beside``: the object it is an edit of; else at the 3D cursor, variation
+``variation`` beside the first).
 
 The placement is part of the job's record, so a result that arrives after another job started, or after the file
 was reopened, still lands where its own job said."""
@@ -31,8 +32,21 @@ def import_item(context, item):
 def place(result, item) -> None:
     if item.place_on:
         onto_source(result, item.place_on, "texture" if item.keep_geometry else "shape")
+    elif item.place_beside:
+        beside_source(result, item.place_beside)
     else:
         beside_first(result, item.variation)
+
+
+def beside_source(result, source_name: str) -> None:
+    """An edit stands next to what it was made from (on its transform, one gap along X), which stays as it was;
+    the result names it (its job's own fields name the source job)."""
+    source = bpy.data.objects.get(source_name)
+    result["nfsd_edited_from"] = source_name
+    if source is None:  # deleted while the edit ran: at the cursor, where the import put it
+        return
+    result.matrix_world = source.matrix_world.copy()
+    result.location.x += VARIATION_GAP * (max(source.dimensions) or 1.0)
 
 
 def beside_first(result, variation: int) -> None:

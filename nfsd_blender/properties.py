@@ -1,6 +1,8 @@
 """Scene properties: the generation form, the running job and the history; and how a job's fields move between
 them and a request. The history's job fields and every copy of them come from ``contract.FIELDS``."""
 
+import dataclasses
+
 import bpy
 from bpy.props import (
     BoolProperty,
@@ -47,8 +49,10 @@ NFSD_HistoryItem = type("NFSD_HistoryItem", (bpy.types.PropertyGroup,), {
         "error": StringProperty(),
         "glb_path": StringProperty(subtype="FILE_PATH"),
         "preview_path": StringProperty(subtype="FILE_PATH"),
-        # where the result goes (placement.py): onto this object, else at the cursor beside the batch's first
+        # where the result goes (placement.py): onto place_on, beside place_beside, else at the cursor beside
+        # the batch's first variation
         "place_on": StringProperty(),
+        "place_beside": StringProperty(),
         "variation": IntProperty(min=0),
     },
 })
@@ -64,11 +68,9 @@ def fill_item(item, values: dict) -> None:
 
 def item_metadata(item) -> dict:
     """The job's fields as a history item holds them, plus its job id: the imported object's properties (like the
-    GLB's own metadata, the init-mesh fields only when there was a mesh)."""
-    values = {name: getattr(item, name) for name in contract.FIELD_NAMES}
-    if not item.init_mesh:
-        for name in NO_INIT_MESH:
-            del values[name]
+    GLB's own metadata, the init-mesh fields only when there was a mesh, the edit's only for an edit)."""
+    values = {name: getattr(item, name) for name in contract.FIELD_NAMES
+              if contract.field_applies(name, init_mesh=item.init_mesh, edit_of=item.edit_of)}
     return values | {"job_id": item.job_id}
 
 
@@ -86,37 +88,44 @@ def build_request(source, prefs, seed=None, **extra) -> dict:
     return contract.job_request(prompt, **fields | extra)
 
 
+def form_property(name: str, **ui):
+    """The form's property for job field ``name``: its label, help, limits and default from the contract;
+    ``ui`` is what only the form says (enum items, an update callback, a default it shows, its 0 for "the
+    default" where the contract allows no 0)."""
+    spec_field = contract.field_named(name)
+    field_info, kind = contract.info(spec_field), contract.value_type(spec_field)
+    # The contract's help speaks HTTP ("null → the server's choice"); the form has no null.
+    options = {"name": field_info.label, "description": field_info.help.split("; null → ")[0]}
+    if spec_field.default not in (dataclasses.MISSING, None):
+        options["default"] = spec_field.default
+    if kind in (int, float) and "items" not in ui:
+        for key, limit in (("min", field_info.minimum), ("max", field_info.maximum)):
+            if limit is not None:
+                options[key] = kind(limit)
+    options.update(ui)
+    return (EnumProperty if "items" in options else PROPERTY_TYPES[kind])(**options)
+
+
 class NFSD_SceneProps(bpy.types.PropertyGroup):
-    prompt: StringProperty(name="Prompt", description="What to generate")
-    negative_prompt: StringProperty(name="Negative", default=contract.NFSD_NEGATIVE_PROMPT)
-    method: EnumProperty(
-        name="Method",
-        items=[(METHOD_LABELS[m][0], METHOD_LABELS[m][0], METHOD_LABELS[m][1]) for m in contract.METHODS],
-        default=METHOD_LABELS["nfsd"][0],
-        update=_method_update,
+    prompt: form_property("prompt")
+    negative_prompt: form_property("negative_prompt")
+    method: form_property(
+        "method", items=[(METHOD_LABELS[m][0], METHOD_LABELS[m][0], METHOD_LABELS[m][1]) for m in contract.METHODS],
+        default=METHOD_LABELS["nfsd"][0], update=_method_update,
     )
-    guidance_scale: FloatProperty(
-        name="Guidance", default=contract.DEFAULT_GUIDANCE_SCALE["nfsd"], min=0.1, max=contract.MAX_GUIDANCE_SCALE
+    # 0 (the contract's exclusive minimum) is "the method's default" in a request
+    guidance_scale: form_property(
+        "guidance_scale", default=contract.DEFAULT_GUIDANCE_SCALE["nfsd"],
+        description=contract.info("guidance_scale").help.replace("null → ", "0 → "),
     )
-    janus_guard: BoolProperty(
-        name=contract.info("janus_guard").label, description=contract.info("janus_guard").help,
-        default=contract.JobSpec.__dataclass_fields__["janus_guard"].default,
-    )
-    seed: IntProperty(name="Seed", default=0, min=0, max=contract.MAX_SEED)
-    steps: IntProperty(name="Steps", description="0 = the preset's", default=0, min=0, max=contract.MAX_STEPS)
-    preset: EnumProperty(
-        name="Preset",
-        items=[(name, name.title(), "") for name in contract.PRESETS],
-        default=contract.DEFAULT_PRESET,
-    )
-    poly_budget: IntProperty(
-        name="Poly Budget", default=contract.DEFAULT_POLY_BUDGET,
-        min=contract.MIN_POLY_BUDGET, max=contract.MAX_POLY_BUDGET,
-    )
-    texture_size: EnumProperty(
-        name="Texture", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
-        default=str(contract.DEFAULT_TEXTURE_SIZE),
-    )
+    janus_guard: form_property("janus_guard")
+    seed: form_property("seed", default=0)
+    steps: form_property("steps", default=0, min=0, description="0 = the preset's")
+    preset: form_property("preset", items=[(name, name.title(), "") for name in contract.PRESETS],
+                          default=contract.DEFAULT_PRESET)
+    poly_budget: form_property("poly_budget")
+    texture_size: form_property("texture_size", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
+                                default=str(contract.DEFAULT_TEXTURE_SIZE))
     # Topology after import (nfsd_blender/remesh.py), within the same Poly Budget.
     remesh: EnumProperty(name="Remesh", items=remesh.MODES, default=remesh.KEEP,
                          description="Applied after import with Blender's own remeshers; the maps are re-baked")

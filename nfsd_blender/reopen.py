@@ -60,7 +60,9 @@ def _adopt(props, worker) -> None:
     for index, job_id in enumerate(worker.job_ids):
         item = props.history.add()
         item.job_id, item.state = job_id, "queued"
-        item.variation, item.place_on = index, getattr(worker, "place_on", "")
+        placement = getattr(worker, "placement", None)
+        item.variation = index
+        item.place_on, item.place_beside = (placement.on, placement.beside) if placement else ("", "")
         if job_id in requests:
             fill_item(item, requests[job_id])
     props.history_index = len(props.history) - 1

@@ -10,7 +10,7 @@ from bpy.props import EnumProperty, FloatProperty, PointerProperty
 
 from . import contract, jobs, operators, panel, session, state
 from .client import BackendError
-from .events import Error
+from .events import Error, Placement
 from .preferences import get_prefs, settings_from_prefs
 from .properties import build_request
 
@@ -51,10 +51,10 @@ def world_mesh_obj(context, obj) -> bytes:
 
 
 class SelectionJobWorker(jobs.JobWorker):
-    """Uploads the mesh first, then runs the job as usual; its result goes onto ``place_on`` (placement.py)."""
+    """Uploads the mesh first, then runs the job as usual; its result goes onto the source (placement.py)."""
 
     def __init__(self, settings, request, mesh_obj: bytes, source_name: str):
-        super().__init__(settings, [request], place_on=source_name)
+        super().__init__(settings, [request], placement=Placement(on=source_name))
         self.mesh_obj = mesh_obj
 
     def run(self) -> None:
@@ -84,8 +84,9 @@ class NFSD_OT_generate_from_selection(bpy.types.Operator):
 
     def execute(self, context):
         props, chosen = context.scene.nfsd, context.scene.nfsd_selection
-        if not props.prompt.strip():
-            return operators.refuse(self, props, "Type a prompt first")
+        problem = operators.request_problem(context, props)
+        if problem:
+            return operators.refuse(self, props, problem)
         obj = context.active_object
         data = world_mesh_obj(context, obj)
         if len(data) > contract.MAX_INIT_MESH_BYTES:

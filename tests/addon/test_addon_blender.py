@@ -113,6 +113,37 @@ def test_generate_imports_at_cursor_and_survives_reload(addon, tmp_path):
     assert imgs and imgs[0].packed_file is not None
 
 
+def test_edit_turns_the_selected_ball_into_a_blue_cube_beside_it(addon):
+    """Edit on an imported object: a new object beside it, with its lineage; the source stays as it was."""
+    import numpy as np
+
+    props = bpy.context.scene.nfsd
+    _set_small(props)
+    bpy.context.scene.cursor.location = (0.0, 0.0, 0.0)
+    assert bpy.ops.nfsd.generate() == {"FINISHED"}
+    pump(lambda: props.job_state in ("done", "failed", "error", "cancelled"), 300, "the red ball")
+    assert props.job_state == "done", props.error
+    ball = bpy.context.view_layer.objects.active
+    ball.location = (-2.0, 1.0, 0.5)
+    bpy.context.view_layer.update()
+    before = np.array(ball.matrix_world)
+    with pytest.raises(RuntimeError, match="type what it should become"):
+        bpy.ops.nfsd.edit()  # the prompt is still the ball's own
+    props.prompt, props.steps = "a blue cube", 10
+    assert bpy.ops.nfsd.edit() == {"FINISHED"}
+    pump(lambda: props.job_state in ("done", "failed", "error", "cancelled"), 300, "the edit")
+    assert props.job_state == "done", props.error
+    edited = bpy.context.view_layer.objects.active
+    assert edited is not ball and edited["nfsd_prompt"] == "a blue cube"
+    assert edited["nfsd_edit_of"] == ball["nfsd_job_id"] and edited["nfsd_source_prompt"] == "a red ball"
+    assert edited["nfsd_edited_from"] == ball.name and edited["nfsd_steps"] == 10
+    assert edited.location.x == pytest.approx(-2.0 + 1.5 * max(ball.dimensions))
+    assert tuple(edited.location)[1:] == pytest.approx((1.0, 0.5))
+    np.testing.assert_allclose(np.array(ball.matrix_world), before)  # the source stays where it was, shown
+    assert not ball.hide_get()
+    assert props.history[-1].edit_of == ball["nfsd_job_id"] and props.history[-1].place_beside == ball.name
+
+
 def test_unregister_stops_backend(addon):
     backend = addon_module("backend").BACKEND
     if not backend.running:

@@ -176,7 +176,7 @@ def test_a_result_lands_where_its_own_job_said_after_another_job_started(props, 
     block.name = "Block A"
     bpy.context.scene.cursor.location = (9.0, 9.0, 9.0)
     request = addon_module("contract").job_request("a red ball", prior="analytic")
-    queued.put(events.Submitted("s1", request, 0, "Block A"))
+    queued.put(events.Submitted("s1", request, 0, events.Placement(on="Block A")))
     queued.put(events.Submitted("c1", request))
     session.poll_timer()
     with Busy():  # another worker is the current one now
@@ -243,3 +243,17 @@ def test_errors_about_another_backend_or_another_model_do_not_stay(props, prefs,
     state.set_error(reopened, "org/big is not downloaded yet: press Download above Generate")
     assert bpy.ops.nfsd.set_model(prior="analytic", model="") == {"FINISHED"}
     assert reopened.error == ""
+
+
+def test_edit_from_history_refuses_what_it_cannot_edit_in_plain_words(props):
+    props.prompt = "a blue cube"
+    item = props.history.add()
+    item.job_id, item.prompt, item.state = "h1", "a red ball", "failed"
+    props.history_index = 0
+    with pytest.raises(RuntimeError, match="Only a finished generation can be edited"):
+        bpy.ops.nfsd.edit(from_history=True)
+    item.state, item.init_mesh = "done", "mesh-1"
+    with pytest.raises(RuntimeError, match="use From Selection again"):
+        bpy.ops.nfsd.edit(from_history=True)
+    assert props.error.startswith("This result was made from a selected mesh")
+    assert not addon_module("state").busy()  # nothing was submitted

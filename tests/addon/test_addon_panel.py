@@ -61,12 +61,12 @@ def test_7_history_holds_the_job_as_the_server_runs_it_and_reruns_it(props, pref
     item = props.history[0]
     # the defaults the server resolves are not known yet: zero, as the form writes "the default"
     assert _job_fields(item) == {**request, "guidance_scale": 0.0, "steps": 0, "model": "", "init_mesh": "",
-                                 "shape_strength": 0.0}
+                                 "shape_strength": 0.0, "edit_of": "", "source_prompt": "", "edit_strength": 0.0}
     echo = resolved(seed=5, method="sds", steps=None)
     queued.put(events.Status("h1", {"state": "done", "step": 0, "total": echo["steps"], "request": echo}))
     session.poll_timer()
     assert (item.guidance_scale, item.steps, item.encoder) == (100.0, contract.PRESET_STEPS["standard"], "pooling")
-    assert _job_fields(item) == {**echo, "model": "", "init_mesh": ""}
+    assert _job_fields(item) == {**echo, "model": "", "init_mesh": "", "edit_of": "", "source_prompt": ""}
     # Re-run: the job as it ran, the preferences' precision and encoder, and never the mesh of a selection job
     item.init_mesh, item.keep_geometry = "mesh-1", True
     props.history_index = 0
