@@ -30,6 +30,7 @@ import torch
 
 from nfsd_contract import JobSpec, resolve_spec
 from nfsd_lab.arena import ArenaPrior
+from nfsd_server.devices import keep_freed_host_memory
 from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena, render_albedo
 from nfsd_lab.arena_objects import ARENA_OBJECTS, ASYMMETRIC_PROMPTS
 from nfsd_lab.experiments import score_clip_hook

@@ -50,7 +50,7 @@ _PRIOR = None
 class DeltaDenoisingWithDomain(DeltaDenoising):
     """DDS plus NFSD's δ_D of the edit's own render (ε(z; ∅), less ε(z; p_neg) at t ≥ 200): a lab variant."""
 
-    def direction(self, prior, latents_noisy, source_noisy, t, cameras, prompts, source_prompts):
+    def edit_direction(self, prior, latents_noisy, source_noisy, t, cameras, prompts, source_prompts):
         from nfsd_server.guidance.distillation import predict_rows
 
         edit_delta, source_delta, _ = self.deltas(prior, latents_noisy, source_noisy, t, cameras, prompts,

@@ -4,25 +4,18 @@ the source object, which stays as it was. From the selected generated object (it
 History entry."""
 
 import bpy
-from bpy.props import BoolProperty, FloatProperty, PointerProperty
+from bpy.props import BoolProperty, PointerProperty
 
-from . import contract, jobs, operators, panel, session, state
+from . import jobs, operators, panel, session, state
 from .events import Placement
 from .importer import PREFIX
 from .preferences import get_prefs, settings_from_prefs
-from .properties import build_request
-
-
-def _field_property(kind, name, **extra):
-    field_info = contract.info(name)
-    limits = {"min": field_info.minimum, "max": field_info.maximum} if kind is FloatProperty else {}
-    default = contract.JobSpec.__dataclass_fields__[name].default
-    return kind(name=field_info.label, description=field_info.help, default=default, **limits, **extra)
+from .properties import build_request, form_property
 
 
 class NFSD_EditProps(bpy.types.PropertyGroup):
-    strength: _field_property(FloatProperty, "edit_strength")
-    keep_shape: _field_property(BoolProperty, "keep_shape")
+    strength: form_property("edit_strength")
+    keep_shape: form_property("keep_shape")
 
 
 class Source:

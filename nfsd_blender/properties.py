@@ -88,11 +88,11 @@ def build_request(source, prefs, seed=None, **extra) -> dict:
     return contract.job_request(prompt, **fields | extra)
 
 
-def form_property(name: str, **ui):
-    """The form's property for job field ``name``: its label, help, limits and default from the contract;
+def form_property(field: str, **ui):
+    """The form's property for job field ``field``: its label, help, limits and default from the contract;
     ``ui`` is what only the form says (enum items, an update callback, a default it shows, its 0 for "the
     default" where the contract allows no 0)."""
-    spec_field = contract.field_named(name)
+    spec_field = contract.field_named(field)
     field_info, kind = contract.info(spec_field), contract.value_type(spec_field)
     # The contract's help speaks HTTP ("null → the server's choice"); the form has no null.
     options = {"name": field_info.label, "description": field_info.help.split("; null → ")[0]}

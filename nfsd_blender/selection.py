@@ -6,13 +6,13 @@ kept and only its texture is generated (on its UVs, or xatlas's when it has none
 """
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, PointerProperty
+from bpy.props import EnumProperty, PointerProperty
 
 from . import contract, jobs, operators, panel, session, state
 from .client import BackendError
 from .events import Error, Placement
 from .preferences import get_prefs, settings_from_prefs
-from .properties import build_request
+from .properties import build_request, form_property
 
 MODES = (
     ("SHAPE", "Shape", "The selected mesh guides the shape; the prompt refines it and adds detail"),
@@ -22,10 +22,8 @@ MODES = (
 
 class NFSD_SelectionProps(bpy.types.PropertyGroup):
     mode: EnumProperty(name="Mode", items=MODES, default="SHAPE")
-    strength: FloatProperty(
-        name="Strength", min=0.0, max=1.0, default=contract.DEFAULT_SHAPE_STRENGTH,
-        description="How closely the result keeps the selected mesh's shape (0: only the prompt)",
-    )
+    strength: form_property("shape_strength", name="Strength",
+                            description="How closely the result keeps the selected mesh's shape (0: only the prompt)")
 
 
 def world_mesh_obj(context, obj) -> bytes:

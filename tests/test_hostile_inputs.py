@@ -14,7 +14,7 @@ import pytest
 import trimesh
 
 from nfsd_contract import resolve_spec
-from nfsd_server.scene.init_mesh import MeshError, load_mesh, parse_mesh
+from nfsd_server.scene.mesh_files import MeshError, load_mesh, parse_mesh
 
 
 def _glb_with(change) -> bytes:

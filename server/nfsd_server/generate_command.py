@@ -110,7 +110,7 @@ def edit_source(path) -> "EditSource":
 
 def check_init_mesh_file(path: str) -> None:
     """Read and check the mesh before any model loads, so a bad file costs a second, not a training run."""
-    from nfsd_server.scene.init_mesh import MeshError, load_mesh
+    from nfsd_server.scene.mesh_files import MeshError, load_mesh
 
     try:
         load_mesh(path)

@@ -124,7 +124,8 @@ def export_from_init_mesh(
     (``generate`` and ``nfsd export`` of an init-mesh checkpoint both come here.)"""
     from nfsd_server.export import export_glb
     from nfsd_server.export.onto_mesh import export_onto_mesh
-    from nfsd_server.scene.init_mesh import Normalization, load_mesh
+    from nfsd_server.scene.mesh_files import load_mesh
+    from nfsd_server.scene.mesh_volume import Normalization
 
     mesh = load_mesh(init_mesh)
     normalization = Normalization.of_mesh(mesh)

@@ -12,7 +12,7 @@ from nfsd_contract import info as field_info
 from nfsd_server.checkpoints import CheckpointError, read_checkpoint
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import FieldConfig, NeRFField
-from nfsd_server.scene.init_mesh import mesh_sha256
+from nfsd_server.scene.mesh_files import mesh_sha256
 
 
 def check_checkpoint_matches(

@@ -42,7 +42,8 @@ from nfsd_server.scene.field import BACKGROUNDS, FieldConfig, NeRFField
 from nfsd_server.devices import host_to_device
 from nfsd_server.eta import EtaClock
 from nfsd_server.job_files import JobFiles
-from nfsd_server.scene.init_mesh import mesh_sha256, shape_guide_for
+from nfsd_server.scene.init_mesh import shape_guide_for
+from nfsd_server.scene.mesh_files import mesh_sha256
 from nfsd_server.scene.regularisers import orientation_loss, sparsity_loss
 from nfsd_server.resume import check_checkpoint_matches
 from nfsd_server.scene.renderer import Renderer, RendererConfig, RenderOutput, make_renderer
@@ -356,8 +357,8 @@ class Trainer:
                 latents_noisy = alphas.sqrt() * latents + (1 - alphas).sqrt() * noise
                 if isinstance(self.guidance, DeltaDenoising):  # the same ε at the same t: what they share cancels
                     source_noisy = alphas.sqrt() * source_latents + (1 - alphas).sqrt() * noise
-                    direction = self.guidance.direction(self.prior, latents_noisy, source_noisy, t, cameras,
-                                                        self.prompts, self.source_prompts)
+                    direction = self.guidance.edit_direction(self.prior, latents_noisy, source_noisy, t, cameras,
+                                                             self.prompts, self.source_prompts)
                 else:
                     direction = self.guidance.direction(self.prior, latents_noisy, noise, t, cameras, self.prompts)
                 grad = timestep_weight(self.prior.alphas_cumprod, t_device) * direction

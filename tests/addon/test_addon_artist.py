@@ -161,7 +161,7 @@ def test_6_check_server_timer_stops(props, prefs):
 
 def test_4_generate_while_start_backend_boots_spawns_one_backend(props, prefs, tmp_path):
     state = addon_module("state")
-    session, backend = addon_module("session"), addon_module("backend").BACKEND
+    backend = addon_module("backend").BACKEND
     spawns = tmp_path / "spawns"
     prefs.python_path = str(executable(tmp_path / "python", f"""#!/bin/sh
 echo $$ >> {spawns}
@@ -264,7 +264,6 @@ def test_2_a_first_generate_on_a_model_the_server_lacks_offers_the_download_in_o
     """Before the model list is known Generate cannot refuse; the worker asks first, submits nothing, and the panel
     says what Generate says once the list is known, with Download beside it."""
     state = addon_module("state")
-    session = addon_module("session")
     props.prompt = "a red ball"
     bpy.ops.nfsd.set_model(prior="stable-diffusion", model="org/big")
     assert not state.current.models
@@ -297,7 +296,6 @@ def test_variations_submit_one_job_per_seed(props, fake_server):
     log = ui_recorder.draw(bpy.types.NFSD_PT_main)
     assert ("operator", "nfsd.generate", "Generate 3 Variations", True) in log
     assert bpy.ops.nfsd.generate() == {"FINISHED"}
-    session = addon_module("session")
     pump(lambda: not state.busy() and len(props.history) == 3 and props.history[-1].state == "failed", 20,
          "three failed variations")
     assert [body["seed"] for body in fake_server.posted] == [41, 42, 43]

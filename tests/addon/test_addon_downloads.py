@@ -81,7 +81,6 @@ def server(prefs):
 
 def test_the_default_model_says_it_is_missing_and_generate_offers_the_download(props, prefs, server):
     state = addon_module("state")
-    session = addon_module("session")
     props.prompt = "a hamburger"
     # Nobody asked the server yet: the panel says so instead of implying the model is there.
     assert _before_generate(ui_recorder.draw(bpy.types.NFSD_PT_main)) == [
@@ -111,7 +110,6 @@ def test_the_default_model_says_it_is_missing_and_generate_offers_the_download(p
 
 def test_cancel_download_tells_the_server(props, prefs, server):
     state = addon_module("state")
-    session = addon_module("session")
     state.current.models = [server.entry()]
     assert bpy.ops.nfsd.download_model() == {"FINISHED"}
     pump(lambda: (state.download_of(SD) or {}).get("state") == "running", 10, "the download to run")

@@ -2,8 +2,6 @@
 File › New keeps following, Copy Details copies what is on screen, the status line authenticates, variations
 stand side by side, a broken download is fetched again, Euler rotation, one-line errors wrapped."""
 
-import threading
-
 import pytest
 
 bpy = pytest.importorskip("bpy")
@@ -34,7 +32,6 @@ cat > /dev/null
 """))
     fake_server.states["r1"] = "running"
     props = _saved_and_reopened(props, "r1", tmp_path)
-    session = addon_module("session")
     pump(lambda: props.job_state == "running" and state.busy(), 20, "the reopened job to be followed")
     assert props.history[0].state == "running" and not props.error
     assert bpy.ops.nfsd.cancel() == {"FINISHED"}
@@ -216,7 +213,6 @@ def test_errors_about_another_backend_or_another_model_do_not_stay(props, prefs,
     reopening the file makes it old news (History keeps each job's own)."""
     handlers = addon_module("handlers")
     state = addon_module("state")
-    session = addon_module("session")
     dead = "http://127.0.0.1:1"
     props.prompt = "a red ball"
     bpy.ops.nfsd.set_model(prior="analytic", model="")

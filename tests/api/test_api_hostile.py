@@ -194,7 +194,7 @@ def test_api_an_uploaded_mesh_swapped_for_a_link_is_not_used(client, tmp_path):
 
 # -- 5. a mesh upload does not freeze the server ------------------------------------------------------
 def test_api_a_mesh_with_too_many_faces_is_refused_before_it_is_parsed(client, monkeypatch):
-    import nfsd_server.scene.init_mesh as init_mesh
+    import nfsd_server.scene.mesh_files as init_mesh
 
     monkeypatch.setattr(init_mesh.trimesh, "load", lambda *a, **k: pytest.fail("parsed a mesh over the face limit"))
     monkeypatch.setattr(contract, "MAX_INIT_MESH_FACES", 1000)

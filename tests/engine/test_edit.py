@@ -60,7 +60,7 @@ def test_dds_is_the_scaled_difference_of_the_two_conditional_deltas_in_one_call(
     prior, batch = ByPrompt(), 3
     z, z_source = torch.randn(batch, 4, 8, 8), torch.randn(batch, 4, 8, 8)
     dds = DeltaDenoising(7.5)
-    direction = dds.direction(prior, z, z_source, torch.tensor([100, 400, 900]), cameras(batch), "e", "s")
+    direction = dds.edit_direction(prior, z, z_source, torch.tensor([100, 400, 900]), cameras(batch), "e", "s")
     # 7.5 · ((3 − 1) − (2.5 − 1.25)) = 5.625 everywhere
     assert torch.allclose(direction, torch.full_like(direction, 5.625))
     assert prior.calls == [4 * batch] and dds.row_counts(batch, 0, 1000) == [4 * batch]
@@ -69,8 +69,8 @@ def test_dds_is_the_scaled_difference_of_the_two_conditional_deltas_in_one_call(
 def test_dds_of_an_unchanged_asset_and_prompt_is_zero(tiny_sd_prior):
     prompts = tiny_sd_prior.prepare_prompts("a red ball", "")
     z = torch.randn(2, tiny_sd_prior.latent_channels, 8, 8)
-    direction = DeltaDenoising(7.5).direction(tiny_sd_prior, z, z.clone(), torch.tensor([300, 700]), cameras(2),
-                                              prompts, prompts)
+    direction = DeltaDenoising(7.5).edit_direction(tiny_sd_prior, z, z.clone(), torch.tensor([300, 700]),
+                                                   cameras(2), prompts, prompts)
     assert direction.abs().max() == 0
 
 

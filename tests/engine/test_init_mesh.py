@@ -12,13 +12,9 @@ import trimesh
 import nfsd_contract as contract
 from nfsd_lab.evaluation import evaluate_nerf, evaluate_shape
 from nfsd_server.guidance.references import REFERENCES, Reference, box_sdf
-from nfsd_server.scene.init_mesh import (
-    MeshError,
-    ShapeGuide,
-    Normalization,
-    load_mesh,
-    occupancy_grid,
-)
+from nfsd_server.scene.init_mesh import ShapeGuide
+from nfsd_server.scene.mesh_files import MeshError, load_mesh
+from nfsd_server.scene.mesh_volume import Normalization, occupancy_grid
 from nfsd_contract import resolve_spec
 
 # A cube of side 2, off the origin: normalised into the box it is the cube of half-size 0.5 at the centre.
@@ -186,7 +182,7 @@ def cube_with_uvs() -> trimesh.Trimesh:
 
 def read_glb(path) -> tuple[trimesh.Trimesh, np.ndarray]:
     """(the GLB's one mesh with positions back in +Z up, and the texture's colour at each cube face's centre)."""
-    from nfsd_server.scene.init_mesh import Y_UP_TO_Z_UP
+    from nfsd_server.scene.mesh_files import Y_UP_TO_Z_UP
 
     scene = trimesh.load(path, process=False)
     (mesh,) = scene.geometry.values()

@@ -166,7 +166,7 @@ def _glb_vertices(path):
     import numpy as np
     import trimesh
 
-    from nfsd_server.scene.init_mesh import Y_UP_TO_Z_UP
+    from nfsd_server.scene.mesh_files import Y_UP_TO_Z_UP
 
     return np.asarray(trimesh.load(path, force="mesh", process=False).vertices) @ Y_UP_TO_Z_UP.T
 

@@ -6,7 +6,7 @@ from nerfacc.volrend import render_weight_from_density
 
 from nfsd_server.scene.encoding import HashGridConfig
 from nfsd_server.scene.field import FieldConfig, NeRFField
-from nfsd_server.scene.init_mesh import signed_distance_grid
+from nfsd_server.scene.mesh_volume import signed_distance_grid
 
 RESOLUTION = 96
 

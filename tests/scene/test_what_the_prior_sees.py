@@ -24,7 +24,6 @@ import nfsd_server.train as train_module
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.presets import PRESETS
 from nfsd_server.scene.cameras import camera_rays, sample_orbit_cameras
-from nfsd_server.scene.init_mesh import ShapeGuide
 from nfsd_contract import resolve_spec
 from nfsd_server.train import Trainer
 

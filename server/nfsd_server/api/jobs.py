@@ -35,6 +35,7 @@ from nfsd_server.checkpoints import CheckpointError
 from nfsd_server.devices import default_device
 from nfsd_server.edit import EditError, edit_defaults, read_edit_source
 from nfsd_server.files import write_atomic
+from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.warm import LoadPriorFn, WarmPriors
 from nfsd_server.model_source import check_benchmark_allowed, check_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nfsd_contract as contract
 from nfsd_server.files import write_atomic
-from nfsd_server.scene.init_mesh import check_face_count, declared_triangles, parse_mesh
+from nfsd_server.scene.mesh_files import check_face_count, declared_triangles, parse_mesh
 
 MESH_FOLDER = "meshes"
 MESH_ID_PATTERN = r"^[0-9a-f]{32}$"

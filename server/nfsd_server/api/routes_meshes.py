@@ -15,7 +15,7 @@ from nfsd_server.api.auth import require_token
 from nfsd_server.api.errors import ApiError, disk_refused
 from nfsd_server.api.mesh_store import UploadFaceCount, save_mesh
 from nfsd_server.api.schemas import ErrorBody
-from nfsd_server.scene.init_mesh import MeshError
+from nfsd_server.scene.mesh_files import MeshError
 
 MeshFormat = Literal[contract.INIT_MESH_FORMATS]  # type: ignore[valid-type]
 

@@ -12,7 +12,7 @@ from nfsd_server.errors import UsageError
 from nfsd_server.export.glb import ExportSettings, export_glb
 from nfsd_server.export.grid import EmptyFieldError
 from nfsd_server.pipeline import export_from_init_mesh
-from nfsd_server.scene.init_mesh import mesh_sha256
+from nfsd_server.scene.mesh_files import mesh_sha256
 from nfsd_server.resume import CheckpointMesh, checkpoint_init_mesh, load_checkpoint
 
 

@@ -14,7 +14,7 @@ import trimesh
 
 from nfsd_server.export import texture
 from nfsd_server.export.glb import ExportReport, json_safe, textured_mesh, write_glb
-from nfsd_server.scene.init_mesh import Normalization
+from nfsd_server.scene.mesh_volume import Normalization
 
 CHUNK_SIZE = 2**18
 

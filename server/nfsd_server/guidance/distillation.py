@@ -177,22 +177,18 @@ class SDSGuidance(ScoreDistillation):
         return sds_direction(eps.cond, eps.uncond, noise, self.guidance_scale, delta_cond=delta_cond)
 
 
-class DeltaDenoising:
+class DeltaDenoising(ScoreDistillation):
     """Delta Denoising Score (Hertz et al. 2023) for an edit: the edit's render z and its frozen source's z̃,
     noised with the same ε at the same t, give s·(δ_C(z_t; y_edit) − δ_C(z̃_t; y_source)). In NFSD's terms the
     noise and domain parts of the two scores are alike wherever the renders agree and cancel; what is left is
     what the new prompt asks beyond the old one. One prior call of 4B rows (y and ∅ for each render), and with
     ``janus_guard`` one view-negative row more per edit image at t ≥ GUARD_MIN_T, steering the edit's δ_C as a
-    new run's (a feature the edit adds goes on the front only)."""
+    new run's (a feature the edit adds goes on the front only). Its direction needs the source: ``edit_direction``."""
 
     name = "dds"
 
-    def __init__(self, guidance_scale: float, janus_guard: bool = False):
-        if not guidance_scale > 0:
-            raise ValueError(f"guidance_scale must be > 0, got {guidance_scale}")
-        self.guidance_scale = guidance_scale
-        self.janus_guard = janus_guard
-        self.last_rows_evaluated = 0
+    def direction(self, prior, latents_noisy, noise, t, cameras, prompts):
+        raise TypeError("delta denoising compares an edit with its source: call edit_direction")
 
     def row_counts(self, batch: int, t_lo: int, t_hi: int) -> list[int]:
         views = images_above(batch, t_lo, t_hi, GUARD_MIN_T) if self.janus_guard else range(1)
@@ -229,8 +225,8 @@ class DeltaDenoising:
             delta_edit = cond - uncond
         return delta_edit, source[:batch] - source[batch:], uncond
 
-    def direction(self, prior: Prior, latents_noisy: Tensor, source_noisy: Tensor, t: Tensor, cameras: Cameras,
-                  prompts: Any, source_prompts: Any) -> Tensor:
+    def edit_direction(self, prior: Prior, latents_noisy: Tensor, source_noisy: Tensor, t: Tensor, cameras: Cameras,
+                       prompts: Any, source_prompts: Any) -> Tensor:
         """latents_noisy, source_noisy (B, C, h, w) on the prior's device, noised alike; t (B,) long."""
         delta_edit, delta_source, _ = self.deltas(prior, latents_noisy, source_noisy, t, cameras, prompts,
                                                   source_prompts)
