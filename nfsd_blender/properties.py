@@ -106,26 +106,28 @@ def form_property(field: str, **ui):
     return (EnumProperty if "items" in options else PROPERTY_TYPES[kind])(**options)
 
 
-class NFSD_SceneProps(bpy.types.PropertyGroup):
-    prompt: form_property("prompt")
-    negative_prompt: form_property("negative_prompt")
-    method: form_property(
-        "method", items=[(METHOD_LABELS[m][0], METHOD_LABELS[m][0], METHOD_LABELS[m][1]) for m in contract.METHODS],
-        default=METHOD_LABELS["nfsd"][0], update=_method_update,
-    )
+# What only the form says about a job field beside the contract: enum labels, an update callback, the default it
+# shows, its 0 for "the default" where the contract allows no 0. Every other form field is the contract's alone.
+FORM_UI = {
+    "method": {"items": [(METHOD_LABELS[m][0], METHOD_LABELS[m][0], METHOD_LABELS[m][1]) for m in contract.METHODS],
+               "default": METHOD_LABELS["nfsd"][0], "update": _method_update},
     # 0 (the contract's exclusive minimum) is "the method's default" in a request
-    guidance_scale: form_property(
-        "guidance_scale", default=contract.DEFAULT_GUIDANCE_SCALE["nfsd"],
-        description=contract.info("guidance_scale").help.replace("null → ", "0 → "),
-    )
-    janus_guard: form_property("janus_guard")
-    seed: form_property("seed", default=0)
-    steps: form_property("steps", default=0, min=0, description="0 = the preset's")
-    preset: form_property("preset", items=[(name, name.title(), "") for name in contract.PRESETS],
-                          default=contract.DEFAULT_PRESET)
-    poly_budget: form_property("poly_budget")
-    texture_size: form_property("texture_size", items=[(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
-                                default=str(contract.DEFAULT_TEXTURE_SIZE))
+    "guidance_scale": {"default": contract.DEFAULT_GUIDANCE_SCALE["nfsd"],
+                       "description": contract.info("guidance_scale").help.replace("null → ", "0 → ")},
+    "seed": {"default": 0},
+    "steps": {"default": 0, "min": 0, "description": "0 = the preset's"},
+    "preset": {"items": [(name, name.title(), "") for name in contract.PRESETS], "default": contract.DEFAULT_PRESET},
+    "texture_size": {"items": [(str(size), str(size), "") for size in contract.TEXTURE_SIZES],
+                     "default": str(contract.DEFAULT_TEXTURE_SIZE)},
+}
+# The job fields the form holds: a text job's, less the model picker's and the preferences' (From Selection and
+# Edit hold their own).
+FORM_FIELDS = tuple(name for name in contract.FIELD_NAMES if name not in ("prior", "model", "dtype", "encoder")
+                    and contract.field_applies(name, init_mesh=None, edit_of=None))
+
+
+class NFSD_SceneProps(bpy.types.PropertyGroup):
+    # the job fields of FORM_FIELDS: added below from the contract's field list
     # Topology after import (nfsd_blender/remesh.py), within the same Poly Budget.
     remesh: EnumProperty(name="Remesh", items=remesh.MODES, default=remesh.KEEP,
                          description="Applied after import with Blender's own remeshers; the maps are re-baked")
@@ -153,6 +155,9 @@ class NFSD_SceneProps(bpy.types.PropertyGroup):
     history: CollectionProperty(type=NFSD_HistoryItem)
     history_index: IntProperty()
 
+
+# bpy reads a property group's annotations when it is registered.
+NFSD_SceneProps.__annotations__.update({name: form_property(name, **FORM_UI.get(name, {})) for name in FORM_FIELDS})
 
 classes = (NFSD_HistoryItem, NFSD_SceneProps)
 

@@ -93,6 +93,15 @@ def read_checkpoint_info(path: Path) -> dict[str, Any]:
     return info
 
 
+def checkpoint_sections(path: Path) -> set[str]:
+    """The sections a checkpoint holds, from its index alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key.partition(".")[0] for key in handle.keys()}  # noqa: SIM118 (a safetensors handle)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(_not_ours(Path(path), " ".join(str(error).split())[:200])) from None
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
     """(section → name → tensor on CPU, info). CheckpointError for anything but our format."""
     info = read_checkpoint_info(path)

@@ -11,7 +11,7 @@ import nfsd_contract as contract
 from nfsd_contract import FIELDS, JobSpec, info, request_default, resolve_spec, value_type
 from nfsd_server.devices import check_device
 from nfsd_server.errors import UsageError
-from nfsd_server.edit import EditSource, edit_defaults
+from nfsd_server.edit import edit_defaults
 from nfsd_server.pipeline import Callbacks, preview_saver, run_generation
 
 # The command line's own defaults: a run on a CPU in minutes, and a seed you can repeat. The add-on's are the
@@ -97,13 +97,13 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         raise UsageError(message) from error
 
 
-def edit_source(path) -> "EditSource":
-    """The edit's source checkpoint, read and checked before any model loads."""
+def edit_source(path) -> JobSpec:
+    """What made the edit's source, checked before any model loads."""
     from nfsd_server.checkpoints import CheckpointError
-    from nfsd_server.edit import EditError, read_edit_source
+    from nfsd_server.edit import EditError, read_edit_spec
 
     try:
-        return read_edit_source(path)
+        return read_edit_spec(path)
     except (CheckpointError, EditError) as error:
         raise UsageError(f"the asset to edit: {error}") from None
 

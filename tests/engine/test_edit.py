@@ -10,7 +10,7 @@ import torch
 
 from nfsd_contract import EDIT_STEPS_FRACTION, PRESET_STEPS, resolve_spec
 from nfsd_server.checkpoints import CheckpointError
-from nfsd_server.edit import EditError, edit_defaults, read_edit_source
+from nfsd_server.edit import EditError, edit_defaults, read_edit_source, read_edit_spec
 from nfsd_server.guidance.distillation import DeltaDenoising
 from nfsd_server.guidance.prior import Conditions, PromptKind
 from nfsd_server.guidance.registry import load_prior
@@ -138,7 +138,7 @@ def test_an_edit_resumes_exactly_and_refuses_a_changed_source(analytic_prior, so
 
 def test_an_edit_inherits_its_sources_model_and_prompt_and_takes_a_quarter_of_the_steps(source):
     path, _ = source
-    request = edit_defaults(read_edit_source(path), {"edit_of": str(path), "prior": None, "model": None,
+    request = edit_defaults(read_edit_spec(path), {"edit_of": str(path), "prior": None, "model": None,
                                                      "source_prompt": None})
     spec = resolve_spec("a blue cube", **request)
     assert (spec.prior, spec.model, spec.source_prompt) == ("analytic", None, "a red ball")
@@ -169,8 +169,9 @@ def test_a_texture_mode_asset_or_a_missing_checkpoint_cannot_be_edited(tmp_path)
         path = tmp_path / f"{keep_geometry}.safetensors"
         write_checkpoint(path, {"field": {"w": torch.zeros(1)}},
                          {"settings": textured.to_dict(), "field_config": asdict(FieldConfig())})
-        with pytest.raises(EditError, match=advice):
-            read_edit_source(path)
+        for read in (read_edit_spec, read_edit_source):  # the boundary's check and the run's
+            with pytest.raises(EditError, match=advice):
+                read(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_edit_source(tmp_path / "gone.safetensors")
 

@@ -33,7 +33,7 @@ from nfsd_server.api.records import inside
 from nfsd_server.api.schemas import JobRequest, JobStatus
 from nfsd_server.checkpoints import CheckpointError
 from nfsd_server.devices import default_device
-from nfsd_server.edit import EditError, edit_defaults, read_edit_source
+from nfsd_server.edit import EditError, edit_defaults, read_edit_spec
 from nfsd_server.files import write_atomic
 from nfsd_server.guidance.prior import Prior
 from nfsd_server.guidance.registry import load_prior
@@ -233,7 +233,7 @@ class JobManager:
             with self._lock:
                 path = self._edit_source_path(request.edit_of)
             try:
-                values = edit_defaults(read_edit_source(path), values)
+                values = edit_defaults(read_edit_spec(path), values)
             except (CheckpointError, EditError) as error:
                 raise ValueError(f"edit_of: {error}") from None
         return resolve_spec(**values, default_prior=self.default_prior, default_model=self.default_model)
