@@ -7,8 +7,8 @@ with the product's edit recipe (``TrainConfig.edit_lr_scale``, ``edit.EDIT_ANCHO
   nfsd          plain NFSD with the new prompt, same start, recipe and anchor: what DDS's difference buys
   keep shape    the edit with the geometry frozen (a recolour)
 and a fresh run of the new prompt from nothing, judged every ``--every`` steps, to count how many steps a new
-run needs to reach the DDS edit's colour error. Judged against the micro world's true objects (the arena judge:
-colour error, outcome) and against the source (volume IoU of {density > surface}).
+run needs to reach the DDS edit's colour error. Judged against the micro world's true objects (the 3D judge
+``field_judge``: colour error, outcome) and against the source (volume IoU of {density > surface}).
 
     .venv/bin/python benchmarks/edit_dds.py [--seeds 0 1] [--source-steps 400] [--edit-steps 100] [--jobs N]
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from nfsd_contract import resolve_spec
-from nfsd_lab.arena_evaluation import evaluate_arena
-from nfsd_lab.micro.judge import arena_object
+from nfsd_lab.field_judge import judge_field
+from nfsd_lab.micro.judge import true_object
 from nfsd_lab.micro.world import Truth, feature_color_for
 from nfsd_lab.workers import one_torch_thread
 from nfsd_server.guidance.distillation import DeltaDenoising, make_guidance
@@ -78,7 +78,7 @@ def volume_iou(field, other, resolution: int = 48) -> float:
 
 
 def judged(field, truth: Truth) -> dict:
-    result = evaluate_arena(field, arena_object(truth), size=48)
+    result = judge_field(field, true_object(truth), size=48)
     return {"color_error": result["color_error"], "outcome": result["outcome"]}
 
 

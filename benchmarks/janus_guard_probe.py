@@ -1,9 +1,10 @@
-"""Why the Janus guard can or cannot remove a second face on the arena: one prior call per timestep, no training.
+"""Why the Janus guard can or cannot remove a second face, on the micro Stable Diffusion: one prior call per row.
 
-For a camera behind the ball (180°) and one at its side (90°) it renders the arena's own reference of what
-that camera should see (the ball's true view, instance 0, albedo) and the same with the face turned to the
-camera (the 0° reference at that framing), noises them at several t (``--draws`` noise samples each) and asks
-the arena prior for ε(z_t; y), ε(z_t; ∅) and ε(z_t; view negative), the rows the guard evaluates. Per t it prints
+For a camera behind the ball (180°) and one at its side (90°) it renders the micro world's true object for the
+caption (``--caption``, a featured ball; albedo on white), encodes that view and the same with the face turned
+to the camera (the 0° view at that framing) with the model's VAE, noises them at several t (``--draws`` noise
+samples each) and asks the model for ε(z_t; y), ε(z_t; ∅) and ε(z_t; view negative), the rows the guard
+evaluates. Per t it prints
 
 * ``|δ_C|`` and cos(δ_C, δ_v), δ_v = ε_view_negative − ε_∅: Perp-Neg removes only the part of δ_v
   perpendicular to δ_C, so where the cosine is near 1 there is nothing for it to remove;
@@ -29,10 +30,12 @@ import statistics
 
 import torch
 
-from nfsd_lab.arena import AZIMUTHS_DEG, ArenaPrior
-from nfsd_lab.arena_objects import ASYMMETRIC_PROMPTS
+from nfsd_contract.constants import NFSD_NEGATIVE_PROMPT
+from nfsd_lab.micro.judge import BANK_DISTANCES, BANK_FOV
+from nfsd_lab.micro.world import Truth, caption_truths, render_truth
 from nfsd_server.guidance.distillation import view_negative_cameras
-from nfsd_server.guidance.prior import Conditions, PromptKind
+from nfsd_server.guidance.prior import Conditions, Prior, PromptKind
+from nfsd_server.guidance.registry import load_prior
 from nfsd_server.guidance.score import view_contrast_delta, view_contrast_weight
 from nfsd_server.scene.cameras import Cameras, make_cameras
 
@@ -54,13 +57,15 @@ def perp_neg(delta_cond, delta_view, weight: float):
     return delta_cond - weight * (delta_view - along * delta_cond)
 
 
-def probe(prior: ArenaPrior, prompts, azimuth_deg: float, face_share: float, t: int, draws: int, contrast: float,
-          generator: torch.Generator) -> dict[str, float]:
+def probe(prior: Prior, prompts, truth: Truth, azimuth_deg: float, face_share: float, t: int, draws: int,
+          contrast: float, generator: torch.Generator) -> dict[str, float]:
     """Mean over ``draws`` noise samples of the cosine and the face pulls, for a render that is the true view
     blended ``face_share`` of the way to the face turned to the camera."""
-    cameras = make_cameras(torch.tensor([15.0]), torch.tensor([azimuth_deg]), torch.tensor([3.3]), torch.tensor([45.0]))
-    components = prior.component_latents(cameras)[0, prior.objects.index(prompts.target)]  # (A, I, M, 4, S, S)
-    true_view, face = components[AZIMUTHS_DEG.index(azimuth_deg), 0, 0], components[0, 0, 0]
+    framing = torch.tensor([BANK_DISTANCES[1]]), torch.tensor([BANK_FOV])  # the world's middle distance and FOV
+    cameras = make_cameras(torch.tensor([15.0]), torch.tensor([azimuth_deg]), *framing)
+    facing = make_cameras(torch.tensor([15.0]), torch.tensor([0.0]), *framing)
+    images = torch.cat([render_truth(truth, c, prior.image_size)[0] for c in (cameras, facing)])
+    true_view, face = prior.encode(images.to(prior.device)).float().cpu()
     toward_face = (face - true_view).flatten()
     toward_face = toward_face / toward_face.norm()
     clean = (1 - face_share) * true_view + face_share * face
@@ -71,7 +76,8 @@ def probe(prior: ArenaPrior, prompts, azimuth_deg: float, face_share: float, t: 
     samples = []
     for _ in range(draws):
         noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * torch.randn(clean.shape, generator=generator)
-        eps = prior.predict_noise(noisy[None].expand(3, -1, -1, -1), torch.full((3,), t), Conditions(kinds, rows, prompts))
+        eps = prior.predict_noise(noisy[None].expand(3, -1, -1, -1).to(prior.device), torch.full((3,), t, device=prior.device),
+                                  Conditions(kinds, rows, prompts)).cpu()
         cond, uncond, view = eps[0:1], eps[1:2], eps[2:3]
         delta_cond, delta_view = cond - uncond, view - uncond
         pull = lambda direction: float(-(direction.flatten() @ toward_face))  # noqa: E731
@@ -90,15 +96,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=8, help="noise samples per t (default 8)")
     parser.add_argument("--contrast", type=float, default=0.25, help="the view contrast's weight c (default 0.25)")
+    featured = {caption: truth for caption, truth in caption_truths() if truth.shape == "ball" and truth.feature_color}
+    parser.add_argument("--caption", default="a blue ball with a yellow face", choices=sorted(featured))
     args = parser.parse_args()
     if args.draws < 1:
         parser.error(f"--draws must be at least 1, got {args.draws}")
     torch.set_grad_enabled(False)
-    prior = ArenaPrior()
-    prompts = prior.prepare_prompts(ASYMMETRIC_PROMPTS[0], "low quality")
+    prior = load_prior("stable-diffusion", "micro", "cpu")
+    prompts = prior.prepare_prompts(args.caption, NFSD_NEGATIVE_PROMPT)
     generator = torch.Generator().manual_seed(0)
     gains = [float(view_contrast_weight(torch.deg2rad(torch.tensor([a])))) for a in (180.0, 90.0)]
-    print(f"arena prior, {ASYMMETRIC_PROMPTS[0]!r}, {args.draws} noise draws per row; Perp-Neg weight 180°: "
+    print(f"micro model, {args.caption!r}, {args.draws} noise draws per row; Perp-Neg weight 180°: "
           f"{perp_neg_weight(180.0):.2f}, 90°: {perp_neg_weight(90.0):.2f}; unbounded contrast c = {args.contrast}; "
           f"the guard's gain 180°: {gains[0]:g}, 90°: {gains[1]:g}")
     header = (f"{'camera':>6} {'render':<12} {'t':>4} {'|δ_C|':>7} {'cos(δ_C,δ_v)':>12}   face pull: {'δ_C':>7} "
@@ -110,7 +118,8 @@ def main() -> None:
     for azimuth in (180.0, 90.0):
         for face_share, render in ((0.0, "true view"), (0.2, "+20% face")):
             for t in TIMESTEPS:
-                r = probe(prior, prompts, azimuth, face_share, t, args.draws, args.contrast, generator)
+                r = probe(prior, prompts, featured[args.caption], azimuth, face_share, t, args.draws, args.contrast,
+                          generator)
                 if azimuth == 180.0 and face_share == 0.0:
                     (high_t if t >= HIGH_T else low_t if t <= LOW_T else []).append(r)
                 print(f"{azimuth:5.0f}° {render:<12} {t:>4} {r['norm']:7.3f} {r['cos']:12.3f}   {'':>10} {r['pull']:+7.3f} "

@@ -1,8 +1,8 @@
 """NFSD vs SDS, with and without the Janus guard, on the micro Stable Diffusion: does the NeRF become the caption?
 
 For each caption and variant (same steps, same seeds) it trains a draft-preset NeRF on the CPU against the bundled
-micro model (``--model micro``) and judges it against the caption's true object: the arena judge
-(``arena_evaluation.evaluate_arena``: outcome faithful / janus / faceless / faded, silhouette IoU, colour error
+micro model (``--model micro``) and judges it against the caption's true object: the 3D judge
+(``field_judge.judge_field``: outcome faithful / janus / faceless / faded, silhouette IoU, colour error
 from albedo at 8 azimuths) and the micro judge's R-precision over the same 8 views (share read as the caption's
 shape and colour). Runs go to ``--jobs`` processes of one torch thread each.
 
@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from nfsd_contract import JobSpec, resolve_spec
-from nfsd_lab.arena_evaluation import OUTCOMES, evaluate_arena
-from nfsd_lab.micro.judge import arena_object, field_views, r_precision
+from nfsd_lab.field_judge import OUTCOMES, judge_field
+from nfsd_lab.micro.judge import true_object, field_views, r_precision
 from nfsd_lab.micro.world import Truth, feature_color_for, object_caption
 from nfsd_lab.workers import one_torch_thread
 from nfsd_server.guidance.registry import load_prior
@@ -59,7 +59,7 @@ def run(caption: str, variant: str, steps: int, seed: int) -> dict[str, object]:
     trainer.run()
     minutes = (time.perf_counter() - started) / 60
     truth = TRUTHS[caption]
-    result = evaluate_arena(trainer.field, arena_object(truth), size=48)
+    result = judge_field(trainer.field, true_object(truth), size=48)
     return {"caption": caption, "variant": variant, "seed": seed, "minutes": minutes,
             "r_precision": r_precision(field_views(trainer.field), truth), **result}
 

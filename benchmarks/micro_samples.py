@@ -1,12 +1,14 @@
 """The micro Stable Diffusion judged as a text-to-image model: DDIM samples at s = 7.5 for every caption.
 
 Every object caption of the world (seen pairs, then the held-out ones) is sampled with 30 DDIM steps per seed
-and judged by ``nfsd_lab.micro.judge`` (true renders, nothing of the model); the judge's own ceiling is printed
+and judged by ``nfsd_lab.micro.judge`` (true renders, nothing of the model): shape, colour, and the feature (a
+featured caption's sample shows its feature colour; a plain one's shows none); the judge's own ceiling is printed
 first, on the world's clean renders. Writes the sample grid (seed 0) to ``docs/micro_samples.png``.
 
     .venv/bin/python benchmarks/micro_samples.py [--model micro] [--seeds 0 1 2] [--guidance 7.5]
 
-Last line: ``micro_shape=<seen shape accuracy> micro_color=<seen colour accuracy> micro_heldout=<held-out both>``.
+Last line: ``micro_shape=<seen shape accuracy> micro_color=<seen colour accuracy> micro_feature=<seen featured
+captions showing their feature> micro_heldout=<held-out both>``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def main() -> None:
     images, captions, truths = sample_world(600, seed=12345)
     clean = [i for i, c in enumerate(captions) if not any(words in c for words in DEGRADATIONS.values())]
     ceiling = accuracy(judge(images[clean].float() / 255), [truths[i] for i in clean])
-    print(f"judge on {len(clean)} clean world renders: shape {ceiling['shape']:.3f} colour {ceiling['color']:.3f}")
+    print(f"judge on {len(clean)} clean world renders: shape {ceiling['shape']:.3f} colour {ceiling['color']:.3f} "
+          f"feature {ceiling['feature']:.3f} (featured renders, 30 % seen from the side or back) "
+          f"no feature {ceiling['no_feature']:.3f} (plain)")
 
     prior = load_prior("stable-diffusion", args.model, "cpu")
     results = {}
@@ -69,12 +73,13 @@ def main() -> None:
         spread = {key: max(s[key] for s in scores) - min(s[key] for s in scores) for key in scores[0]}
         name = "held-out" if held_out else "seen"
         print(f"{name:8s} {len(rows):3d} captions × {len(args.seeds)} seeds: shape {mean['shape']:.3f} "
-              f"colour {mean['color']:.3f} both {mean['both']:.3f} (spread {spread['both']:.3f}; "
+              f"colour {mean['color']:.3f} both {mean['both']:.3f} (spread {spread['both']:.3f}) feature "
+              f"{mean['feature']:.3f} no feature {mean['no_feature']:.3f} ("
               f"{elapsed:.1f} s per seed)")
         results[name] = mean
     print(f"grid: {args.grid}")
     print(f"micro_shape={results['seen']['shape']:.3f} micro_color={results['seen']['color']:.3f} "
-          f"micro_heldout={results['held-out']['both']:.3f}")
+          f"micro_feature={results['seen']['feature']:.3f} micro_heldout={results['held-out']['both']:.3f}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,18 @@ def test_the_judge_reads_true_renders_it_was_not_built_from():
     assert [(v.shape, v.color) for v in judge(images)] == [("cube", "green"), ("torus", "purple"), ("cone", "orange")]
 
 
+@pytest.mark.parametrize("truth", [Truth("ball", "red", "yellow"), Truth("cube", "blue", "white")], ids=["face", "label"])
+def test_the_judge_sees_a_feature_from_the_front_only(truth):
+    views = [make_cameras(torch.tensor([20.0]), torch.tensor([azimuth]), torch.tensor([2.25]), torch.tensor([45.0]))
+             for azimuth in (0.0, 180.0)]
+    front, back = judge(torch.cat([render_truth(truth, c, 32, shading="diffuse")[0] for c in views]))
+    # From the front the face covers most of the ball: the body is still read as red, not as the face's yellow.
+    assert (front.shape, front.color, front.feature) == (truth.shape, truth.color, truth.feature_color)
+    assert (back.shape, back.color, back.feature) == (truth.shape, truth.color, None)
+    plain, = judge(render_truth(Truth(truth.shape, truth.color, None), views[0], 32, shading="diffuse")[0])
+    assert plain.feature is None
+
+
 def test_silhouettes_separate_the_object_from_a_pale_background():
     images, _, _ = sample_world(4, seed=3)
     masks = silhouettes(images.float() / 255)
@@ -69,12 +81,12 @@ def test_training_writes_a_loadable_folder_and_a_rerun_resumes_instead_of_repeat
 
 def test_a_short_distillation_on_the_micro_model_puts_density_where_the_ball_is(micro):
     from nfsd_contract import resolve_spec
-    from nfsd_lab.arena_evaluation import evaluate_arena
-    from nfsd_lab.micro.judge import arena_object
+    from nfsd_lab.field_judge import judge_field
+    from nfsd_lab.micro.judge import true_object
     from nfsd_server.train import Trainer
 
     def iou(shape):
-        return evaluate_arena(trainer.field, arena_object(Truth(shape, "red", None)), size=32)["silhouette_iou"]
+        return judge_field(trainer.field, true_object(Truth(shape, "red", None)), size=32)["silhouette_iou"]
 
     spec = resolve_spec("a red ball", steps=150, seed=0, preset="draft", prior="stable-diffusion", model="micro")
     trainer = Trainer(spec, micro, None)

@@ -31,7 +31,7 @@ def test_the_engine_and_the_add_on_never_name_the_lab():
 
 
 def test_the_scan_finds_an_import_of_the_lab(tmp_path, monkeypatch):
-    (tmp_path / "a.py").write_text("import os\nfrom nfsd_lab.arena import ArenaPrior\n")
+    (tmp_path / "a.py").write_text("import os\nfrom nfsd_lab.field_judge import judge_field\n")
     (tmp_path / "b.py").write_text("import importlib\nimportlib.import_module('nfsd_lab.experiments')\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert lab_imports(tmp_path) == ["a.py:2", "b.py:2"]
@@ -55,7 +55,7 @@ def test_the_backend_wheel_holds_the_engine_and_not_the_lab(tmp_path):
         sys.path.pop(0)
     names = zipfile.ZipFile(build_backend_wheel(tmp_path)).namelist()
     assert "nfsd_server/train.py" in names and "nfsd_contract/spec.py" in names
-    assert not [name for name in names if name.startswith("nfsd_lab") or "arena" in name]
+    assert not [name for name in names if name.startswith("nfsd_lab")]
     # The bundled micro model ships whole (an artist's offline model), its world and trainer do not.
     bundled = sorted(p.relative_to(ROOT / "server").as_posix()
                      for p in (ROOT / "server" / "nfsd_server" / "models" / "micro").rglob("*") if p.is_file())

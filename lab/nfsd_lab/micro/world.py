@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nfsd_contract.constants import NFSD_NEGATIVE_PROMPT
-from nfsd_lab.arena_objects import face_patch, front_label, trace
+from nfsd_lab.true_objects import face_patch, front_label, trace
 from nfsd_server.guidance.references import box_sdf, sphere_sdf, torus_sdf
 from nfsd_server.scene.cameras import VIEW_SUFFIXES, OrbitConfig, make_cameras, view_index
 from nfsd_server.scene.shading import AMBIENT

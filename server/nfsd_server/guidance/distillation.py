@@ -6,7 +6,7 @@ Janus guard, view-negative noise predictions in ONE batched call: the expensive 
 The Janus guard (view negatives): each image with t ≥ ``GUARD_MIN_T`` gets one more row, the prompt seen from
 its *view negative*, "front view" for a camera outside the front sector ("back view" for a front camera). That
 row is an ordinary prompt row at a camera moved to the negative view, so every prior answers it as it answers
-the prompt: Stable Diffusion from its cached view-suffix embeddings, the arena from the suffix, the analytic
+the prompt: Stable Diffusion from its cached view-suffix embeddings, the analytic
 prior (which sees the camera) from that camera. δ_C is steered along the view contrast ε_y − ε_view_negative,
 bounded by ‖δ_C‖ (``score.view_contrast_delta``, which says why not Perp-Neg's perpendicular part), with a gain
 that is 0 within 90° of the front (``score.GUARD_RAMP_DEG``); the row is evaluated there all the same, so the

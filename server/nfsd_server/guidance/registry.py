@@ -2,7 +2,7 @@
 
 Apart from the interface (``prior.py``), so the interface never imports its implementations. The product's
 priors are imported here, lazily, so ``import nfsd_server`` stays cheap (no diffusers at import time). Other
-packages (the lab's arena prior) register theirs with ``register_prior`` when they are imported; this module
+packages (a laboratory's experimental prior) register theirs with ``register_prior`` when they are imported; this module
 never imports them.
 """
 

@@ -1,4 +1,4 @@
-"""The arena's Janus detector on hand-made fields: the true objects pass, a feature painted twice is caught."""
+"""The 3D judge's Janus detector on hand-made fields: the true objects pass, a feature painted twice is caught."""
 
 import math
 
@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from nfsd_lab.arena_evaluation import (
-    evaluate_arena, faded_fractions, feature_fractions, feature_scores, is_janus, outcome,
+from nfsd_lab.field_judge import (
+    judge_field, faded_fractions, feature_fractions, feature_scores, is_janus, outcome,
 )
-from nfsd_lab.arena_objects import ARENA_OBJECTS
+from nfsd_lab.micro.judge import true_object
+from nfsd_lab.micro.world import Truth
 
-BALL, CUBE = ARENA_OBJECTS["a red ball with a yellow face"], ARENA_OBJECTS["a blue cube with an orange label"]
+BALL, CUBE = true_object(Truth("ball", "red", "yellow")), true_object(Truth("cube", "blue", "white"))
 
 
 class HandMadeField(nn.Module):
@@ -89,7 +90,7 @@ def test_feature_score_is_the_way_from_body_to_feature_colour():
 
 @pytest.mark.parametrize("obj", [BALL, CUBE], ids=["ball", "cube"])
 def test_true_object_is_not_janus_and_scores_well(obj):
-    result = evaluate_arena(HandMadeField(obj, true_feature(obj)), obj, size=48)
+    result = judge_field(HandMadeField(obj, true_feature(obj)), obj, size=48)
     assert not result["janus"] and result["outcome"] == "faithful"
     fractions = result["feature_fractions"]
     assert fractions[0] > 0.25 and fractions[4] == 0.0  # seen from the front, never from behind
@@ -98,8 +99,8 @@ def test_true_object_is_not_janus_and_scores_well(obj):
 
 @pytest.mark.parametrize("obj", [BALL, CUBE], ids=["ball", "cube"])
 def test_two_faced_object_is_janus_and_costs_colour(obj):
-    good = evaluate_arena(HandMadeField(obj, true_feature(obj)), obj, size=48)
-    janus = evaluate_arena(HandMadeField(obj, mirrored(obj)), obj, size=48)
+    good = judge_field(HandMadeField(obj, true_feature(obj)), obj, size=48)
+    janus = judge_field(HandMadeField(obj, mirrored(obj)), obj, size=48)
     assert janus["janus"] and janus["outcome"] == "janus" and janus["feature_fractions"][4] > 0.25
     assert janus["color_error"] > good["color_error"] + 0.03  # the label is small: ~0.05 on the cube
     assert janus["silhouette_iou"] == pytest.approx(good["silhouette_iou"])  # same shape: IoU cannot see Janus
@@ -107,16 +108,16 @@ def test_two_faced_object_is_janus_and_costs_colour(obj):
 
 def test_feature_all_around_is_janus():
     everywhere = lambda points, normals: torch.ones(points.shape[:-1], dtype=torch.bool)  # noqa: E731
-    assert evaluate_arena(HandMadeField(BALL, everywhere), BALL, size=48)["janus"]
-    assert math.isclose(evaluate_arena(HandMadeField(BALL, everywhere), BALL, size=48)["feature_fractions"][2], 1.0)
+    assert judge_field(HandMadeField(BALL, everywhere), BALL, size=48)["janus"]
+    assert math.isclose(judge_field(HandMadeField(BALL, everywhere), BALL, size=48)["feature_fractions"][2], 1.0)
 
 
 def test_a_plain_ball_is_faceless_and_a_white_one_faded_not_janus():
     nowhere = lambda points, normals: torch.zeros(points.shape[:-1], dtype=torch.bool)  # noqa: E731
-    plain = evaluate_arena(HandMadeField(BALL, nowhere), BALL, size=32)
+    plain = judge_field(HandMadeField(BALL, nowhere), BALL, size=32)
     assert plain["outcome"] == "faceless" and max(plain["feature_fractions"]) == 0.0
     # Colours collapsed to the training background: white is nearer the yellow face than the red body, which
     # the judge once counted as a face seen from everywhere.
-    white = evaluate_arena(HandMadeField(BALL, nowhere, body=(0.97, 0.97, 0.97)), BALL, size=32)
+    white = judge_field(HandMadeField(BALL, nowhere, body=(0.97, 0.97, 0.97)), BALL, size=32)
     assert white["outcome"] == "faded" and not white["janus"] and max(white["feature_fractions"]) == 0.0
     assert white["color_error"] > plain["color_error"] + 0.3

@@ -1,7 +1,7 @@
-"""The arena's judge: does a NeRF show its object's feature on one side only (no Janus), in the right shape and colours?
+"""The 3D judge: does a NeRF show its object's feature on one side only (no Janus), in the right shape and colours?
 
 Everything is measured from albedo renders at eight azimuths 0°, 45°, …, 315° (elevation 15°), against the
-arena object's exact renders (``guidance/arena_objects.py``) at the same cameras.
+true object's exact renders (``true_objects.py``) at the same cameras.
 
 Janus detector: a covered pixel shows the feature when its albedo is nearer to one of the object's feature
 colours than to any of its body colours and to the background's white; ``feature_fractions`` is the share of
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from nfsd_lab.evaluation import silhouette_iou
-from nfsd_lab.arena_objects import ArenaObject, render_arena
+from nfsd_lab.true_objects import TrueObject, render_true_albedo
 from nfsd_server.guidance.references import BACKGROUND
 from nfsd_server.scene.cameras import Cameras, camera_rays, make_cameras
 
@@ -40,14 +40,14 @@ def judge_cameras() -> Cameras:
                         torch.full((n,), 45.0))
 
 
-def feature_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+def feature_fractions(albedo: Tensor, opacity: Tensor, obj: TrueObject) -> Tensor:
     """albedo (V, H, W, 3) in [0, 1], opacity (V, H, W) in [0, 1] → (V,) share of covered pixels (opacity > 0.5)
     whose albedo is nearer a feature colour of ``obj`` than every body colour and the background's white (0 where
     nothing is covered)."""
     return _covered_share(_nearest_colour(albedo, obj) == _FEATURE, opacity)
 
 
-def faded_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+def faded_fractions(albedo: Tensor, opacity: Tensor, obj: TrueObject) -> Tensor:
     """(V,) share of covered pixels whose albedo is nearer the background's white than every body and feature
     colour of ``obj``: what a NeRF whose colours collapsed to its training background shows."""
     return _covered_share(_nearest_colour(albedo, obj) == _BACKGROUND, opacity)
@@ -56,7 +56,7 @@ def faded_fractions(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor
 _BODY, _FEATURE, _BACKGROUND = range(3)
 
 
-def _nearest_colour(albedo: Tensor, obj: ArenaObject) -> Tensor:
+def _nearest_colour(albedo: Tensor, obj: TrueObject) -> Tensor:
     """(V, H, W) long: which of body (any instance's), feature (any instance's) or background is nearest."""
     palette = [[inst.body for inst in obj.instances], [inst.feature for inst in obj.instances], [BACKGROUND]]
     pixels = albedo.reshape(-1, 3)
@@ -70,7 +70,7 @@ def _covered_share(mask: Tensor, opacity: Tensor) -> Tensor:
     return (mask & covered).flatten(1).sum(-1) / covered.flatten(1).sum(-1).clamp_min(1)
 
 
-def feature_scores(albedo: Tensor, opacity: Tensor, obj: ArenaObject) -> Tensor:
+def feature_scores(albedo: Tensor, opacity: Tensor, obj: TrueObject) -> Tensor:
     """(V,) mean over covered pixels of how far the albedo has moved from the body colour toward the feature
     colour (instance 0), clamped to [0, 1]: 0 = plain body, 1 = all feature. Catches a face smeared faintly all
     around, which ``feature_fractions`` (nearest colour) counts as body."""
@@ -114,14 +114,14 @@ def render_albedo(field, size: int = 48, cameras: Cameras | None = None) -> tupl
 
 
 @torch.no_grad()
-def evaluate_arena(field, obj: ArenaObject, size: int = 48) -> dict[str, object]:
+def judge_field(field, obj: TrueObject, size: int = 48) -> dict[str, object]:
     """Janus (bool), the outcome (one of ``OUTCOMES``), feature fractions per azimuth, silhouette IoU, and colour
     error: the mean |Δ albedo| per channel over pixels covered in both, against the nearest instance (so a face
     painted twice costs colour too)."""
     albedo, opacity = render_albedo(field, size)
     cameras = judge_cameras().to(albedo.device)
-    references, coverage = render_arena(obj, cameras, size)  # (V, I, M, 3, S, S)
-    reference_albedo = references[:, :, 0].permute(1, 0, 3, 4, 2)  # (I, V, S, S, 3), albedo mode
+    references, coverage = render_true_albedo(obj, cameras, size)  # (V, I, 3, S, S)
+    reference_albedo = references.permute(1, 0, 3, 4, 2)  # (I, V, S, S, 3)
     inside = (opacity > 0.5) & (coverage > 0.5)
     errors = [(albedo - ref).abs().mean(-1)[inside].mean() if inside.any() else torch.tensor(float("nan"))
               for ref in reference_albedo]
