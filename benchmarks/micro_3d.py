@@ -64,6 +64,25 @@ def run(caption: str, variant: str, steps: int, seed: int) -> dict[str, object]:
             "r_precision": r_precision(field_views(trainer.field), truth), **result}
 
 
+def run_table(run, names: list[str], key: str, width: int, captions: list[str], seeds: list[int], steps: int,
+              jobs: int) -> dict[str, list[dict]]:
+    """``run(caption, name, steps, seed)`` for every caption × name × seed on ``jobs`` processes, a row printed
+    as each lands → the results by ``r[key]`` (the name)."""
+    header = (f"{'caption':<32} {key:<{width}} {'seed':>4} {'outcome':>8} {'sil_iou':>7} {'col_err':>7} {'r_prec':>6} "
+              f"{'min':>5}")
+    print(header)
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    with ProcessPoolExecutor(jobs, initializer=one_torch_thread) as pool:
+        futures = [pool.submit(run, c, n, steps, s) for s in seeds for c in captions for n in names]
+        for future in as_completed(futures):
+            r = future.result()
+            results[r[key]].append(r)
+            print(f"{r['caption']:<32} {r[key]:<{width}} {r['seed']:>4} {r['outcome']:>8} {r['silhouette_iou']:7.3f} "
+                  f"{r['color_error']:7.3f} {r['r_precision']:6.2f} {r['minutes']:5.2f}", flush=True)
+    print("-" * len(header))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
@@ -74,19 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"micro model, draft preset, {args.steps} steps, seeds {args.seeds}, {args.jobs} process(es); "
           f"default janus_guard={DEFAULT_GUARD}")
-    header = f"{'caption':<32} {'variant':<17} {'seed':>4} {'outcome':>8} {'sil_iou':>7} {'col_err':>7} {'r_prec':>6} {'min':>5}"
-    print(header)
-    results: dict[str, list[dict]] = {v: [] for v in args.variants}
     started = time.perf_counter()
-    runs = [(c, v, s) for s in args.seeds for c in args.captions for v in args.variants]
-    with ProcessPoolExecutor(args.jobs, initializer=one_torch_thread) as pool:
-        futures = [pool.submit(run, c, v, args.steps, s) for c, v, s in runs]
-        for future in as_completed(futures):
-            r = future.result()
-            results[r["variant"]].append(r)
-            print(f"{r['caption']:<32} {r['variant']:<17} {r['seed']:>4} {r['outcome']:>8} {r['silhouette_iou']:7.3f} "
-                  f"{r['color_error']:7.3f} {r['r_precision']:6.2f} {r['minutes']:5.2f}", flush=True)
-    print("-" * len(header))
+    results = run_table(run, args.variants, "variant", 17, args.captions, args.seeds, args.steps, args.jobs)
 
     def rate(variant: str, key: str, value=True) -> float:
         rows = results.get(variant) or []

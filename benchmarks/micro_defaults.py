@@ -18,13 +18,11 @@ import argparse
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from micro_3d import TRUTHS
+from micro_3d import TRUTHS, run_table
 from nfsd_contract import resolve_spec
 from nfsd_lab.field_judge import OUTCOMES, judge_field
 from nfsd_lab.micro.judge import true_object, field_views, r_precision
-from nfsd_lab.workers import one_torch_thread
 from nfsd_server.guidance import score
 from nfsd_server.guidance.registry import load_prior
 from nfsd_server.train import TrainConfig, Trainer
@@ -79,19 +77,8 @@ def main() -> None:
           f"{args.jobs} process(es); defaults t_min={DEFAULTS.t_min} t_max {DEFAULTS.t_max_start}→{DEFAULTS.t_max_end} "
           f"power {DEFAULTS.t_anneal_power}, lr {DEFAULTS.lr_encoding}/{DEFAULTS.lr_networks}, "
           f"guard gain {score.VIEW_CONTRAST_GAIN} ramp {score.GUARD_RAMP_DEG}")
-    header = f"{'caption':<32} {'knob':<30} {'seed':>4} {'outcome':>8} {'sil_iou':>7} {'col_err':>7} {'r_prec':>6} {'min':>5}"
-    print(header)
-    results: dict[str, list[dict]] = {k: [] for k in args.knobs}
     started = time.perf_counter()
-    runs = [(c, k, s) for s in args.seeds for c in args.captions for k in args.knobs]
-    with ProcessPoolExecutor(args.jobs, initializer=one_torch_thread) as pool:
-        futures = [pool.submit(run, c, k, args.steps, s) for c, k, s in runs]
-        for future in as_completed(futures):
-            r = future.result()
-            results[r["knob"]].append(r)
-            print(f"{r['caption']:<32} {r['knob']:<30} {r['seed']:>4} {r['outcome']:>8} {r['silhouette_iou']:7.3f} "
-                  f"{r['color_error']:7.3f} {r['r_precision']:6.2f} {r['minutes']:5.2f}", flush=True)
-    print("-" * len(header))
+    results = run_table(run, args.knobs, "knob", 30, args.captions, args.seeds, args.steps, args.jobs)
 
     def mean(knob: str, key: str, featured: bool | None = None) -> float:
         rows = [r for r in results[knob] if featured is None or ("with" in r["caption"]) == featured]
