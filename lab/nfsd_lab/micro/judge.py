@@ -77,7 +77,7 @@ def cielab(rgb: Tensor) -> Tensor:
 
 
 def judge(images: Tensor) -> list[Verdict]:
-    """images (N, 3, S, S) in [0, 1] → the shape and colour each one shows, by the true renders."""
+    """images (N, 3, S, S) in [0, 1] → the shape, colour and feature each one shows, by the true renders."""
     images = images.float()
     masks, labels = bank(images.shape[-1])
     mine = silhouettes(images)
