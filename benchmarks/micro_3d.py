@@ -26,7 +26,7 @@ from nfsd_lab.micro.judge import true_object, field_views, r_precision
 from nfsd_lab.micro.world import Truth, feature_color_for, object_caption
 from nfsd_lab.workers import one_torch_thread
 from nfsd_server.guidance.registry import load_prior
-from nfsd_server.train import Trainer
+from nfsd_server.train import TrainConfig, Trainer
 
 VARIANTS = {  # name → (method, guidance scale, janus guard)
     "nfsd s=7.5": ("nfsd", 7.5, False),
@@ -48,19 +48,24 @@ _PRIOR = None
 
 
 def run(caption: str, variant: str, steps: int, seed: int) -> dict[str, object]:
-    global _PRIOR
-    if _PRIOR is None:
-        _PRIOR = load_prior("stable-diffusion", "micro", "cpu")
     method, scale, guard = VARIANTS[variant]
     spec = resolve_spec(caption, method=method, guidance_scale=scale, steps=steps, seed=seed, preset="draft",
                         janus_guard=guard, prior="stable-diffusion", model="micro")
+    return {"variant": variant, **train_and_judge(spec)}
+
+
+def train_and_judge(spec: JobSpec, config: TrainConfig | None = None) -> dict[str, object]:
+    """One NeRF on the micro model (loaded once per process), judged against its caption's true object."""
+    global _PRIOR
+    if _PRIOR is None:
+        _PRIOR = load_prior("stable-diffusion", "micro", "cpu")
     started = time.perf_counter()
-    trainer = Trainer(spec, _PRIOR, None)
+    trainer = Trainer(spec, _PRIOR, None, config)
     trainer.run()
     minutes = (time.perf_counter() - started) / 60
-    truth = TRUTHS[caption]
+    truth = TRUTHS[spec.prompt]
     result = judge_field(trainer.field, true_object(truth), size=48)
-    return {"caption": caption, "variant": variant, "seed": seed, "minutes": minutes,
+    return {"caption": spec.prompt, "seed": spec.seed, "minutes": minutes,
             "r_precision": r_precision(field_views(trainer.field), truth), **result}
 
 

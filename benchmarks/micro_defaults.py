@@ -19,13 +19,11 @@ import os
 import statistics
 import time
 
-from micro_3d import TRUTHS, run_table
+from micro_3d import TRUTHS, run_table, train_and_judge
 from nfsd_contract import resolve_spec
-from nfsd_lab.field_judge import OUTCOMES, judge_field
-from nfsd_lab.micro.judge import true_object, field_views, r_precision
+from nfsd_lab.field_judge import OUTCOMES
 from nfsd_server.guidance import score
-from nfsd_server.guidance.registry import load_prior
-from nfsd_server.train import TrainConfig, Trainer
+from nfsd_server.train import TrainConfig
 
 DEFAULTS = TrainConfig()
 KNOBS = {  # name → (TrainConfig overrides, guidance/score.py overrides)
@@ -43,26 +41,14 @@ KNOBS = {  # name → (TrainConfig overrides, guidance/score.py overrides)
 }
 ORIGINAL_SCORE = {"VIEW_CONTRAST_GAIN": score.VIEW_CONTRAST_GAIN, "GUARD_RAMP_DEG": score.GUARD_RAMP_DEG}
 CAPTIONS = ["a red ball", "a green torus", "a blue ball with a yellow face", "a red cube with a white label"]
-_PRIOR = None
 
 
 def run(caption: str, knob: str, steps: int, seed: int) -> dict[str, object]:
-    global _PRIOR
-    if _PRIOR is None:
-        _PRIOR = load_prior("stable-diffusion", "micro", "cpu")
     config_overrides, score_overrides = KNOBS[knob]
     for name in ("VIEW_CONTRAST_GAIN", "GUARD_RAMP_DEG"):  # a worker runs many knobs: reset before each run
         setattr(score, name, score_overrides.get(name, ORIGINAL_SCORE[name]))
     spec = resolve_spec(caption, steps=steps, seed=seed, preset="draft", prior="stable-diffusion", model="micro")
-    started = time.perf_counter()
-    trainer = Trainer(spec, _PRIOR, None, TrainConfig(**config_overrides))
-    trainer.run()
-    minutes = (time.perf_counter() - started) / 60
-    truth = TRUTHS[caption]
-    result = judge_field(trainer.field, true_object(truth), size=48)
-    return {"caption": caption, "knob": knob, "seed": seed, "minutes": minutes,
-            "r_precision": r_precision(field_views(trainer.field), truth), **result}
-
+    return {"knob": knob, **train_and_judge(spec, TrainConfig(**config_overrides))}
 
 
 def main() -> None:
